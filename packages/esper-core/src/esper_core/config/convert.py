@@ -1,0 +1,198 @@
+"""Turning raw TOML values into typed attrs sections, with errors that name the key and its source."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from esper_core.errors import ConfigError
+
+_SECTION_ATTRIBUTE = "__esper_section__"
+
+
+def section(path: str) -> typing.Callable[[type], type]:
+    """Mark an attrs class as the configuration section at ``path`` (dotted: ``"tamiyo.heuristic"``).
+
+    Apply it above ``@attrs.frozen``. Every field needs a default, so that a configuration may omit the section.
+    """
+
+    def mark(cls: type) -> type:
+        if not attrs.has(cls):
+            raise TypeError(f"@section({path!r}) must decorate an attrs class; put it above @attrs.frozen")
+        setattr(cls, _SECTION_ATTRIBUTE, path)
+        return cls
+
+    return mark
+
+
+def section_path(cls: type) -> str:
+    path = getattr(cls, _SECTION_ATTRIBUTE, None)
+    if path is None:
+        raise TypeError(f"{cls.__qualname__} is not a configuration section; decorate it with @section('path')")
+    return str(path)
+
+
+def suggest(name: str, choices: typing.Iterable[str]) -> str:
+    """A ``did you mean`` hint, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a path (string)"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a table"
+    if attrs.has(tp):
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def convert_value(tp: Any, value: Any, key: str, source: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp``, or raise a :class:`ConfigError` naming ``key``."""
+
+    def fail() -> typing.NoReturn:
+        raise ConfigError(
+            f"{key} = {value!r} ({source}): expected {_type_name(tp)}, got {type(value).__name__}"
+        )
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for option in options:
+            try:
+                return convert_value(option, value, key, source)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        fail()
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        fail()
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(
+            f"{key} = {value!r} ({source}): expected {_type_name(tp)}{suggest(str(value), map(str, choices))}"
+        )
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            fail()
+        args = typing.get_args(tp)
+        item_type = args[0] if args else Any
+        items = [convert_value(item_type, item, f"{key}[{index}]", source) for index, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            fail()
+        key_type, value_type = typing.get_args(tp) or (str, Any)
+        return {
+            convert_value(key_type, k, f"{key}", source): convert_value(value_type, v, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if attrs.has(tp):
+        if not isinstance(value, Mapping):
+            fail()
+        return build_attrs(tp, value, key, lambda _field: source)
+    raise ConfigError(f"{key}: the option's type {tp!r} cannot be read from a configuration (a bug in its plugin)")
+
+
+def build_attrs(
+    cls: type, table: Mapping[str, Any], prefix: str, source_of: typing.Callable[[str], str]
+) -> Any:
+    """Build ``cls`` from ``table``; unknown keys, wrong types and failed validators raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: field for field in attrs.fields(cls)}
+    unknown = [name for name in table if name not in fields]
+    if unknown:
+        name = unknown[0]
+        raise ConfigError(
+            f"unknown key {_join(prefix, name)} ({source_of(name)}){suggest(name, fields) or '.'} "
+            f"Known keys of [{prefix}]: {', '.join(sorted(fields)) or '(none)'}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in table:
+            if field.default is attrs.NOTHING:
+                raise ConfigError(f"missing required key {_join(prefix, name)} ({_type_name(hints[name])})")
+            continue
+        value, field_type = table[name], hints[name]
+        if attrs.has(field_type) and isinstance(value, Mapping):
+            nested_source = (lambda outer: lambda key: source_of(f"{outer}.{key}"))(name)
+            kwargs[field.alias or name] = build_attrs(field_type, value, _join(prefix, name), nested_source)
+        else:
+            kwargs[field.alias or name] = convert_value(field_type, value, _join(prefix, name), source_of(name))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        text = str(error)
+        culprit = next((name for name in fields if text.startswith((f"{name} ", f"'{name}'"))), None)
+        if culprit is not None:
+            raise ConfigError(f"{_join(prefix, text)} ({source_of(culprit)})") from error
+        raise ConfigError(f"[{prefix}]: {text}") from error
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def section_to_dict(instance: Any) -> dict[str, Any]:
+    """A TOML-ready dict of a section: paths as strings, tuples as lists, ``None`` left out (TOML has no null)."""
+
+    def plain(value: Any) -> Any:
+        if attrs.has(type(value)):
+            return section_to_dict(value)
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items() if v is not None}
+        return value
+
+    return {
+        field.name: plain(getattr(instance, field.name))
+        for field in attrs.fields(type(instance))
+        if getattr(instance, field.name) is not None
+    }

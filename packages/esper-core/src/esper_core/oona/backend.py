@@ -1,0 +1,71 @@
+"""The ``BusBackend`` protocol: the Redis Streams consumer-group operations Oona needs, and nothing more.
+
+A backend stores entries (a mapping of field name to bytes) in named streams, with ids that increase within a
+stream (``"<milliseconds>-<sequence>"``). Consumer groups each see every entry of a stream; within a group each
+entry goes to one consumer and stays *pending* until acknowledged. Pending entries idle longer than a timeout can
+be claimed by another consumer, which increments their delivery count. Everything above that (signing, envelopes,
+routing, retries, dead letters) lives in :class:`esper_core.oona.Oona`, so every backend behaves the same; the
+conformance suite in :mod:`esper_core.testing.conformance.bus` checks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+
+@attrs.frozen
+class StreamEntry:
+    stream: str
+    entry_id: str
+    fields: Mapping[str, bytes]
+    #: How many times this entry has been delivered to the group (1 on first delivery).
+    delivery_count: int = 1
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+@runtime_checkable
+class BusBackend(Protocol):
+    def publish(self, stream: str, fields: Mapping[str, bytes], *, maxlen: int | None = None) -> str:
+        """Append an entry (trimming the stream to about ``maxlen`` entries); return its id."""
+
+    def publish_many(
+        self, entries: Sequence[tuple[str, Mapping[str, bytes]]], *, maxlen: int | None = None
+    ) -> list[str]:
+        """Append several entries in one round trip where the backend can; return their ids in order."""
+
+    def ensure_group(self, stream: str, group: str) -> None:
+        """Create ``group`` on ``stream`` (and the stream) if missing; a new group sees the stream's backlog."""
+
+    def read(
+        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        """Deliver up to ``count`` never-delivered entries per stream to ``consumer``, waiting up to ``block_ms``
+        (0: do not wait) for one to arrive; delivered entries become pending."""
+
+    def claim_idle(
+        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[StreamEntry]:
+        """Transfer up to ``count`` entries pending longer than ``min_idle_ms`` to ``consumer`` and deliver them
+        again (delivery count + 1). Pending entries whose data was trimmed away are dropped from the group."""
+
+    def ack(self, stream: str, group: str, entry_ids: Sequence[str]) -> int:
+        """Acknowledge entries; return how many were pending. An acknowledged entry is never delivered again."""
+
+    def length(self, stream: str) -> int:
+        """Entries currently stored in ``stream`` (0 for a stream that does not exist)."""
+
+    def pending_count(self, stream: str, group: str) -> int:
+        """Entries delivered to ``group`` and not yet acknowledged."""
+
+    def trim(self, stream: str, *, maxlen: int | None = None, min_id: str | None = None) -> int:
+        """Remove old entries (beyond ``maxlen``, or with ids below ``min_id``); return how many were removed."""
+
+    def close(self) -> None:
+        """Release connections; further calls may fail."""

@@ -1,0 +1,350 @@
+"""Oona: typed, signed messaging over any :class:`BusBackend`.
+
+Publishing wraps a Leyline message in a ``BusEnvelope``, signs the envelope bytes with the run's key, and appends
+it to the stream for its kind (telemetry, policy updates, kernel prefetch, ...). HIGH and CRITICAL messages go to the
+emergency stream while its rate cap allows; over the cap they take their normal route (counted, never lost).
+Optional depth thresholds reroute or drop normal-priority traffic under backpressure, with counts.
+
+Consuming verifies each entry's signature (a missing or bad one is acknowledged, dropped and counted), decodes the
+envelope and payload, and hands a :class:`BusMessage` to the handler. A handler that raises makes the message
+retry: it is republished with ``attempt + 1`` and the original acknowledged; once a message has been attempted
+``max_attempts`` times it goes to the dead-letter stream instead. Entries left pending by a crashed consumer are
+claimed after ``claim_idle_ms`` and count their deliveries towards the same limit. Delivery is at-least-once:
+handlers must be idempotent (commands carry nonces for exactly this reason).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+from google.protobuf.message import DecodeError, Message
+
+from esper_core.leyline import (
+    PAYLOAD_TYPES,
+    BusEnvelope,
+    BusMessageType,
+    MessagePriority,
+    bus_message_type_of,
+)
+from esper_core.oona.backend import BusBackend, StreamEntry, parse_entry_id
+from esper_core.oona.options import OonaOptions, StreamNames
+from esper_core.signing import SigningKey
+
+ENVELOPE_FIELD = "envelope"
+SIGNATURE_FIELD = "signature"
+Priority = MessagePriority.ValueType
+_URGENT = (MessagePriority.MESSAGE_PRIORITY_HIGH, MessagePriority.MESSAGE_PRIORITY_CRITICAL)
+
+
+@attrs.frozen
+class BusMessage:
+    """A verified, decoded message delivered to a consumer."""
+
+    stream: str
+    entry_id: str
+    envelope: BusEnvelope
+    payload: Message
+    delivery_count: int
+
+    @property
+    def attempts(self) -> int:
+        """Delivery attempts including this one."""
+        return self.envelope.attempt + self.delivery_count
+
+
+@attrs.define
+class ConsumeReport:
+    delivered: int = 0
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    dropped_bad_signature: int = 0
+
+
+class _TokenBucket:
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.capacity = float(per_minute)
+        self.tokens = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def route_for(message_type: int, streams: StreamNames) -> str:
+    """The stream a message type travels on at normal priority."""
+    kinds = BusMessageType
+    if message_type == kinds.BUS_MESSAGE_TYPE_TELEMETRY:
+        return streams.telemetry
+    if message_type == kinds.BUS_MESSAGE_TYPE_POLICY_UPDATE:
+        return streams.policy
+    if message_type == kinds.BUS_MESSAGE_TYPE_KERNEL_PREFETCH_REQUEST:
+        return streams.kernel_requests
+    if message_type in (kinds.BUS_MESSAGE_TYPE_KERNEL_PREFETCH_READY, kinds.BUS_MESSAGE_TYPE_KERNEL_CATALOG_UPDATE):
+        return streams.kernel_ready
+    if message_type == kinds.BUS_MESSAGE_TYPE_KERNEL_PREFETCH_ERROR:
+        return streams.kernel_errors
+    if message_type == kinds.BUS_MESSAGE_TYPE_EMERGENCY_SIGNAL:
+        return streams.emergency
+    return streams.normal
+
+
+class Oona:
+    def __init__(
+        self,
+        backend: BusBackend,
+        *,
+        signing_key: SigningKey,
+        options: OonaOptions | None = None,
+        group: str = "esper",
+        consumer: str = "esper-1",
+        source: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.key = signing_key
+        self.options = options or OonaOptions()
+        self.streams = self.options.streams
+        self.group = group
+        self.consumer = consumer
+        self.source = source
+        self._clock = clock
+        self._emergency_bucket = _TokenBucket(self.options.emergency_max_per_minute, clock)
+        self._groups_ready: set[str] = set()
+        self._last_claim: dict[str, float] = {}
+        self.counters: dict[str, int] = {
+            "published": 0,
+            "published_emergency": 0,
+            "emergency_rate_limited": 0,
+            "rerouted": 0,
+            "dropped_backpressure": 0,
+            "delivered": 0,
+            "handled": 0,
+            "retried": 0,
+            "dead_lettered": 0,
+            "dropped_bad_signature": 0,
+            "trimmed": 0,
+        }
+
+    # -- publishing -------------------------------------------------------------------------------------------
+    def envelope_for(
+        self, message: Message, *, priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL, correlation_id: str = ""
+    ) -> BusEnvelope:
+        envelope = BusEnvelope(
+            message_type=bus_message_type_of(message),
+            payload=message.SerializeToString(),
+            priority=priority,
+            source=self.source,
+            correlation_id=correlation_id,
+        )
+        envelope.created_at.GetCurrentTime()
+        return envelope
+
+    def _fields(self, envelope: BusEnvelope) -> dict[str, bytes]:
+        data = envelope.SerializeToString(deterministic=True)
+        return {ENVELOPE_FIELD: data, SIGNATURE_FIELD: self.key.sign(data)}
+
+    def choose_stream(self, envelope: BusEnvelope, stream: str | None = None) -> str | None:
+        """The stream for ``envelope`` after priority routing and backpressure; None means drop."""
+        target = stream or route_for(envelope.message_type, self.streams)
+        if envelope.priority in _URGENT and target != self.streams.emergency:
+            if self._emergency_bucket.take():
+                self.counters["published_emergency"] += 1
+                return self.streams.emergency
+            self.counters["emergency_rate_limited"] += 1
+            return target
+        options = self.options
+        if target != self.streams.emergency and (options.drop_depth or options.reroute_depth):
+            depth = self.backend.length(target)
+            if options.drop_depth and depth >= options.drop_depth:
+                self.counters["dropped_backpressure"] += 1
+                return None
+            if options.reroute_depth and depth >= options.reroute_depth and self._emergency_bucket.take():
+                self.counters["rerouted"] += 1
+                return self.streams.emergency
+        return target
+
+    def publish(
+        self,
+        message: Message,
+        *,
+        priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL,
+        stream: str | None = None,
+        correlation_id: str = "",
+    ) -> str | None:
+        """Publish ``message``; return its entry id, or None if backpressure dropped it (counted)."""
+        envelope = self.envelope_for(message, priority=priority, correlation_id=correlation_id)
+        target = self.choose_stream(envelope, stream)
+        if target is None:
+            return None
+        entry_id = self.backend.publish(target, self._fields(envelope), maxlen=self.options.max_stream_length)
+        self.counters["published"] += 1
+        return entry_id
+
+    def publish_many(
+        self, messages: Iterable[Message], *, priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL
+    ) -> list[str | None]:
+        """Publish several messages in one backend round trip (pipelined on Redis)."""
+        batch: list[tuple[str, dict[str, bytes]]] = []
+        positions: list[int | None] = []
+        for message in messages:
+            envelope = self.envelope_for(message, priority=priority)
+            target = self.choose_stream(envelope)
+            if target is None:
+                positions.append(None)
+            else:
+                positions.append(len(batch))
+                batch.append((target, self._fields(envelope)))
+        ids = self.backend.publish_many(batch, maxlen=self.options.max_stream_length) if batch else []
+        self.counters["published"] += len(ids)
+        return [None if position is None else ids[position] for position in positions]
+
+    # -- consuming --------------------------------------------------------------------------------------------
+    def subscribe(self, streams: Sequence[str]) -> None:
+        """Create this bus's consumer group on ``streams`` (idempotent)."""
+        for stream in streams:
+            if stream not in self._groups_ready:
+                self.backend.ensure_group(stream, self.group)
+                self._groups_ready.add(stream)
+
+    def poll(self, streams: Sequence[str], *, count: int = 32, block_ms: int = 0) -> list[BusMessage]:
+        """Verified, decoded messages for this consumer: idle claims first, then new entries.
+
+        The caller must :meth:`ack` or :meth:`fail` each one (``consume`` does both for a handler).
+        """
+        self.subscribe(streams)
+        entries: list[StreamEntry] = []
+        now = self._clock()
+        claim_every = self.options.claim_idle_ms / 2000.0
+        for stream in streams:
+            if now - self._last_claim.get(stream, float("-inf")) >= claim_every:
+                self._last_claim[stream] = now
+                entries.extend(
+                    self.backend.claim_idle(
+                        stream, self.group, self.consumer, min_idle_ms=self.options.claim_idle_ms, count=count
+                    )
+                )
+        if not entries:
+            entries = self.backend.read(streams, self.group, self.consumer, count=count, block_ms=block_ms)
+        messages = []
+        for entry in entries:
+            message = self._open(entry)
+            if message is not None:
+                messages.append(message)
+        self.counters["delivered"] += len(messages)
+        return messages
+
+    def _open(self, entry: StreamEntry) -> BusMessage | None:
+        data = entry.fields.get(ENVELOPE_FIELD)
+        signature = entry.fields.get(SIGNATURE_FIELD, b"")
+        if data is None or not self.key.verify(data, signature):
+            self.backend.ack(entry.stream, self.group, [entry.entry_id])
+            self.counters["dropped_bad_signature"] += 1
+            return None
+        try:
+            envelope = BusEnvelope.FromString(data)
+        except DecodeError:
+            self._dead_letter(entry, "the envelope cannot be decoded")
+            return None
+        if envelope.attempt + entry.delivery_count > self.options.max_attempts:
+            self._dead_letter(entry, f"delivered {envelope.attempt + entry.delivery_count - 1} times, never acknowledged")
+            return None
+        payload_type = PAYLOAD_TYPES.get(envelope.message_type)
+        if payload_type is None:
+            self._dead_letter(entry, f"unknown message type {envelope.message_type}")
+            return None
+        try:
+            payload = payload_type.FromString(envelope.payload)
+        except DecodeError:
+            self._dead_letter(entry, f"the {payload_type.__name__} payload cannot be decoded")
+            return None
+        return BusMessage(entry.stream, entry.entry_id, envelope, payload, entry.delivery_count)
+
+    def ack(self, message: BusMessage) -> None:
+        self.backend.ack(message.stream, self.group, [message.entry_id])
+        self.counters["handled"] += 1
+
+    def fail(self, message: BusMessage, reason: str) -> bool:
+        """Record a failed attempt: republish for retry, or dead-letter at the limit. True if dead-lettered."""
+        attempts = message.attempts
+        if attempts >= self.options.max_attempts:
+            self._dead_letter_fields(
+                message.stream, message.entry_id, self._fields(message.envelope), f"failed {attempts} times: {reason}"
+            )
+            return True
+        retry = BusEnvelope()
+        retry.CopyFrom(message.envelope)
+        retry.attempt = attempts
+        self.backend.publish(message.stream, self._fields(retry), maxlen=self.options.max_stream_length)
+        self.backend.ack(message.stream, self.group, [message.entry_id])
+        self.counters["retried"] += 1
+        return False
+
+    def consume(
+        self, streams: Sequence[str], handler: Callable[[BusMessage], Any], *, count: int = 32, block_ms: int = 0
+    ) -> ConsumeReport:
+        """Poll once and hand every message to ``handler``; acknowledge on return, retry on exception."""
+        dropped_before = self.counters["dropped_bad_signature"]
+        dead_before = self.counters["dead_lettered"]
+        report = ConsumeReport()
+        for message in self.poll(streams, count=count, block_ms=block_ms):
+            report.delivered += 1
+            try:
+                handler(message)
+            except Exception as error:  # noqa: BLE001 - a failing handler must not stop the consumer
+                report.failed += 1
+                self.fail(message, f"{type(error).__name__}: {error}")
+            else:
+                self.ack(message)
+                report.handled += 1
+        report.dropped_bad_signature = self.counters["dropped_bad_signature"] - dropped_before
+        report.dead_lettered = self.counters["dead_lettered"] - dead_before
+        return report
+
+    def _dead_letter(self, entry: StreamEntry, reason: str) -> None:
+        self._dead_letter_fields(entry.stream, entry.entry_id, dict(entry.fields), reason)
+
+    def _dead_letter_fields(self, stream: str, entry_id: str, fields: dict[str, bytes], reason: str) -> None:
+        letter = dict(fields)
+        letter["reason"] = reason.encode("utf-8")
+        letter["source_stream"] = stream.encode("utf-8")
+        letter["source_id"] = entry_id.encode("utf-8")
+        self.backend.publish(self.streams.dead_letter, letter, maxlen=self.options.max_stream_length)
+        self.backend.ack(stream, self.group, [entry_id])
+        self.counters["dead_lettered"] += 1
+
+    # -- housekeeping -----------------------------------------------------------------------------------------
+    def housekeeping(self, now_ms: float | None = None) -> int:
+        """Trim every stream of entries older than ``message_ttl_ms``; return how many were removed."""
+        ttl = self.options.message_ttl_ms
+        if not ttl:
+            return 0
+        now = time.time() * 1000.0 if now_ms is None else now_ms
+        floor = f"{int(now - ttl)}-0"
+        removed = sum(self.backend.trim(stream, min_id=floor) for stream in self.streams.all())
+        self.counters["trimmed"] += removed
+        return removed
+
+    def metrics(self) -> dict[str, float]:
+        """Counters and stream depths, named for telemetry (``oona.<name>``)."""
+        values: dict[str, float] = {f"oona.{name}": float(count) for name, count in self.counters.items()}
+        for field in attrs.fields(StreamNames):
+            values[f"oona.queue_depth.{field.name}"] = float(self.backend.length(getattr(self.streams, field.name)))
+        return values
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+__all__ = ["BusMessage", "ConsumeReport", "Oona", "parse_entry_id", "route_for"]
