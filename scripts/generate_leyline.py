@@ -32,8 +32,8 @@ PINS = ROOT / "requirements/codegen.txt"
 
 def read_pins() -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in PINS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in PINS.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
             pins[name.strip()] = version.strip()
@@ -78,7 +78,7 @@ def generate(out_root: Path) -> list[Path]:
         f"--mypy_out={out_root}",
         *[str(p) for p in protos],
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"protoc failed:\n{result.stderr}")
     return sorted(p.relative_to(out_root) for p in (out_root / PROTO_PACKAGE_DIR).glob("*_pb2.py*"))

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import TypeAlias
 
 import attrs
 from google.protobuf.message import Message
@@ -30,7 +31,7 @@ from esper_core.leyline import AdaptationCommand, SecurityRejectionReason
 SECRET_ENV_VAR = "ESPER_LEYLINE_SECRET"
 MIN_SECRET_BYTES = 16
 
-Reason = SecurityRejectionReason.ValueType
+Reason: TypeAlias = SecurityRejectionReason.ValueType
 
 
 @attrs.frozen
@@ -66,9 +67,7 @@ class SigningKey:
         return cls.from_secret(value) if value else None
 
     @classmethod
-    def resolve(
-        cls, *, required: bool, env: Mapping[str, str] | None = None, var: str = SECRET_ENV_VAR
-    ) -> SigningKey:
+    def resolve(cls, *, required: bool, env: Mapping[str, str] | None = None, var: str = SECRET_ENV_VAR) -> SigningKey:
         """The configured key; when none is configured, a per-run random key, or an error if one is ``required``."""
         key = cls.from_env(env, var)
         if key is not None:
@@ -248,7 +247,9 @@ class CommandVerifier:
         if not security.nonce:
             return _refuse(SecurityRejectionReason.SECURITY_REJECTION_MISSING_NONCE, "the command has no nonce")
         if not security.HasField("issued_at") or security.issued_at.ToNanoseconds() == 0:
-            return _refuse(SecurityRejectionReason.SECURITY_REJECTION_MISSING_TIMESTAMP, "the command has no issue time")
+            return _refuse(
+                SecurityRejectionReason.SECURITY_REJECTION_MISSING_TIMESTAMP, "the command has no issue time"
+            )
         issued = security.issued_at.ToNanoseconds() / 1e9
         now = self._clock()
         if issued > now + self.max_future_skew_ms / 1000.0:

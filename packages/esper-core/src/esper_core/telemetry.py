@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Union
+from typing import TypeAlias
 
 import attrs
 
@@ -33,8 +33,8 @@ from esper_core.leyline import (
     TelemetryPacket,
 )
 
-Level = TelemetryLevel.ValueType
-Priority = MessagePriority.ValueType
+Level: TypeAlias = TelemetryLevel.ValueType
+Priority: TypeAlias = MessagePriority.ValueType
 
 INFO = TelemetryLevel.TELEMETRY_LEVEL_INFO
 WARNING = TelemetryLevel.TELEMETRY_LEVEL_WARNING
@@ -77,7 +77,7 @@ class Event:
     attributes: Mapping[str, str] = attrs.field(factory=dict)
 
 
-MetricLike = Union[Metric, tuple[str, float], tuple[str, float, str]]
+MetricLike = Metric | tuple[str, float] | tuple[str, float, str]
 
 
 def priority_for(level: Level, events: Iterable[TelemetryEvent | Event]) -> Priority:
@@ -101,9 +101,9 @@ def _metric_point(metric: MetricLike) -> MetricPoint:
             name=metric.name, value=float(metric.value), unit=metric.unit, attributes=dict(metric.attributes)
         )
     if len(metric) == 3:
-        name, value, unit = metric  # type: ignore[misc]
+        name, value, unit = metric
         return MetricPoint(name=name, value=float(value), unit=unit)
-    name, value = metric  # type: ignore[misc]
+    name, value = metric
     return MetricPoint(name=name, value=float(value))
 
 

@@ -71,9 +71,7 @@ def convert_value(tp: Any, value: Any, key: str, source: str) -> Any:
     """Convert ``value`` to the annotated type ``tp``, or raise a :class:`ConfigError` naming ``key``."""
 
     def fail() -> typing.NoReturn:
-        raise ConfigError(
-            f"{key} = {value!r} ({source}): expected {_type_name(tp)}, got {type(value).__name__}"
-        )
+        raise ConfigError(f"{key} = {value!r} ({source}): expected {_type_name(tp)}, got {type(value).__name__}")
 
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -138,9 +136,7 @@ def convert_value(tp: Any, value: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{key}: the option's type {tp!r} cannot be read from a configuration (a bug in its plugin)")
 
 
-def build_attrs(
-    cls: type, table: Mapping[str, Any], prefix: str, source_of: typing.Callable[[str], str]
-) -> Any:
+def build_attrs(cls: type, table: Mapping[str, Any], prefix: str, source_of: typing.Callable[[str], str]) -> Any:
     """Build ``cls`` from ``table``; unknown keys, wrong types and failed validators raise :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
     fields = {field.name: field for field in attrs.fields(cls)}
@@ -159,8 +155,9 @@ def build_attrs(
             continue
         value, field_type = table[name], hints[name]
         if attrs.has(field_type) and isinstance(value, Mapping):
-            nested_source = (lambda outer: lambda key: source_of(f"{outer}.{key}"))(name)
-            kwargs[field.alias or name] = build_attrs(field_type, value, _join(prefix, name), nested_source)
+            kwargs[field.alias or name] = build_attrs(
+                field_type, value, _join(prefix, name), _nested_source(source_of, name)
+            )
         else:
             kwargs[field.alias or name] = convert_value(field_type, value, _join(prefix, name), source_of(name))
     try:
@@ -171,6 +168,10 @@ def build_attrs(
         if culprit is not None:
             raise ConfigError(f"{_join(prefix, text)} ({source_of(culprit)})") from error
         raise ConfigError(f"[{prefix}]: {text}") from error
+
+
+def _nested_source(source_of: typing.Callable[[str], str], name: str) -> typing.Callable[[str], str]:
+    return lambda key: source_of(f"{name}.{key}")
 
 
 def _join(prefix: str, name: str) -> str:

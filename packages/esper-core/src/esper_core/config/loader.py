@@ -235,8 +235,9 @@ def load_config(
                 choices = list(owners) + schema.child_tables(prefix)
                 where = f"[{prefix}]" if prefix else "the top level"
                 what = "section" if isinstance(value, dict) else "key"
+                hint = suggest(key, choices) or "."
                 raise ConfigError(
-                    f"unknown {what} {child} ({source_of(prefix)(key)}){suggest(key, choices) or '.'} Known in {where}: "
+                    f"unknown {what} {child} ({source_of(prefix)(key)}){hint} Known in {where}: "
                     f"{', '.join(sorted(choices)) or '(nothing)'}. If a plugin reads it, is that plugin installed? "
                     "See `esper plugins`."
                 )
@@ -244,8 +245,8 @@ def load_config(
             instances[cls] = build_attrs(cls, values, prefix, source_of(prefix))
 
     walk(raw, "")
-    for path, classes in schema.by_path.items():
+    for section_name, classes in schema.by_path.items():
         for cls in classes:
             if cls not in instances:
-                instances[cls] = build_attrs(cls, {}, path, source_of(path))
+                instances[cls] = build_attrs(cls, {}, section_name, source_of(section_name))
     return EsperConfig(instances, source_file)

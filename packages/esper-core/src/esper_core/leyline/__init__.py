@@ -14,88 +14,201 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
-from esper_core.leyline.v1.enums_pb2 import (
-    SeedLifecycleStage as SeedLifecycleStage,
-    SeedLifecycleGate as SeedLifecycleGate,
-    HealthStatus as HealthStatus,
-    CircuitBreakerState as CircuitBreakerState,
-    CommandType as CommandType,
-    SeedOperation as SeedOperation,
-    MessagePriority as MessagePriority,
-    DeliveryGuarantee as DeliveryGuarantee,
-    TelemetryLevel as TelemetryLevel,
-    EmergencyLevel as EmergencyLevel,
-    FieldReportOutcome as FieldReportOutcome,
-    BlueprintTier as BlueprintTier,
-    BusMessageType as BusMessageType,
-    HazardBand as HazardBand,
-    HandlingClass as HandlingClass,
-    ResourceProfile as ResourceProfile,
-    Provenance as Provenance,
-    SlotKind as SlotKind,
-    BlendSchedule as BlendSchedule,
-    OptimizerFamily as OptimizerFamily,
-    SecurityRejectionReason as SecurityRejectionReason,
-    CommandStatus as CommandStatus,
+from esper_core.leyline.v1.blueprints_pb2 import (
+    BSDS as BSDS,
 )
-from esper_core.leyline.v1.state_pb2 import (
-    HardwareContext as HardwareContext,
-    TrainingMetrics as TrainingMetrics,
-    SeedState as SeedState,
-    SystemStatePacket as SystemStatePacket,
+from esper_core.leyline.v1.blueprints_pb2 import (
+    BenchmarkReport as BenchmarkReport,
 )
-from esper_core.leyline.v1.control_pb2 import (
-    CommandSeedOperation as CommandSeedOperation,
-    CommandOptimizerAdjustment as CommandOptimizerAdjustment,
-    CommandCircuitBreaker as CommandCircuitBreaker,
-    CommandRollback as CommandRollback,
-    DecisionMetadata as DecisionMetadata,
-    CommandSecurity as CommandSecurity,
-    AdaptationCommand as AdaptationCommand,
-    GateResult as GateResult,
-    SeedLifecycleEvent as SeedLifecycleEvent,
-    CommandResult as CommandResult,
-    EmergencySignal as EmergencySignal,
+from esper_core.leyline.v1.blueprints_pb2 import (
+    BlueprintBenchmark as BlueprintBenchmark,
 )
-from esper_core.leyline.v1.learning_pb2 import (
-    MitigationAction as MitigationAction,
-    FieldReportDelta as FieldReportDelta,
-    FieldReport as FieldReport,
-    PolicyUpdate as PolicyUpdate,
+from esper_core.leyline.v1.blueprints_pb2 import (
+    BlueprintBenchmarkProfile as BlueprintBenchmarkProfile,
+)
+from esper_core.leyline.v1.blueprints_pb2 import (
+    BlueprintDescriptor as BlueprintDescriptor,
 )
 from esper_core.leyline.v1.blueprints_pb2 import (
     BlueprintParameterBounds as BlueprintParameterBounds,
-    BlueprintDescriptor as BlueprintDescriptor,
-    BSDS as BSDS,
-    BlueprintBenchmarkProfile as BlueprintBenchmarkProfile,
-    BlueprintBenchmark as BlueprintBenchmark,
-    BSDSIssued as BSDSIssued,
+)
+from esper_core.leyline.v1.blueprints_pb2 import (
     BSDSFailed as BSDSFailed,
-    BenchmarkReport as BenchmarkReport,
-    KernelPrefetchRequest as KernelPrefetchRequest,
-    KernelArtifactReady as KernelArtifactReady,
+)
+from esper_core.leyline.v1.blueprints_pb2 import (
+    BSDSIssued as BSDSIssued,
+)
+from esper_core.leyline.v1.blueprints_pb2 import (
     KernelArtifactError as KernelArtifactError,
+)
+from esper_core.leyline.v1.blueprints_pb2 import (
+    KernelArtifactReady as KernelArtifactReady,
+)
+from esper_core.leyline.v1.blueprints_pb2 import (
     KernelCatalogUpdate as KernelCatalogUpdate,
 )
-from esper_core.leyline.v1.telemetry_pb2 import (
-    MetricPoint as MetricPoint,
-    TelemetryEvent as TelemetryEvent,
-    TraceSpan as TraceSpan,
-    SystemHealth as SystemHealth,
-    TelemetryPacket as TelemetryPacket,
-    BusEnvelope as BusEnvelope,
-    EventEnvelope as EventEnvelope,
+from esper_core.leyline.v1.blueprints_pb2 import (
+    KernelPrefetchRequest as KernelPrefetchRequest,
+)
+from esper_core.leyline.v1.budgets_pb2 import (
+    MemoryBudgets as MemoryBudgets,
 )
 from esper_core.leyline.v1.budgets_pb2 import (
     PerformanceBudgets as PerformanceBudgets,
-    MemoryBudgets as MemoryBudgets,
+)
+from esper_core.leyline.v1.budgets_pb2 import (
     SystemLimits as SystemLimits,
 )
+from esper_core.leyline.v1.control_pb2 import (
+    AdaptationCommand as AdaptationCommand,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    CommandCircuitBreaker as CommandCircuitBreaker,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    CommandOptimizerAdjustment as CommandOptimizerAdjustment,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    CommandResult as CommandResult,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    CommandRollback as CommandRollback,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    CommandSecurity as CommandSecurity,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    CommandSeedOperation as CommandSeedOperation,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    DecisionMetadata as DecisionMetadata,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    EmergencySignal as EmergencySignal,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    GateResult as GateResult,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    SeedLifecycleEvent as SeedLifecycleEvent,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    BlendSchedule as BlendSchedule,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    BlueprintTier as BlueprintTier,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    BusMessageType as BusMessageType,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    CircuitBreakerState as CircuitBreakerState,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    CommandStatus as CommandStatus,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    CommandType as CommandType,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    DeliveryGuarantee as DeliveryGuarantee,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    EmergencyLevel as EmergencyLevel,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    FieldReportOutcome as FieldReportOutcome,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    HandlingClass as HandlingClass,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    HazardBand as HazardBand,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    HealthStatus as HealthStatus,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    MessagePriority as MessagePriority,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    OptimizerFamily as OptimizerFamily,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    Provenance as Provenance,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    ResourceProfile as ResourceProfile,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    SecurityRejectionReason as SecurityRejectionReason,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    SeedLifecycleGate as SeedLifecycleGate,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    SeedLifecycleStage as SeedLifecycleStage,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    SeedOperation as SeedOperation,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    SlotKind as SlotKind,
+)
+from esper_core.leyline.v1.enums_pb2 import (
+    TelemetryLevel as TelemetryLevel,
+)
+from esper_core.leyline.v1.learning_pb2 import (
+    FieldReport as FieldReport,
+)
+from esper_core.leyline.v1.learning_pb2 import (
+    FieldReportDelta as FieldReportDelta,
+)
+from esper_core.leyline.v1.learning_pb2 import (
+    MitigationAction as MitigationAction,
+)
+from esper_core.leyline.v1.learning_pb2 import (
+    PolicyUpdate as PolicyUpdate,
+)
+from esper_core.leyline.v1.state_pb2 import (
+    HardwareContext as HardwareContext,
+)
+from esper_core.leyline.v1.state_pb2 import (
+    SeedState as SeedState,
+)
+from esper_core.leyline.v1.state_pb2 import (
+    SystemStatePacket as SystemStatePacket,
+)
+from esper_core.leyline.v1.state_pb2 import (
+    TrainingMetrics as TrainingMetrics,
+)
+from esper_core.leyline.v1.telemetry_pb2 import (
+    BusEnvelope as BusEnvelope,
+)
+from esper_core.leyline.v1.telemetry_pb2 import (
+    EventEnvelope as EventEnvelope,
+)
+from esper_core.leyline.v1.telemetry_pb2 import (
+    MetricPoint as MetricPoint,
+)
+from esper_core.leyline.v1.telemetry_pb2 import (
+    SystemHealth as SystemHealth,
+)
+from esper_core.leyline.v1.telemetry_pb2 import (
+    TelemetryEvent as TelemetryEvent,
+)
+from esper_core.leyline.v1.telemetry_pb2 import (
+    TelemetryPacket as TelemetryPacket,
+)
+from esper_core.leyline.v1.telemetry_pb2 import (
+    TraceSpan as TraceSpan,
+)
+
 #: The Leyline protobuf package every message belongs to.
 PACKAGE = "esper.leyline.v1"
 
 #: The payload class carried by each bus message type.
-PAYLOAD_TYPES: dict[int, type[Message]] = {
+PAYLOAD_TYPES: dict[BusMessageType.ValueType, type[Message]] = {
     BusMessageType.BUS_MESSAGE_TYPE_SYSTEM_STATE: SystemStatePacket,
     BusMessageType.BUS_MESSAGE_TYPE_ADAPTATION_COMMAND: AdaptationCommand,
     BusMessageType.BUS_MESSAGE_TYPE_FIELD_REPORT: FieldReport,
@@ -113,18 +226,16 @@ PAYLOAD_TYPES: dict[int, type[Message]] = {
     BusMessageType.BUS_MESSAGE_TYPE_BENCHMARK_REPORT: BenchmarkReport,
 }
 
-_MESSAGE_TYPE_OF: dict[type[Message], int] = {cls: kind for kind, cls in PAYLOAD_TYPES.items()}
+_MESSAGE_TYPE_OF: dict[type[Message], BusMessageType.ValueType] = {cls: kind for kind, cls in PAYLOAD_TYPES.items()}
 
 
-def bus_message_type_of(message: Message) -> int:
+def bus_message_type_of(message: Message) -> BusMessageType.ValueType:
     """The ``BusMessageType`` for a payload; raises ``TypeError`` for a message the bus does not carry."""
     try:
         return _MESSAGE_TYPE_OF[type(message)]
     except KeyError:
         carried = ", ".join(sorted(cls.__name__ for cls in _MESSAGE_TYPE_OF))
-        raise TypeError(
-            f"{type(message).__name__} is not a bus payload; the bus carries: {carried}"
-        ) from None
+        raise TypeError(f"{type(message).__name__} is not a bus payload; the bus carries: {carried}") from None
 
 
 def all_message_types() -> list[type[Message]]:

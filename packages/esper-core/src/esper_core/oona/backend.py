@@ -49,9 +49,7 @@ class BusBackend(Protocol):
         """Deliver up to ``count`` never-delivered entries per stream to ``consumer``, waiting up to ``block_ms``
         (0: do not wait) for one to arrive; delivered entries become pending."""
 
-    def claim_idle(
-        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
-    ) -> list[StreamEntry]:
+    def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
         """Transfer up to ``count`` entries pending longer than ``min_idle_ms`` to ``consumer`` and deliver them
         again (delivery count + 1). Pending entries whose data was trimmed away are dropped from the group."""
 

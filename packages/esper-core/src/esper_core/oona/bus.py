@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 from google.protobuf.message import DecodeError, Message
@@ -35,7 +35,7 @@ from esper_core.signing import SigningKey
 
 ENVELOPE_FIELD = "envelope"
 SIGNATURE_FIELD = "signature"
-Priority = MessagePriority.ValueType
+Priority: TypeAlias = MessagePriority.ValueType
 _URGENT = (MessagePriority.MESSAGE_PRIORITY_HIGH, MessagePriority.MESSAGE_PRIORITY_CRITICAL)
 
 
@@ -139,7 +139,11 @@ class Oona:
 
     # -- publishing -------------------------------------------------------------------------------------------
     def envelope_for(
-        self, message: Message, *, priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL, correlation_id: str = ""
+        self,
+        message: Message,
+        *,
+        priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL,
+        correlation_id: str = "",
     ) -> BusEnvelope:
         envelope = BusEnvelope(
             message_type=bus_message_type_of(message),
@@ -258,7 +262,9 @@ class Oona:
             self._dead_letter(entry, "the envelope cannot be decoded")
             return None
         if envelope.attempt + entry.delivery_count > self.options.max_attempts:
-            self._dead_letter(entry, f"delivered {envelope.attempt + entry.delivery_count - 1} times, never acknowledged")
+            self._dead_letter(
+                entry, f"delivered {envelope.attempt + entry.delivery_count - 1} times, never acknowledged"
+            )
             return None
         payload_type = PAYLOAD_TYPES.get(envelope.message_type)
         if payload_type is None:

@@ -112,9 +112,7 @@ class MemoryBackend:
                 taken += 1
         return delivered
 
-    def claim_idle(
-        self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int
-    ) -> list[StreamEntry]:
+    def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
         with self._lock:
             data, state = self._group(stream, group)
             now = self._clock_ms()

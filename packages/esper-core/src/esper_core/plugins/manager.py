@@ -70,7 +70,7 @@ class EsperPluginManager(pluggy.PluginManager):
         super().__init__(PROJECT_NAME)
         self._infos: dict[str, PluginInfo] = {}
 
-    def register(  # type: ignore[override]
+    def register(
         self,
         plugin: Any,
         name: str | None = None,
@@ -128,7 +128,9 @@ def create_plugin_manager(
     blocked_names = {normalize_name(name) for name in blocked} | _names(environment.get("ESPER_BLOCKED_PLUGINS"))
     if CORE_PLUGIN_NAME in blocked_names:
         raise PluginError("the core plugin is essential and cannot be blocked; remove 'core' from the blocked list")
-    only_names = {normalize_name(name) for name in only} if only is not None else _names(environment.get("ESPER_PLUGINS"))
+    only_names = (
+        {normalize_name(name) for name in only} if only is not None else _names(environment.get("ESPER_PLUGINS"))
+    )
     mode = errors or environment.get("ESPER_PLUGIN_ERRORS", "raise")
     if mode not in {"raise", "warn"}:
         raise PluginError(f"ESPER_PLUGIN_ERRORS={mode!r} is not understood; use 'raise' (the default) or 'warn'")
@@ -144,8 +146,13 @@ def create_plugin_manager(
         core_version = importlib.metadata.version(CORE_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         core_version = None
-    pm.register(core_plugin, name=CORE_PLUGIN_NAME, distribution=CORE_DISTRIBUTION, version=core_version,
-                target="esper_core.plugin")
+    pm.register(
+        core_plugin,
+        name=CORE_PLUGIN_NAME,
+        distribution=CORE_DISTRIBUTION,
+        version=core_version,
+        target="esper_core.plugin",
+    )
 
     if autoload:
         _load_entry_points(pm, blocked_names, only_names, warn=mode == "warn")
@@ -192,5 +199,4 @@ def _load_entry_points(pm: EsperPluginManager, blocked: set[str], only: set[str]
                 warnings.warn(str(failure), RuntimeWarning, stacklevel=2)
                 continue
             raise failure from error
-        pm.register(plugin, name=entry_point.name, distribution=distribution, version=version,
-                    target=entry_point.value)
+        pm.register(plugin, name=entry_point.name, distribution=distribution, version=version, target=entry_point.value)

@@ -83,7 +83,9 @@ class Registry:
             except PluginError:
                 raise
             except Exception as error:
-                raise PluginError(f"{info.describe()} raised in {hook_name}: {type(error).__name__}: {error}") from error
+                raise PluginError(
+                    f"{info.describe()} raised in {hook_name}: {type(error).__name__}: {error}"
+                ) from error
             for item in items:
                 if not isinstance(item, spec_type):
                     raise PluginValidationError(
@@ -110,8 +112,7 @@ class Registry:
         names = ", ".join(available) or "none"
         raise UnknownComponentError(
             f"no installed plugin provides a {kind} named {name!r}{suggest(wanted, available) or '.'} "
-            f"Installed {kind}s: {names}. Install the package that provides it; `esper plugins` lists what is "
-            "installed."
+            f"Available: {names}. Install the package that provides it; `esper plugins` lists what is installed."
         )
 
     def provider_of(self, spec: ComponentSpec | CliCommandSpec) -> PluginInfo:
@@ -213,7 +214,8 @@ class Registry:
         """Every section class: from the ``esper_core_config_sections`` hook and from descriptors' ``options``."""
         sections: dict[type, None] = {}
         for impl in reversed(self.pm.hook.esper_core_config_sections.get_hookimpls()):
-            for cls in impl.function() or ():
+            contributed = cast(Iterable[type], impl.function() or ())
+            for cls in contributed:
                 section_path(cls)  # raises a clear TypeError for an unmarked class
                 sections[cls] = None
         for hook_name, spec_type in _HOOKS.items():

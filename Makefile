@@ -1,0 +1,55 @@
+# Esper: the two commands that work on a fresh machine.
+#   make run   - set up and run the main job
+#   make test  - set up and run every test, lint (ruff), type check (mypy), walls (import-linter), contracts
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+CONSTRAINTS := -c requirements/constraints.txt
+PACKAGES := core kasmina tamiyo simic urza nissa
+EDITABLE := $(foreach p,$(PACKAGES),-e packages/esper-$(p))
+STAMP := $(VENV)/.esper-installed
+
+.PHONY: venv run test lint typecheck walls contracts pytest format clean
+
+# The venv is rebuilt when a package's dependencies or the pinned tools change. torch goes in first, pinned to the
+# CPU wheel on this machine's disk (any looser request would pull a multi-GB CUDA build).
+$(STAMP): requirements/*.txt $(foreach p,$(PACKAGES),packages/esper-$(p)/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(CONSTRAINTS) torch==2.13.0 numpy
+	$(PIP) install --quiet $(CONSTRAINTS) -r requirements/dev.txt $(EDITABLE) -e 'packages/esper-core[testing]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/esper plugins
+	$(BIN)/esper leyline check
+
+contracts: venv
+	$(BIN)/python scripts/generate_leyline.py --check
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy packages/esper-core/src packages/esper-kasmina/src packages/esper-tamiyo/src \
+		packages/esper-simic/src packages/esper-urza/src packages/esper-nissa/src scripts benchmarks
+
+walls: venv
+	$(BIN)/lint-imports --no-cache
+
+pytest: venv
+	$(BIN)/python -m pytest
+
+test: contracts lint typecheck walls pytest
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,75 @@
+"""The ``esper`` command. Core's subcommands live here; plugins add theirs through ``esper_core_cli_commands``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from esper_core import __version__
+from esper_core.errors import EsperError
+from esper_core.plugins.registry import Registry
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="a TOML run configuration (defaults when omitted)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one configuration key, e.g. --set oona.max_attempts=3 (repeatable)",
+    )
+
+
+def build_parser(registry: Registry) -> argparse.ArgumentParser:
+    from esper_core.cli import commands
+
+    parser = argparse.ArgumentParser(
+        prog="esper",
+        description="Esper: morphogenetic training for PyTorch. Networks that grow where growth pays.",
+    )
+    parser.add_argument("--version", action="version", version=f"esper {__version__}")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    plugins = subcommands.add_parser("plugins", help="list installed plugins and what they provide")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plugins.set_defaults(handler=commands.plugins)
+
+    config = subcommands.add_parser("config", help="print the resolved configuration (defaults, file, overrides)")
+    _add_config_arguments(config)
+    config.set_defaults(handler=commands.show_config)
+
+    leyline = subcommands.add_parser("leyline", help="Leyline contract tools")
+    leyline_commands = leyline.add_subparsers(dest="leyline_command", metavar="ACTION", required=True)
+    check = leyline_commands.add_parser("check", help="round-trip every contract message and report its size")
+    check.set_defaults(handler=commands.leyline_check)
+
+    for spec in registry.cli_commands():
+        extra = subcommands.add_parser(spec.name, help=spec.help)
+        spec.configure(extra)
+        extra.set_defaults(handler=lambda args, run=spec.run: run(args))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        registry = Registry.create()
+        parser = build_parser(registry)
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        args.registry = registry
+        return int(args.handler(args))
+    except EsperError as error:
+        print(f"esper: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("esper: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""What each plugin point's factory returns. Subsystems meet only through these protocols and Leyline messages.
+
+torch appears only in annotations, so importing this module stays cheap; a plugin that provides torch modules
+depends on torch itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+from esper_core.leyline import SeedState, SlotKind
+
+if TYPE_CHECKING:
+    import torch
+
+    from esper_core.leyline import (
+        AdaptationCommand,
+        BlueprintDescriptor,
+        CommandResult,
+        FieldReport,
+        SystemStatePacket,
+        TelemetryPacket,
+    )
+
+
+@attrs.frozen
+class SlotShape:
+    """The activation a seed slot carries: its kind and its shape without the batch dimension."""
+
+    kind: SlotKind.ValueType
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, state: SeedState) -> SlotShape:
+        return cls(state.slot_kind, tuple(state.slot_shape))
+
+    def describe(self) -> str:
+        return f"{SlotKind.Name(self.kind).removeprefix('SLOT_KIND_').lower()}{list(self.shape)}"
+
+
+@runtime_checkable
+class TamiyoPolicy(Protocol):
+    """Decides what to do at one decision point. Pure decision-making: signing, risk rules and field reports are
+    the controller's job, so a third-party policy needs none of them."""
+
+    name: str
+
+    def decide(self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]) -> AdaptationCommand:
+        """Return one command for ``state``: a seed operation on one of ``state.seeds``' slots, or a no-op.
+
+        ``blueprints`` are the descriptors the policy may germinate (already filtered to what the run allows).
+        """
+        ...
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """Turns each state packet into one signed command and judges the outcomes of its decisions."""
+
+    def decide(self, state: SystemStatePacket) -> AdaptationCommand:
+        """A signed command for ``state`` (a signed no-op when nothing should change)."""
+        ...
+
+    def observe(self, state: SystemStatePacket, command: AdaptationCommand, result: CommandResult) -> list[FieldReport]:
+        """Record what the executor did with ``command``; return the field reports whose windows closed now."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume the controller exactly (saved in checkpoints)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlueprintCatalog(Protocol):
+    """A set of blueprints: descriptors plus builders of modules that map a slot's shape to itself."""
+
+    name: str
+
+    def descriptors(self) -> Sequence[BlueprintDescriptor]: ...
+
+    def build(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> torch.nn.Module:
+        """A fresh module for ``slot`` whose output starts at (near) zero; raises ``KeyError`` for an unknown id and
+        ``ValueError`` for parameters outside the declared bounds or a slot kind the blueprint does not support."""
+        ...
+
+    def parameter_count(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> int:
+        """The exact number of trainable parameters ``build`` would create, without building it."""
+        ...
+
+
+@attrs.frozen
+class FetchedSeed:
+    """A ready-to-use seed module from an artifact store, and where it came from."""
+
+    module: Any
+    descriptor: Any
+    artifact_sha256: str
+    fetch_latency_ms: float
+    #: ``"memory"`` (warm cache hit), ``"disk"`` (loaded from the library) or ``"built"`` (built on a miss).
+    source: str
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Serves checked blueprint artifacts for a slot shape, building them on a miss."""
+
+    def fetch(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> FetchedSeed: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TelemetrySink(Protocol):
+    """Receives every telemetry packet of a run; must accept any valid packet."""
+
+    def emit(self, packet: TelemetryPacket) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A host model, its data, its loss and its metric."""
+
+    name: str
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def slot_points(self) -> Sequence[str]:
+        """Module paths in the model where seed slots go (``"features.3"``)."""
+        ...
+
+
+@runtime_checkable
+class SeedExecutor(Protocol):
+    """Owns the seed slots of a host and applies commands to them (Kasmina)."""
+
+    def apply(self, command: AdaptationCommand) -> CommandResult: ...
+
+    def export_seed_states(self) -> list[SeedState]: ...
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A long-lived worker that ``esper serve`` runs and Weatherlight supervises."""
+
+    name: str
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; raise to be restarted with backoff."""
+        ...

@@ -1,0 +1,8 @@
+"""Esper's testing kit, for Esper's own tests and for plugin authors.
+
+- :mod:`esper_core.testing.pytest_plugin` (loaded automatically by pytest through the ``pytest11`` entry point):
+  fixtures that give each test a fresh plugin manager and registry, and register a plugin for one test only.
+- :mod:`esper_core.testing.strategies`: hypothesis strategies for every Leyline message.
+- :mod:`esper_core.testing.conformance`: base classes per plugin point; subclass one and provide its fixture to
+  check that your plugin keeps the contract. Install ``esper-core[testing]`` for hypothesis.
+"""

@@ -1,0 +1,3 @@
+"""Shared configuration of esper-core's tests."""
+
+pytest_plugins = ["pytester"]

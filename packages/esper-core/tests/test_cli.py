@@ -1,0 +1,85 @@
+"""The ``esper`` command: listing plugins, showing configuration, checking contracts, reporting errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esper_core import hookimpl
+from esper_core.cli.main import build_parser, main
+from esper_core.plugins import CliCommandSpec, Registry
+
+
+def test_plugins_lists_core_with_its_distribution_hooks_and_components(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    core = rows["core"]
+    assert core["distribution"] == "esper-core" and core["version"]
+    assert "esper_oona_bus_backends" in core["hooks"]
+    assert "bus backend:memory" in core["provides"]
+
+
+def test_plugins_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "esper-core" in out and "memory" in out
+
+
+def test_config_prints_the_resolved_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text("[oona]\nmax_attempts = 4\n")
+    assert main(["config", str(config), "--set", "oona.claim_idle_ms=500"]) == 0
+    resolved = tomllib.loads(capsys.readouterr().out)
+    assert resolved["oona"]["max_attempts"] == 4
+    assert resolved["oona"]["claim_idle_ms"] == 500
+    assert resolved["oona"]["streams"]["normal"] == "oona.normal"
+
+
+def test_a_configuration_error_is_one_clear_line_and_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--set", "oona.max_atempts=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("esper: error: unknown key oona.max_atempts")
+    assert "did you mean 'max_attempts'" in err and "Traceback" not in err
+
+
+def test_a_missing_configuration_file_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["config", str(tmp_path / "absent.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_leyline_check_round_trips_every_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["leyline", "check"]) == 0
+    assert "all 41 Leyline messages survive" in capsys.readouterr().out
+
+
+def test_plugins_can_add_subcommands(register_plugin: Any, esper_registry: Registry) -> None:
+    ran: list[str] = []
+
+    class Plugin:
+        @hookimpl
+        def esper_core_cli_commands(self) -> list[CliCommandSpec]:
+            return [
+                CliCommandSpec(
+                    name="hello",
+                    help="greet a run",
+                    configure=lambda parser: parser.add_argument("who"),
+                    run=lambda args: ran.append(args.who) or 0,
+                )
+            ]
+
+    register_plugin(Plugin())
+    args = build_parser(esper_registry).parse_args(["hello", "world"])
+    assert args.handler(args) == 0 and ran == ["world"]
+
+
+def test_the_installed_console_script_runs() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "esper"), "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and result.stdout.startswith("esper ")

@@ -1,0 +1,223 @@
+"""The testing kit itself: its fixtures clean up, and its conformance suites pass good plugins and catch bad ones."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+import torch
+
+from esper_core.leyline import (
+    AdaptationCommand,
+    BlueprintDescriptor,
+    BlueprintParameterBounds,
+    BlueprintTier,
+    CommandSeedOperation,
+    CommandType,
+    SeedLifecycleStage,
+    SeedOperation,
+    SeedState,
+    SlotKind,
+    SystemStatePacket,
+    TelemetryPacket,
+)
+from esper_core.protocols import SlotShape
+from esper_core.testing.conformance import (
+    BlueprintCatalogConformance,
+    TamiyoPolicyConformance,
+    TelemetrySinkConformance,
+)
+from esper_core.testing.conformance.catalog import check_blueprint
+from esper_core.testing.conformance.policy import check_command
+
+
+def test_register_plugin_always_unregisters_even_when_the_test_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from esper_core.plugins import create_plugin_manager
+
+        SHARED = create_plugin_manager(autoload=False, env={})
+
+        @pytest.fixture
+        def esper_plugin_manager():
+            return SHARED
+
+        class Plugin:
+            pass
+
+        def test_registers_then_fails(register_plugin):
+            register_plugin(Plugin(), name="temporary")
+            assert SHARED.has_plugin("temporary")
+            raise RuntimeError("the test fails after registering")
+
+        def test_the_plugin_is_gone():
+            assert not SHARED.has_plugin("temporary")
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+
+
+# -- telemetry sinks -------------------------------------------------------------------------------------------
+class ListSink:
+    def __init__(self) -> None:
+        self.packets: list[TelemetryPacket] = []
+        self.closed = False
+
+    def emit(self, packet: TelemetryPacket) -> None:
+        self.packets.append(packet)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class TestListSinkConforms(TelemetrySinkConformance):
+    @pytest.fixture
+    def sink(self) -> ListSink:
+        return ListSink()
+
+
+# -- policies --------------------------------------------------------------------------------------------------
+BOUNDS = {"rank": BlueprintParameterBounds(min_value=1, max_value=8, default_value=4, integer=True)}
+DESCRIPTOR = BlueprintDescriptor(
+    blueprint_id="BP900",
+    name="zero_linear",
+    tier=BlueprintTier.BLUEPRINT_TIER_SAFE,
+    risk=0.1,
+    allowed_parameters=BOUNDS,
+    slot_kinds=[SlotKind.SLOT_KIND_VECTOR],
+)
+
+
+class GerminateFirstDormant:
+    """A minimal policy that germinates the first free vector slot and otherwise waits."""
+
+    name = "germinate-first"
+
+    def decide(self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]) -> AdaptationCommand:
+        for seed in state.seeds:
+            if (
+                seed.stage == SeedLifecycleStage.SEED_STAGE_DORMANT
+                and seed.embargo_epochs_remaining == 0
+                and seed.slot_kind == SlotKind.SLOT_KIND_VECTOR
+                and blueprints
+            ):
+                return AdaptationCommand(
+                    command_type=CommandType.COMMAND_SEED,
+                    target_slot_id=seed.slot_id,
+                    seed_operation=CommandSeedOperation(
+                        operation=SeedOperation.SEED_OP_GERMINATE,
+                        blueprint_id=blueprints[0].blueprint_id,
+                        parameters={"rank": 2.0},
+                    ),
+                )
+        return AdaptationCommand(command_type=CommandType.COMMAND_NOOP)
+
+
+class TestGerminatingPolicyConforms(TamiyoPolicyConformance):
+    @pytest.fixture
+    def policy(self) -> GerminateFirstDormant:
+        return GerminateFirstDormant()
+
+    @pytest.fixture
+    def blueprints(self) -> list[BlueprintDescriptor]:
+        return [DESCRIPTOR]
+
+
+def _state(stage: SeedLifecycleStage.ValueType) -> SystemStatePacket:
+    return SystemStatePacket(
+        seeds=[SeedState(slot_id="s0", stage=stage, slot_kind=SlotKind.SLOT_KIND_VECTOR, slot_shape=[8])]
+    )
+
+
+def _germinate(slot: str = "s0", blueprint: str = "BP900", rank: float = 2.0) -> AdaptationCommand:
+    return AdaptationCommand(
+        command_type=CommandType.COMMAND_SEED,
+        target_slot_id=slot,
+        seed_operation=CommandSeedOperation(
+            operation=SeedOperation.SEED_OP_GERMINATE, blueprint_id=blueprint, parameters={"rank": rank}
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "stage", "complaint"),
+    [
+        (_germinate(), SeedLifecycleStage.SEED_STAGE_TRAINING, "not DORMANT"),
+        (_germinate(slot="nowhere"), SeedLifecycleStage.SEED_STAGE_DORMANT, "unknown slot"),
+        (_germinate(blueprint="BP404"), SeedLifecycleStage.SEED_STAGE_DORMANT, "not offered"),
+        (_germinate(rank=99), SeedLifecycleStage.SEED_STAGE_DORMANT, "outside its bounds"),
+        (
+            AdaptationCommand(
+                command_type=CommandType.COMMAND_SEED,
+                target_slot_id="s0",
+                seed_operation=CommandSeedOperation(operation=SeedOperation.SEED_OP_FOSSILIZE),
+            ),
+            SeedLifecycleStage.SEED_STAGE_TRAINING,
+            "SEED_OP_FOSSILIZE on a slot in stage",
+        ),
+    ],
+)
+def test_the_policy_kit_catches_illegal_commands(
+    command: AdaptationCommand, stage: SeedLifecycleStage.ValueType, complaint: str
+) -> None:
+    with pytest.raises(AssertionError, match=complaint):
+        check_command(command, _state(stage), [DESCRIPTOR])
+
+
+# -- blueprint catalogs ----------------------------------------------------------------------------------------
+class ZeroLinear(torch.nn.Module):
+    def __init__(self, width: int, rank: int, init_scale: float = 0.0) -> None:
+        super().__init__()
+        self.down = torch.nn.Linear(width, rank, bias=False)
+        self.up = torch.nn.Linear(rank, width, bias=False)
+        torch.nn.init.constant_(self.up.weight, init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))  # type: ignore[no-any-return]
+
+
+class TinyCatalog:
+    name = "tiny"
+
+    def __init__(self, miscount: int = 0, init_scale: float = 0.0) -> None:
+        self.miscount = miscount
+        self.init_scale = init_scale
+
+    def descriptors(self) -> list[BlueprintDescriptor]:
+        return [DESCRIPTOR]
+
+    def build(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> torch.nn.Module:
+        if blueprint_id != "BP900":
+            raise KeyError(blueprint_id)
+        return ZeroLinear(slot.shape[-1], int(parameters["rank"]), self.init_scale)
+
+    def parameter_count(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> int:
+        return 2 * slot.shape[-1] * int(parameters["rank"]) + self.miscount
+
+
+class TestTinyCatalogConforms(BlueprintCatalogConformance):
+    @pytest.fixture
+    def catalog(self) -> TinyCatalog:
+        return TinyCatalog()
+
+
+SLOT = SlotShape(SlotKind.SLOT_KIND_VECTOR, (16,))
+
+
+def test_the_catalog_kit_catches_a_wrong_parameter_estimate() -> None:
+    with pytest.raises(AssertionError, match="estimated 65 parameters, built 64"):
+        check_blueprint(TinyCatalog(miscount=1), DESCRIPTOR, SLOT, {"rank": 2})
+
+
+def test_the_catalog_kit_catches_a_blueprint_that_jolts_the_host() -> None:
+    with pytest.raises(AssertionError, match="initial output RMS"):
+        check_blueprint(TinyCatalog(init_scale=0.5), DESCRIPTOR, SLOT, {"rank": 2})
+
+
+def test_exempt_properties_are_not_checked() -> None:
+    check_blueprint(TinyCatalog(init_scale=0.5), DESCRIPTOR, SLOT, {"rank": 2}, exempt=frozenset({"near_zero"}))

@@ -1,0 +1,3 @@
+"""Nissa: telemetry sinks, alerts and run reports."""
+
+__version__ = "0.1.0"
