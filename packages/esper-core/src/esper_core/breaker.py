@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import attrs
 
@@ -22,7 +22,7 @@ from esper_core.errors import EsperError
 from esper_core.leyline import CircuitBreakerState
 
 T = TypeVar("T")
-State = CircuitBreakerState.ValueType
+State: TypeAlias = CircuitBreakerState.ValueType
 
 CLOSED = CircuitBreakerState.CIRCUIT_STATE_CLOSED
 OPEN = CircuitBreakerState.CIRCUIT_STATE_OPEN

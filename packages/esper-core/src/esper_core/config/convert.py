@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -44,6 +45,31 @@ def suggest(name: str, choices: typing.Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+class RawValue(str):
+    """A value typed on a command line or in an environment variable, not yet given a type.
+
+    It is read as TOML (``3``, ``true``, ``["karn"]``) where a number, boolean, list or table is expected, and kept
+    as text where a string is expected, so ``ESPER_RUN__NAME=123`` names a run "123" (a quoted TOML string is
+    unquoted: ``'"abc"'`` is ``abc``).
+    """
+
+    def parsed(self) -> Any:
+        try:
+            return tomllib.loads(f"value = {self}")["value"]
+        except tomllib.TOMLDecodeError:
+            return str(self)
+
+
+def _wants_text(tp: Any) -> bool:
+    if tp in (str, Path):
+        return True
+    if typing.get_origin(tp) is typing.Literal:
+        return all(isinstance(choice, str) for choice in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_wants_text(arg) for arg in typing.get_args(tp) if arg is not type(None))
+    return False
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if tp is bool:
@@ -69,6 +95,10 @@ def _type_name(tp: Any) -> str:
 
 def convert_value(tp: Any, value: Any, key: str, source: str) -> Any:
     """Convert ``value`` to the annotated type ``tp``, or raise a :class:`ConfigError` naming ``key``."""
+
+    if isinstance(value, RawValue):
+        parsed = value.parsed()
+        value = parsed if not _wants_text(tp) or isinstance(parsed, str) else str(value)
 
     def fail() -> typing.NoReturn:
         raise ConfigError(f"{key} = {value!r} ({source}): expected {_type_name(tp)}, got {type(value).__name__}")
@@ -154,6 +184,8 @@ def build_attrs(cls: type, table: Mapping[str, Any], prefix: str, source_of: typ
                 raise ConfigError(f"missing required key {_join(prefix, name)} ({_type_name(hints[name])})")
             continue
         value, field_type = table[name], hints[name]
+        if isinstance(value, RawValue) and attrs.has(field_type):
+            value = value.parsed()
         if attrs.has(field_type) and isinstance(value, Mapping):
             kwargs[field.alias or name] = build_attrs(
                 field_type, value, _join(prefix, name), _nested_source(source_of, name)
@@ -164,9 +196,10 @@ def build_attrs(cls: type, table: Mapping[str, Any], prefix: str, source_of: typ
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         text = str(error)
-        culprit = next((name for name in fields if text.startswith((f"{name} ", f"'{name}'"))), None)
+        culprit = next((name for name in fields if text.startswith((f"{name} ", f"'{name}' "))), None)
         if culprit is not None:
-            raise ConfigError(f"{_join(prefix, text)} ({source_of(culprit)})") from error
+            detail = text.removeprefix(f"'{culprit}'").removeprefix(culprit)
+            raise ConfigError(f"{_join(prefix, culprit)}{detail} ({source_of(culprit)})") from error
         raise ConfigError(f"[{prefix}]: {text}") from error
 
 

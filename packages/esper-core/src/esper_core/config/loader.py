@@ -3,7 +3,8 @@
 The schema is assembled from section classes (core's own and those plugins contribute), so a key that no installed
 plugin reads is an error naming it, never silently ignored. Environment overrides spell the key path in capitals
 with ``__`` between parts: ``ESPER_RUN__EPOCHS=3`` sets ``run.epochs``; ``ESPER_TAMIYO__HEURISTIC__PATIENCE=2`` sets
-``tamiyo.heuristic.patience``. Values are read as TOML (``3``, ``true``, ``["karn"]``) and otherwise as a string.
+``tamiyo.heuristic.patience``. Override values are read as TOML (``3``, ``true``, ``["karn"]``) where the key expects a
+number, boolean, list or table, and as plain text where it expects a string.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import attrs
 import tomli_w
 
-from esper_core.config.convert import build_attrs, section_path, section_to_dict, suggest
+from esper_core.config.convert import RawValue, build_attrs, section_path, section_to_dict, suggest
 from esper_core.errors import ConfigError
 
 T = TypeVar("T")
@@ -137,13 +138,6 @@ def _resolve_fields(fields: Mapping[str, Any], wanted: Sequence[str]) -> list[st
     return None
 
 
-def _parse_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"value = {raw}")["value"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def _assign(root: dict[str, Any], path: Sequence[str], value: Any, sources: dict[str, str], source: str) -> None:
     table = root
     for part in path[:-1]:
@@ -203,13 +197,13 @@ def load_config(
             key_path = schema.resolve_env_name(name)
             if key_path is not None:
                 source = f"from environment variable {name}"
-                _assign(raw, key_path, _parse_value(environment[name]), sources, source)
+                _assign(raw, key_path, RawValue(environment[name]), sources, source)
 
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {override!r}: expected KEY=VALUE, for example --set run.epochs=3")
-        _assign(raw, key.strip().split("."), _parse_value(value.strip()), sources, f"from --set {override}")
+        _assign(raw, key.strip().split("."), RawValue(value.strip()), sources, f"from --set {override}")
 
     instances: dict[type, Any] = {}
 
@@ -231,6 +225,11 @@ def load_config(
                 per_class[owners[key]][key] = value
             elif child in schema.tables and isinstance(value, dict):
                 walk(value, child)
+            elif child in schema.tables:
+                raise ConfigError(
+                    f"{child} = {value!r} ({source_of(prefix)(key)}): {child} is a section; give it as a table, "
+                    f"[{child}], with its keys inside"
+                )
             else:
                 choices = list(owners) + schema.child_tables(prefix)
                 where = f"[{prefix}]" if prefix else "the top level"

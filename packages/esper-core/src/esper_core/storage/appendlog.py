@@ -10,6 +10,10 @@ loses only the record being written, and a corrupted byte loses only the record 
 intact record is recovered.
 
 On opening for append, a torn tail after the last intact record is cut off, so new records follow good ones.
+
+A known limit of any format that resynchronizes on a marker: if a payload itself contains a complete encoded record
+and the outer record is damaged, the reader returns the inner one. Esper's logs hold protobuf messages, which never
+embed encoded log records.
 """
 
 from __future__ import annotations

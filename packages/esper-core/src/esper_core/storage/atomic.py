@@ -6,6 +6,7 @@ directory is fsynced so the rename itself survives a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -31,10 +32,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> N
         os.chmod(temporary, mode)
         os.replace(temporary, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        except FileNotFoundError:
-            pass
         raise
     fsync_directory(target.parent)
 
