@@ -9,17 +9,7 @@ from hypothesis import strategies as st
 from esper_core.breaker import CLOSED, HALF_OPEN, OPEN, BreakerTransition, CircuitBreaker, CircuitOpenError
 from esper_core.errors import EsperError
 from esper_core.leyline import CircuitBreakerState
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from esper_core.testing.clock import FakeClock
 
 
 @pytest.fixture

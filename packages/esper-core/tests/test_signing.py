@@ -21,23 +21,11 @@ from esper_core.signing import (
     sign_signature_field,
     verify_signature_field,
 )
+from esper_core.testing.clock import FakeClock
 
 R = SecurityRejectionReason
 T0 = 1_700_000_000.0
 SECRET = "a-test-secret-of-sufficient-length"
-
-
-class FakeClock:
-    """A settable clock, so freshness is tested without sleeping."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -47,7 +35,7 @@ def key() -> SigningKey:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 def make_command(slot: str = "encoder.layer1") -> AdaptationCommand:
@@ -301,7 +289,7 @@ def test_only_accepted_commands_record_their_nonce(key, clock):
 
 
 def test_ledger_forgets_expired_nonces_without_raising_the_horizon():
-    clock = FakeClock()
+    clock = FakeClock(T0)
     ledger = NonceLedger(capacity=2, ttl_s=10.0, clock=clock)
     ledger.record("a", T0)
     ledger.record("b", T0 + 1)
@@ -333,7 +321,7 @@ def test_ledger_needs_a_capacity():
 def test_no_replay_is_ever_accepted(capacity, steps):
     """Whatever the ledger size, issue times and timing, a nonce is accepted at most once."""
     key = SigningKey.from_secret(SECRET)
-    clock = FakeClock()
+    clock = FakeClock(T0)
     verifier = CommandVerifier(key, nonce_capacity=capacity, clock=clock)
     issued: list[AdaptationCommand] = []
     accepted: set[str] = set()
@@ -404,7 +392,7 @@ def test_optional_key_is_a_working_random_key():
     assert first.key_id != second.key_id
     assert first.verify(b"data", first.sign(b"data"))
     assert not second.verify(b"data", first.sign(b"data"))
-    clock = FakeClock()
+    clock = FakeClock(T0)
     assert CommandVerifier(first, clock=clock).verify(signed(first, clock)).accepted
 
 
@@ -491,14 +479,14 @@ def _accepts_corrupted(wire: bytes, position: int, mask: int) -> bool:
         command = AdaptationCommand.FromString(bytes(corrupted))
     except DecodeError:
         return False
-    return CommandVerifier(SigningKey.from_secret(SECRET), clock=FakeClock()).verify(command).accepted
+    return CommandVerifier(SigningKey.from_secret(SECRET), clock=FakeClock(T0)).verify(command).accepted
 
 
 @pytest.fixture(scope="module")
 def signed_wire() -> bytes:
     key = SigningKey.from_secret(SECRET)
-    wire = signed(key, FakeClock()).SerializeToString(deterministic=True)
-    assert CommandVerifier(key, clock=FakeClock()).verify(AdaptationCommand.FromString(wire)).accepted
+    wire = signed(key, FakeClock(T0)).SerializeToString(deterministic=True)
+    assert CommandVerifier(key, clock=FakeClock(T0)).verify(AdaptationCommand.FromString(wire)).accepted
     return wire
 
 
