@@ -1,4 +1,5 @@
-"""The core plugin: the in-process bus backend and core's configuration sections.
+"""The core plugin: the in-process bus backend and core's configuration sections (including the selectors of
+every plugin point).
 
 Registered first by every plugin manager, and essential (it cannot be blocked).
 """
@@ -28,6 +29,7 @@ def esper_oona_bus_backends() -> Iterator[BusBackendSpec]:
 
 @hookimpl
 def esper_core_config_sections() -> Iterator[type]:
+    from esper_core.components import NissaSelection, TamiyoSelection, UrzaSelection
     from esper_core.oona.options import OonaOptions
     from esper_core.plugins.options import PluginsOptions
     from esper_core.security_options import SecurityOptions
@@ -35,3 +37,6 @@ def esper_core_config_sections() -> Iterator[type]:
     yield OonaOptions
     yield PluginsOptions
     yield SecurityOptions
+    yield UrzaSelection
+    yield TamiyoSelection
+    yield NissaSelection

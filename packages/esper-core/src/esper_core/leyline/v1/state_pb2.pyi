@@ -349,12 +349,16 @@ class SeedState(_message.Message):
     gradient_norm: _builtins.float
     learning_rate: _builtins.float
     age_epochs: _builtins.int
+    """Decision points since germination, and since entering the current stage (epochs, with the default of one
+    decision point per epoch).
+    """
     stage_epochs: _builtins.int
     risk_score: _builtins.float
     parameter_count: _builtins.int
     contribution: _builtins.float
-    """Counterfactual contribution: validation loss with the seed's alpha forced to 0 minus with it as it is
-    (positive means the seed helps). Absent until measured.
+    """Counterfactual contribution: validation loss with the seed's alpha forced to 0 minus with its alpha forced to 1
+    (positive means the seed helps, or would help at full strength while it is still TRAINING or BLENDING).
+    Absent until measured.
     """
     contribution_accuracy: _builtins.float
     isolation_violations: _builtins.int
@@ -363,7 +367,9 @@ class SeedState(_message.Message):
     """Cheap host statistics at the slot, accumulated on the device between decision points."""
     host_gradient_norm: _builtins.float
     seed_loss_delta: _builtins.float
-    """The seed's own loss trend while training (negative means improving)."""
+    """Change since the previous decision point of the validation loss with this seed at alpha 1 (negative means the
+    seed is improving).
+    """
     @_builtins.property
     def blueprint_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
