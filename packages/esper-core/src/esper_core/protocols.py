@@ -7,7 +7,7 @@ depends on torch itself.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         BlueprintDescriptor,
         CommandResult,
         FieldReport,
+        SeedLifecycleEvent,
         SystemStatePacket,
         TelemetryPacket,
     )
@@ -141,13 +142,66 @@ class Task(Protocol):
         ...
 
 
+class Validation(Protocol):
+    """What a validation pass reports: the host as it is (seed contributions are the executor's business)."""
+
+    loss: float
+    accuracy: float
+    samples: int
+
+
 @runtime_checkable
 class SeedExecutor(Protocol):
-    """Owns the seed slots of a host and applies commands to them (Kasmina)."""
+    """Owns the seed slots of a host and applies commands to them (Kasmina).
+
+    Setup: ``attach`` the slots, ``bind_optimizer``, ``set_probe``. At each decision point: ``evaluate`` (the
+    validation pass, with every seed's counterfactual contribution), ``decision_point``, ``export_seed_states``,
+    then ``apply`` the controller's command. Between decision points the executor does nothing per batch except
+    what its seeds do inside the host's forward pass.
+    """
+
+    def attach(self, model: torch.nn.Module, slot_points: Sequence[str], example_input: Any) -> Any:
+        """Put a DORMANT seed slot at each module path; the host's outputs stay bit-identical."""
+        ...
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Seeds join this optimizer as their own parameter groups, and leave it when culled."""
+        ...
+
+    def set_probe(self, inputs: Any, targets: Any, loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:
+        """A small fixed batch and the task loss, for the gates' measurements."""
+        ...
+
+    def host_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def evaluate(
+        self,
+        batches: Iterable[tuple[Any, Any]],
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        correct_fn: Callable[[Any, Any], torch.Tensor],
+    ) -> Validation:
+        """The validation pass of a decision point."""
+        ...
+
+    def decision_point(self, epoch: int, global_step: int) -> list[SeedLifecycleEvent]:
+        """Advance ages and embargoes and run the health checks; return the transitions that happened."""
+        ...
 
     def apply(self, command: AdaptationCommand) -> CommandResult: ...
 
     def export_seed_states(self) -> list[SeedState]: ...
+
+    def drain_events(self) -> list[SeedLifecycleEvent]:
+        """Every lifecycle transition since the last call."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The executor's own state (the slots' state travels in the model's ``state_dict``)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore after the model's state and before the optimizer's."""
+        ...
 
 
 @runtime_checkable

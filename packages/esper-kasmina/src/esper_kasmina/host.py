@@ -1,0 +1,183 @@
+"""Putting seed slots into an existing host model at named module paths.
+
+One probe forward (in eval mode, without gradients, so the host's state is untouched) records the shape of each
+named module's output and the order in which the modules run.
+
+The slots live in a :class:`SlotBank` kept *beside* the host's module tree, not inside it: an ``nn.Sequential``
+runs every child it has, so a bank inside it would become a layer. The host's ``state_dict`` nevertheless carries
+the slots, under ``esper_slots.``: a state-dict hook adds them when saving and a load pre-hook takes them out and
+loads them into the bank (rebuilding seed modules first) when loading. The host's own parameter names, its
+``parameters()`` and its checkpoints are therefore unchanged, and a plain checkpoint still loads into it.
+
+Attach slots after moving the host to its device; seeds are built on the device of the host's parameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper_core.leyline import SlotKind
+from esper_kasmina.slot import SeedBuilder, SeedSlot
+
+#: Key prefix of the slots in the host's state_dict.
+STATE_PREFIX = "esper_slots."
+_BANK_ATTRIBUTE = "_esper_slot_bank"
+
+_KINDS = {4: SlotKind.SLOT_KIND_CONV2D, 2: SlotKind.SLOT_KIND_VECTOR, 3: SlotKind.SLOT_KIND_SEQUENCE}
+
+
+class SlotError(ValueError):
+    """A slot point cannot hold a seed slot."""
+
+
+def _bank_key(slot_id: str) -> str:
+    return slot_id.replace(".", "__")
+
+
+class SlotBank(nn.Module):
+    """The seed slots of one host, in the order the host runs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slots = nn.ModuleDict()
+
+    def add(self, slot: SeedSlot) -> None:
+        self.slots[_bank_key(slot.slot_id)] = slot
+
+    def ordered(self) -> list[SeedSlot]:
+        found = [slot for slot in self.slots.values() if isinstance(slot, SeedSlot)]
+        return sorted(found, key=lambda slot: slot.layer_depth)
+
+    def get(self, slot_id: str) -> SeedSlot | None:
+        slot = self.slots[_bank_key(slot_id)] if _bank_key(slot_id) in self.slots else None  # noqa: SIM401
+        return slot if isinstance(slot, SeedSlot) else None
+
+
+def slot_bank(model: nn.Module) -> SlotBank | None:
+    bank = model.__dict__.get(_BANK_ATTRIBUTE)
+    return bank if isinstance(bank, SlotBank) else None
+
+
+def _save_slots(module: nn.Module, state_dict: dict[str, Any], prefix: str, _local_metadata: Any) -> None:
+    bank = slot_bank(module)
+    if bank is not None:
+        for key, value in bank.state_dict().items():
+            state_dict[prefix + STATE_PREFIX + key] = value
+
+
+def _load_slots(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    _local_metadata: Any,
+    _strict: bool,
+    _missing: list[str],
+    _unexpected: list[str],
+    errors: list[str],
+) -> None:
+    bank = slot_bank(module)
+    marker = prefix + STATE_PREFIX
+    entries = {key[len(marker) :]: state_dict.pop(key) for key in list(state_dict) if key.startswith(marker)}
+    if bank is None or not entries:
+        if entries:
+            errors.append("the state dict holds seed slots but this host has none; attach slots before loading")
+        return
+    try:
+        bank.load_state_dict(entries, strict=True)
+    except RuntimeError as error:
+        errors.append(f"seed slots: {error}")
+
+
+def _resolve(model: nn.Module, point: str) -> nn.Module:
+    try:
+        module = model.get_submodule(point)
+    except AttributeError:
+        names = [name for name, _ in model.named_modules() if name]
+        close = difflib.get_close_matches(point, names, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise SlotError(
+            f"slot point {point!r} is not a module of the host.{hint} Its modules include: {', '.join(names[:12])}"
+        ) from None
+    if module is model:
+        raise SlotError("a slot point must name a submodule of the host, not the host itself")
+    return module
+
+
+def _call(model: nn.Module, example: Any) -> None:
+    if isinstance(example, (tuple, list)):
+        model(*example)
+    else:
+        model(example)
+
+
+def attach_slots(model: nn.Module, points: Sequence[str], example_input: Any, builder: SeedBuilder) -> SlotBank:
+    """Add a DORMANT seed slot at each module path in ``points``; return the model's slot bank."""
+    if slot_bank(model) is not None:
+        raise SlotError("the host already has seed slots; attach them once")
+    if not points:
+        raise SlotError("give at least one slot point (a module path such as 'features.3')")
+    if len(set(points)) != len(points):
+        raise SlotError(f"slot points repeat: {list(points)}")
+    targets = {point: _resolve(model, point) for point in points}
+    seen: dict[str, list[Any]] = {point: [] for point in points}
+    order: list[str] = []
+
+    def recorder(point: str) -> Any:
+        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            seen[point].append(output)
+            if point not in order:
+                order.append(point)
+
+        return record
+
+    handles = [module.register_forward_hook(recorder(point)) for point, module in targets.items()]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            _call(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.train(training)
+
+    bank = SlotBank()
+    for point in points:
+        outputs = seen[point]
+        if not outputs:
+            raise SlotError(f"slot point {point!r} did not run in the host's forward pass")
+        if len(outputs) > 1:
+            raise SlotError(
+                f"slot point {point!r} runs {len(outputs)} times per forward; a slot needs a module used once"
+            )
+        output = outputs[0]
+        if not isinstance(output, torch.Tensor):
+            raise SlotError(
+                f"slot point {point!r} outputs a {type(output).__name__}, not a tensor; choose a module whose "
+                "output is the activation to grow on"
+            )
+        if output.dim() not in _KINDS:
+            raise SlotError(
+                f"slot point {point!r} outputs shape {tuple(output.shape)}; "
+                "slots take (N, C, H, W), (N, D) or (N, L, D)"
+            )
+        bank.add(SeedSlot(point, _KINDS[output.dim()], tuple(output.shape[1:]), order.index(point)))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    bank.to(device)
+    object.__setattr__(model, _BANK_ATTRIBUTE, bank)
+    model.register_state_dict_post_hook(_save_slots)  # type: ignore[no-untyped-call]
+    model.register_load_state_dict_pre_hook(_load_slots)  # type: ignore[no-untyped-call]
+    for slot in bank.ordered():
+        slot.bind(targets[slot.slot_id], builder)
+    return bank
+
+
+def host_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The host's own trainable parameters (the seeds are not in the host's module tree)."""
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,215 @@
+"""Measurements on a fixed probe batch, taken at decision points only (never per training batch).
+
+Probes run the host in eval mode, so they leave no trace: no batch-norm statistics move, no dropout draws from
+the training RNG, and gradients come from ``torch.autograd.grad`` instead of ``.backward()``, so the training
+loop's ``.grad`` fields are untouched.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from esper_kasmina import lifecycle
+from esper_kasmina.lifecycle import Stage
+from esper_kasmina.slot import SeedSlot
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+@attrs.frozen
+class Probe:
+    """A fixed batch and the task loss, for gate measurements."""
+
+    inputs: Any
+    targets: Any
+    loss_fn: LossFn
+
+    def loss(self, model: nn.Module) -> torch.Tensor:
+        outputs = model(*self.inputs) if isinstance(self.inputs, (tuple, list)) else model(self.inputs)
+        return self.loss_fn(outputs, self.targets)
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+@contextmanager
+def as_stage(slot: SeedSlot, stage: Stage) -> Iterator[None]:
+    """Let ``slot`` behave as in ``stage`` for a measurement, then restore it."""
+    previous = slot.record.stage
+    slot.record.stage = stage
+    slot.sync_hook()
+    try:
+        yield
+    finally:
+        slot.record.stage = previous
+        slot.sync_hook()
+
+
+@contextmanager
+def host_alone(slot: SeedSlot) -> Iterator[None]:
+    """Take ``slot``'s seed out of the forward pass for a measurement, then put it back."""
+    previous = slot.record.stage
+    slot.record.stage = lifecycle.DORMANT
+    slot.sync_hook()
+    try:
+        yield
+    finally:
+        slot.record.stage = previous
+        slot.sync_hook()
+
+
+def _gradients(loss: torch.Tensor, parameters: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, list(parameters), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, grads, strict=True)]
+
+
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    if not tensors:
+        return 0.0
+    return float(torch.stack([(t.detach().double() ** 2).sum() for t in tensors]).sum().sqrt().item())
+
+
+@attrs.frozen
+class IsolationReport:
+    #: ||g_with - g_without|| / ||g_without|| over every host parameter.
+    relative_difference: float
+    #: |loss_with - loss_without|: the host's output must be unchanged in value.
+    loss_difference: float
+    loss: float
+
+
+def isolation(model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], probe: Probe) -> IsolationReport:
+    """Compare the host's gradients on the probe batch with the seed in the forward pass and without it."""
+    with evaluation_mode(model):
+        loss_with = probe.loss(model)
+        with_seed = _gradients(loss_with, host)
+        with host_alone(slot):
+            loss_without = probe.loss(model)
+            without_seed = _gradients(loss_without, host)
+    difference = _norm([a - b for a, b in zip(with_seed, without_seed, strict=True)])
+    scale = _norm(without_seed)
+    return IsolationReport(
+        relative_difference=difference / scale if scale > 0 else difference,
+        loss_difference=abs(float(loss_with.item()) - float(loss_without.item())),
+        loss=float(loss_without.item()),
+    )
+
+
+@attrs.frozen
+class SeedHealth:
+    output_finite: bool
+    output_shape: tuple[int, ...]
+    output_dtype: torch.dtype
+    input_shape: tuple[int, ...]
+    input_dtype: torch.dtype
+    gradient_norm: float
+    gradients_finite: bool
+    loss: float
+
+
+def activation(model: nn.Module, slot: SeedSlot, probe: Probe) -> torch.Tensor:
+    """The host activation at ``slot`` on the probe batch (before any seed), without gradients."""
+    target = slot._target
+    assert target is not None
+    captured: list[torch.Tensor] = []
+    handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()), prepend=True)
+    try:
+        with evaluation_mode(model), torch.no_grad():
+            probe.loss(model)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def seed_health(model: nn.Module, slot: SeedSlot, probe: Probe) -> SeedHealth:
+    """The seed's output on the host's real activation, and its gradient norm under the task loss.
+
+    The slot must be in a stage where the seed is in the forward pass (use :func:`as_stage` for a trial).
+    """
+    assert slot.seed is not None
+    host_activation = activation(model, slot, probe)
+    with evaluation_mode(model), torch.no_grad():
+        output = slot.seed(host_activation)
+    with evaluation_mode(model):
+        loss = probe.loss(model)
+        grads = _gradients(loss, slot.seed_parameters())
+    finite_grads = all(bool(torch.isfinite(g).all()) for g in grads)
+    return SeedHealth(
+        output_finite=bool(torch.isfinite(output).all()),
+        output_shape=tuple(output.shape),
+        output_dtype=output.dtype,
+        input_shape=tuple(host_activation.shape),
+        input_dtype=host_activation.dtype,
+        gradient_norm=_norm(grads) if finite_grads else float("inf"),
+        gradients_finite=finite_grads,
+        loss=float(loss.item()),
+    )
+
+
+@attrs.frozen
+class SlotStatistics:
+    activation_rms: float
+    gradient_norm: float
+
+
+def slot_statistics(model: nn.Module, slots: Sequence[SeedSlot], probe: Probe) -> dict[str, SlotStatistics]:
+    """Per slot: the RMS of the host activation and the norm of the loss gradient with respect to it."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for slot in slots:
+        assert slot._target is not None
+
+        def keep(_m: nn.Module, _i: Any, out: torch.Tensor, slot_id: str = slot.slot_id) -> None:
+            captured[slot_id] = out
+
+        handles.append(slot._target.register_forward_hook(keep, prepend=True))
+    try:
+        with evaluation_mode(model):
+            loss = probe.loss(model)
+            tensors = [captured[slot.slot_id] for slot in slots if slot.slot_id in captured]
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = {}
+    for slot, tensor, grad in zip([s for s in slots if s.slot_id in captured], tensors, grads, strict=True):
+        rms = float(tensor.detach().double().pow(2).mean().sqrt().item())
+        norm = 0.0 if grad is None else float(grad.double().norm().item())
+        result[slot.slot_id] = SlotStatistics(rms, norm)
+    return result
+
+
+def step_time_ratio(
+    model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], probe: Probe, repeats: int = 5
+) -> float:
+    """Median time of a forward + backward on the probe batch with the seed over the same without it."""
+    parameters = [*host, *slot.seed_parameters()]
+
+    def timed() -> float:
+        start = time.perf_counter()
+        _gradients(probe.loss(model), parameters)
+        return time.perf_counter() - start
+
+    with evaluation_mode(model):
+        timed()  # warm up both paths once
+        with_seed = [timed() for _ in range(repeats)]
+        with host_alone(slot):
+            timed()
+            without = [timed() for _ in range(repeats)]
+    return statistics.median(with_seed) / max(statistics.median(without), 1e-9)

@@ -1,0 +1,264 @@
+"""A seed slot: where a seed can grow at one module of the host.
+
+The slot does not wrap the host module (that would rename the host's parameters and break its checkpoints). It
+lives in the model's slot bank and, only while its seed is part of the forward pass, holds a forward hook on the
+host module that rewrites the module's output:
+
+======================  ==============================================================================
+stage                   output of the host module at this point
+======================  ==============================================================================
+DORMANT, GERMINATED     the host activation ``h``, untouched (there is no hook at all)
+TRAINING                ``h + (s - s.detach())`` with ``s = seed(h.detach())`` (computed as a straight-through
+                        function): the value is ``h``, but the seed receives the task loss's gradient; no
+                        gradient reaches the host through it
+BLENDING                ``h + alpha * seed(h.detach())``, alpha ramping 0 → 1 on a schedule
+SHADOWING               ``h + seed(h.detach())`` (alpha 1; still removable)
+PROBATIONARY, FOSSILIZED  ``h + seed(h)`` (isolation lifted: joint training)
+======================  ==============================================================================
+
+Everything the slot knows (stage, blueprint, alpha, embargo, counters) is saved in the model's ``state_dict`` (as
+the slot's extra state and its ``alpha_steps`` buffer), and loading a state dict rebuilds the seed module from its
+blueprint id before its weights are loaded, so a restored model computes exactly what the saved one did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from esper_core.leyline import BlendSchedule, SlotKind
+from esper_kasmina import lifecycle, schedules
+from esper_kasmina.lifecycle import Stage
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``host`` in value; in the backward pass the incoming gradient goes to both ``host`` and ``seed``.
+
+    The same as ``host + (seed - seed.detach())`` without its two activation-sized temporaries, and exact in value
+    (no ``-0.0 + 0.0`` rounding).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, host: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return host.view_as(host)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return grad, grad
+
+
+#: Builds a seed module for a slot: (slot, blueprint id, parameters) -> module. Provided by Kasmina.
+SeedBuilder = Callable[["SeedSlot", str, Mapping[str, float]], nn.Module]
+
+
+@attrs.define
+class SeedRecord:
+    """The bookkeeping of one slot; plain data, saved as the slot's extra state."""
+
+    stage: Stage = lifecycle.DORMANT
+    seed_id: str = ""
+    blueprint_id: str = ""
+    parameters: dict[str, float] = attrs.Factory(dict)
+    risk: float = 0.0
+    schedule: BlendSchedule.ValueType = BlendSchedule.BLEND_SCHEDULE_TANH
+    alpha_total: int = 0
+    alpha_per_epoch: bool = False
+    learning_rate: float = 0.0
+    parameter_count: int = 0
+    age: int = 0
+    stage_age: int = 0
+    embargo_remaining: int = 0
+    germinations: int = 0
+    isolation_violations: int = 0
+    #: Whether a validation measurement has been taken since the seed entered its current stage.
+    measured_in_stage: bool = False
+    # Measurements (None until measured).
+    val_loss_at_germination: float | None = None
+    seed_loss_at_training_start: float | None = None
+    seed_loss: float | None = None
+    seed_loss_delta: float | None = None
+    contribution: float | None = None
+    contribution_accuracy: float | None = None
+    gradient_norm: float | None = None
+    activation_rms: float | None = None
+    host_gradient_norm: float | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> SeedRecord:
+        known = {field.name for field in attrs.fields(cls)}
+        return cls(**{key: value for key, value in state.items() if key in known})
+
+    def clear_seed(self) -> None:
+        """Forget everything about the seed, keeping the slot's counters."""
+        germinations, violations = self.germinations, self.isolation_violations
+        activation_rms, host_gradient_norm = self.activation_rms, self.host_gradient_norm
+        fresh = SeedRecord(
+            germinations=germinations,
+            isolation_violations=violations,
+            activation_rms=activation_rms,
+            host_gradient_norm=host_gradient_norm,
+        )
+        for field in attrs.fields(SeedRecord):
+            setattr(self, field.name, getattr(fresh, field.name))
+
+
+@attrs.define
+class Measurement:
+    """Per-sample alphas for one fused counterfactual forward (see :mod:`esper_kasmina.evaluation`).
+
+    The batch is replicated ``variants`` times at ``expansion_slot``; chunk ``v`` of every later activation belongs
+    to variant ``v``, whose alpha for each measured slot is ``alphas[slot_id][v]``.
+    """
+
+    variants: int
+    expansion_slot: str
+    alphas: dict[str, torch.Tensor]
+    batch: int = 0
+
+
+class SeedSlot(nn.Module):
+    def __init__(self, slot_id: str, kind: SlotKind.ValueType, shape: tuple[int, ...], depth: int) -> None:
+        super().__init__()
+        self.slot_id = slot_id
+        self.slot_kind = kind
+        self.slot_shape = tuple(shape)
+        self.layer_depth = depth
+        self.record = SeedRecord()
+        self.register_buffer("alpha_steps", torch.zeros((), dtype=torch.long))
+        self.register_module("seed", None)
+        self._target: nn.Module | None = None
+        self._handle: RemovableHandle | None = None
+        self._builder: SeedBuilder | None = None
+        self.measurement: Measurement | None = None
+        self.register_load_state_dict_pre_hook(_rebuild_before_load)  # type: ignore[no-untyped-call]
+
+    alpha_steps: torch.Tensor
+    seed: nn.Module | None
+
+    # -- wiring -----------------------------------------------------------------------------------------------
+    def bind(self, target: nn.Module, builder: SeedBuilder) -> None:
+        """Attach to the host module this slot rewrites, and to the builder that restores seeds."""
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_builder", builder)
+        self.sync_hook()
+
+    @property
+    def stage(self) -> Stage:
+        return self.record.stage
+
+    @property
+    def hooked(self) -> bool:
+        return self._handle is not None
+
+    def sync_hook(self) -> None:
+        """Hold a forward hook on the host module exactly while the seed is part of the forward pass."""
+        wanted = self.stage in lifecycle.IN_FORWARD and self.seed is not None and self._target is not None
+        if wanted and self._handle is None:
+            assert self._target is not None
+            object.__setattr__(self, "_handle", self._target.register_forward_hook(self._rewrite))
+        elif not wanted and self._handle is not None:
+            self._handle.remove()
+            object.__setattr__(self, "_handle", None)
+
+    def install_seed(self, module: nn.Module) -> None:
+        self.seed = module
+
+    def remove_seed(self) -> None:
+        self.seed = None
+        self.sync_hook()
+
+    def seed_parameters(self) -> list[nn.Parameter]:
+        return [] if self.seed is None else [p for p in self.seed.parameters() if p.requires_grad]
+
+    # -- alpha ------------------------------------------------------------------------------------------------
+    def alpha(self) -> float:
+        """The blend weight now (reads the step counter: call at decision points, not per batch)."""
+        if self.stage == lifecycle.BLENDING:
+            total = max(self.record.alpha_total, 1)
+            return schedules.alpha_at(self.record.schedule, int(self.alpha_steps.item()) / total)
+        return 1.0 if self.stage in (lifecycle.SHADOWING, lifecycle.PROBATIONARY, lifecycle.FOSSILIZED) else 0.0
+
+    def ramp_complete(self) -> bool:
+        return int(self.alpha_steps.item()) >= self.record.alpha_total
+
+    # -- the hook ---------------------------------------------------------------------------------------------
+    def _rewrite(self, module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
+        seed = self.seed
+        assert seed is not None
+        if seed.training != module.training:  # the seed is outside the host's module tree: follow its mode
+            seed.train(module.training)
+        host: torch.Tensor = output
+        if self.measurement is not None:
+            return self._measured(host, seed, self.measurement)
+        stage = self.record.stage
+        if stage == lifecycle.TRAINING:
+            contribution: torch.Tensor = seed(host.detach())
+            straight: torch.Tensor = _StraightThrough.apply(host, contribution)
+            return straight
+        if stage == lifecycle.BLENDING:
+            if module.training and torch.is_grad_enabled() and not self.record.alpha_per_epoch:
+                self.alpha_steps.add_(1)
+            alpha = schedules.alpha_tensor(self.record.schedule, self.alpha_steps, self.record.alpha_total, host.dtype)
+            blended: torch.Tensor = host + alpha * seed(host.detach())
+            return blended
+        detached = stage == lifecycle.SHADOWING  # PROBATIONARY and FOSSILIZED train jointly with the host
+        joined: torch.Tensor = host + seed(host.detach() if detached else host)
+        return joined
+
+    def _measured(self, host: torch.Tensor, seed: nn.Module, measurement: Measurement) -> torch.Tensor:
+        if measurement.expansion_slot == self.slot_id:
+            measurement.batch = host.shape[0]
+            host = host.repeat(measurement.variants, *([1] * (host.dim() - 1)))
+        alphas = measurement.alphas.get(self.slot_id)
+        contribution: torch.Tensor = seed(host)
+        if alphas is None:  # a fossilized seed: the same in every variant
+            return host + contribution
+        per_sample = alphas.to(host.dtype).repeat_interleave(measurement.batch)
+        return host + per_sample.view(-1, *([1] * (host.dim() - 1))) * contribution
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return self.record.to_state()
+
+    def set_extra_state(self, state: Any) -> None:
+        self.record = SeedRecord.from_state(state)
+        self.sync_hook()
+
+    def extra_repr(self) -> str:
+        kind = SlotKind.Name(self.slot_kind).removeprefix("SLOT_KIND_").lower()
+        text = f"{self.slot_id!r}, {kind}{list(self.slot_shape)}, {lifecycle.stage_name(self.stage)}"
+        return f"{text}, {self.record.blueprint_id}" if self.record.blueprint_id else text
+
+
+def _rebuild_before_load(
+    slot: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    _local_metadata: Any,
+    _strict: bool,
+    _missing: list[str],
+    _unexpected: list[str],
+    _errors: list[str],
+) -> None:
+    """Give the slot the seed module the saved state describes, so that the seed's weights load into it."""
+    assert isinstance(slot, SeedSlot)
+    saved = state_dict.get(prefix + "_extra_state")
+    if saved is None:
+        return
+    record = SeedRecord.from_state(saved)
+    has_weights = any(key.startswith(prefix + "seed.") for key in state_dict)
+    if record.stage in lifecycle.HAS_SEED and has_weights:
+        if slot._builder is None:
+            raise RuntimeError(f"slot {slot.slot_id!r} cannot rebuild its seed: it is not bound to a Kasmina")
+        slot.record = record
+        slot.install_seed(slot._builder(slot, record.blueprint_id, record.parameters))
+    else:
+        slot.seed = None

@@ -1,0 +1,134 @@
+"""Every seed's counterfactual contribution comes out of the validation pass itself, and matches a naive
+computation that runs one full validation pass per variant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from esper_core.leyline import CommandStatus, SeedOperation
+from esper_kasmina import lifecycle
+
+from kasmina_rig import Rig, correct, lenient
+
+OP = SeedOperation
+
+
+def prepared(rig_factory: Callable[..., Rig]) -> Rig:
+    """A conv rig with one seed TRAINING (features.2) and one BLENDING mid-ramp (head.2), both with real weights."""
+    rig = rig_factory("conv", options=lenient(blend_steps=10))
+    rig.decide()
+    for slot in ("features.2", "head.2"):
+        assert rig.command(OP.SEED_OP_GERMINATE, slot, "BP901").status == CommandStatus.COMMAND_STATUS_APPLIED
+    rig.decide()
+    for slot in ("features.2", "head.2"):
+        rig.command(OP.SEED_OP_START_TRAINING, slot)
+    rig.train(3)
+    rig.decide()
+    rig.command(OP.SEED_OP_START_GRAFTING, "head.2")
+    rig.train(4)
+    return rig
+
+
+def naive(rig: Rig, alphas: dict[str, float]) -> tuple[float, float]:
+    """Loss and accuracy with each named slot's seed at a fixed alpha, by brute force: one full pass."""
+    slots = {slot.slot_id: slot for slot in rig.kasmina.slots}
+    saved = {slot_id: (slots[slot_id].record.stage, slots[slot_id].seed) for slot_id in alphas}
+    hooks = []
+    for slot_id, alpha in alphas.items():
+        slot = slots[slot_id]
+        slot.record.stage = lifecycle.DORMANT
+        slot.sync_hook()
+        seed = slot.seed
+        hooks.append(
+            slot._target.register_forward_hook(  # type: ignore[union-attr]
+                lambda _m, _i, h, seed=seed, alpha=alpha: h + alpha * seed(h)
+            )
+        )
+    rig.model.eval()
+    with torch.no_grad():
+        output = rig.model(rig.inputs)
+    for handle in hooks:
+        handle.remove()
+    for slot_id, (stage, _) in saved.items():
+        slots[slot_id].record.stage = stage
+        slots[slot_id].sync_hook()
+    loss = nn.functional.cross_entropy(output, rig.targets).item()
+    return loss, correct(output, rig.targets).item() / len(rig.targets)
+
+
+def test_fused_contributions_equal_the_naive_ones(rig_factory: Callable[..., Rig]) -> None:
+    rig = prepared(rig_factory)
+    blend_alpha = rig.kasmina.bank.get("head.2").alpha()  # type: ignore[union-attr]
+    assert 0.0 < blend_alpha < 1.0
+    evaluation = rig.kasmina.evaluate(
+        [(rig.inputs[:16], rig.targets[:16]), (rig.inputs[16:], rig.targets[16:])], nn.functional.cross_entropy, correct
+    )
+    assert evaluation.fused and evaluation.variants == 4  # as-is; features.2 on; head.2 off; head.2 on
+    as_is = {"features.2": 0.0, "head.2": blend_alpha}
+    assert evaluation.loss == pytest.approx(naive(rig, as_is)[0], rel=1e-5)
+    for slot_id in ("features.2", "head.2"):
+        off, on = naive(rig, {**as_is, slot_id: 0.0}), naive(rig, {**as_is, slot_id: 1.0})
+        measured = evaluation.seeds[slot_id]
+        assert measured.loss_off == pytest.approx(off[0], rel=1e-5)
+        assert measured.loss_on == pytest.approx(on[0], rel=1e-5)
+        assert measured.accuracy_on == pytest.approx(on[1])
+        assert measured.contribution == pytest.approx(off[0] - on[0], abs=1e-5)
+    exported = {s.slot_id: s for s in rig.kasmina.export_seed_states()}
+    assert exported["head.2"].contribution == pytest.approx(evaluation.seeds["head.2"].contribution)
+
+
+def test_the_host_prefix_runs_once_per_batch(rig_factory: Callable[..., Rig]) -> None:
+    rig = prepared(rig_factory)
+    calls = []
+    handle = rig.model.features[0].register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))  # type: ignore[index]
+    evaluation = rig.kasmina.evaluate([(rig.inputs, rig.targets)], nn.functional.cross_entropy, correct)
+    handle.remove()
+    assert calls == [32]  # one un-replicated run of the layers before the first measured slot
+    assert evaluation.variants == 4
+
+
+def test_without_measured_seeds_evaluation_is_plain_validation(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory("conv")
+    evaluation = rig.kasmina.evaluate([(rig.inputs, rig.targets)], nn.functional.cross_entropy, correct)
+    rig.model.eval()
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(rig.model(rig.inputs), rig.targets).item()
+    assert evaluation.variants == 1 and evaluation.seeds == {}
+    assert evaluation.loss == pytest.approx(expected, rel=1e-6)
+    assert evaluation.samples == 32
+
+
+class FixedBatchHost(nn.Module):
+    """A host that reshapes by the batch size it was called with, so the fused forward cannot work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(6, 16)
+        self.act = nn.ReLU()
+        self.last = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        return self.last(self.act(self.first(x)).reshape(batch, -1))  # type: ignore[no-any-return]
+
+
+def test_a_host_that_is_not_batch_agnostic_is_measured_variant_by_variant(rig_factory: Callable[..., Rig]) -> None:
+    from kasmina_rig import HOSTS
+
+    HOSTS["fixed"] = (FixedBatchHost, ["act"], (6,), 4)
+    try:
+        rig = rig_factory("fixed")
+    finally:
+        del HOSTS["fixed"]
+    rig.decide()
+    assert rig.command(OP.SEED_OP_GERMINATE, "act", "BP901", hidden=2).status == CommandStatus.COMMAND_STATUS_APPLIED
+    rig.decide()
+    assert rig.command(OP.SEED_OP_START_TRAINING, "act").status == CommandStatus.COMMAND_STATUS_APPLIED
+    rig.train(3)
+    evaluation = rig.kasmina.evaluate([(rig.inputs, rig.targets)], nn.functional.cross_entropy, correct)
+    assert not evaluation.fused and evaluation.variants == 2
+    assert evaluation.seeds["act"].loss_on == pytest.approx(naive(rig, {"act": 1.0})[0], rel=1e-5)
