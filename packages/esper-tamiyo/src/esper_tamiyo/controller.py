@@ -1,0 +1,209 @@
+"""Tamiyo, the controller: state packet in, one signed command out, and the judged outcome of every decision.
+
+``decide(state)``: apply any policy update waiting on the bus (between decisions, so a swap is atomic), ask the
+policy, pass the proposal through the risk engine, fill the decision metadata, sign (a fresh command id as nonce,
+the issue time), and publish a telemetry packet. A policy that raises yields a signed no-op with the reason; a
+decision slower than its budget is reported and makes the next one conservative.
+
+``observe(state, command, result)``: open, advance and close field-report windows; return the reports written now
+(they are also appended to the crash-safe log and published on the bus).
+
+Tolaria calls ``decide`` under its own timeout; a decision that does not come back in time becomes a safe no-op on
+Tolaria's side.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from esper_core.leyline import (
+    AdaptationCommand,
+    BlueprintDescriptor,
+    BlueprintTier,
+    CommandResult,
+    FieldReport,
+    PolicyUpdate,
+    SystemStatePacket,
+)
+from esper_core.protocols import TamiyoPolicy
+from esper_core.signing import CommandSigner
+from esper_core.telemetry import ERROR, INFO, WARNING, Event, Metric, build_telemetry_packet
+from esper_tamiyo.commands import noop, operation_name
+from esper_tamiyo.options import TamiyoOptions
+from esper_tamiyo.reports import FieldReports
+from esper_tamiyo.risk import RiskEngine
+
+
+def offered_blueprints(
+    descriptors: Sequence[BlueprintDescriptor], allowed_tiers: Sequence[str]
+) -> list[BlueprintDescriptor]:
+    """The blueprints a run may germinate: allowed tiers only; quarantine-only ones only if HIGH_RISK is allowed."""
+    offered = []
+    for descriptor in descriptors:
+        tier = BlueprintTier.Name(descriptor.tier).removeprefix("BLUEPRINT_TIER_")
+        if tier in allowed_tiers and (not descriptor.quarantine_only or "HIGH_RISK" in allowed_tiers):
+            offered.append(descriptor)
+    return offered
+
+
+class TamiyoController:
+    def __init__(
+        self,
+        *,
+        policy: TamiyoPolicy,
+        blueprints: Sequence[BlueprintDescriptor],
+        signer: CommandSigner,
+        options: TamiyoOptions | None = None,
+        risk: RiskEngine | None = None,
+        reports: FieldReports | None = None,
+        bus: Any = None,
+        training_run_id: str = "",
+    ) -> None:
+        self.options = options or TamiyoOptions()
+        self.policy = policy
+        self.blueprints = list(blueprints)
+        self.by_id = {descriptor.blueprint_id: descriptor for descriptor in self.blueprints}
+        self.signer = signer
+        self.risk = risk or RiskEngine()
+        self.reports = reports or FieldReports(self.options, training_run_id=training_run_id)
+        self.bus = bus
+        self.training_run_id = training_run_id
+        self.last_latency_ms = 0.0
+        self.decisions = 0
+        self.over_budget = 0
+        self._lock = threading.Lock()
+        self._pending_events: list[Event] = []
+        if self.bus is not None:
+            self.bus.subscribe([self.bus.streams.policy])
+
+    # -- decisions --------------------------------------------------------------------------------------------
+    def decide(self, state: SystemStatePacket) -> AdaptationCommand:
+        with self._lock:
+            start = time.perf_counter()
+            self._consume_policy_updates()
+            try:
+                proposal = self.policy.decide(state, self.blueprints)
+            except Exception as error:  # noqa: BLE001 - a failing policy must not stop training
+                proposal = noop(f"the policy failed: {type(error).__name__}: {error}", self.policy.name)
+                self._pending_events.append(Event("policy_error", str(error), ERROR))
+            if not proposal.decision.policy_name:
+                proposal.decision.policy_name = self.policy.name
+            review = self.risk.review(proposal, state, self.by_id)
+            command = review.command
+            command.version = 1
+            command.issued_by = "tamiyo"
+            command.training_run_id = state.training_run_id or self.training_run_id
+            command.decision_epoch = state.current_epoch
+            command.decision_step = state.global_step
+            if not command.decision.policy_version:
+                command.decision.policy_version = str(getattr(self.policy, "version", "1"))
+            latency = (time.perf_counter() - start) * 1000.0
+            command.decision.decision_latency_ms = latency
+            self.signer.sign(command)
+            self.last_latency_ms = latency
+            self.decisions += 1
+            over = latency > self.options.decision_budget_ms
+            self.risk.last_decision_over_budget = over
+            events = [*self._pending_events, *review.events]
+            self._pending_events = []
+            if over:
+                self.over_budget += 1
+                events.append(
+                    Event(
+                        "decision_over_budget",
+                        f"{latency:.1f} ms > {self.options.decision_budget_ms} ms",
+                        WARNING,
+                        {"latency_ms": f"{latency:.3f}"},
+                    )
+                )
+            events.append(
+                Event(
+                    "decision",
+                    command.decision.rationale,
+                    INFO,
+                    {
+                        "operation": operation_name(command),
+                        "slot": command.target_slot_id,
+                        "risk_reason": command.decision.risk_reason,
+                    },
+                )
+            )
+            self._publish_telemetry(state, events)
+            return command
+
+    def _publish_telemetry(self, state: SystemStatePacket, events: list[Event]) -> None:
+        if self.bus is None:
+            return
+        packet = build_telemetry_packet(
+            source="tamiyo",
+            metrics=[
+                Metric("tamiyo.decision.latency_ms", self.last_latency_ms, "ms"),
+                Metric("tamiyo.decisions.total", float(self.decisions)),
+                Metric("tamiyo.decisions.over_budget", float(self.over_budget)),
+                Metric("tamiyo.conservative_mode", float(self.risk.conservative)),
+                Metric("tamiyo.field_reports.open", float(len(self.reports.open))),
+            ],
+            events=events,
+            training_run_id=self.training_run_id,
+            epoch=state.current_epoch,
+            global_step=state.global_step,
+        )
+        self.bus.publish(packet, priority=packet.priority)
+
+    # -- outcomes ---------------------------------------------------------------------------------------------
+    def observe(self, state: SystemStatePacket, command: AdaptationCommand, result: CommandResult) -> list[FieldReport]:
+        with self._lock:
+            written = self.reports.advance(state) + self.reports.opened(state, command, result)
+            if self.bus is not None:
+                for report in written:
+                    self.bus.publish(report)
+            return written
+
+    # -- policy updates ---------------------------------------------------------------------------------------
+    def apply_policy_update(self, update: PolicyUpdate) -> tuple[bool, str]:
+        """Hand an update to the policy; it is refused (with the reason) if the policy cannot take updates."""
+        load = getattr(self.policy, "load_update", None)
+        if load is None:
+            verdict: tuple[bool, str] = (False, f"policy {self.policy.name!r} does not take weight updates")
+        else:
+            outcome = load(update)
+            verdict = (bool(outcome.accepted), f"{getattr(outcome, 'reason', '')}: {getattr(outcome, 'detail', '')}")
+        name = "policy_update_applied" if verdict[0] else "policy_update_rejected"
+        self._pending_events.append(
+            Event(name, verdict[1], INFO if verdict[0] else WARNING, {"policy_id": update.policy_id})
+        )
+        return verdict
+
+    def _consume_policy_updates(self) -> None:
+        if self.bus is None:
+            return
+        for message in self.bus.poll([self.bus.streams.policy], count=8, block_ms=0):
+            if isinstance(message.payload, PolicyUpdate):
+                self.apply_policy_update(message.payload)
+            self.bus.ack(message)
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        policy_state = getattr(self.policy, "state_dict", None)
+        return {
+            "policy": policy_state() if callable(policy_state) else {},
+            "risk": self.risk.state_dict(),
+            "reports": self.reports.state_dict(),
+            "decisions": self.decisions,
+            "over_budget": self.over_budget,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        load = getattr(self.policy, "load_state_dict", None)
+        if callable(load) and state.get("policy"):
+            load(state["policy"])
+        self.risk.load_state_dict(state.get("risk", {}))
+        self.reports.load_state_dict(state.get("reports", {}))
+        self.decisions = int(state.get("decisions", 0))
+        self.over_budget = int(state.get("over_budget", 0))
+
+    def close(self) -> None:
+        self.reports.close()

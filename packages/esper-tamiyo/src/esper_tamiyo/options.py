@@ -1,0 +1,132 @@
+"""Tamiyo's configuration: the controller's keys in ``[tamiyo]`` (beside core's ``tamiyo.policy`` selector), the
+risk engine's ``[tamiyo.risk]``, and one section per first-party policy. Every threshold the controller uses is here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from esper_core.config import section
+
+
+def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+@section("tamiyo")
+@attrs.frozen
+class TamiyoOptions:
+    """The controller (the core selector ``tamiyo.policy`` names the policy it consults)."""
+
+    #: A decision should take at most this long; a slower one is reported and counts towards conservative mode.
+    decision_budget_ms: float = attrs.field(default=50.0, validator=_positive)
+    #: Decision points after a seed-affecting command before its field report is judged (sooner if the seed is
+    #: fossilized or culled).
+    observation_window: int = attrs.field(default=3, validator=_positive)
+    #: A seed counts as a SUCCESS when its counterfactual contribution is at least this (validation loss units).
+    success_contribution: float = 0.001
+    #: Relative change of validation loss over the window that counts as improvement / regression.
+    success_margin: float = attrs.field(default=0.002, validator=_not_negative)
+    regression_margin: float = attrs.field(default=0.01, validator=_not_negative)
+    #: Where field reports are appended, relative to the run directory.
+    field_report_log: str = "tamiyo/field_reports.log"
+
+
+@section("tamiyo.risk")
+@attrs.frozen
+class RiskOptions:
+    """The risk engine, applied to every policy's proposal (PROTOTYPE-REFERENCE.md section 6.6, on typed metrics).
+
+    "Pause" turns a growth command into a no-op and enters conservative mode; "downgrade" turns it into a no-op
+    only. Culls are never blocked: removing a seed is always allowed.
+    """
+
+    #: The policy's own risk estimate (DecisionMetadata.risk_score) at which to pause / downgrade.
+    policy_risk_pause: float = 0.98
+    policy_risk_downgrade: float = 0.85
+    #: Blueprint risk at which to pause (as quarantine) / downgrade; quarantine-only blueprints always pause.
+    blueprint_risk_pause: float = 0.8
+    blueprint_risk_downgrade: float = 0.6
+    #: Loss spike: validation loss rose by more than this fraction of its previous value (pause / downgrade).
+    loss_spike_pause: float = attrs.field(default=0.25, validator=_not_negative)
+    loss_spike_downgrade: float = attrs.field(default=0.1, validator=_not_negative)
+    #: Latency budgets (ms) of Tolaria's decision hook and training step, and of Kasmina's command application.
+    hook_budget_ms: float = 1_000.0
+    step_budget_ms: float = 10_000.0
+    apply_budget_ms: float = 250.0
+    #: Training instability: loss volatility and gradient variance above these downgrade growth.
+    max_loss_volatility: float = 0.5
+    max_gradient_variance: float = 1e6
+    max_gradient_conflict_rate: float = 0.5
+    #: Device pressure: less free device memory than this (GB) pauses growth; CPU use at or above this (percent)
+    #: downgrades it (100 disables the CPU rule: training saturates a small CPU by design).
+    min_free_memory_gb: float = 0.25
+    max_cpu_percent: float = 100.0
+    #: Calm decision points (no rule fired, no over-budget decision) before conservative mode is left.
+    conservative_exit_after: int = attrs.field(default=2, validator=_positive)
+
+
+@section("tamiyo.heuristic")
+@attrs.frozen
+class HeuristicOptions:
+    """The ``heuristic`` policy. Epoch counts are decision points (one per epoch by default)."""
+
+    #: No germination before this many decision points.
+    warmup_epochs: int = attrs.field(default=2, validator=_not_negative)
+    #: Validation loss has plateaued when its best value over the last ``plateau_window`` decision points improved
+    #: on the best before them by less than ``plateau_threshold`` (relative).
+    plateau_window: int = attrs.field(default=2, validator=_positive)
+    plateau_threshold: float = attrs.field(default=0.01, validator=_not_negative)
+    #: Seeds in flight (GERMINATED to PROBATIONARY) at once.
+    max_concurrent_seeds: int = attrs.field(default=2, validator=_positive)
+    #: All seeds together may add at most this fraction of the host's parameters.
+    max_added_parameter_fraction: float = attrs.field(default=0.5, validator=_not_negative)
+    #: TRAINING: blend in once the seed would help at full strength (contribution above ``graft_threshold``)
+    #: after at least ``min_training_epochs``; cull after ``training_patience`` without that.
+    min_training_epochs: int = attrs.field(default=1, validator=_positive)
+    training_patience: int = attrs.field(default=3, validator=_positive)
+    graft_threshold: float = 0.0
+    #: Blending schedule for germinated seeds.
+    blend_schedule: Literal["linear", "cosine", "tanh"] = "tanh"
+    #: SHADOWING: move to probation when the contribution is at least ``shadow_threshold``.
+    shadow_threshold: float = 0.0
+    #: PROBATIONARY: fossilize after ``probation_epochs`` when the contribution is at least ``fossilize_threshold``;
+    #: cull after ``probation_epochs + probation_patience`` without that.
+    probation_epochs: int = attrs.field(default=1, validator=_positive)
+    probation_patience: int = attrs.field(default=2, validator=_not_negative)
+    fossilize_threshold: float = 0.0
+    #: Cull a seed in the forward pass whose contribution falls below ``-hurt_threshold``.
+    hurt_threshold: float = attrs.field(default=0.002, validator=_not_negative)
+    #: Blueprint choice: ids in order of preference (earlier is better), weights of cost (fraction of the remaining
+    #: parameter budget) and of risk, and of each blueprint's record of fossilized minus culled seeds this run.
+    preferred_blueprints: list[str] = attrs.Factory(list)
+    cost_weight: float = attrs.field(default=1.0, validator=_not_negative)
+    risk_weight: float = attrs.field(default=0.5, validator=_not_negative)
+    history_weight: float = attrs.field(default=0.5, validator=_not_negative)
+
+
+@attrs.frozen
+class ScheduledGermination:
+    epoch: int
+    blueprint: str = ""
+    slot: str = ""
+
+
+@section("tamiyo.fixed-schedule")
+@attrs.frozen
+class FixedScheduleOptions:
+    """The ``fixed-schedule`` baseline: germinate at fixed epochs, advance as soon as allowed, fossilize after
+    ``probation_epochs`` whatever the seed's contribution. A blank blueprint is the first offered one that fits the
+    slot; a blank slot is the shallowest DORMANT slot."""
+
+    germinations: list[ScheduledGermination] = attrs.Factory(lambda: [ScheduledGermination(epoch=3)])
+    probation_epochs: int = attrs.field(default=1, validator=_positive)
+    blend_schedule: Literal["linear", "cosine", "tanh"] = "tanh"

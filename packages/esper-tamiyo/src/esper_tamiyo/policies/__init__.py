@@ -1,0 +1,1 @@
+"""Tamiyo's first-party policies."""

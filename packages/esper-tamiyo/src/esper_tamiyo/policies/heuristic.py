@@ -1,0 +1,305 @@
+"""The ``heuristic`` policy: explainable rules, every threshold a config option (``[tamiyo.heuristic]``).
+
+At each decision point it returns the first of:
+
+1. **Cull** a seed that hurts (its contribution fell below ``-hurt_threshold`` while it is in the forward pass),
+   that did not become useful in TRAINING within ``training_patience``, that failed to clear ``shadow_threshold``
+   in SHADOWING, or that did not clear ``fossilize_threshold`` within its probation. The worst seed first.
+2. **Advance** a seed whose measurements allow it, latest stage first: FOSSILIZE after ``probation_epochs`` with a
+   contribution of at least ``fossilize_threshold``; EVALUATE (to probation) with at least ``shadow_threshold``;
+   STABILIZE once its alpha ramp is done; START_GRAFTING once, after ``min_training_epochs``, it would help at full
+   strength (contribution above ``graft_threshold``); START_TRAINING right after germination.
+3. **Germinate** when validation loss has plateaued (its best over the last ``plateau_window`` decision points
+   improved on the best before by less than ``plateau_threshold``), not before ``warmup_epochs``, while fewer than
+   ``max_concurrent_seeds`` are in flight and the parameter budget allows. The slot is the DORMANT, un-embargoed
+   slot where the loss is most sensitive to the host's activation (first-order saliency: the norm of the loss
+   gradient at the slot times the activation's RMS, both measured on the probe batch). The blueprint is the one that
+   fits the slot's kind and the remaining budget with the best score: preference order, minus
+   ``cost_weight`` × its parameters as a fraction of the remaining budget, minus ``risk_weight`` × its risk, plus
+   ``history_weight`` × (its fossilized minus culled seeds this run).
+4. Otherwise **wait** (a no-op).
+
+Every command carries a rationale that says which rule fired and with what numbers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, SeedState, SystemStatePacket
+from esper_core.protocols import BlueprintCatalog, SlotShape
+from esper_tamiyo.commands import (
+    ADVANCE_FROM,
+    IN_FLIGHT,
+    OP,
+    SCHEDULES,
+    S,
+    default_parameters,
+    fits,
+    noop,
+    seed_command,
+)
+from esper_tamiyo.options import HeuristicOptions
+
+NAME = "heuristic"
+
+
+@attrs.define
+class Candidate:
+    descriptor: BlueprintDescriptor
+    cost: int
+    score: float
+
+
+class HeuristicPolicy:
+    name = NAME
+
+    def __init__(self, options: HeuristicOptions | None = None, catalogs: Sequence[BlueprintCatalog] = ()) -> None:
+        self.options = options or HeuristicOptions()
+        self.catalogs = list(catalogs)
+        self.losses: deque[float] = deque(maxlen=self.options.plateau_window * 2 + 1)
+        self.host_parameters: int | None = None
+        self.record: dict[str, int] = {}
+        self._stages: dict[str, tuple[int, str]] = {}
+        self._last_epoch: int | None = None
+
+    # -- the decision -----------------------------------------------------------------------------------------
+    def decide(self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]) -> AdaptationCommand:
+        self._observe(state)
+        for rule in (self._cull, self._advance, lambda s: self._germinate(s, blueprints)):
+            command = rule(state)
+            if command is not None:
+                return command
+        return noop(self._waiting_reason(state), NAME)
+
+    def _observe(self, state: SystemStatePacket) -> None:
+        """Learn from the packet once per decision point: loss history and seeds' fates."""
+        if self._last_epoch == state.current_epoch and self.losses:
+            return
+        self._last_epoch = state.current_epoch
+        metrics = state.metrics
+        if self.host_parameters is None and metrics.parameter_count:
+            in_seeds = sum(seed.parameter_count for seed in state.seeds)
+            self.host_parameters = max(int(metrics.parameter_count) - in_seeds, 1)
+        if metrics.HasField("val_loss"):
+            self.losses.append(metrics.val_loss)
+        for seed in state.seeds:
+            previous = self._stages.get(seed.slot_id)
+            if previous is not None and previous[1]:
+                stage, blueprint = previous
+                if seed.stage == S.SEED_STAGE_FOSSILIZED and stage != S.SEED_STAGE_FOSSILIZED:
+                    self.record[blueprint] = self.record.get(blueprint, 0) + 1
+                elif seed.stage in (S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED) and stage in IN_FLIGHT:
+                    self.record[blueprint] = self.record.get(blueprint, 0) - 1
+            self._stages[seed.slot_id] = (seed.stage, seed.blueprint_id)
+
+    # -- 1. culls ---------------------------------------------------------------------------------------------
+    def _cull(self, state: SystemStatePacket) -> AdaptationCommand | None:
+        worst: tuple[float, SeedState, str] | None = None
+        for seed in state.seeds:
+            reason = self._cull_reason(seed)
+            if reason is not None:
+                badness = -(seed.contribution if seed.HasField("contribution") else 0.0)
+                if worst is None or badness > worst[0]:
+                    worst = (badness, seed, reason)
+        if worst is None:
+            return None
+        _, seed, reason = worst
+        return seed_command(
+            OP.SEED_OP_CULL, seed.slot_id, f"cull {seed.slot_id} ({seed.blueprint_id}): {reason}", policy=NAME
+        )
+
+    def _cull_reason(self, seed: SeedState) -> str | None:
+        """Why ``seed`` should go, by the first rule that applies, or None."""
+        o = self.options
+        contribution = seed.contribution if seed.HasField("contribution") else None
+        in_forward = (S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY)
+        if seed.stage in in_forward and contribution is not None and contribution < -o.hurt_threshold:
+            return f"it hurts: contribution {contribution:.4g} < -{o.hurt_threshold:g}"
+        unhelpful = contribution is None or contribution <= o.graft_threshold
+        if seed.stage == S.SEED_STAGE_TRAINING and seed.stage_epochs >= o.training_patience and unhelpful:
+            shown = "unmeasured" if contribution is None else f"{contribution:.4g}"
+            return f"no useful contribution after {seed.stage_epochs} epochs of training ({shown})"
+        shadowing = seed.stage == S.SEED_STAGE_SHADOWING and seed.stage_epochs >= 1
+        if shadowing and contribution is not None and contribution < o.shadow_threshold:
+            return f"contribution {contribution:.4g} below the shadowing threshold {o.shadow_threshold:g}"
+        probation_over = seed.stage_epochs >= o.probation_epochs + o.probation_patience
+        short = contribution is None or contribution < o.fossilize_threshold
+        if seed.stage == S.SEED_STAGE_PROBATIONARY and probation_over and short:
+            return f"probation over without reaching {o.fossilize_threshold:g}"
+        return None
+
+    # -- 2. advances ------------------------------------------------------------------------------------------
+    def _ready(self, operation: int, seed: SeedState) -> str | None:
+        o = self.options
+        contribution = seed.contribution if seed.HasField("contribution") else None
+        if operation == OP.SEED_OP_START_TRAINING:
+            return "germinated; start training"
+        if operation == OP.SEED_OP_START_GRAFTING:
+            if (
+                seed.stage_epochs >= o.min_training_epochs
+                and contribution is not None
+                and contribution > o.graft_threshold
+            ):
+                return f"would help at full strength: contribution {contribution:.4g} > {o.graft_threshold:g}"
+            return None
+        if operation == OP.SEED_OP_STABILIZE:
+            if seed.alpha_total_steps and seed.alpha_steps >= seed.alpha_total_steps:
+                return f"blending ramp done ({seed.alpha_steps}/{seed.alpha_total_steps})"
+            return None
+        if operation == OP.SEED_OP_EVALUATE:
+            if seed.stage_epochs >= 1 and contribution is not None and contribution >= o.shadow_threshold:
+                return f"contribution {contribution:.4g} >= {o.shadow_threshold:g} in shadowing"
+            return None
+        if operation == OP.SEED_OP_FOSSILIZE:
+            if (
+                seed.stage_epochs >= o.probation_epochs
+                and contribution is not None
+                and contribution >= o.fossilize_threshold
+            ):
+                return f"probation passed with contribution {contribution:.4g} >= {o.fossilize_threshold:g}"
+            return None
+        return None
+
+    def _advance(self, state: SystemStatePacket) -> AdaptationCommand | None:
+        for operation, source in ADVANCE_FROM.items():
+            for seed in state.seeds:
+                if seed.stage != source:
+                    continue
+                reason = self._ready(operation, seed)
+                if reason is not None:
+                    name = OP.Name(operation).removeprefix("SEED_OP_").lower()
+                    return seed_command(operation, seed.slot_id, f"{name} {seed.slot_id}: {reason}", policy=NAME)
+        return None
+
+    # -- 3. germination ---------------------------------------------------------------------------------------
+    def plateaued(self) -> tuple[bool, str]:
+        window = self.options.plateau_window
+        if len(self.losses) < window + 1:
+            return False, f"{len(self.losses)} validation measurements; need {window + 1} to judge a plateau"
+        history = list(self.losses)
+        recent, before = min(history[-window:]), min(history[:-window])
+        improvement = (before - recent) / max(abs(before), 1e-12)
+        if improvement < self.options.plateau_threshold:
+            threshold = self.options.plateau_threshold
+            return True, f"validation loss improved {improvement:.2%} over {window} epochs (< {threshold:.2%})"
+        return False, f"still improving: {improvement:.2%} over {window} epochs"
+
+    def budget_left(self, state: SystemStatePacket) -> float:
+        host = self.host_parameters or max(int(state.metrics.parameter_count), 1)
+        used = sum(seed.parameter_count for seed in state.seeds if seed.stage in IN_FLIGHT | {S.SEED_STAGE_FOSSILIZED})
+        return self.options.max_added_parameter_fraction * host - used
+
+    def _cost(self, descriptor: BlueprintDescriptor, seed: SeedState) -> int | None:
+        slot = SlotShape.of(seed)
+        for catalog in self.catalogs:
+            try:
+                return catalog.parameter_count(descriptor.blueprint_id, slot, default_parameters(descriptor))
+            except (KeyError, ValueError):
+                continue
+        return None
+
+    def rank_blueprints(
+        self, seed: SeedState, blueprints: Sequence[BlueprintDescriptor], budget: float
+    ) -> list[Candidate]:
+        o = self.options
+        ranked = []
+        for position, descriptor in enumerate(blueprints):
+            if not fits(descriptor, seed.slot_kind):
+                continue
+            cost = self._cost(descriptor, seed)
+            known_cost = cost if cost is not None else 0
+            if known_cost > budget:
+                continue
+            preference = 0.0
+            if descriptor.blueprint_id in o.preferred_blueprints:
+                preference = 1.0 - o.preferred_blueprints.index(descriptor.blueprint_id) / len(o.preferred_blueprints)
+            score = (
+                preference
+                - o.cost_weight * (known_cost / budget if budget > 0 else 1.0)
+                - o.risk_weight * descriptor.risk
+                + o.history_weight * self.record.get(descriptor.blueprint_id, 0)
+                - 1e-6 * position  # stable ties: catalog order
+            )
+            ranked.append(Candidate(descriptor, known_cost, score))
+        return sorted(ranked, key=lambda candidate: -candidate.score)
+
+    @staticmethod
+    def saliency(seed: SeedState) -> float:
+        gradient = seed.host_gradient_norm if seed.HasField("host_gradient_norm") else 0.0
+        activation = seed.activation_rms if seed.HasField("activation_rms") else 0.0
+        return gradient * activation
+
+    def _germinate(
+        self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]
+    ) -> AdaptationCommand | None:
+        o = self.options
+        if state.current_epoch < o.warmup_epochs:
+            return None
+        in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
+        if in_flight >= o.max_concurrent_seeds:
+            return None
+        plateau, why = self.plateaued()
+        if not plateau:
+            return None
+        budget = self.budget_left(state)
+        free = [s for s in state.seeds if s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0]
+        for seed in sorted(free, key=lambda s: (-self.saliency(s), s.layer_depth)):
+            ranked = self.rank_blueprints(seed, blueprints, budget)
+            if not ranked:
+                continue
+            choice = ranked[0]
+            rationale = (
+                f"germinate {choice.descriptor.blueprint_id} ({choice.descriptor.name}, {choice.cost} parameters, "
+                f"score {choice.score:.3f}) in {seed.slot_id} (saliency {self.saliency(seed):.3g}): {why}; "
+                f"budget left {budget:.0f} parameters"
+            )
+            command = seed_command(
+                OP.SEED_OP_GERMINATE,
+                seed.slot_id,
+                rationale,
+                policy=NAME,
+                blueprint_id=choice.descriptor.blueprint_id,
+                parameters=default_parameters(choice.descriptor),
+                schedule=SCHEDULES[o.blend_schedule],
+            )
+            command.decision.selected_slot_score = self.saliency(seed)
+            command.decision.blueprint_score = choice.score
+            return command
+        return None
+
+    def _waiting_reason(self, state: SystemStatePacket) -> str:
+        o = self.options
+        if state.current_epoch < o.warmup_epochs:
+            return f"warming up ({state.current_epoch}/{o.warmup_epochs} epochs)"
+        in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
+        if in_flight >= o.max_concurrent_seeds:
+            return f"{in_flight} seeds in flight (max {o.max_concurrent_seeds})"
+        plateau, why = self.plateaued()
+        if not plateau:
+            return why
+        if not any(s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0 for s in state.seeds):
+            return "no dormant slot is free"
+        return f"no offered blueprint fits a free slot within the parameter budget ({self.budget_left(state):.0f} left)"
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "losses": list(self.losses),
+            "host_parameters": self.host_parameters,
+            "record": dict(self.record),
+            "stages": {slot: list(value) for slot, value in self._stages.items()},
+            "last_epoch": self._last_epoch,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.losses.clear()
+        self.losses.extend(state.get("losses", []))
+        self.host_parameters = state.get("host_parameters")
+        self.record = dict(state.get("record", {}))
+        self._stages = {slot: (int(value[0]), str(value[1])) for slot, value in state.get("stages", {}).items()}
+        self._last_epoch = state.get("last_epoch")

@@ -1,0 +1,158 @@
+"""The heuristic policy on scripted trajectories: it germinates on a plateau where the loss is most sensitive,
+advances and fossilizes seeds that help, culls seeds that hurt or never become useful, and says why."""
+
+from __future__ import annotations
+
+import pytest
+
+from esper_core.leyline import CommandType, SeedOperation
+from esper_core.testing.conformance import TamiyoPolicyConformance
+from esper_tamiyo.options import HeuristicOptions
+from esper_tamiyo.policies.heuristic import HeuristicPolicy
+
+from tamiyo_scenarios import VECTOR, CountingCatalog, S, blueprint, packet, slot
+
+OP = SeedOperation
+BLUEPRINTS = [blueprint("BP101"), blueprint("BP201", risk=0.1), blueprint("BP102", kinds=[VECTOR])]
+
+
+def policy(**options: object) -> HeuristicPolicy:
+    return HeuristicPolicy(HeuristicOptions(**options), catalogs=[CountingCatalog(BLUEPRINTS)])  # type: ignore[arg-type]
+
+
+def run(p: HeuristicPolicy, losses: list[float], seeds: list[object]) -> object:
+    command = None
+    for epoch, loss in enumerate(losses):
+        command = p.decide(packet(epoch, loss, seeds), BLUEPRINTS)  # type: ignore[arg-type]
+    return command
+
+
+def test_it_waits_while_the_loss_improves() -> None:
+    command = run(policy(), [1.0, 0.8, 0.6, 0.45, 0.35], [slot("a"), slot("b")])
+    assert command.command_type == CommandType.COMMAND_NOOP  # type: ignore[attr-defined]
+    assert "still improving" in command.decision.rationale  # type: ignore[attr-defined]
+
+
+def test_it_germinates_on_a_plateau_in_the_most_sensitive_slot_with_the_best_blueprint() -> None:
+    seeds = [
+        slot("early", saliency=(0.1, 1.0), depth=0),
+        slot("late", saliency=(2.0, 0.5), depth=1),
+        slot("head", kind=VECTOR, shape=[64], saliency=(0.2, 0.2), depth=2),
+    ]
+    command = run(policy(), [1.0, 0.6, 0.5, 0.499, 0.498], seeds)
+    assert command.command_type == CommandType.COMMAND_SEED  # type: ignore[attr-defined]
+    operation = command.seed_operation  # type: ignore[attr-defined]
+    assert (operation.operation, command.target_slot_id) == (OP.SEED_OP_GERMINATE, "late")  # type: ignore[attr-defined]
+    assert operation.blueprint_id == "BP101"  # BP201 costs 10x more
+    assert dict(operation.parameters) == {"width": 4.0}
+    rationale = command.decision.rationale  # type: ignore[attr-defined]
+    assert "germinate BP101" in rationale and "saliency 1" in rationale and "improved" in rationale
+
+
+def test_warmup_is_respected() -> None:
+    command = run(policy(warmup_epochs=10), [1.0, 0.9, 0.9, 0.9, 0.9], [slot("a")])
+    assert command.command_type == CommandType.COMMAND_NOOP  # type: ignore[attr-defined]
+    assert "warming up" in command.decision.rationale  # type: ignore[attr-defined]
+
+
+def test_the_parameter_budget_limits_the_choice() -> None:
+    # BP101 would cost 4 x 16 x 10 = 640 parameters: over a budget of 0.01 x 20 000 = 200
+    command = run(policy(max_added_parameter_fraction=0.01), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    assert command.command_type == CommandType.COMMAND_NOOP  # type: ignore[attr-defined]
+    assert "parameter budget" in command.decision.rationale  # type: ignore[attr-defined]
+
+
+def test_occupied_and_embargoed_slots_are_never_targeted() -> None:
+    seeds = [
+        slot("busy", S.SEED_STAGE_FOSSILIZED, saliency=(9, 9)),
+        slot("cooling", S.SEED_STAGE_EMBARGOED, saliency=(9, 9), embargo_epochs_remaining=1),
+        slot("free", saliency=(0.1, 0.1)),
+    ]
+    command = run(policy(), [1.0, 0.9, 0.9, 0.9], seeds)
+    assert command.target_slot_id == "free"  # type: ignore[attr-defined]
+
+
+def test_it_respects_the_number_of_seeds_in_flight() -> None:
+    seeds = [slot("a", S.SEED_STAGE_TRAINING, stage_epochs=0), slot("b")]
+    command = run(policy(max_concurrent_seeds=1), [1.0, 0.9, 0.9, 0.9], seeds)
+    assert command.command_type == CommandType.COMMAND_NOOP  # type: ignore[attr-defined]
+    assert "in flight" in command.decision.rationale  # type: ignore[attr-defined]
+
+
+def test_a_seed_that_hurts_is_culled() -> None:
+    seeds = [slot("a", S.SEED_STAGE_SHADOWING, stage_epochs=1, contribution=-0.02), slot("b")]
+    command = policy().decide(packet(6, 0.5, seeds), BLUEPRINTS)
+    assert (command.seed_operation.operation, command.target_slot_id) == (OP.SEED_OP_CULL, "a")
+    assert "hurts" in command.decision.rationale and "-0.02" in command.decision.rationale
+
+
+def test_a_seed_that_never_becomes_useful_in_training_is_culled() -> None:
+    seeds = [slot("a", S.SEED_STAGE_TRAINING, stage_epochs=3, contribution=-0.001)]
+    command = policy(training_patience=3).decide(packet(6, 0.5, seeds), BLUEPRINTS)
+    assert command.seed_operation.operation == OP.SEED_OP_CULL
+    assert "after 3 epochs of training" in command.decision.rationale
+
+
+def test_a_helpful_seed_is_advanced_and_fossilized() -> None:
+    p = policy()
+    steps = [
+        (S.SEED_STAGE_GERMINATED, {}, OP.SEED_OP_START_TRAINING),
+        (S.SEED_STAGE_TRAINING, {"stage_epochs": 1, "contribution": 0.01}, OP.SEED_OP_START_GRAFTING),
+        (
+            S.SEED_STAGE_BLENDING,
+            {"alpha_steps": 300, "alpha_total_steps": 300, "contribution": 0.01},
+            OP.SEED_OP_STABILIZE,
+        ),
+        (S.SEED_STAGE_SHADOWING, {"stage_epochs": 1, "contribution": 0.01}, OP.SEED_OP_EVALUATE),
+        (S.SEED_STAGE_PROBATIONARY, {"stage_epochs": 1, "contribution": 0.01}, OP.SEED_OP_FOSSILIZE),
+    ]
+    for stage, fields, expected in steps:
+        command = p.decide(packet(5, 0.5, [slot("a", stage, **fields)]), BLUEPRINTS)
+        assert command.seed_operation.operation == expected, command.decision.rationale
+
+
+def test_a_seed_waits_in_a_stage_until_its_measurements_allow_moving_on() -> None:
+    p = policy()
+    waiting = [
+        slot("a", S.SEED_STAGE_TRAINING, stage_epochs=1, contribution=-0.0001),
+        slot("b", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=0.01),
+    ]
+    command = p.decide(packet(5, 0.5, waiting), BLUEPRINTS)
+    assert command.command_type == CommandType.COMMAND_NOOP
+
+
+def test_later_stages_are_advanced_first() -> None:
+    seeds = [
+        slot("young", S.SEED_STAGE_GERMINATED),
+        slot("old", S.SEED_STAGE_PROBATIONARY, stage_epochs=1, contribution=0.01),
+    ]
+    command = policy().decide(packet(5, 0.5, seeds), BLUEPRINTS)
+    assert (command.seed_operation.operation, command.target_slot_id) == (OP.SEED_OP_FOSSILIZE, "old")
+
+
+def test_fates_of_seeds_steer_the_blueprint_choice() -> None:
+    p = policy(history_weight=5.0)
+    p.decide(packet(0, 1.0, [slot("a", S.SEED_STAGE_PROBATIONARY, blueprint_id="BP201")]), BLUEPRINTS)
+    p.decide(packet(1, 0.9, [slot("a", S.SEED_STAGE_FOSSILIZED, blueprint_id="BP201")]), BLUEPRINTS)
+    assert p.record == {"BP201": 1}
+    ranked = p.rank_blueprints(slot("b"), BLUEPRINTS, budget=100_000)
+    assert ranked[0].descriptor.blueprint_id == "BP201"
+
+
+def test_its_state_survives_a_checkpoint() -> None:
+    p = policy()
+    run(p, [1.0, 0.9, 0.85], [slot("a")])
+    restored = policy()
+    restored.load_state_dict(p.state_dict())
+    assert restored.state_dict() == p.state_dict()
+    assert restored.plateaued() == p.plateaued()
+
+
+class TestHeuristicConforms(TamiyoPolicyConformance):
+    @pytest.fixture
+    def policy(self) -> HeuristicPolicy:
+        return policy(warmup_epochs=0, plateau_window=1, plateau_threshold=1.0)
+
+    @pytest.fixture
+    def blueprints(self) -> list[object]:
+        return [blueprint("BP001", kinds=[1, 2, 3])]
