@@ -11,18 +11,23 @@ PACKAGES := core kasmina tamiyo simic urza nissa
 EDITABLE := $(foreach p,$(PACKAGES),-e packages/esper-$(p))
 STAMP := $(VENV)/.esper-installed
 
-.PHONY: venv run test lint typecheck walls contracts pytest format clean
+.PHONY: venv system-packages run test lint typecheck walls contracts pytest format clean
 
 # The venv is rebuilt when a package's dependencies or the pinned tools change. torch goes in first, pinned to the
 # CPU wheel on this machine's disk (any looser request would pull a multi-GB CUDA build).
 $(STAMP): requirements/*.txt $(foreach p,$(PACKAGES),packages/esper-$(p)/pyproject.toml)
+	bash scripts/install-system-packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(CONSTRAINTS) torch==2.13.0 numpy
-	$(PIP) install --quiet $(CONSTRAINTS) -r requirements/dev.txt $(EDITABLE) -e 'packages/esper-core[testing]'
+	$(PIP) install --quiet $(CONSTRAINTS) -r requirements/dev.txt $(EDITABLE) -e 'packages/esper-core[testing,redis]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Servers the tests start on loopback (redis-server); apt only when something is missing.
+system-packages:
+	bash scripts/install-system-packages.sh
 
 run: venv
 	$(BIN)/esper plugins
@@ -45,7 +50,7 @@ walls: venv
 pytest: venv
 	$(BIN)/python -m pytest
 
-test: contracts lint typecheck walls pytest
+test: system-packages contracts lint typecheck walls pytest
 
 format: venv
 	$(BIN)/ruff format .

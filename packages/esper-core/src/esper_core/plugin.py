@@ -1,5 +1,5 @@
-"""The core plugin: the in-process bus backend and core's configuration sections (including the selectors of
-every plugin point).
+"""The core plugin: the bus backends (in-process, and Redis Streams when redis-py is installed) and core's
+configuration sections (including the selectors of every plugin point, Oona's and Weatherlight's).
 
 Registered first by every plugin manager, and essential (it cannot be blocked).
 """
@@ -18,6 +18,23 @@ def _memory_backend(context: BuildContext) -> object:
     return MemoryBackend()
 
 
+def _redis_backend(context: BuildContext) -> object:
+    from esper_core.errors import ConfigError
+    from esper_core.oona.options import OonaOptions
+    from esper_core.oona.redis_backend import RedisBackend, RedisOptions
+
+    if context.config is None:
+        raise ConfigError(
+            'the redis bus backend reads its URL from the configuration (oona.backend = "redis://host:port/db"); '
+            "build it with a configuration"
+        )
+    try:
+        options = context.config.get(RedisOptions)
+    except KeyError:
+        options = RedisOptions()
+    return RedisBackend(context.config.get(OonaOptions).backend, options)
+
+
 @hookimpl
 def esper_oona_bus_backends() -> Iterator[BusBackendSpec]:
     yield BusBackendSpec(
@@ -25,16 +42,26 @@ def esper_oona_bus_backends() -> Iterator[BusBackendSpec]:
         factory=_memory_backend,
         description="In-process streams with Redis Streams consumer-group semantics (the embedded default).",
     )
+    yield BusBackendSpec(
+        name="redis",
+        url_schemes=("redis", "rediss", "unix"),
+        factory=_redis_backend,
+        description='Redis Streams over redis-py (oona.backend = "redis://host:port/db"); needs esper-core[redis].',
+    )
 
 
 @hookimpl
 def esper_core_config_sections() -> Iterator[type]:
     from esper_core.components import NissaSelection, TamiyoSelection, UrzaSelection
     from esper_core.oona.options import OonaOptions
+    from esper_core.oona.redis_backend import RedisOptions
     from esper_core.plugins.options import PluginsOptions
     from esper_core.security_options import SecurityOptions
+    from esper_core.weatherlight.options import WeatherlightOptions
 
     yield OonaOptions
+    yield RedisOptions
+    yield WeatherlightOptions
     yield PluginsOptions
     yield SecurityOptions
     yield UrzaSelection

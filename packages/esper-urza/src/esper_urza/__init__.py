@@ -1,3 +1,11 @@
-"""Urza, Karn and Tezzeret: the blueprint catalog, artifact building and the artifact library."""
+"""Urza, Karn and Tezzeret: the blueprint catalog, artifact building and the artifact library.
+
+- :mod:`esper_urza.karn`: Karn, the default blueprint catalog (``KarnCatalog``);
+- :mod:`esper_urza.tezzeret`: Tezzeret, which builds and checks artifacts (``Tezzeret``);
+- :mod:`esper_urza.library`: Urza, the artifact library and Esper's default artifact store (``UrzaLibrary``);
+- :mod:`esper_urza.parameters`: parameter and slot validation any catalog can reuse.
+
+Importing this package (or its plugin module) imports no torch; building, loading and serving modules does.
+"""
 
 __version__ = "0.1.0"

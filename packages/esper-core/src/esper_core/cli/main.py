@@ -24,7 +24,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(registry: Registry) -> argparse.ArgumentParser:
-    from esper_core.cli import commands
+    from esper_core.cli import blueprints, commands, serve
 
     parser = argparse.ArgumentParser(
         prog="esper",
@@ -45,6 +45,9 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     leyline_commands = leyline.add_subparsers(dest="leyline_command", metavar="ACTION", required=True)
     check = leyline_commands.add_parser("check", help="round-trip every contract message and report its size")
     check.set_defaults(handler=commands.leyline_check)
+
+    serve.add_parser(subcommands)
+    blueprints.add_parser(subcommands)
 
     for spec in registry.cli_commands():
         extra = subcommands.add_parser(spec.name, help=spec.help)

@@ -4,7 +4,7 @@ The in-process :class:`MemoryBackend` is the embedded default; other backends (R
 ``esper_oona_bus_backends`` hook and pass the same conformance suite.
 """
 
-from esper_core.oona.backend import BusBackend, StreamEntry
+from esper_core.oona.backend import BusBackend, BusUnavailableError, StreamEntry
 from esper_core.oona.bus import BusMessage, ConsumeReport, Oona, route_for
 from esper_core.oona.memory import MemoryBackend
 from esper_core.oona.options import OonaOptions, StreamNames
@@ -12,6 +12,7 @@ from esper_core.oona.options import OonaOptions, StreamNames
 __all__ = [
     "BusBackend",
     "BusMessage",
+    "BusUnavailableError",
     "ConsumeReport",
     "MemoryBackend",
     "Oona",

@@ -15,6 +15,16 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from esper_core.errors import EsperError
+
+
+class BusUnavailableError(EsperError):
+    """The bus backend cannot be reached (after its retries, or while its circuit breaker is open).
+
+    Nothing is dropped silently: the operation that raised did not take effect, or may have (a publish whose reply was
+    lost is retried, so consumers must be idempotent, which Oona requires anyway). Retry later.
+    """
+
 
 @attrs.frozen
 class StreamEntry:

@@ -152,7 +152,7 @@ class Oona:
             source=self.source,
             correlation_id=correlation_id,
         )
-        envelope.created_at.GetCurrentTime()
+        envelope.created_at.FromNanoseconds(time.time_ns())
         return envelope
 
     def _fields(self, envelope: BusEnvelope) -> dict[str, bytes]:
@@ -278,8 +278,16 @@ class Oona:
         return BusMessage(entry.stream, entry.entry_id, envelope, payload, entry.delivery_count)
 
     def ack(self, message: BusMessage) -> None:
-        self.backend.ack(message.stream, self.group, [message.entry_id])
-        self.counters["handled"] += 1
+        self.ack_many([message])
+
+    def ack_many(self, messages: Sequence[BusMessage]) -> None:
+        """Acknowledge several messages with one round trip per stream."""
+        by_stream: dict[str, list[str]] = {}
+        for message in messages:
+            by_stream.setdefault(message.stream, []).append(message.entry_id)
+        for stream, entry_ids in by_stream.items():
+            self.backend.ack(stream, self.group, entry_ids)
+        self.counters["handled"] += len(messages)
 
     def fail(self, message: BusMessage, reason: str) -> bool:
         """Record a failed attempt: republish for retry, or dead-letter at the limit. True if dead-lettered."""
@@ -300,20 +308,26 @@ class Oona:
     def consume(
         self, streams: Sequence[str], handler: Callable[[BusMessage], Any], *, count: int = 32, block_ms: int = 0
     ) -> ConsumeReport:
-        """Poll once and hand every message to ``handler``; acknowledge on return, retry on exception."""
+        """Poll once and hand every message to ``handler``; acknowledge on return (in one round trip per stream
+        for the batch), retry on exception."""
         dropped_before = self.counters["dropped_bad_signature"]
         dead_before = self.counters["dead_lettered"]
         report = ConsumeReport()
-        for message in self.poll(streams, count=count, block_ms=block_ms):
-            report.delivered += 1
-            try:
-                handler(message)
-            except Exception as error:  # noqa: BLE001 - a failing handler must not stop the consumer
-                report.failed += 1
-                self.fail(message, f"{type(error).__name__}: {error}")
-            else:
-                self.ack(message)
-                report.handled += 1
+        handled: list[BusMessage] = []
+        try:
+            for message in self.poll(streams, count=count, block_ms=block_ms):
+                report.delivered += 1
+                try:
+                    handler(message)
+                except Exception as error:  # noqa: BLE001 - a failing handler must not stop the consumer
+                    report.failed += 1
+                    self.fail(message, f"{type(error).__name__}: {error}")
+                else:
+                    handled.append(message)
+                    report.handled += 1
+        finally:
+            if handled:  # acknowledged even if a later handler raised something fatal
+                self.ack_many(handled)
         report.dropped_bad_signature = self.counters["dropped_bad_signature"] - dropped_before
         report.dead_lettered = self.counters["dead_lettered"] - dead_before
         return report

@@ -8,7 +8,7 @@ when created, so listing plugins (``esper plugins``) is cheap and imports no hea
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +120,16 @@ class SeedExecutorSpec(ComponentSpec):
 
 @attrs.frozen(kw_only=True)
 class ServiceSpec(ComponentSpec):
-    """A long-lived service for ``esper serve NAME``; the factory returns an :class:`esper_core.protocols.Service`."""
+    """A long-lived service for ``esper serve NAME``; the factory returns an :class:`esper_core.protocols.Service`.
+
+    Weatherlight's preflight checks what a service declares here before it starts anything, and reports every
+    problem at once: ``requires`` names Python modules the service imports (``("torch",)``); ``preflight`` is
+    called with the service's :class:`BuildContext` (configuration, options, signing key; no bus yet) and returns
+    a description of each problem it finds (nothing when the service is ready to start).
+    """
+
+    requires: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    preflight: Callable[[BuildContext], Iterable[str]] | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -6,17 +6,25 @@ imports nothing heavy (no hypothesis, no torch) at module level.
 - ``register_plugin(plugin, name=None)``: register a plugin object for this test; it is always unregistered at
   teardown, whatever the test did.
 - ``signing_key``: a fresh random :class:`~esper_core.signing.SigningKey`.
+- ``redis_server``: one real ``redis-server`` on 127.0.0.1 (a free port) for the whole session, stopped by pid at
+  the end; tests sharing it use unique stream names. Missing binary: a failure under ``CI``, a skip elsewhere.
+- ``redis_server_factory(**options)``: a server of this test's own (to stop, kill or restart); see
+  :class:`~esper_core.testing.servers.RedisServer` for the options. Every one is stopped at teardown.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from esper_core.plugins import EsperPluginManager, Registry, create_plugin_manager
 from esper_core.signing import SigningKey
+
+if TYPE_CHECKING:
+    from esper_core.testing.servers import RedisServer
 
 
 @pytest.fixture
@@ -51,3 +59,40 @@ def register_plugin(esper_plugin_manager: EsperPluginManager, esper_registry: Re
 @pytest.fixture
 def signing_key() -> SigningKey:
     return SigningKey.generate()
+
+
+def _start_redis(workdir: Path, **options: Any) -> RedisServer:
+    from esper_core.testing.servers import RedisServer, ServerUnavailableError, require_binary
+
+    require_binary(RedisServer.binary, RedisServer.apt_package)
+    server = RedisServer(workdir, **options)
+    try:
+        server.start()
+    except ServerUnavailableError as error:
+        pytest.fail(str(error), pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = _start_redis(tmp_path_factory.mktemp("redis-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
+
+    def start(**options: Any) -> RedisServer:
+        server = _start_redis(tmp_path_factory.mktemp("redis-server"), **options)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

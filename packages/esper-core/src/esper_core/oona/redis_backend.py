@@ -1,0 +1,410 @@
+"""Oona on Redis Streams: a :class:`~esper_core.oona.BusBackend` over redis-py (sync client, one connection pool).
+
+Selected by URL: ``oona.backend = "redis://127.0.0.1:6379/0"`` (also ``rediss://`` and ``unix://``). The mapping
+onto Redis is direct:
+
+========================  ==========================================================================================
+``publish``               ``XADD stream MAXLEN ~ n * field value ...``
+``publish_many``          the same XADDs in one pipeline (no transaction), in chunks
+``ensure_group``          ``XGROUP CREATE stream group 0 MKSTREAM``; an existing group (BUSYGROUP) is fine
+``read``                  ``XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS s1 s2 ... > > ...``
+``claim_idle``            ``XPENDING stream group IDLE ms - + n`` (delivery counts), then ``XCLAIM`` of those ids;
+                          pending entries whose data was trimmed away are dropped from the group
+``ack``                   ``XACK``
+``length``                ``XLEN`` (0 for a missing stream)
+``pending_count``         ``XPENDING stream group`` (summary form)
+``trim``                  ``XTRIM MAXLEN n`` / ``XTRIM MINID id`` (exact)
+========================  ==========================================================================================
+
+Connection loss: redis-py's own retries are switched off; every command goes through :meth:`RedisBackend._call`,
+which retries ``ConnectionError``/``TimeoutError`` (including "Redis is loading the dataset" after a restart) with
+exponential backoff and jitter, and records every attempt on one :class:`~esper_core.breaker.CircuitBreaker`. When
+the retries are exhausted, or the breaker is open, it raises :class:`~esper_core.oona.BusUnavailableError` naming the
+URL: a publish is never dropped silently. A command whose reply was lost is retried, so a publish may be stored
+twice (at-least-once; consumers are idempotent by design), and entries a lost ``XREADGROUP`` reply delivered stay
+pending and come back through ``claim_idle``: nothing is lost, and nothing acknowledged is delivered again.
+
+redis-py is imported only when a backend is created, so installing Esper without the ``redis`` extra costs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from esper_core.breaker import CircuitBreaker
+from esper_core.config import section
+from esper_core.errors import ConfigError, EsperError
+from esper_core.leyline import CircuitBreakerState
+from esper_core.oona.backend import BusUnavailableError, StreamEntry
+
+if TYPE_CHECKING:
+    import redis
+
+T = TypeVar("T")
+
+URL_SCHEMES = ("redis", "rediss", "unix")
+INSTALL_HINT = "pip install 'esper-core[redis]'"
+#: XADDs sent per pipeline round trip by ``publish_many``.
+PIPELINE_CHUNK = 500
+#: A blocking XREADGROUP waits at most this much less than the socket timeout (or half of it, if that is longer), so
+#: that the socket never times out under it.
+_BLOCK_MARGIN_MS = 1_000
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
+
+
+@section("oona.redis")
+@attrs.frozen
+class RedisOptions:
+    """Connection handling of the Redis backend (``[oona.redis]``); the URL itself is ``oona.backend``."""
+
+    #: Seconds to wait for a reply (blocking reads are split into waits shorter than this).
+    socket_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    #: Seconds to wait for a connection to open.
+    connect_timeout_s: float = attrs.field(default=2.0, validator=_positive)
+    #: Connections in the pool (shared by every thread of the process that uses this backend).
+    max_connections: int = attrs.field(default=64, validator=_positive)
+    #: Retries of a command after a connection error or timeout, with exponential backoff between them.
+    retries: int = attrs.field(default=5, validator=_not_negative)
+    #: The first backoff; it doubles after each failed attempt, up to ``backoff_max_s`` (plus up to 25 % jitter).
+    backoff_initial_s: float = attrs.field(default=0.05, validator=_positive)
+    backoff_max_s: float = attrs.field(default=2.0, validator=_positive)
+    #: Consecutive failed attempts (across all commands) that open the backend's circuit breaker.
+    breaker_failure_threshold: int = attrs.field(default=10, validator=_positive)
+    #: While open, the breaker refuses commands at once; after this many seconds one command probes Redis again.
+    breaker_open_s: float = attrs.field(default=5.0, validator=_not_negative)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError as error:
+        raise EsperError(
+            f"the Redis bus backend needs redis-py, which is not installed ({error}). Install it with: {INSTALL_HINT}"
+        ) from error
+    return redis
+
+
+_keys: dict[bytes, str] = {}
+
+
+def _key(raw: bytes | str) -> str:
+    """A field name as ``str`` (field names are few, so their decoding is cached)."""
+    if isinstance(raw, str):
+        return raw
+    name = _keys.get(raw)
+    if name is None:
+        name = raw.decode("utf-8")
+        if len(_keys) < 4096:
+            _keys[raw] = name
+    return name
+
+
+def _text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8")
+
+
+def _entries(stream: str, items: Sequence[Any], delivery_count: int | Mapping[str, int]) -> list[StreamEntry]:
+    """StreamEntry objects from redis-py's ``[(id, {field: value}), ...]`` (entries that were deleted are None)."""
+    out: list[StreamEntry] = []
+    append = out.append
+    known = _keys.get
+    for item in items:
+        if item is None or item[0] is None or item[1] is None:
+            continue
+        entry_id = _text(item[0])
+        count = delivery_count if isinstance(delivery_count, int) else delivery_count[entry_id]
+        append(StreamEntry(stream, entry_id, {known(k) or _key(k): v for k, v in item[1].items()}, count))
+    return out
+
+
+class RedisBackend:
+    """Redis Streams consumer groups behind the :class:`~esper_core.oona.BusBackend` protocol. Thread-safe."""
+
+    def __init__(
+        self,
+        url: str,
+        options: RedisOptions | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in URL_SCHEMES:
+            raise ConfigError(
+                f"oona.backend = {redact_url(url)!r} is not a Redis URL; use redis://host:port/db, "
+                "rediss://host:port/db (TLS) or unix:///path/to/redis.sock"
+            )
+        self.url = url
+        self.options = options or RedisOptions()
+        self._redis = _import_redis()
+        self._transient: tuple[type[BaseException], ...] = (
+            self._redis.exceptions.ConnectionError,
+            self._redis.exceptions.TimeoutError,
+        )
+        self._response_error: type[BaseException] = self._redis.exceptions.ResponseError
+        retry = self._redis.retry.Retry(self._redis.backoff.NoBackoff(), 0)
+        try:
+            self.client: redis.Redis = self._redis.Redis.from_url(
+                url,
+                socket_timeout=self.options.socket_timeout_s,
+                socket_connect_timeout=self.options.connect_timeout_s,
+                max_connections=self.options.max_connections,
+                retry=retry,
+                protocol=2,
+            )
+        except ValueError as error:
+            raise ConfigError(f"oona.backend = {redact_url(url)!r} is not a usable Redis URL: {error}") from error
+        self.breaker = CircuitBreaker(
+            f"oona.redis {redact_url(url)}",
+            failure_threshold=self.options.breaker_failure_threshold,
+            open_timeout_s=self.options.breaker_open_s,
+        )
+        self._breaker_lock = threading.Lock()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        timeout_ms = int(self.options.socket_timeout_s * 1000)
+        self._max_block_ms = max(1, timeout_ms - _BLOCK_MARGIN_MS, timeout_ms // 2)
+        self._closed = False
+        self.counters: dict[str, int] = {"retries": 0, "unavailable": 0}
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({redact_url(self.url)!r})"
+
+    # -- the one way every command reaches Redis --------------------------------------------------------------
+    def _unavailable(self, what: str, detail: str) -> BusUnavailableError:
+        self.counters["unavailable"] += 1
+        return BusUnavailableError(
+            f"the Oona bus at {redact_url(self.url)} is unavailable ({what}): {detail}. Check that Redis is running "
+            "and reachable; the operation did not complete and can be retried."
+        )
+
+    def _call(self, what: str, function: Callable[[], T], *, retries: int | None = None) -> T:
+        retries = self.options.retries if retries is None else retries
+        delay = self.options.backoff_initial_s
+        attempt = 0
+        while True:
+            if self._closed:
+                raise self._unavailable(what, "the backend was closed")
+            with self._breaker_lock:
+                allowed = self.breaker.allow()
+            if not allowed:
+                raise self._unavailable(
+                    what,
+                    f"its circuit breaker is open after repeated connection failures; it lets a probe through "
+                    f"{self.options.breaker_open_s:g} s after the last failure",
+                )
+            attempt += 1
+            try:
+                result = function()
+            except self._transient as error:
+                reason = f"{type(error).__name__}: {str(error).rstrip('.')}"
+                with self._breaker_lock:
+                    self.breaker.record_failure(reason)
+                if attempt > retries:
+                    raise self._unavailable(what, f"gave up after {attempt} attempt(s); {reason}") from error
+                self.counters["retries"] += 1
+                self._sleep(delay * (1.0 + 0.25 * self._rng.random()))
+                delay = min(delay * 2.0, self.options.backoff_max_s)
+                continue
+            with self._breaker_lock:
+                self.breaker.record_success()
+            return result
+
+    def _no_group(self, error: BaseException, stream: str, group: str) -> Exception:
+        if "NOGROUP" in str(error):
+            return LookupError(
+                f"consumer group {group!r} does not exist on stream {stream!r}; call ensure_group first (after a "
+                "Redis restart without persistence, groups must be created again)"
+            )
+        return EsperError(f"Redis refused a command on stream {stream!r}: {error}")
+
+    def ping(self) -> None:
+        """Check that Redis answers, with one attempt and no retries; raise :class:`BusUnavailableError` if not."""
+        self._call("PING", self.client.ping, retries=0)
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def publish(self, stream: str, fields: Mapping[str, bytes], *, maxlen: int | None = None) -> str:
+        client = self.client
+        raw = self._call(
+            "XADD",
+            lambda: client.xadd(stream, dict(fields), maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
+        )
+        return _text(raw)
+
+    def publish_many(
+        self, entries: Sequence[tuple[str, Mapping[str, bytes]]], *, maxlen: int | None = None
+    ) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, len(entries), PIPELINE_CHUNK):
+            chunk = entries[start : start + PIPELINE_CHUNK]
+
+            def send(chunk: Sequence[tuple[str, Mapping[str, bytes]]] = chunk) -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for stream, fields in chunk:
+                    pipe.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                return pipe.execute()
+
+            ids.extend(_text(raw) for raw in self._call("XADD (pipelined)", send))
+        return ids
+
+    # -- groups -----------------------------------------------------------------------------------------------
+    def ensure_group(self, stream: str, group: str) -> None:
+        def create() -> None:
+            try:
+                self.client.xgroup_create(stream, group, id="0", mkstream=True)
+            except self._response_error as error:
+                if "BUSYGROUP" not in str(error):
+                    raise EsperError(f"Redis refused to create group {group!r} on {stream!r}: {error}") from error
+
+        self._call("XGROUP CREATE", create)
+
+    def read(
+        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        if not streams:
+            return []
+        keys: dict[Any, Any] = dict.fromkeys(streams, ">")
+        client = self.client
+
+        def xreadgroup(block: int | None) -> Any:
+            try:
+                return client.xreadgroup(group, consumer, keys, count=count, block=block)
+            except self._response_error as error:
+                raise self._no_group(error, ",".join(streams), group) from error
+
+        if block_ms <= 0:
+            reply = self._call("XREADGROUP", lambda: xreadgroup(None))
+        else:
+            # BLOCK 0 would wait forever, and a wait longer than the socket timeout would look like a dead server:
+            # wait in slices until something arrives or block_ms has passed.
+            deadline = time.monotonic() + block_ms / 1000.0
+            while True:
+                if self._closed:
+                    return []
+                remaining = int((deadline - time.monotonic()) * 1000)
+                if remaining <= 0:
+                    return []
+                block = min(remaining, self._max_block_ms)
+                reply = self._call("XREADGROUP", functools.partial(xreadgroup, block))
+                if reply:
+                    break
+        return self._parse_read(reply)
+
+    @staticmethod
+    def _parse_read(reply: Any) -> list[StreamEntry]:
+        """Entries from a RESP2 XREADGROUP reply: ``[[stream, [(id, {field: value}), ...]], ...]``."""
+        delivered: list[StreamEntry] = []
+        for raw_stream, items in reply or ():
+            delivered.extend(_entries(_text(raw_stream), items, 1))
+        return delivered
+
+    def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
+        client = self.client
+
+        def pending() -> Any:
+            try:
+                return client.xpending_range(stream, group, "-", "+", count, idle=min_idle_ms)
+            except self._response_error as error:
+                raise self._no_group(error, stream, group) from error
+
+        idle = cast("list[dict[str, Any]]", self._call("XPENDING", pending))
+        if not idle:
+            return []
+        # XCLAIM adds one delivery to each entry it transfers; XPENDING told us how many there were before.
+        counts = {_text(item["message_id"]): int(item["times_delivered"]) + 1 for item in idle}
+        ids: list[Any] = list(counts)
+        claimed_raw = self._call("XCLAIM", lambda: client.xclaim(stream, group, consumer, min_idle_ms, ids))
+        claimed = _entries(stream, cast("list[Any]", claimed_raw), counts)
+        missing = set(ids) - {entry.entry_id for entry in claimed}
+        if missing:
+            self._drop_trimmed(stream, group, sorted(missing))
+        return claimed
+
+    def _drop_trimmed(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge the pending ids whose entries no longer exist (Redis 7 does this itself in XCLAIM; older
+        servers reply nil). An id still present was claimed by another consumer meanwhile and is left alone."""
+
+        def check() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xrange(stream, min=entry_id, max=entry_id)
+            return pipe.execute()
+
+        gone = [entry_id for entry_id, found in zip(ids, self._call("XRANGE", check), strict=True) if not found]
+        if gone:
+            self.ack(stream, group, gone)
+
+    def ack(self, stream: str, group: str, entry_ids: Sequence[str]) -> int:
+        if not entry_ids:
+            return 0
+        ids = list(entry_ids)
+        return int(self._call("XACK", lambda: self.client.xack(stream, group, *ids)))
+
+    # -- inspection and housekeeping --------------------------------------------------------------------------
+    def length(self, stream: str) -> int:
+        return int(self._call("XLEN", lambda: self.client.xlen(stream)))
+
+    def pending_count(self, stream: str, group: str) -> int:
+        def summary() -> Any:
+            try:
+                return self.client.xpending(stream, group)
+            except self._response_error as error:
+                raise self._no_group(error, stream, group) from error
+
+        return int(self._call("XPENDING", summary)["pending"])
+
+    def trim(self, stream: str, *, maxlen: int | None = None, min_id: str | None = None) -> int:
+        removed = 0
+        client = self.client
+        if maxlen is not None:
+            removed += int(self._call("XTRIM", lambda: client.xtrim(stream, maxlen=maxlen, approximate=False)))
+        if min_id is not None:
+            removed += int(self._call("XTRIM", lambda: client.xtrim(stream, minid=min_id, approximate=False)))
+        return removed
+
+    def metrics(self) -> dict[str, float]:
+        """Retry and breaker figures, named for telemetry (``oona.redis.<name>``)."""
+        snapshot = self.breaker.snapshot()
+        return {
+            "oona.redis.retries": float(self.counters["retries"]),
+            "oona.redis.unavailable": float(self.counters["unavailable"]),
+            "oona.redis.breaker_open": float(snapshot.state == CircuitBreakerState.CIRCUIT_STATE_OPEN),
+            "oona.redis.breaker_opens_total": float(snapshot.opens_total),
+        }
+
+    def close(self) -> None:
+        self._closed = True
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
+
+__all__ = ["INSTALL_HINT", "URL_SCHEMES", "RedisBackend", "RedisOptions", "redact_url"]

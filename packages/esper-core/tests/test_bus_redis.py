@@ -1,0 +1,302 @@
+"""The Redis Streams backend: the bus conformance suite, unchanged, against a real redis-server on loopback, and what
+only a real server can show: connection loss, restarts (with persistence), pipelining, URL selection."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from esper_core.errors import ConfigError, EsperError
+from esper_core.leyline import FieldReport
+from esper_core.oona import BusUnavailableError, Oona, OonaOptions, StreamEntry, StreamNames
+from esper_core.oona.redis_backend import RedisBackend, RedisOptions, redact_url
+from esper_core.plugins import Registry
+from esper_core.signing import SigningKey
+from esper_core.testing.conformance import BusBackendConformance
+from esper_core.testing.servers import RedisServer, free_port, require_module
+
+#: Fail fast in the tests that take the server away: few, short retries; a breaker that opens quickly.
+FAST = RedisOptions(
+    retries=2, backoff_initial_s=0.01, backoff_max_s=0.05, breaker_failure_threshold=3, breaker_open_s=0.3
+)
+
+
+@pytest.fixture(autouse=True)
+def _needs_redis_py() -> None:
+    require_module("redis", "pip install 'esper-core[redis]'")
+
+
+class TestRedisBackend(BusBackendConformance):
+    @pytest.fixture
+    def backend(self, redis_server: RedisServer) -> Iterator[RedisBackend]:
+        backend = RedisBackend(redis_server.url)
+        try:
+            yield backend
+        finally:
+            backend.close()
+
+
+@pytest.fixture
+def names() -> StreamNames:
+    prefix = f"redis.{uuid.uuid4().hex[:10]}"
+    return StreamNames(
+        normal=f"{prefix}.normal",
+        emergency=f"{prefix}.emergency",
+        telemetry=f"{prefix}.telemetry",
+        policy=f"{prefix}.policy",
+        kernel_requests=f"{prefix}.kernels.requests",
+        kernel_ready=f"{prefix}.kernels.ready",
+        kernel_errors=f"{prefix}.kernels.errors",
+        dead_letter=f"{prefix}.deadletter",
+    )
+
+
+@pytest.fixture
+def shared_backend(redis_server: RedisServer) -> Iterator[RedisBackend]:
+    backend = RedisBackend(redis_server.url)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def report_ids(messages: list[Any]) -> list[str]:
+    return [message.payload.report_id for message in messages]
+
+
+# -- selection and configuration -------------------------------------------------------------------------------
+def test_the_registry_selects_the_redis_backend_by_url(esper_registry: Registry, redis_server: RedisServer) -> None:
+    config = esper_registry.load_config(env={}, overrides=[f"oona.backend={redis_server.url}", "oona.redis.retries=1"])
+    spec = esper_registry.bus_backend(config.get(OonaOptions).backend)
+    assert spec.name == "redis"
+    assert esper_registry.bus_backend("rediss://cache.example:6380/1") is spec
+    assert esper_registry.bus_backend("unix:///run/redis/redis.sock?db=2") is spec
+    backend = esper_registry.build(spec, config=config)
+    try:
+        assert isinstance(backend, RedisBackend)
+        assert backend.options.retries == 1
+        backend.ping()
+        assert backend.length("absent") == 0
+    finally:
+        backend.close()
+
+
+def test_oona_backend_must_be_a_url_for_the_redis_backend(esper_registry: Registry) -> None:
+    config = esper_registry.load_config(env={}, overrides=["oona.backend=redis"])
+    with pytest.raises(ConfigError, match="is not a Redis URL"):
+        esper_registry.build(esper_registry.bus_backend("redis"), config=config)
+    with pytest.raises(ConfigError, match="is not a Redis URL"):
+        RedisBackend("http://127.0.0.1:6379/0")
+
+
+def test_missing_redis_py_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(EsperError, match=r"pip install 'esper-core\[redis\]'"):
+        RedisBackend("redis://127.0.0.1:6379/0")
+
+
+def test_passwords_never_appear_in_messages() -> None:
+    assert redact_url("redis://user:hunter2@cache:6379/0") == "redis://user:***@cache:6379/0"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    backend = RedisBackend(f"redis://:hunter2@127.0.0.1:{free_port()}/0", FAST)
+    with pytest.raises(BusUnavailableError) as caught:
+        backend.publish("s", {"n": b"1"})
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+    assert "hunter2" not in repr(backend)
+
+
+# -- Redis specifics -----------------------------------------------------------------------------------------
+def test_publish_many_is_pipelined_in_chunks(
+    shared_backend: RedisBackend, names: StreamNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipelines: list[int] = []
+    original = shared_backend.client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipelines.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(shared_backend.client, "pipeline", counting_pipeline)
+    entries = [(names.normal if i % 2 else names.telemetry, {"n": str(i).encode()}) for i in range(1_200)]
+    ids = shared_backend.publish_many(entries)
+    assert len(pipelines) == 3  # 500 + 500 + 200: one round trip each
+    assert len(ids) == 1_200 and len(set(zip(ids, (stream for stream, _ in entries), strict=True))) == 1_200
+    shared_backend.ensure_group(names.normal, "g")
+    odd = shared_backend.read([names.normal], "g", "c", count=1_000, block_ms=0)
+    assert [entry.fields["n"] for entry in odd] == [str(i).encode() for i in range(1, 1_200, 2)]
+    assert [entry.entry_id for entry in odd] == ids[1::2]
+
+
+def test_claims_count_every_delivery(shared_backend: RedisBackend, names: StreamNames) -> None:
+    stream = names.normal
+    shared_backend.ensure_group(stream, "g")
+    shared_backend.publish(stream, {"n": b"1"})
+    assert [e.delivery_count for e in shared_backend.read([stream], "g", "a", count=5, block_ms=0)] == [1]
+    for expected in (2, 3, 4):
+        time.sleep(0.03)
+        (claimed,) = shared_backend.claim_idle(stream, "g", f"c{expected}", min_idle_ms=20, count=5)
+        assert claimed.delivery_count == expected
+    assert shared_backend.pending_count(stream, "g") == 1
+
+
+def test_a_missing_group_is_a_lookup_error(shared_backend: RedisBackend, names: StreamNames) -> None:
+    shared_backend.publish(names.normal, {"n": b"1"})
+    with pytest.raises(LookupError, match="ensure_group"):
+        shared_backend.read([names.normal], "nobody", "c", count=1, block_ms=0)
+    with pytest.raises(LookupError, match="ensure_group"):
+        shared_backend.pending_count(names.normal, "nobody")
+
+
+def test_a_wait_longer_than_the_socket_timeout_is_split(redis_server: RedisServer, names: StreamNames) -> None:
+    backend = RedisBackend(redis_server.url, RedisOptions(socket_timeout_s=0.8))  # waits of 400 ms
+    try:
+        backend.ensure_group(names.normal, "g")
+        start = time.monotonic()
+        assert backend.read([names.normal], "g", "c", count=1, block_ms=1_500) == []
+        assert 1.4 <= time.monotonic() - start < 3.0
+        assert backend.counters["retries"] == 0  # no socket timeout was hit
+    finally:
+        backend.close()
+
+
+# -- connection loss and restarts ----------------------------------------------------------------------------
+def test_publishing_to_a_lost_server_fails_loudly_then_the_breaker_fails_fast(
+    redis_server_factory: Callable[..., RedisServer], names: StreamNames
+) -> None:
+    server = redis_server_factory()
+    backend = RedisBackend(server.url, FAST)
+    try:
+        backend.publish(names.normal, {"n": b"1"})
+        server.stop()
+        with pytest.raises(BusUnavailableError, match=r"gave up after 3 attempt\(s\)") as caught:
+            backend.publish(names.normal, {"n": b"2"})
+        assert server.url in str(caught.value)
+        assert backend.breaker.is_open
+        retries = backend.counters["retries"]
+        with pytest.raises(BusUnavailableError, match="circuit breaker is open"):
+            backend.publish(names.normal, {"n": b"3"})
+        assert backend.counters["retries"] == retries  # refused at once: no attempt, no retry while open
+        assert backend.counters["unavailable"] == 2
+    finally:
+        backend.close()
+
+
+def _publish_until_accepted(bus: Oona, message: FieldReport, timeout_s: float = 15.0) -> str:
+    """What a producer does with a publish that raised: keep the message and try again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            entry_id = bus.publish(message)
+            assert entry_id is not None
+            return entry_id
+        except BusUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_redis_crash_and_restart_loses_nothing_and_redelivers_what_was_not_acknowledged(
+    redis_server_factory: Callable[..., RedisServer], names: StreamNames
+) -> None:
+    """Item 5 of issue #7 at bus level: kill Redis mid-run (SIGKILL; AOF with appendfsync always), restart it.
+
+    Publishing fails loudly while it is down and recovers after; the entries a consumer had taken but not
+    acknowledged are redelivered through claims; acknowledged ones never are; every accepted publish is still there.
+    """
+    server = redis_server_factory(appendonly=True, appendfsync="always")
+    backend = RedisBackend(server.url, FAST)
+    key = SigningKey.generate()
+    options = OonaOptions(streams=names, claim_idle_ms=200)
+    worker = Oona(backend, signing_key=key, options=options, group="g", consumer="worker")
+    try:
+        worker.subscribe([names.normal])
+        for i in range(10):
+            assert worker.publish(FieldReport(report_id=f"r{i}"))
+        taken = worker.poll([names.normal], count=10)
+        assert report_ids(taken) == [f"r{i}" for i in range(10)]
+        for message in taken[:4]:
+            worker.ack(message)  # r0-r3 handled; r4-r9 in flight when Redis dies
+
+        server.kill()
+        with pytest.raises(BusUnavailableError):
+            worker.publish(FieldReport(report_id="during-outage"))
+        with pytest.raises(BusUnavailableError, match="circuit breaker is open"):
+            worker.publish(FieldReport(report_id="during-outage"))
+
+        server.restart()
+        _publish_until_accepted(worker, FieldReport(report_id="during-outage"))
+        assert not backend.breaker.is_open
+
+        rescuer = Oona(backend, signing_key=key, options=options, group="g", consumer="rescuer")
+        time.sleep(0.3)
+        redelivered = rescuer.poll([names.normal], count=20)
+        assert report_ids(redelivered) == [f"r{i}" for i in range(4, 10)]
+        assert all(message.delivery_count == 2 for message in redelivered)
+        for message in redelivered:
+            rescuer.ack(message)
+        fresh = rescuer.poll([names.normal], count=20)
+        assert report_ids(fresh) == ["during-outage"]
+        rescuer.ack(fresh[0])
+
+        time.sleep(0.3)
+        assert rescuer.poll([names.normal], count=20) == []  # nothing acknowledged comes back
+        assert backend.pending_count(names.normal, "g") == 0
+        assert backend.length(names.normal) == 11  # every accepted publish survived the crash
+    finally:
+        backend.close()
+
+
+def test_a_blocked_reader_rides_out_a_restart(
+    redis_server_factory: Callable[..., RedisServer], names: StreamNames
+) -> None:
+    server = redis_server_factory(appendonly=True)
+    patient = RedisOptions(retries=20, backoff_initial_s=0.02, backoff_max_s=0.2, breaker_failure_threshold=100)
+    backend = RedisBackend(server.url, patient)
+    try:
+        backend.ensure_group(names.normal, "g")
+        received: list[StreamEntry] = []
+        reader = threading.Thread(
+            target=lambda: received.extend(backend.read([names.normal], "g", "c", count=5, block_ms=15_000))
+        )
+        reader.start()
+        time.sleep(0.2)
+        server.kill()
+        time.sleep(0.2)
+        server.restart()
+        backend.publish(names.normal, {"n": b"after-restart"})
+        reader.join(15)
+        assert not reader.is_alive()
+        assert [entry.fields["n"] for entry in received] == [b"after-restart"]
+        assert backend.counters["retries"] >= 1
+    finally:
+        backend.close()
+
+
+def test_after_a_restart_without_persistence_groups_must_be_created_again(
+    redis_server_factory: Callable[..., RedisServer], names: StreamNames
+) -> None:
+    server = redis_server_factory()
+    backend = RedisBackend(server.url, FAST)
+    try:
+        backend.ensure_group(names.normal, "g")
+        server.restart()
+        time.sleep(FAST.breaker_open_s)
+        with pytest.raises((LookupError, BusUnavailableError)):
+            backend.read([names.normal], "g", "c", count=1, block_ms=0)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                backend.ensure_group(names.normal, "g")  # what a restarted service does on subscribe
+                break
+            except BusUnavailableError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert backend.read([names.normal], "g", "c", count=1, block_ms=0) == []
+    finally:
+        backend.close()

@@ -1,0 +1,70 @@
+"""Configuration of the Urza artifact library and of Tezzeret, its artifact builder.
+
+Urza's keys live in ``[urza]`` next to core's selectors (``catalogs``, ``store``, ``allowed_tiers``, owned by
+:mod:`esper_core.components`); Tezzeret's in ``[urza.tezzeret]``::
+
+    [urza]
+    root = "/var/esper/urza"      # default: <run directory>/urza
+    cache_size = 128
+    fetch_budget_ms = 10.0
+
+    [urza.tezzeret]
+    compile = false
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from esper_core.config import section
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must be zero or more, got {value}")
+
+
+@attrs.frozen
+class TezzeretOptions:
+    """How Tezzeret checks a freshly built blueprint module before it becomes an artifact."""
+
+    #: Batch size of the random probe input.
+    probe_batch: int = attrs.field(default=2, validator=_positive)
+    #: Timed forward passes after one warm-up (fewer when a forward is slower than 20 ms).
+    latency_repeats: int = attrs.field(default=5, validator=_positive)
+    #: Refuse modules whose median forward takes longer than this (milliseconds); unset: measure, never refuse.
+    max_forward_ms: float | None = attrs.field(default=None, validator=_positive)
+    #: Refuse modules whose initial output RMS exceeds this fraction of the probe input's RMS (seeds must start
+    #: near zero so that grafting never jolts the host).
+    max_initial_output_ratio: float = attrs.field(default=1e-3, validator=_non_negative)
+    #: Compile the module with ``torch.compile`` (checked against eager; falls back to eager on failure).
+    #: Off by default: on a CPU compiling costs seconds and gains little for modules this small.
+    compile: bool = False
+    #: The ``torch.compile`` backend ("inductor"; "eager" or "aot_eager" to test the path cheaply).
+    compile_backend: str = "inductor"
+
+
+@section("urza")
+@attrs.frozen
+class UrzaOptions:
+    """The artifact library. Core's ``urza.catalogs`` / ``urza.store`` / ``urza.allowed_tiers`` sit beside these."""
+
+    #: Library directory (SQLite catalog, journal, artifact files). Unset: ``<run directory>/urza``.
+    root: Path | None = None
+    #: Artifacts kept loaded in memory (least recently used evicted first).
+    cache_size: int = attrs.field(default=128, validator=_positive)
+    #: Latency budget of a fetch served from memory or disk; slower fetches are reported (``timeout_urza``).
+    fetch_budget_ms: float = attrs.field(default=10.0, validator=_positive)
+    #: Latency budget of a fetch that had to build the artifact (Tezzeret's probes and the durable save included).
+    build_budget_ms: float = attrs.field(default=2000.0, validator=_positive)
+    #: Re-hash every artifact file when the library opens, dropping rows whose file is missing or altered.
+    verify_on_open: bool = True
+    tezzeret: TezzeretOptions = attrs.Factory(TezzeretOptions)
