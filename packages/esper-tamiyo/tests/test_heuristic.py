@@ -43,10 +43,17 @@ def test_it_germinates_on_a_plateau_in_the_most_sensitive_slot_with_the_best_blu
     assert command.command_type == CommandType.COMMAND_SEED  # type: ignore[attr-defined]
     operation = command.seed_operation  # type: ignore[attr-defined]
     assert (operation.operation, command.target_slot_id) == (OP.SEED_OP_GERMINATE, "late")  # type: ignore[attr-defined]
-    assert operation.blueprint_id == "BP101"  # BP201 costs 10x more
+    # a fair share of the budget is 0.5 x 20 000 / 2 seeds = 5 000: BP201 (6 400) is closer than BP101 (640)
+    assert operation.blueprint_id == "BP201"
     assert dict(operation.parameters) == {"width": 4.0}
     rationale = command.decision.rationale  # type: ignore[attr-defined]
-    assert "germinate BP101" in rationale and "saliency 1" in rationale and "improved" in rationale
+    assert "germinate BP201" in rationale and "saliency 1" in rationale and "improved" in rationale
+
+
+def test_a_blueprint_over_the_budget_is_never_chosen() -> None:
+    # budget 0.05 x 20 000 = 1 000 parameters: BP201 (6 400) no longer fits, BP101 (640) does
+    command = run(policy(max_added_parameter_fraction=0.05), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    assert command.seed_operation.blueprint_id == "BP101"  # type: ignore[attr-defined]
 
 
 def test_warmup_is_respected() -> None:

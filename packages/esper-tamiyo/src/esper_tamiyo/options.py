@@ -105,8 +105,8 @@ class HeuristicOptions:
     fossilize_threshold: float = 0.0
     #: Cull a seed in the forward pass whose contribution falls below ``-hurt_threshold``.
     hurt_threshold: float = attrs.field(default=0.002, validator=_not_negative)
-    #: Blueprint choice: ids in order of preference (earlier is better), weights of cost (fraction of the remaining
-    #: parameter budget) and of risk, and of each blueprint's record of fossilized minus culled seeds this run.
+    #: Blueprint choice: ids in order of preference (earlier is better), weights of cost (log-distance from a fair
+    #: share of the remaining parameter budget) and of risk, and of each blueprint's fossilized minus culled seeds.
     preferred_blueprints: list[str] = attrs.Factory(list)
     cost_weight: float = attrs.field(default=1.0, validator=_not_negative)
     risk_weight: float = attrs.field(default=0.5, validator=_not_negative)

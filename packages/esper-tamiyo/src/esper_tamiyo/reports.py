@@ -14,8 +14,8 @@ from measured deltas:
 
 A report holds the whole decision (the state packet and the signed command) so it is a self-contained experience.
 Reports are appended to a crash-safe log (the core append-only log) with deterministic ids (``fr-<command id>``), so a
-resumed run that closes a window again does not write the report twice; every report written before a crash is
-there after a restart.
+resumed run that closes a window again announces the report again but does not write it twice; every report
+written before a crash is there after a restart.
 """
 
 from __future__ import annotations
@@ -194,15 +194,14 @@ class FieldReports:
         return report
 
     def _written(self, reports: list[FieldReport]) -> list[FieldReport]:
-        fresh = []
+        """Append the reports not yet in the log, and return all of them: a run resumed from a checkpoint closes
+        the same windows again and announces the same reports, but the log holds each one once."""
         for report in reports:
-            if report.report_id in self.written:
-                continue  # already written before a restart
-            if self.log is not None:
-                self.log.append(report.SerializeToString())
-            self.written.add(report.report_id)
-            fresh.append(report)
-        return fresh
+            if report.report_id not in self.written:
+                if self.log is not None:
+                    self.log.append(report.SerializeToString())
+                self.written.add(report.report_id)
+        return reports
 
     def all_reports(self) -> list[FieldReport]:
         """Every report in the log, in order (empty without a log)."""

@@ -15,7 +15,8 @@ At each decision point it returns the first of:
    slot where the loss is most sensitive to the host's activation (first-order saliency: the norm of the loss
    gradient at the slot times the activation's RMS, both measured on the probe batch). The blueprint is the one that
    fits the slot's kind and the remaining budget with the best score: preference order, minus
-   ``cost_weight`` × its parameters as a fraction of the remaining budget, minus ``risk_weight`` × its risk, plus
+   ``cost_weight`` × |ln(its parameters / a fair share of the budget left)| (the share is the budget left over
+   ``max_concurrent_seeds``: real capacity, room for the others), minus ``risk_weight`` × its risk, plus
    ``history_weight`` × (its fossilized minus culled seeds this run).
 4. Otherwise **wait** (a no-op).
 
@@ -24,6 +25,7 @@ Every command carries a rationale that says which rule fired and with what numbe
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -206,26 +208,33 @@ class HeuristicPolicy:
     def rank_blueprints(
         self, seed: SeedState, blueprints: Sequence[BlueprintDescriptor], budget: float
     ) -> list[Candidate]:
+        """Blueprints that fit ``seed``'s slot kind and ``budget``, best first.
+
+        A seed should add real capacity but leave room for the others: the cost term prefers a parameter count close
+        to a fair share of the budget left (``budget / max_concurrent_seeds``), penalizing the log of the ratio, so a
+        4-parameter scale and a blueprint that eats the whole budget both score low.
+        """
         o = self.options
+        share = budget / o.max_concurrent_seeds if budget > 0 else 0.0
         ranked = []
         for position, descriptor in enumerate(blueprints):
             if not fits(descriptor, seed.slot_kind):
                 continue
             cost = self._cost(descriptor, seed)
-            known_cost = cost if cost is not None else 0
-            if known_cost > budget:
+            if cost is not None and cost > budget:
                 continue
+            fit = abs(math.log(max(cost, 1) / share)) if cost is not None and share > 0 else 0.0
             preference = 0.0
             if descriptor.blueprint_id in o.preferred_blueprints:
                 preference = 1.0 - o.preferred_blueprints.index(descriptor.blueprint_id) / len(o.preferred_blueprints)
             score = (
                 preference
-                - o.cost_weight * (known_cost / budget if budget > 0 else 1.0)
+                - o.cost_weight * fit
                 - o.risk_weight * descriptor.risk
                 + o.history_weight * self.record.get(descriptor.blueprint_id, 0)
                 - 1e-6 * position  # stable ties: catalog order
             )
-            ranked.append(Candidate(descriptor, known_cost, score))
+            ranked.append(Candidate(descriptor, cost or 0, score))
         return sorted(ranked, key=lambda candidate: -candidate.score)
 
     @staticmethod

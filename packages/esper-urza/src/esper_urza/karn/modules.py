@@ -169,6 +169,19 @@ class InvertedResidual(nn.Module):
         return self.project(F.relu6(self.depthwise(F.relu6(self.expand(x)))))
 
 
+class WideResidual(nn.Module):
+    """A 3x3 convolution out to ``width`` channels (an absolute width, not a multiple of C), ReLU, and a
+    zero-initialized 1x1 back to C: grows capacity at a narrow slot, where multiples of C stay small."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.widen = nn.Conv2d(channels, width, 3, padding=1)
+        self.project = zero_(nn.Conv2d(width, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(F.relu(self.widen(x)))
+
+
 class Bottleneck(nn.Module):
     """ResNet's bottleneck: 1x1 reduction to ``inner`` channels, 3x3, zero-initialized 1x1 expansion."""
 

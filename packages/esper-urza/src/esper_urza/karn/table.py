@@ -620,6 +620,22 @@ def default_blueprints() -> list[Blueprint]:
             parameters={"expansion": bound(2, 6, 4, "expanded width as a multiple of C", integer=True)},
         ),
         blueprint(
+            "BP056",
+            "wide_residual",
+            tier=SAFE,
+            risk=0.3,
+            stage=1,
+            kinds=(CONV,),
+            description=(
+                "A 3x3 convolution out to an absolute width, ReLU, zero-initialized 1x1 back: capacity at narrow slots."
+            ),
+            builder=lambda s, p: m().WideResidual(f(s), whole(p, "width")),
+            counter=lambda s, p: conv_count(f(s), whole(p, "width"), 3) + conv_count(whole(p, "width"), f(s), 1),
+            parameters={
+                "width": bound(4, 128, 32, "channels of the hidden layer (absolute, not a multiple of C)", integer=True)
+            },
+        ),
+        blueprint(
             "BP055",
             "token_mixing_mlp",
             tier=SAFE,
