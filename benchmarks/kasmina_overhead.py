@@ -128,7 +128,7 @@ def with_seed(
             blend_steps=10**9,
             max_step_overhead=1e9,
             min_contribution=-1e9,
-            max_blend_loss_increase=1e9,
+            max_loss_spike=1e9,
             max_seed_loss_regression=1e9,
         ),
     )

@@ -250,7 +250,7 @@ def lenient(**overrides: Any) -> KasminaOptions:
         "blend_steps": 4,
         "min_contribution": -1e9,
         "max_regression": 1e9,
-        "max_blend_loss_increase": 1e9,
+        "max_loss_spike": 1e9,
         "max_seed_loss_regression": 1e9,
         "max_step_overhead": 1e9,
     }

@@ -87,6 +87,9 @@ class Kasmina:
         self.epoch = 0
         self.global_step = 0
         self.last_evaluation: Evaluation | None = None
+        #: Validation losses at this and at the previous decision point (the G2 loss-spike check compares them).
+        self.last_loss: float | None = None
+        self.previous_loss: float | None = None
         self._events: list[SeedLifecycleEvent] = []
         self._telemetry: list[TelemetryPacket] = []
         self._pending: list[Event] = []
@@ -147,6 +150,7 @@ class Kasmina:
     def evaluate(self, batches: Iterable[tuple[Any, Any]], loss_fn: LossFn, correct_fn: CorrectFn) -> Evaluation:
         """Validation of the host with every measured seed's counterfactual contribution (one fused pass)."""
         result = evaluate(self._model(), self.slots, batches, loss_fn, correct_fn)
+        self.previous_loss, self.last_loss = self.last_loss, result.loss
         self.last_evaluation = result
         for slot in self.slots:
             measurement = result.seeds.get(slot.slot_id)
@@ -430,7 +434,8 @@ class Kasmina:
                 slot.record.isolation_violations += 1
             return results
         if target == lifecycle.BLENDING:
-            return self.gates.blending_entry(model, slot, probe)
+            loss = self.last_evaluation.loss if self.last_evaluation else None
+            return self.gates.blending_entry(model, slot, probe, loss, self.previous_loss)
         if target == lifecycle.SHADOWING:
             return self.gates.shadowing_entry(model, slot, probe)
         if target == lifecycle.PROBATIONARY:
@@ -565,7 +570,7 @@ class Kasmina:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "counters": dict(self.counters),
-            "last_loss": None if self.last_evaluation is None else self.last_evaluation.loss,
+            "last_loss": self.last_loss,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -574,6 +579,10 @@ class Kasmina:
         self.epoch = int(state.get("epoch", 0))
         self.global_step = int(state.get("global_step", 0))
         self.counters.update(state.get("counters", {}))
+        last_loss = state.get("last_loss")
+        self.last_loss = None if last_loss is None else float(last_loss)
+        for slot_id in self.groups.order():  # a rollback into a live run: the old seeds' groups go first
+            self.groups.remove(slot_id)
         for slot_id in state.get("groups", []):
             slot = self.bank.get(slot_id) if self.bank is not None else None
             if slot is None or slot.seed is None:

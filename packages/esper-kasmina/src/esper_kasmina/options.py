@@ -47,10 +47,11 @@ class KasminaOptions:
     #: G1 and the watchdog: a seed's gradient norm on the probe batch must lie in [min, max].
     min_seed_gradient_norm: float = attrs.field(default=1e-12, validator=_not_negative)
     max_seed_gradient_norm: float = attrs.field(default=1e3, validator=_positive)
-    #: G2: validation loss with the seed at full strength may exceed the loss without it by at most this fraction.
-    max_blend_loss_increase: float = attrs.field(default=0.02, validator=_not_negative)
-    #: G2: ...and may have worsened since training began by at most this fraction.
+    #: G2: the validation loss with the seed at full strength may have worsened since the seed began training by at
+    #: most this fraction...
     max_seed_loss_regression: float = attrs.field(default=0.02, validator=_not_negative)
+    #: G2: ...and the host's validation loss may have risen since the previous decision point by at most this.
+    max_loss_spike: float = attrs.field(default=0.1, validator=_not_negative)
     #: G3: the counterfactual contribution (loss without minus loss with the seed) must be at least this.
     min_contribution: float = 0.0
     #: G4: validation loss may exceed its value at germination by at most this fraction.

@@ -44,11 +44,11 @@ class _StraightThrough(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, host: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, host: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:  # type: ignore[override, unused-ignore]
         return host.view_as(host)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override, unused-ignore]
         return grad, grad
 
 
@@ -201,7 +201,7 @@ class SeedSlot(nn.Module):
         stage = self.record.stage
         if stage == lifecycle.TRAINING:
             contribution: torch.Tensor = seed(host.detach())
-            straight: torch.Tensor = _StraightThrough.apply(host, contribution)
+            straight: torch.Tensor = _StraightThrough.apply(host, contribution)  # type: ignore[no-untyped-call, unused-ignore]
             return straight
         if stage == lifecycle.BLENDING:
             if module.training and torch.is_grad_enabled() and not self.record.alpha_per_epoch:
