@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from esper_core.leyline import BlueprintDescriptor
 from esper_core.protocols import Controller
 from esper_core.signing import CommandVerifier, SigningKey
 from esper_core.testing.conformance.policy import check_command
+from esper_core.testing.conformance.properties import SHARED_ACROSS_SUBCLASSES
 from esper_core.testing.strategies import state_packets
 
 
@@ -22,7 +23,7 @@ class ControllerConformance:
     def test_controller_satisfies_the_protocol(self, controller: Controller) -> None:
         assert isinstance(controller, Controller)
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=40, deadline=None, suppress_health_check=SHARED_ACROSS_SUBCLASSES)
     @given(data=st.data())
     def test_commands_are_signed_fresh_and_valid(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from esper_core.leyline import (
@@ -23,6 +23,7 @@ from esper_core.leyline import (
     SystemStatePacket,
 )
 from esper_core.protocols import TamiyoPolicy
+from esper_core.testing.conformance.properties import SHARED_ACROSS_SUBCLASSES
 from esper_core.testing.strategies import state_packets
 
 #: The stage a slot must be in for each advance operation.
@@ -91,7 +92,7 @@ class TamiyoPolicyConformance:
         assert isinstance(policy, TamiyoPolicy)
         assert isinstance(policy.name, str) and policy.name
 
-    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=80, deadline=None, suppress_health_check=SHARED_ACROSS_SUBCLASSES)
     @given(data=st.data())
     def test_any_state_gets_a_valid_command(
         self, policy: TamiyoPolicy, blueprints: Sequence[BlueprintDescriptor], data: st.DataObject

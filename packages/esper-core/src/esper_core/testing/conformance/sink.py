@@ -5,10 +5,11 @@ Subclass :class:`TelemetrySinkConformance` and provide a ``sink`` fixture return
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
 from esper_core.leyline import TelemetryPacket
 from esper_core.protocols import TelemetrySink
+from esper_core.testing.conformance.properties import SHARED_ACROSS_SUBCLASSES
 from esper_core.testing.strategies import messages
 
 
@@ -18,7 +19,7 @@ class TelemetrySinkConformance:
     def test_sink_satisfies_the_protocol(self, sink: TelemetrySink) -> None:
         assert isinstance(sink, TelemetrySink)
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=60, deadline=None, suppress_health_check=SHARED_ACROSS_SUBCLASSES)
     @given(packet=messages(TelemetryPacket))
     def test_sink_accepts_any_valid_packet(self, sink: TelemetrySink, packet: TelemetryPacket) -> None:
         sink.emit(packet)
