@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from esper_core.plugins.descriptors import BuildContext, BusBackendSpec
+from esper_core.plugins.descriptors import BuildContext, BusBackendSpec, TaskSpec
 from esper_core.plugins.markers import hookimpl
 
 
@@ -50,6 +50,37 @@ def esper_oona_bus_backends() -> Iterator[BusBackendSpec]:
     )
 
 
+def _fashion_mnist(context: BuildContext) -> object:
+    from esper_core.tasks.fashion_mnist import FashionMnistTask
+
+    return FashionMnistTask(context.options)
+
+
+def _synthetic(context: BuildContext) -> object:
+    from esper_core.tasks.synthetic import SyntheticTask
+
+    return SyntheticTask(context.options)
+
+
+@hookimpl
+def esper_tolaria_tasks() -> Iterator[TaskSpec]:
+    from esper_core.tasks.fashion_mnist import FashionMnistOptions
+    from esper_core.tasks.synthetic import SyntheticOptions
+
+    yield TaskSpec(
+        name="fashion-mnist",
+        factory=_fashion_mnist,
+        options=FashionMnistOptions,
+        description="Fashion-MNIST (28x28 clothing images, 10 classes) with a conv or MLP host.",
+    )
+    yield TaskSpec(
+        name="synthetic",
+        factory=_synthetic,
+        options=SyntheticOptions,
+        description="A small seeded classification problem for fast tests.",
+    )
+
+
 @hookimpl
 def esper_core_config_sections() -> Iterator[type]:
     from esper_core.components import NissaSelection, TamiyoSelection, UrzaSelection
@@ -57,6 +88,7 @@ def esper_core_config_sections() -> Iterator[type]:
     from esper_core.oona.redis_backend import RedisOptions
     from esper_core.plugins.options import PluginsOptions
     from esper_core.security_options import SecurityOptions
+    from esper_core.tolaria.options import RunOptions, TolariaOptions
     from esper_core.weatherlight.options import WeatherlightOptions
 
     yield OonaOptions
@@ -65,5 +97,7 @@ def esper_core_config_sections() -> Iterator[type]:
     yield PluginsOptions
     yield SecurityOptions
     yield UrzaSelection
+    yield RunOptions
+    yield TolariaOptions
     yield TamiyoSelection
     yield NissaSelection

@@ -129,16 +129,43 @@ class TelemetrySink(Protocol):
     def close(self) -> None: ...
 
 
+@attrs.frozen(kw_only=True)
+class TaskData:
+    """A task's data as tensors: training examples, and optionally its own validation and test sets.
+
+    Without validation data Tolaria holds out ``run.validation_fraction`` of the training set (seeded).
+    """
+
+    train_inputs: Any
+    train_targets: Any
+    val_inputs: Any = None
+    val_targets: Any = None
+    test_inputs: Any = None
+    test_targets: Any = None
+
+
 @runtime_checkable
 class Task(Protocol):
     """A host model, its data, its loss and its metric."""
 
     name: str
 
-    def build_model(self) -> torch.nn.Module: ...
+    def build_model(self) -> torch.nn.Module:
+        """A fresh, untrained host."""
+        ...
 
     def slot_points(self) -> Sequence[str]:
         """Module paths in the model where seed slots go (``"features.3"``)."""
+        ...
+
+    def data(self) -> TaskData: ...
+
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The mean loss of a batch."""
+        ...
+
+    def correct(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """How many examples of a batch are right (a tensor, so that it can stay on the device)."""
         ...
 
 

@@ -24,7 +24,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(registry: Registry) -> argparse.ArgumentParser:
-    from esper_core.cli import blueprints, commands, serve
+    from esper_core.cli import blueprints, commands, run, serve
 
     parser = argparse.ArgumentParser(
         prog="esper",
@@ -46,6 +46,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     check = leyline_commands.add_parser("check", help="round-trip every contract message and report its size")
     check.set_defaults(handler=commands.leyline_check)
 
+    run.add_parser(subcommands, registry)
     serve.add_parser(subcommands)
     blueprints.add_parser(subcommands)
 

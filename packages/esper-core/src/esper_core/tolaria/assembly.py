@@ -1,0 +1,212 @@
+"""Putting a run together from its configuration: every component through the registry, by name.
+
+The order matters and is the same for a new run and a resumed one, so a checkpoint maps back onto the same
+objects: signing key and bus, blueprint catalogs and artifact store, the task and its data, the host with its seed
+slots, the optimizer, the controller, the telemetry sinks, the run record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from esper_core.components import NissaSelection, UrzaSelection
+from esper_core.config import EsperConfig
+from esper_core.errors import EsperError
+from esper_core.oona import Oona, OonaOptions
+from esper_core.plugins import BuildContext, Registry
+from esper_core.plugins.options import PluginsOptions
+from esper_core.protocols import Controller, SeedExecutor, Task, TaskData, TelemetrySink
+from esper_core.security_options import SecurityOptions
+from esper_core.signing import SigningKey
+from esper_core.storage import atomic_write_text
+from esper_core.tasks.reference import is_reference, load_reference
+from esper_core.tolaria.options import RunOptions, TolariaOptions
+from esper_core.tolaria.record import RECORD_FILE, RunRecord
+
+CONFIG_FILE = "config.toml"
+
+
+class RunError(EsperError):
+    """A run cannot start or continue (its directory, its checkpoint, its data)."""
+
+
+@attrs.define
+class Split:
+    """The tensors of one run, on its device."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor] | None
+    probe: tuple[torch.Tensor, torch.Tensor]
+
+
+@attrs.define
+class Run:
+    run_id: str
+    run_dir: Path
+    config: EsperConfig
+    registry: Registry
+    options: RunOptions
+    tolaria: TolariaOptions
+    signing_key: SigningKey
+    bus: Oona
+    task: Task
+    data: Split
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    executor: SeedExecutor
+    controller: Controller
+    sinks: list[TelemetrySink]
+    catalogs: list[Any]
+    store: Any
+    record: RunRecord
+    device: torch.device
+
+
+def new_run_dir(options: RunOptions, task_name: str) -> tuple[str, Path]:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    run_id = options.name or f"{task_name.replace(':', '-').replace('.', '-')}-{stamp}"
+    run_dir = Path(options.runs_dir) / run_id
+    if run_dir.exists():
+        raise RunError(
+            f"run directory {run_dir} already exists: resume it with `esper run --resume {run_dir}`, "
+            "or choose another name (--set run.name=...)"
+        )
+    return run_id, run_dir
+
+
+def device_of(options: RunOptions) -> torch.device:
+    if options.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(options.device)
+    except RuntimeError as error:
+        raise RunError(f"run.device = {options.device!r} is not a device ({error}); use cpu, cuda or auto") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("run.device = 'cuda' but torch sees no CUDA device; use run.device = 'auto' or 'cpu'")
+    return device
+
+
+def build_task(registry: Registry, config: EsperConfig, run_dir: Path) -> Task:
+    name = config.get(RunOptions).task
+    if is_reference(name):
+        task: Task = load_reference(name)(BuildContext(registry=registry, config=config, run_dir=run_dir))
+        return task
+    built: Task = registry.build(registry.task(name), config=config, run_dir=run_dir)
+    return built
+
+
+def split_data(data: TaskData, options: RunOptions, tolaria: TolariaOptions, device: torch.device) -> Split:
+    generator = torch.Generator().manual_seed(options.seed)
+    inputs, targets = data.train_inputs, data.train_targets
+    if data.val_inputs is not None:
+        train, val = (inputs, targets), (data.val_inputs, data.val_targets)
+    else:
+        order = torch.randperm(len(inputs), generator=generator)
+        held = max(1, int(len(inputs) * options.validation_fraction))
+        val_index, train_index = order[:held], order[held:]
+        train, val = (inputs[train_index], targets[train_index]), (inputs[val_index], targets[val_index])
+    if tolaria.max_validation_samples:
+        val = (val[0][: tolaria.max_validation_samples], val[1][: tolaria.max_validation_samples])
+    probe_index = torch.randperm(len(train[0]), generator=generator)[: tolaria.probe_size]
+    test = (data.test_inputs, data.test_targets) if data.test_inputs is not None else None
+
+    def on_device(pair: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pair[0].to(device), pair[1].to(device)
+
+    return Split(
+        train=on_device(train),
+        val=on_device(val),
+        test=on_device(test) if test is not None else None,
+        probe=on_device((train[0][probe_index], train[1][probe_index])),
+    )
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], options: TolariaOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=options.learning_rate, momentum=options.momentum, weight_decay=options.weight_decay
+        )
+    if options.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=options.weight_decay)
+    return torch.optim.Adam(parameters, lr=options.learning_rate, weight_decay=options.weight_decay)
+
+
+def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str) -> Run:
+    """Build every component of a run; the run directory must exist."""
+    options, tolaria = config.get(RunOptions), config.get(TolariaOptions)
+    registry.check_required(config.get(PluginsOptions).required)
+    torch.manual_seed(options.seed)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = device_of(options)
+    security = config.get(SecurityOptions)
+    key = SigningKey.resolve(required=security.require_secret, var=security.secret_env)
+    oona = config.get(OonaOptions)
+    backend = registry.build(registry.bus_backend(oona.backend), config=config)
+    bus = Oona(backend, signing_key=key, options=oona, group="tolaria", consumer=run_id, source="tolaria")
+    selection = config.get(UrzaSelection)
+    catalogs = [registry.build(registry.blueprint_catalog(name), config=config) for name in selection.catalogs]
+    store = registry.build(registry.artifact_store(selection.store), config=config, run_dir=run_dir, catalogs=catalogs)
+    task = build_task(registry, config, run_dir)
+    data = split_data(task.data(), options, tolaria, device)
+    model = task.build_model().to(device)
+    executor: SeedExecutor = registry.build(
+        registry.seed_executor(tolaria.seed_executor),
+        config=config,
+        signing_key=key,
+        bus=bus,
+        run_dir=run_dir,
+        store=store,
+        catalogs=catalogs,
+        training_run_id=run_id,
+    )
+    executor.attach(model, list(task.slot_points()), data.train[0][:2])
+    optimizer = make_optimizer(executor.host_parameters(), tolaria)
+    executor.bind_optimizer(optimizer)
+    executor.set_probe(data.probe[0], data.probe[1], task.loss)
+    controller: Controller = registry.build(
+        registry.controller(tolaria.controller),
+        config=config,
+        signing_key=key,
+        bus=bus,
+        run_dir=run_dir,
+        catalogs=catalogs,
+        store=store,
+        training_run_id=run_id,
+    )
+    sinks = [
+        registry.build(registry.telemetry_sink(name), config=config, run_dir=run_dir)
+        for name in config.get(NissaSelection).sinks
+    ]
+    return Run(
+        run_id=run_id, run_dir=run_dir, config=config, registry=registry, options=options, tolaria=tolaria,
+        signing_key=key, bus=bus, task=task, data=data, model=model, optimizer=optimizer, executor=executor,
+        controller=controller, sinks=sinks, catalogs=catalogs, store=store, record=RunRecord(run_dir / RECORD_FILE),
+        device=device,
+    )  # fmt: skip
+
+
+def start_run(registry: Registry, config: EsperConfig) -> Run:
+    """A new run: its directory, its resolved configuration written down, and every component built."""
+    options = config.get(RunOptions)
+    run_id, run_dir = new_run_dir(options, options.task)
+    run_dir.mkdir(parents=True)
+    atomic_write_text(run_dir / CONFIG_FILE, config.to_toml())
+    return assemble(registry, config, run_dir, run_id)
+
+
+def reopen_run(registry: Registry, run_dir: Path) -> Run:
+    """An existing run, rebuilt exactly from the configuration it recorded (environment overrides do not apply)."""
+    file = run_dir / CONFIG_FILE
+    if not file.exists():
+        raise RunError(
+            f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); give the directory `esper run` made"
+        )
+    config = registry.load_config(file, env={})
+    return assemble(registry, config, run_dir, run_dir.name)

@@ -1,0 +1,117 @@
+"""What ``esper run`` shows a person: a progress bar per epoch, one status line per epoch, a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from esper_core.leyline import AdaptationCommand, CommandResult, CommandStatus, CommandType, SystemStatePacket
+from esper_core.tolaria.trainer import EpochStats, Summary, Trainer
+
+#: The progress bar is redrawn at most this often (in steps), so the display costs nothing measurable per batch.
+REFRESH_EVERY = 25
+
+
+def _stage_counts(state: SystemStatePacket) -> str:
+    counts: dict[str, int] = {}
+    for seed in state.seeds:
+        name = {1: "dormant", 7: "fossilized", 9: "embargoed"}.get(seed.stage)
+        if name is None:
+            from esper_core.leyline import SeedLifecycleStage
+
+            name = SeedLifecycleStage.Name(seed.stage).removeprefix("SEED_STAGE_").lower()
+        if name != "dormant":
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "all dormant"
+
+
+def _action(command: AdaptationCommand, result: CommandResult) -> str:
+    if command.command_type == CommandType.COMMAND_NOOP:
+        return "wait"
+    operation = command.seed_operation
+    from esper_core.leyline import SeedOperation
+
+    text = SeedOperation.Name(operation.operation).removeprefix("SEED_OP_").lower()
+    if operation.blueprint_id:
+        text += f" {operation.blueprint_id}"
+    text += f" @ {command.target_slot_id}"
+    if result.status != CommandStatus.COMMAND_STATUS_APPLIED:
+        text += f" ({CommandStatus.Name(result.status).removeprefix('COMMAND_STATUS_').lower()})"
+    return text
+
+
+class RunDisplay:
+    def __init__(self, trainer: Trainer, console: Console | None = None, quiet: bool = False) -> None:
+        self.trainer = trainer
+        self.console = console or Console()
+        self.quiet = quiet
+        self.host_parameters = trainer.history.host_parameters
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=self.console, transient=True, disable=quiet,
+        )  # fmt: skip
+        self.task_id: TaskID | None = None
+        trainer.on_step = self.step
+        trainer.on_epoch = self.epoch
+
+    def __enter__(self) -> RunDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def step(self, done: int, total: int) -> None:
+        if done % REFRESH_EVERY and done not in (total, 1):
+            return
+        epoch = self.trainer.history.epoch + 1
+        if self.task_id is None:
+            self.task_id = self.progress.add_task("train", total=total, epoch=epoch)
+        self.progress.update(self.task_id, completed=done, total=total, epoch=epoch)
+
+    def epoch(
+        self, epoch: int, stats: EpochStats, state: SystemStatePacket, command: AdaptationCommand, result: CommandResult
+    ) -> None:
+        metrics = state.metrics
+        total = self.trainer.run.options.epochs
+        added = int(metrics.parameter_count) - self.host_parameters
+        line = (
+            f"{epoch:>3}/{total} train {stats.train_loss:.3f} {stats.train_accuracy:6.2%} "
+            f"val {metrics.val_loss:.3f} {metrics.val_accuracy:6.2%} {stats.seconds:5.1f}s | "
+            f"params {metrics.parameter_count:,} ({added:+,}) | {_stage_counts(state)} | {_action(command, result)}"
+        )
+        if self.task_id is not None:
+            self.progress.reset(self.task_id)
+        self.console.print(line, highlight=False)
+
+
+def print_summary(console: Console, summary: Summary, run_dir: Path) -> None:
+    table = Table(title=f"Run {run_dir.name}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2%}"
+
+    rows = [
+        ("epochs", str(summary.epochs)),
+        ("test accuracy", percent(summary.test_accuracy)),
+        ("validation accuracy", percent(summary.val_accuracy)),
+        ("test loss", "-" if summary.test_loss is None else f"{summary.test_loss:.4f}"),
+        (
+            "parameters",
+            f"{summary.parameters:,} (host {summary.host_parameters:,}, "
+            f"grown {summary.parameters - summary.host_parameters:+,})",
+        ),
+        ("seeds fossilized / culled", f"{summary.fossilized} / {summary.culled}"),
+        ("rollbacks", str(summary.rollbacks)),
+        ("decisions", ", ".join(f"{name} {count}" for name, count in sorted(summary.decisions.items()))),
+        ("wall time", f"{summary.wall_seconds:.0f} s (training {summary.train_seconds:.0f} s)"),
+        ("run directory", str(run_dir)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)

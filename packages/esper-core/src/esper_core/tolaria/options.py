@@ -1,0 +1,80 @@
+"""The ``[run]`` and ``[tolaria]`` configuration sections: what to train, for how long, and how the loop behaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from esper_core.config import section
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
+
+
+def _fraction(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"{attribute.name} must lie strictly between 0 and 1, got {value}")
+
+
+@section("run")
+@attrs.frozen
+class RunOptions:
+    #: A task plugin's name (``esper plugins`` lists them) or a ``package.module:factory`` reference.
+    task: str = "fashion-mnist"
+    epochs: int = attrs.field(default=12, validator=_positive)
+    batch_size: int = attrs.field(default=128, validator=_positive)
+    #: Seeds everything: initial weights, data order, dropout, the validation split.
+    seed: int = 0
+    #: The run's name (its directory under ``runs_dir``); empty: ``<task>-<UTC time>``.
+    name: str = ""
+    runs_dir: Path = Path("runs")
+    #: Fraction of the training data held out for validation (when the task brings no validation set).
+    validation_fraction: float = attrs.field(default=0.1, validator=_fraction)
+    #: "cpu", "cuda", or "auto" (cuda when available).
+    device: str = "auto"
+    #: torch intra-op threads (0 keeps torch's default).
+    threads: int = attrs.field(default=0, validator=_not_negative)
+
+
+@section("tolaria")
+@attrs.frozen
+class TolariaOptions:
+    #: The controller and the seed executor, by name.
+    controller: str = "tamiyo"
+    seed_executor: str = "kasmina"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = attrs.field(default=2e-3, validator=_positive)
+    weight_decay: float = attrs.field(default=0.0, validator=_not_negative)
+    momentum: float = attrs.field(default=0.9, validator=_not_negative)
+    #: Clip the gradient norm of every parameter (host and seeds) to this (0: no clipping).
+    gradient_clip: float = attrs.field(default=0.0, validator=_not_negative)
+    #: A decision point every this many training steps in addition to each epoch's end (0: epoch ends only).
+    decision_every_steps: int = attrs.field(default=0, validator=_not_negative)
+    #: The controller's decision must come back within this; otherwise the decision point waits (a no-op).
+    decision_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    #: Applying a command that takes longer than this counts as a failure (the model is never trained while a
+    #: command is half applied, so the application itself is never abandoned).
+    apply_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    #: After this many consecutive failed decisions the controller is not consulted for ``conservative_for``
+    #: decision points (conservative mode).
+    failures_to_conservative: int = attrs.field(default=3, validator=_positive)
+    conservative_for: int = attrs.field(default=2, validator=_positive)
+    #: Examples in the fixed batch the seed executor's gates measure on.
+    probe_size: int = attrs.field(default=64, validator=_positive)
+    #: Validate on at most this many examples (0: the whole validation set).
+    max_validation_samples: int = attrs.field(default=0, validator=_not_negative)
+    #: Checkpoints kept (the newest ones).
+    keep_checkpoints: int = attrs.field(default=2, validator=_positive)
+    #: A training loss above this multiple of the previous epoch's is a spike: roll back and cull.
+    loss_spike_factor: float = attrs.field(default=3.0, validator=_positive)
+    #: Rollbacks allowed in one run before it stops.
+    max_rollbacks: int = attrs.field(default=3, validator=_not_negative)

@@ -1,0 +1,157 @@
+"""`esper run` end to end on real components (Kasmina, Tamiyo, Karn/Urza) and the synthetic task: a run that grows,
+records everything and checkpoints; a run killed mid-epoch that resumes to exactly the weights and record of an
+uninterrupted one; a seed that turns to NaN, rolled back and culled."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from esper_core.cli.main import main
+from esper_core.errors import EsperError
+from esper_core.plugins import Registry
+from esper_core.tolaria.assembly import start_run
+from esper_core.tolaria.record import read_record
+from esper_core.tolaria.trainer import Summary, Trainer
+
+from tolaria_runs import BASE, SaboteurPlugin, final_weights, schedule, stable
+
+pytestmark = pytest.mark.slow
+
+
+def train(tmp_path: Path, *overrides: str, registry: Registry | None = None) -> tuple[Summary, Path]:
+    registry = registry or Registry.create(env={})
+    config = registry.load_config(env={}, overrides=[*BASE, f"run.runs_dir={tmp_path}", *overrides])
+    run = start_run(registry, config)
+    trainer = Trainer(run)
+    try:
+        return trainer.fit(), run.run_dir
+    finally:
+        trainer.close()
+
+
+def test_a_run_grows_records_everything_and_checkpoints(tmp_path: Path) -> None:
+    summary, run_dir = train(tmp_path, "run.name=grow", "run.epochs=8", *schedule(2))
+    record = read_record(run_dir)
+    kinds = [entry["kind"] for entry in record]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert kinds.count("epoch") == 8 and kinds.count("decision") == 8
+    targets = [entry["target"] for entry in record if entry["kind"] == "transition"]
+    assert targets[:3] == ["GERMINATED", "TRAINING", "BLENDING"]
+    assert any(entry["kind"] == "field_report" for entry in record)
+    assert summary.parameters > summary.host_parameters or summary.culled > 0
+    assert summary.test_accuracy is not None and summary.test_accuracy > 0.5  # 4 classes: chance is 0.25
+    assert (run_dir / "config.toml").exists() and (run_dir / "tamiyo" / "field_reports.log").exists()
+    assert sorted(path.name for path in (run_dir / "checkpoints").glob("*.pt")) == ["epoch-0007.pt", "epoch-0008.pt"]
+    reloaded = Registry.create(env={}).load_config(run_dir / "config.toml", env={})
+    assert reloaded.to_toml() == (run_dir / "config.toml").read_text()
+
+
+def test_the_command_line_prints_progress_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = [f"--set={item}" for item in (*BASE, f"run.runs_dir={tmp_path}", "run.name=cli", "run.epochs=2")]
+    assert main(["run", *arguments]) == 0
+    out = capsys.readouterr().out
+    assert "2/2 train" in out and "test accuracy" in out and str(tmp_path / "cli") in out
+    assert main(["run", *arguments]) == 2  # the run directory exists: refused, with the way out
+    assert "esper run --resume" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for key in (
+        "run.epochs",
+        "tolaria.decision_timeout_s",
+        "kasmina.embargo_epochs",
+        "tamiyo.heuristic.warmup_epochs",
+        "run.fashion-mnist.data_dir",
+        "urza.allowed_tiers",
+    ):
+        assert key in out, key
+
+
+def test_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(EsperError.__mro__[1], match="apt-get install dataset-fashion-mnist"):  # FileNotFoundError
+        train(tmp_path, "run.task=fashion-mnist", f"run.fashion-mnist.data_dir={tmp_path / 'nowhere'}")
+
+
+KILLABLE = [*BASE, "run.synthetic.samples=40000", "run.epochs=7", *schedule(2, 3)]
+
+
+def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path) -> None:
+    uninterrupted = tmp_path / "whole"
+    _, whole_dir = train(uninterrupted, "run.synthetic.samples=40000", "run.epochs=7", *schedule(2, 3), "run.name=run")
+    killed = tmp_path / "killed"
+    arguments = ["run", "--quiet", *(f"--set={item}" for item in (*KILLABLE, f"run.runs_dir={killed}", "run.name=run"))]
+    script = f"import sys; from esper_core.cli.main import main; sys.exit(main({arguments!r}))"
+    for attempt in range(3):  # the kill must land mid-epoch: after checkpoint 4, before checkpoint 5
+        run_dir = killed / "run"
+        environment = {**os.environ, "ESPER_DISABLE_PLUGIN_AUTOLOAD": ""}
+        process = subprocess.Popen([sys.executable, "-c", script], env=environment)
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoints" / "epoch-0004.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before checkpoint 4"
+            time.sleep(0.02)
+        time.sleep(0.15 + 0.1 * attempt)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        if not (run_dir / "checkpoints" / "epoch-0005.pt").exists():
+            break
+        import shutil
+
+        shutil.rmtree(killed)
+    else:
+        pytest.fail("could not kill the run mid-epoch")
+    assert main(["run", "--quiet", "--resume", str(run_dir)]) == 0
+    expected, resumed = final_weights(whole_dir), final_weights(run_dir)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    assert stable(read_record(run_dir)) == stable(read_record(whole_dir))
+
+
+def test_a_seed_that_turns_to_nan_is_rolled_back_and_culled(tmp_path: Path) -> None:
+    registry = Registry.create(env={})
+    registry.pm.register(SaboteurPlugin(), name="saboteur")
+    registry.invalidate()
+    summary, run_dir = train(
+        tmp_path,
+        "run.name=nan",
+        "run.epochs=6",
+        'urza.catalogs=["saboteur"]',
+        *schedule(1, blueprint="BP990"),
+        registry=registry,
+    )
+    record = read_record(run_dir)
+    (rollback,) = [entry for entry in record if entry["kind"] == "rollback"]
+    assert rollback["epoch"] == 4 and rollback["to_epoch"] == 3
+    assert rollback["culled"] == ["layers.0"] and rollback["responsible"] == "layers.0"
+    assert "nan" in rollback["reason"].lower()
+    culls = [e for e in record if e["kind"] == "transition" and e["target"] == "CULLED"]
+    assert culls and culls[0]["reason"].startswith("commanded")
+    assert summary.rollbacks == 1 and summary.epochs == 6
+    assert all(torch.isfinite(value).all() for value in final_weights(run_dir).values() if value.is_floating_point())
+    epochs = [entry for entry in record if entry["kind"] == "epoch"]
+    assert [entry["epoch"] for entry in epochs] == [1, 2, 3, 4, 5, 6]
+    assert all(entry["train_loss"] is not None and math.isfinite(entry["train_loss"]) for entry in epochs)
+
+
+def test_a_loss_spike_is_a_divergence() -> None:
+    trainer: Any = Trainer.__new__(Trainer)
+    from esper_core.tolaria.trainer import EpochStats, History
+
+    trainer.history = History(train_losses=[0.5])
+    trainer.run = type("R", (), {"tolaria": type("T", (), {"loss_spike_factor": 3.0})()})()
+    assert trainer._divergence(EpochStats(1.4, 0.5, 1.0, 10)) is None
+    assert "spiked" in trainer._divergence(EpochStats(1.6, 0.5, 1.0, 10))
+    assert "nan" in trainer._divergence(EpochStats(float("nan"), 0.5, 1.0, 10))

@@ -1,0 +1,118 @@
+"""Helpers for the end-to-end tests of ``esper run`` (on pytest's pythonpath): configurations, a test plugin with a
+seed that turns to NaN mid-blending, and comparisons of runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from esper_core import hookimpl
+from esper_core.leyline import BlueprintDescriptor, BlueprintParameterBounds, BlueprintTier, SlotKind
+from esper_core.plugins import BlueprintCatalogSpec
+from esper_core.protocols import SlotShape
+
+#: Every run in these tests: small synthetic data, deterministic decisions (no latency-based rules can fire).
+BASE = [
+    "run.task=synthetic",
+    "run.threads=1",
+    "run.batch_size=128",
+    "run.synthetic.samples=4096",
+    "run.synthetic.widths=[32, 32]",
+    "nissa.sinks=[]",
+    "kasmina.blend_steps=30",
+    "kasmina.max_step_overhead=1e9",
+    "kasmina.max_seed_parameter_fraction=5",
+    "tamiyo.decision_budget_ms=1e9",
+    "tamiyo.risk.hook_budget_ms=1e9",
+    "tolaria.decision_timeout_s=120",
+    "tolaria.apply_timeout_s=120",
+]
+
+#: Volatile fields of record entries: wall-clock durations and random command ids.
+VOLATILE = {"epoch_seconds", "decision_ms", "command_id", "wall_seconds", "train_seconds", "report"}
+#: Gate checks that measure time: their verdicts are deterministic here (thresholds of 1e9), their numbers are not.
+TIMED_CHECKS = {"step_overhead"}
+
+
+def stable(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries without wall-clock values, for comparing two runs that should have computed the same thing."""
+    kept = []
+    for entry in entries:
+        copy = {key: value for key, value in entry.items() if key not in VOLATILE}
+        if "gates" in copy:
+            copy["gates"] = [
+                {k: v for k, v in gate.items() if k != "measured"} if gate.get("check") in TIMED_CHECKS else gate
+                for gate in copy["gates"]
+            ]
+        kept.append(copy)
+    return kept
+
+
+def schedule(*epochs: int, blueprint: str = "BP052") -> list[str]:
+    """The fixed-schedule policy germinating ``blueprint`` at ``epochs``."""
+    entries = ", ".join(f'{{epoch = {e}, blueprint = "{blueprint}"}}' for e in epochs)
+    return ["tamiyo.policy=fixed-schedule", f"tamiyo.fixed-schedule.germinations=[{entries}]"]
+
+
+class TurnsToNaN(nn.Module):
+    """Healthy (a zero-started residual) for its first ``healthy`` forward passes in training mode, NaN after."""
+
+    def __init__(self, width: int, healthy: int) -> None:
+        super().__init__()
+        self.inner = nn.Linear(width, width)
+        self.outer = nn.Linear(width, width)
+        nn.init.zeros_(self.outer.weight)
+        nn.init.zeros_(self.outer.bias)
+        self.healthy = healthy
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+        output: torch.Tensor = self.outer(torch.relu(self.inner(x)))
+        return output * math.nan if self.calls > self.healthy else output
+
+
+class SaboteurCatalog:
+    """One vector blueprint, BP990, that turns to NaN after ``healthy`` training-mode forward passes."""
+
+    name = "saboteur"
+
+    def descriptors(self) -> list[BlueprintDescriptor]:
+        return [
+            BlueprintDescriptor(
+                blueprint_id="BP990", name="turns_to_nan", tier=BlueprintTier.BLUEPRINT_TIER_SAFE, risk=0.1,
+                slot_kinds=[SlotKind.SLOT_KIND_VECTOR], catalog="saboteur",
+                allowed_parameters={"healthy": BlueprintParameterBounds(min_value=0, max_value=10_000,
+                                                                        default_value=45, integer=True)},
+            )
+        ]  # fmt: skip
+
+    def build(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> nn.Module:
+        if blueprint_id != "BP990":
+            raise KeyError(blueprint_id)
+        return TurnsToNaN(slot.shape[-1], int(parameters.get("healthy", 45)))
+
+    def parameter_count(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> int:
+        width = slot.shape[-1]
+        return 2 * (width * width + width)
+
+
+class SaboteurPlugin:
+    @hookimpl
+    def esper_urza_blueprint_catalogs(self) -> list[BlueprintCatalogSpec]:
+        return [BlueprintCatalogSpec(name="saboteur", factory=lambda context: SaboteurCatalog())]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from esper_core.tolaria.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(run_dir)
+    assert path is not None
+    model: dict[str, torch.Tensor] = load_checkpoint(path)["model"]
+    return {key: value for key, value in model.items() if isinstance(value, torch.Tensor)}
