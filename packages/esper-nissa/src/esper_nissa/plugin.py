@@ -1,5 +1,89 @@
-"""Registers esper-nissa with Esper through the ``esper`` entry-point group.
+"""Registers Nissa with Esper: the ``jsonl`` telemetry sink (``[nissa.jsonl]``), the ``esper report`` command, and
+the run report written when a run finishes (``[nissa.report]``).
 
-It implements no hooks yet: its components arrive with issue #6. It is installed and listed by
-``esper plugins`` so that the package layout and discovery are real from the start.
+Imported whenever Esper starts, so it imports nothing heavy: matplotlib and protobuf's JSON mapping load only when a
+report is made or a sink is built.
 """
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from esper_core import hookimpl
+from esper_core.errors import ConfigError
+from esper_core.plugins import BuildContext, CliCommandSpec, RunInfo, TelemetrySinkSpec
+from esper_nissa.cli import configure_report, run_report
+from esper_nissa.options import JsonlOptions, ReportOptions
+
+logger = logging.getLogger(__name__)
+
+
+def build_jsonl_sink(context: BuildContext) -> Any:
+    """The ``jsonl`` sink for one run: ``nissa.jsonl.path`` inside the run directory, or that absolute path."""
+    from esper_nissa.sinks.jsonl import JsonlSink
+
+    options: JsonlOptions = context.options if context.options is not None else JsonlOptions()
+    path = Path(options.path).expanduser()
+    if not path.is_absolute():
+        if context.run_dir is None:
+            raise ConfigError(
+                f"the jsonl telemetry sink writes {options.path!r} inside the run directory, and there is no run "
+                "directory here: set nissa.jsonl.path to an absolute path, or build the sink with run_dir=..."
+            )
+        path = Path(context.run_dir) / path
+    return JsonlSink(path, fsync=options.fsync)
+
+
+@hookimpl
+def esper_nissa_telemetry_sinks() -> Iterator[TelemetrySinkSpec]:
+    yield TelemetrySinkSpec(
+        name="jsonl",
+        factory=build_jsonl_sink,
+        options=JsonlOptions,
+        description="Every telemetry packet as one JSON line in the run directory (telemetry.jsonl).",
+    )
+
+
+@hookimpl
+def esper_core_config_sections() -> Iterator[type]:
+    yield ReportOptions
+
+
+@hookimpl
+def esper_core_cli_commands() -> Iterator[CliCommandSpec]:
+    yield CliCommandSpec(
+        name="report",
+        help="write a run's report (plots and summary) into RUN_DIR/report",
+        configure=configure_report,
+        run=run_report,
+    )
+
+
+def _automatic(run: RunInfo) -> bool:
+    try:
+        return run.config.get(ReportOptions).automatic
+    except (KeyError, AttributeError):  # a configuration loaded without Nissa's sections: the default
+        return ReportOptions().automatic
+
+
+@hookimpl
+def esper_tolaria_run_finished(run: RunInfo, summary: Mapping[str, float]) -> None:
+    """Write the run's report into ``<run_dir>/report``. A report that fails is a warning, never a failed run."""
+    if not _automatic(run):
+        return
+    try:
+        from esper_nissa.report import write_report
+
+        write_report(run.run_dir)
+    except Exception as error:  # noqa: BLE001 - the run's results are safe already; a report is never worth a crash
+        logger.warning(
+            "esper-nissa: no report for run %s in %s: %s: %s (make it later with `esper report %s`)",
+            run.run_id,
+            run.run_dir,
+            type(error).__name__,
+            error,
+            run.run_dir,
+        )
