@@ -8,6 +8,7 @@ from typing import Any
 
 from esper_core import hookimpl
 from esper_core.plugins import BuildContext, ControllerSpec, PolicySpec
+from esper_tamiyo.learned import LearnedPolicyOptions, build_learned_policy
 from esper_tamiyo.options import FixedScheduleOptions, HeuristicOptions, RiskOptions, TamiyoOptions
 
 
@@ -88,6 +89,13 @@ def esper_tamiyo_policies() -> Iterator[PolicySpec]:
         factory=build_fixed_schedule,
         options=FixedScheduleOptions,
         description="Baseline: germinate at fixed epochs and advance without judgement.",
+    )
+    yield PolicySpec(
+        name="learned",
+        factory=build_learned_policy,
+        options=LearnedPolicyOptions,
+        description="A small network over versioned features; weights load only from checked, signed PolicyUpdates "
+        "(untrained, it waits).",
     )
 
 

@@ -1,0 +1,259 @@
+"""The feature encoding is documented, versioned, bounded, and the same in every process whatever the order in
+which maps were filled or blueprints were offered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+from esper_core.leyline import (
+    BlueprintDescriptor,
+    HardwareContext,
+    SeedLifecycleStage,
+    SeedState,
+    SlotKind,
+    SystemStatePacket,
+    TrainingMetrics,
+)
+from esper_core.testing.strategies import state_packets
+from esper_tamiyo.learned import (
+    FEATURE_SCHEMA,
+    FEATURE_SCHEMA_VERSION,
+    FeatureEncoder,
+    LearnedPolicyOptions,
+    blueprint_index,
+    network,
+    options,
+    schema_digest,
+    updates,
+)
+from esper_tamiyo.learned import features as F
+from esper_tamiyo.learned.policy import intra_op_threads
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "learned-policy.md"
+
+# The fixed decision point, as source, so that a child process builds exactly the same messages.
+BUILD = r"""
+from esper_core.leyline import (BlueprintDescriptor, BlueprintParameterBounds, SeedState, SystemStatePacket,
+                                TrainingMetrics)
+
+def build(reverse=False):
+    order = (lambda items: list(reversed(items))) if reverse else list
+    descriptors = []
+    for i, kinds in enumerate([[1, 2], [3], [], [2], [1]]):
+        d = BlueprintDescriptor(blueprint_id=f"BP{i:03d}", tier=1 + i % 3, risk=i / 10, stage=i, slot_kinds=kinds)
+        for name, low, high, default in order([("width", 1, 64, 8), ("depth", 1, 4, 2), ("dropout", 0, 0.5, 0.1)]):
+            d.allowed_parameters[name].CopyFrom(
+                BlueprintParameterBounds(min_value=low, max_value=high, default_value=default))
+        descriptors.append(d)
+    seeds = []
+    for i, stage in enumerate([1, 1, 2, 3, 4, 5, 6, 7, 9]):
+        s = SeedState(slot_id=f"layer{i}", stage=stage, slot_kind=1 + i % 3,
+                      slot_shape=[[16, 8, 8], [64], [10, 32]][i % 3], layer_depth=i, activation_rms=0.5 + i,
+                      host_gradient_norm=0.1 * i)
+        if stage not in (1, 9):
+            s.seed_id, s.blueprint_id, s.parameter_count, s.age_epochs = f"s{i}", f"BP{i % 5:03d}", 100 * i, i
+            s.contribution, s.seed_loss_delta, s.gradient_norm = 0.01 * i, -0.02, 1.5
+        if stage == 9:
+            s.embargo_epochs_remaining = 3
+        for key, value in order([("a", 1.0), ("b", 2.0), ("c", 3.0)]):
+            s.extras[key] = value
+            s.blueprint_parameters[key] = value
+        seeds.append(s)
+    metrics = TrainingMetrics(epoch=7, global_step=700, epochs_total=30, train_loss=0.4, val_loss=0.55,
+                              val_accuracy=0.81, best_val_loss=0.5, loss_delta=-0.01, learning_rate=3e-4,
+                              gradient_norm=2.0, optimizer_family=3, parameter_count=120_000)
+    state = SystemStatePacket(version=1, training_run_id="run", current_epoch=7, global_step=700, metrics=metrics,
+                              seeds=seeds)
+    for key, value in order([("x", 1.0), ("y", 2.0)]):
+        state.extras[key] = value
+    return state, order(descriptors)
+"""
+
+REPORT = r"""
+import hashlib, json
+from esper_tamiyo.learned import LearnedPolicy, blueprint_index
+
+def report():
+    state, descriptors = build()
+    policy = LearnedPolicy()
+    encoded = policy.encode(state, descriptors)
+    weights = hashlib.sha256()
+    for name, tensor in sorted(policy.network.state_dict().items()):
+        weights.update(name.encode()); weights.update(tensor.numpy().tobytes())
+    command = policy.decide(state, descriptors)
+    return {
+        "schema": policy.feature_schema_digest,
+        "architecture": policy.architecture_digest,
+        "encoding": encoded.digest(),
+        "indices": [blueprint_index(f"BP{i:03d}") for i in range(5)],
+        "weights": weights.hexdigest(),
+        "action": command.decision.action_index,
+        "log_prob": round(command.decision.action_log_prob, 9),
+    }
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    with intra_op_threads(1):
+        yield
+
+
+def namespace() -> dict[str, object]:
+    scope: dict[str, object] = {}
+    exec(BUILD + REPORT, scope)
+    return scope
+
+
+def test_the_schema_is_versioned_and_its_digest_is_the_sha256_of_its_canonical_json() -> None:
+    assert FEATURE_SCHEMA["version"] == FEATURE_SCHEMA_VERSION == 1
+    text = json.dumps(FEATURE_SCHEMA, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert schema_digest() == hashlib.sha256(text.encode()).hexdigest()
+    assert schema_digest(512) != schema_digest()  # the vocabulary is part of the encoding
+    assert len(FEATURE_SCHEMA["global"]) == F.GLOBAL_DIM
+    assert len(FEATURE_SCHEMA["slot"]) == F.SLOT_DIM
+    assert len(FEATURE_SCHEMA["blueprint"]) == F.BLUEPRINT_DIM
+    names = [feature["name"] for group in ("global", "slot", "blueprint") for feature in FEATURE_SCHEMA[group]]
+    assert all(names.count(name) <= 3 for name in names)
+    for group in ("global", "slot", "blueprint"):
+        group_names = [feature["name"] for feature in FEATURE_SCHEMA[group]]
+        assert len(group_names) == len(set(group_names)), group
+
+
+def test_every_feature_its_scaling_and_the_version_are_documented() -> None:
+    doc = DOC.read_text()
+    assert f"## Feature schema, version {FEATURE_SCHEMA_VERSION}" in doc
+    assert schema_digest() in doc
+    for group in ("global", "slot", "blueprint"):
+        assert f"### {group.capitalize()} features ({len(FEATURE_SCHEMA[group])})" in doc
+        for index, feature in enumerate(FEATURE_SCHEMA[group]):
+            source, scaling = (feature[key].replace("|", "\\|") for key in ("source", "scaling"))
+            row = f"| {index} | `{feature['name']}` | {source} | {scaling} |"
+            assert row in doc, f"docs/learned-policy.md: the {group} table needs the row {row}"
+
+
+def test_option_defaults_match_the_modules_they_configure() -> None:
+    assert options.DEFAULT_BLUEPRINT_VOCABULARY == F.DEFAULT_BLUEPRINT_VOCABULARY
+    assert options.DEFAULT_NOOP_BIAS == network.DEFAULT_NOOP_BIAS
+    assert options.DEFAULT_MAX_PAYLOAD_BYTES == updates.DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def test_importing_the_options_does_not_import_torch() -> None:
+    code = "import sys, esper_tamiyo.learned; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_blueprint_indices_are_sha256_based_and_stable() -> None:
+    expected = 1 + int.from_bytes(hashlib.sha256(b"esper.blueprint:BP001").digest()[:8], "big") % 1023
+    assert blueprint_index("BP001") == expected
+    assert blueprint_index("") == 0
+    assert all(1 <= blueprint_index(f"BP{i}", 16) < 16 for i in range(200))
+
+
+def test_the_encoding_is_the_same_in_another_process_with_another_hash_seed() -> None:
+    here = namespace()
+    expected = here["report"]()  # type: ignore[operator]
+    script = BUILD + REPORT + "\nprint(json.dumps(report()))\n"
+    env = {**os.environ, "PYTHONHASHSEED": "12345" if os.environ.get("PYTHONHASHSEED") != "12345" else "54321"}
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(child.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_the_encoding_does_not_depend_on_map_or_offer_order() -> None:
+    scope = namespace()
+    state, descriptors = scope["build"]()  # type: ignore[operator]
+    reversed_state, reversed_descriptors = scope["build"](reverse=True)  # type: ignore[operator]
+    assert [d.blueprint_id for d in descriptors] != [d.blueprint_id for d in reversed_descriptors]
+    encoder = FeatureEncoder()
+    first, second = encoder.encode(state, descriptors), encoder.encode(reversed_state, reversed_descriptors)
+    assert first.digest() == second.digest()
+    assert first.blueprint_ids == tuple(sorted(first.blueprint_ids))
+    # Duplicated ids keep one descriptor, chosen by content, not by position.
+    duplicate = BlueprintDescriptor()
+    duplicate.CopyFrom(descriptors[0])
+    duplicate.risk = 0.99
+    a = encoder.encode(state, [*descriptors, duplicate])
+    b = encoder.encode(state, [duplicate, *descriptors])
+    assert a.digest() == b.digest() and len(a.blueprints) == len(descriptors)
+
+
+def test_values_are_scaled_into_sane_ranges_with_presence_flags() -> None:
+    scope = namespace()
+    state, descriptors = scope["build"]()  # type: ignore[operator]
+    encoded = FeatureEncoder().encode(state, descriptors)
+    g = dict(zip([f.name for f in F.GLOBAL_FEATURES], encoded.global_features.tolist(), strict=True))
+    assert g["progress"] == pytest.approx(7 / 30) and g["progress.present"] == 1.0
+    assert g["val_loss"] == pytest.approx(math.log1p(0.55)) and g["val_loss.present"] == 1.0
+    assert g["loss_volatility"] == 0.0 and g["loss_volatility.present"] == 0.0  # absent, not zero
+    assert g["learning_rate"] == pytest.approx((math.log10(3e-4) + 3) / 2)
+    assert g["optimizer.ADAMW"] == 1.0 and g["optimizer.ADAM"] == 0.0
+    assert g["stage_fraction.DORMANT"] == pytest.approx(2 / 9)
+    assert g["nonfinite_inputs"] == 0.0
+    slots = encoded.slot_features
+    assert slots.shape == (9, F.SLOT_DIM) and encoded.blueprint_features.shape == (5, F.BLUEPRINT_DIM)
+    names = [f.name for f in F.SLOT_FEATURES]
+    row = dict(zip(names, slots[8].tolist(), strict=True))
+    assert row["stage.EMBARGOED"] == 1.0 and row["embargoed"] == 1.0 and row["can_germinate"] == 0.0
+    assert row["contribution.present"] == 0.0
+    row = dict(zip(names, slots[3].tolist(), strict=True))
+    assert row["contribution"] == pytest.approx(math.log1p(0.3)) and row["contribution.present"] == 1.0
+    assert row["depth"] == pytest.approx(3 / 8)
+    for tensor in (encoded.global_features, encoded.slot_features, encoded.blueprint_features):
+        assert bool(torch.isfinite(tensor).all()) and float(tensor.abs().max()) <= 10.0
+
+
+def test_non_finite_inputs_are_bounded_and_counted() -> None:
+    metrics = TrainingMetrics(epoch=1, val_loss=math.nan, train_loss=math.inf, loss_delta=-math.inf)
+    seed = SeedState(slot_id="a", stage=SeedLifecycleStage.SEED_STAGE_TRAINING, slot_kind=SlotKind.SLOT_KIND_VECTOR,
+                     slot_shape=[8], alpha=math.nan, gradient_norm=math.inf)  # fmt: skip
+    state = SystemStatePacket(metrics=metrics, seeds=[seed], hardware=HardwareContext(total_memory_gb=math.inf))
+    blueprint = BlueprintDescriptor(blueprint_id="BP1", risk=math.nan)
+    encoded = FeatureEncoder().encode(state, [blueprint])
+    g = dict(zip([f.name for f in F.GLOBAL_FEATURES], encoded.global_features.tolist(), strict=True))
+    assert g["val_loss.present"] == 0.0  # NaN is absent
+    assert g["train_loss"] == 10.0 and g["loss_delta"] == -10.0  # infinities clipped
+    assert g["nonfinite_inputs"] == pytest.approx(math.log1p(7))
+    for tensor in (encoded.global_features, encoded.slot_features, encoded.blueprint_features):
+        assert bool(torch.isfinite(tensor).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(state=state_packets(max_slots=10, blueprint_ids=["BP000", "BP001"]))
+def test_any_packet_encodes_to_finite_bounded_tensors_with_consistent_masks(state: SystemStatePacket) -> None:
+    scope = namespace()
+    _, descriptors = scope["build"]()  # type: ignore[operator]
+    encoded = FeatureEncoder().encode(state, descriptors)
+    count = len(state.seeds)
+    assert encoded.slot_features.shape == (count, F.SLOT_DIM)
+    assert encoded.slot_mask.shape == (F.NUM_OPERATIONS, count)
+    assert encoded.fit_mask.shape == (count, len(descriptors))
+    for tensor in (encoded.global_features, encoded.slot_features, encoded.blueprint_features):
+        assert bool(torch.isfinite(tensor).all()) and float(tensor.abs().max()) <= 10.0
+    can_germinate = encoded.slot_features[:, [f.name for f in F.SLOT_FEATURES].index("can_germinate")]
+    assert can_germinate.bool().tolist() == encoded.slot_mask[F.GERMINATE].tolist()
+
+
+def test_the_options_read_from_a_configuration() -> None:
+    from esper_core.config import load_config
+    from esper_core.errors import ConfigError
+
+    text = '[tamiyo.learned]\nhidden_size = 32\ndecoding = "sample"\ninitial_update = "u.bin"\n'
+    config = load_config(sections=[LearnedPolicyOptions], text=text, env={})
+    loaded = config.get(LearnedPolicyOptions)
+    assert (loaded.hidden_size, loaded.decoding, loaded.initial_update) == (32, "sample", Path("u.bin"))
+    with pytest.raises(ConfigError, match="decoding"):
+        load_config(sections=[LearnedPolicyOptions], text='[tamiyo.learned]\ndecoding = "beam"\n', env={})
+    with pytest.raises(ConfigError, match="hidden_size"):
+        load_config(sections=[LearnedPolicyOptions], text="[tamiyo.learned]\nhidden_size = 2\n", env={})
