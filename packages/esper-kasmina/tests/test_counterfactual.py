@@ -132,3 +132,34 @@ def test_a_host_that_is_not_batch_agnostic_is_measured_variant_by_variant(rig_fa
     evaluation = rig.kasmina.evaluate([(rig.inputs, rig.targets)], nn.functional.cross_entropy, correct)
     assert not evaluation.fused and evaluation.variants == 2
     assert evaluation.seeds["act"].loss_on == pytest.approx(naive(rig, {"act": 1.0})[0], rel=1e-5)
+
+
+def test_a_contribution_comes_with_the_standard_error_of_its_per_batch_differences(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = prepared(rig_factory)
+    batches = [(rig.inputs[start : start + 8], rig.targets[start : start + 8]) for start in range(0, 32, 8)]
+    evaluation = rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct)
+    differences = []
+    for inputs, targets in batches:
+        off = naive_on(rig, "head.2", 0.0, inputs, targets)
+        on = naive_on(rig, "head.2", 1.0, inputs, targets)
+        differences.append(off - on)
+    expected = torch.tensor(differences, dtype=torch.float64)
+    measured = evaluation.seeds["head.2"]
+    assert measured.contribution == pytest.approx(float(expected.mean()), abs=1e-5)
+    assert measured.contribution_stderr == pytest.approx(float(expected.std() / 2.0), abs=1e-5)  # sqrt(4 batches)
+    state = next(s for s in rig.kasmina.export_seed_states() if s.slot_id == "head.2")
+    assert state.contribution_stderr == pytest.approx(measured.contribution_stderr)
+    single = rig.kasmina.evaluate([(rig.inputs, rig.targets)], nn.functional.cross_entropy, correct)
+    assert single.seeds["head.2"].contribution_stderr is None  # one batch: no spread to measure
+
+
+def naive_on(rig: Rig, slot_id: str, alpha: float, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The loss on one batch with ``slot_id``'s seed at ``alpha`` (the other measured seed as it is: alpha 0)."""
+    saved_inputs, saved_targets = rig.inputs, rig.targets
+    rig.inputs, rig.targets = inputs, targets
+    try:
+        return naive(rig, {slot_id: alpha, "features.2": 0.0})[0]
+    finally:
+        rig.inputs, rig.targets = saved_inputs, saved_targets

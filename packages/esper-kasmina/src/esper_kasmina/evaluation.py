@@ -10,6 +10,9 @@ costs two extra validation passes per seed. Here the validation pass Tolaria run
   V times along the batch dimension; every measured slot then applies a per-sample alpha (variant ``v``'s alpha
   for chunk ``v``). The output splits into V chunks, each scored against the same targets.
 
+The same per-batch losses give each contribution its standard error: the off and on variants score the same
+samples, so the spread of their per-batch differences says how much of a small contribution is noise.
+
 So the data is loaded once, the host prefix runs once, and only the layers after the first measured slot run V
 times, in one batched forward (better use of the hardware than V small ones). Losses and counts accumulate on the
 device; the only host sync is at the end. A host whose forward is not batch-size agnostic (it hard-codes the
@@ -41,6 +44,8 @@ class SeedMeasurement:
     loss_on: float
     accuracy_off: float
     accuracy_on: float
+    #: Standard error of the contribution (per-batch paired differences); None with fewer than two batches.
+    contribution_stderr: float | None = None
 
     @property
     def contribution(self) -> float:
@@ -104,29 +109,40 @@ def evaluate(
     alphas = {
         slot.slot_id: torch.tensor([variant[slot.slot_id] for variant in variants], device=device) for slot in measured
     }
-    losses = torch.zeros(count, dtype=torch.float64, device=device)
+    batch_losses: list[torch.Tensor] = []  # per batch: each variant's mean loss (one small tensor, no sync)
     correct = torch.zeros(count, dtype=torch.float64, device=device)
+    sizes: list[int] = []
     samples = 0
     fused = True
     with evaluation_mode(model), torch.no_grad():
         for inputs, targets in batches:
             batch = _batch_size(inputs)
             samples += batch
+            sizes.append(batch)
             outputs: list[Any] | None = [_forward(model, inputs)] if count == 1 else None
             if outputs is None and fused:
                 outputs = _fused_forward(model, measured, inputs, batch, count, alphas)
                 fused = outputs is not None
             if outputs is None:
                 outputs = _variant_forwards(model, measured, inputs, count, alphas)
+            batch_losses.append(torch.stack([loss_fn(output, targets).double() for output in outputs]))
             for variant, output in enumerate(outputs):
-                losses[variant] += loss_fn(output, targets).double() * batch
                 correct[variant] += correct_fn(output, targets).double()
     if samples == 0:
         raise ValueError("evaluation needs at least one batch")
-    mean_loss = (losses / samples).tolist()
+    per_batch = torch.stack(batch_losses)  # (batches, variants)
+    weights = torch.tensor(sizes, dtype=torch.float64, device=device)
+    mean_loss = ((per_batch * weights[:, None]).sum(dim=0) / samples).tolist()
     accuracy = (correct / samples).tolist()
     seeds = {
-        slot_id: SeedMeasurement(slot_id, mean_loss[off], mean_loss[on], accuracy[off], accuracy[on])
+        slot_id: SeedMeasurement(
+            slot_id,
+            mean_loss[off],
+            mean_loss[on],
+            accuracy[off],
+            accuracy[on],
+            _stderr(per_batch[:, off] - per_batch[:, on]),
+        )
         for slot_id, (off, on) in index.items()
     }
     return Evaluation(
@@ -138,6 +154,13 @@ def evaluate(
         fused=fused or count == 1,
         seconds=time.perf_counter() - start,
     )
+
+
+def _stderr(differences: torch.Tensor) -> float | None:
+    """Standard error of the mean of per-batch differences (batches of near-equal size, the last one aside)."""
+    if differences.numel() < 2:
+        return None
+    return float(differences.std() / differences.numel() ** 0.5)
 
 
 def _set_measurement(slots: Sequence[SeedSlot], measurement: Measurement | None) -> None:

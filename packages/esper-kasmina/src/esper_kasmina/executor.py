@@ -99,6 +99,8 @@ class Kasmina:
     def attach(self, model: nn.Module, slot_points: Sequence[str], example_input: Any) -> SlotBank:
         """Put DORMANT slots at ``slot_points`` in ``model`` (inferring each slot's shape with one probe forward)."""
         self.bank = attach_slots(model, slot_points, example_input, self._rebuild_seed)
+        for slot in self.bank.ordered():
+            slot.training_curvature = self.options.training_curvature
         self.model = model
         return self.bank
 
@@ -162,6 +164,7 @@ class Kasmina:
             record.seed_loss = measurement.loss_on
             record.contribution = measurement.contribution
             record.contribution_accuracy = measurement.contribution_accuracy
+            record.contribution_stderr = measurement.contribution_stderr
             if slot.stage == lifecycle.TRAINING and record.seed_loss_at_training_start is None:
                 record.seed_loss_at_training_start = measurement.loss_on
             record.measured_in_stage = True
@@ -230,6 +233,7 @@ class Kasmina:
                 "gradient_norm",
                 "contribution",
                 "contribution_accuracy",
+                "contribution_stderr",
                 "activation_rms",
                 "host_gradient_norm",
                 "seed_loss_delta",

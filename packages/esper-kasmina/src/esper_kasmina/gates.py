@@ -15,6 +15,7 @@ G1     TRAINING               numerical isolation (host gradients equal those wi
 G2     BLENDING               seed loss measured and not regressed since training began; no spike in the host's
                               validation loss; output and gradients still healthy
 G3     SHADOWING              output finite, shape, dtype and device right; contribution at least the threshold
+                              (within ``contribution_noise_z`` standard errors)
 G4     PROBATIONARY           validation loss not worse than at germination beyond tolerance; step-time overhead
                               within budget
 G5     DORMANT (reset)        seed module, hook and optimizer group gone
@@ -236,18 +237,12 @@ class GateChecks:
         contribution = slot.record.contribution
         if contribution is None:
             return [*results, check(g3, "contribution", False, detail="no contribution measured while BLENDING")]
-        minimum = self.options.min_contribution
-        return [
-            *results,
-            check(
-                g3,
-                "contribution",
-                contribution >= minimum,
-                contribution,
-                minimum,
-                "validation loss without the seed minus with it at alpha 1",
-            ),
-        ]
+        minimum, detail = self.options.min_contribution, "validation loss without the seed minus with it at alpha 1"
+        stderr = slot.record.contribution_stderr
+        if stderr is not None and self.options.contribution_noise_z > 0:
+            minimum -= self.options.contribution_noise_z * stderr
+            detail += f" (threshold lowered by {self.options.contribution_noise_z:g} standard errors of {stderr:.3g})"
+        return [*results, check(g3, "contribution", contribution >= minimum, contribution, minimum, detail)]
 
     def probation_entry(
         self, model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], probe: Probe, val_loss: float | None

@@ -38,6 +38,9 @@ class KasminaOptions:
     #: Learning rate of a seed's own parameter group; 0 uses the host's (first group's) learning rate.
     seed_learning_rate: float = attrs.field(default=0.0, validator=_not_negative)
     seed_weight_decay: float = attrs.field(default=0.0, validator=_not_negative)
+    #: TRAINING: each sample's seed output is pulled towards zero with this weight (the curvature of a quadratic
+    #: model of the loss), so straight-through training settles at a bounded step instead of overshooting. 0: off.
+    training_curvature: float = attrs.field(default=1.0, validator=_not_negative)
 
     # -- gates ------------------------------------------------------------------------------------------------
     #: G0: a seed may add at most this fraction of the host's parameter count (0 disables the check).
@@ -54,6 +57,9 @@ class KasminaOptions:
     max_loss_spike: float = attrs.field(default=0.1, validator=_not_negative)
     #: G3: the counterfactual contribution (loss without minus loss with the seed) must be at least this.
     min_contribution: float = 0.0
+    #: G3: a contribution short of ``min_contribution`` by less than this many of its standard errors is noise, and
+    #: passes (0: the bare threshold). A blended seed's contribution is often within noise of 0.
+    contribution_noise_z: float = attrs.field(default=2.0, validator=_not_negative)
     #: G4: validation loss may exceed its value at germination by at most this fraction.
     max_regression: float = attrs.field(default=0.02, validator=_not_negative)
     #: G4: a training step with the seed may take at most (1 + this) times as long as without it.

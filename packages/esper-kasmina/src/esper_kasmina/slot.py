@@ -9,12 +9,19 @@ stage                   output of the host module at this point
 ======================  ==============================================================================
 DORMANT, GERMINATED     the host activation ``h``, untouched (there is no hook at all)
 TRAINING                ``h + (s - s.detach())`` with ``s = seed(h.detach())`` (computed as a straight-through
-                        function): the value is ``h``, but the seed receives the task loss's gradient; no
-                        gradient reaches the host through it
+                        function): the value is ``h``, but the seed receives the task loss's gradient (plus a
+                        pull towards zero, see below); no gradient reaches the host through it
 BLENDING                ``h + alpha * seed(h.detach())``, alpha ramping 0 → 1 on a schedule
 SHADOWING               ``h + seed(h.detach())`` (alpha 1; still removable)
 PROBATIONARY, FOSSILIZED  ``h + seed(h)`` (isolation lifted: joint training)
 ======================  ==============================================================================
+
+Why the pull towards zero in TRAINING: the straight-through gradient is the loss's gradient at ``h``, not at
+``h + s``, so it never tells the seed it has gone far enough. Followed alone, it drives ``s`` further along the
+same direction at every step, and after an epoch the seed overshoots: at full strength it makes the loss worse.
+Each sample's gradient gets ``curvature * s_i`` added (``kasmina.training_curvature``), the gradient of a
+quadratic model of the loss around ``h``; the seed then settles at ``s_i ≈ -grad_i / curvature``, a bounded
+Newton-like step that a later BLENDING stage, with real feedback, refines.
 
 Everything the slot knows (stage, blueprint, alpha, embargo, counters) is saved in the model's ``state_dict`` (as
 the slot's extra state and its ``alpha_steps`` buffer), and loading a state dict rebuilds the seed module from its
@@ -37,19 +44,26 @@ from esper_kasmina.lifecycle import Stage
 
 
 class _StraightThrough(torch.autograd.Function):
-    """``host`` in value; in the backward pass the incoming gradient goes to both ``host`` and ``seed``.
+    """``host`` in value; in the backward pass the incoming gradient goes to ``host``, and to ``seed`` with
+    ``curvature * seed / batch`` added (the per-sample gradient of ``curvature / 2 * |seed_i|^2`` under a mean loss).
 
-    The same as ``host + (seed - seed.detach())`` without its two activation-sized temporaries, and exact in value
-    (no ``-0.0 + 0.0`` rounding).
+    With curvature 0, the same as ``host + (seed - seed.detach())`` without its two activation-sized temporaries,
+    and exact in value (no ``-0.0 + 0.0`` rounding).
     """
 
     @staticmethod
-    def forward(ctx: Any, host: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:  # type: ignore[override, unused-ignore]
+    def forward(ctx: Any, host: torch.Tensor, seed: torch.Tensor, curvature: float) -> torch.Tensor:  # type: ignore[override, unused-ignore]
+        ctx.curvature = curvature
+        if curvature:
+            ctx.save_for_backward(seed)
         return host.view_as(host)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override, unused-ignore]
-        return grad, grad
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override, unused-ignore]
+        if not ctx.curvature:
+            return grad, grad, None
+        (seed,) = ctx.saved_tensors
+        return grad, torch.add(grad, seed, alpha=ctx.curvature / seed.shape[0]), None
 
 
 #: Builds a seed module for a slot: (slot, blueprint id, parameters) -> module. Provided by Kasmina.
@@ -84,6 +98,7 @@ class SeedRecord:
     seed_loss_delta: float | None = None
     contribution: float | None = None
     contribution_accuracy: float | None = None
+    contribution_stderr: float | None = None
     gradient_norm: float | None = None
     activation_rms: float | None = None
     host_gradient_norm: float | None = None
@@ -138,6 +153,8 @@ class SeedSlot(nn.Module):
         self._handle: RemovableHandle | None = None
         self._builder: SeedBuilder | None = None
         self.measurement: Measurement | None = None
+        #: TRAINING's pull of the seed's output towards zero (``kasmina.training_curvature``; set by Kasmina).
+        self.training_curvature = 0.0
         self.register_load_state_dict_pre_hook(_rebuild_before_load)  # type: ignore[no-untyped-call]
 
     alpha_steps: torch.Tensor
@@ -201,7 +218,7 @@ class SeedSlot(nn.Module):
         stage = self.record.stage
         if stage == lifecycle.TRAINING:
             contribution: torch.Tensor = seed(host.detach())
-            straight: torch.Tensor = _StraightThrough.apply(host, contribution)  # type: ignore[no-untyped-call, unused-ignore]
+            straight: torch.Tensor = _StraightThrough.apply(host, contribution, self.training_curvature)  # type: ignore[no-untyped-call, unused-ignore]
             return straight
         if stage == lifecycle.BLENDING:
             if module.training and torch.is_grad_enabled() and not self.record.alpha_per_epoch:

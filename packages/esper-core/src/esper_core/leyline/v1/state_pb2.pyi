@@ -128,6 +128,7 @@ class TrainingMetrics(_message.Message):
     epoch_duration_ms: _builtins.float
     step_latency_ms: _builtins.float
     hook_latency_ms: _builtins.float
+    """The previous decision point's own work (state packet, decision, command, reports), validation excluded."""
     tamiyo_latency_ms: _builtins.float
     kasmina_apply_ms: _builtins.float
     input_wait_ms: _builtins.float
@@ -334,6 +335,7 @@ class SeedState(_message.Message):
     HOST_GRADIENT_NORM_FIELD_NUMBER: _builtins.int
     SEED_LOSS_DELTA_FIELD_NUMBER: _builtins.int
     EXTRAS_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_STDERR_FIELD_NUMBER: _builtins.int
     slot_id: _builtins.str
     """The slot's module path in the host, e.g. "features.3" or "blocks.1.mlp"."""
     seed_id: _builtins.str
@@ -369,6 +371,10 @@ class SeedState(_message.Message):
     seed_loss_delta: _builtins.float
     """Change since the previous decision point of the validation loss with this seed at alpha 1 (negative means the
     seed is improving).
+    """
+    contribution_stderr: _builtins.float
+    """Standard error of `contribution`, from the spread of its per-batch paired differences (off minus on, on the
+    same batch): a contribution within about two standard errors of 0 cannot be told from noise.
     """
     @_builtins.property
     def blueprint_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
@@ -407,10 +413,11 @@ class SeedState(_message.Message):
         host_gradient_norm: _builtins.float | None = ...,
         seed_loss_delta: _builtins.float | None = ...,
         extras: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        contribution_stderr: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "learning_rate", b"learning_rate", "seed_loss_delta", b"seed_loss_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "learning_rate", b"learning_rate", "seed_loss_delta", b"seed_loss_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "parameter_count", b"parameter_count", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "parameter_count", b"parameter_count", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__activation_rms: _TypeAlias = _typing.Literal["activation_rms"]  # noqa: Y015
     _WhichOneofArgType__activation_rms: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms"]  # noqa: Y015
@@ -418,6 +425,8 @@ class SeedState(_message.Message):
     _WhichOneofArgType__contribution: _TypeAlias = _typing.Literal["_contribution", b"_contribution"]  # noqa: Y015
     _WhichOneofReturnType__contribution_accuracy: _TypeAlias = _typing.Literal["contribution_accuracy"]  # noqa: Y015
     _WhichOneofArgType__contribution_accuracy: _TypeAlias = _typing.Literal["_contribution_accuracy", b"_contribution_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__contribution_stderr: _TypeAlias = _typing.Literal["contribution_stderr"]  # noqa: Y015
+    _WhichOneofArgType__contribution_stderr: _TypeAlias = _typing.Literal["_contribution_stderr", b"_contribution_stderr"]  # noqa: Y015
     _WhichOneofReturnType__gradient_norm: _TypeAlias = _typing.Literal["gradient_norm"]  # noqa: Y015
     _WhichOneofArgType__gradient_norm: _TypeAlias = _typing.Literal["_gradient_norm", b"_gradient_norm"]  # noqa: Y015
     _WhichOneofReturnType__host_gradient_norm: _TypeAlias = _typing.Literal["host_gradient_norm"]  # noqa: Y015
@@ -432,6 +441,8 @@ class SeedState(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__contribution) -> _WhichOneofReturnType__contribution | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__contribution_accuracy) -> _WhichOneofReturnType__contribution_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__contribution_stderr) -> _WhichOneofReturnType__contribution_stderr | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__gradient_norm) -> _WhichOneofReturnType__gradient_norm | None: ...
     @_typing.overload
