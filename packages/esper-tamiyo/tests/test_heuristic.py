@@ -94,7 +94,7 @@ def test_a_seed_that_hurts_is_culled() -> None:
 
 
 def test_a_seed_that_never_becomes_useful_in_training_is_culled() -> None:
-    seeds = [slot("a", S.SEED_STAGE_TRAINING, stage_epochs=3, contribution=-0.001)]
+    seeds = [slot("a", S.SEED_STAGE_TRAINING, stage_epochs=3, contribution=-0.01)]
     command = policy(training_patience=3).decide(packet(6, 0.5, seeds), BLUEPRINTS)
     assert command.seed_operation.operation == OP.SEED_OP_CULL
     assert "after 3 epochs of training" in command.decision.rationale
@@ -121,7 +121,7 @@ def test_a_helpful_seed_is_advanced_and_fossilized() -> None:
 def test_a_seed_waits_in_a_stage_until_its_measurements_allow_moving_on() -> None:
     p = policy()
     waiting = [
-        slot("a", S.SEED_STAGE_TRAINING, stage_epochs=1, contribution=-0.0001),
+        slot("a", S.SEED_STAGE_TRAINING, stage_epochs=1, contribution=-0.005),
         slot("b", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=0.01),
     ]
     command = p.decide(packet(5, 0.5, waiting), BLUEPRINTS)
@@ -163,3 +163,50 @@ class TestHeuristicConforms(TamiyoPolicyConformance):
     @pytest.fixture
     def blueprints(self) -> list[object]:
         return [blueprint("BP001", kinds=[1, 2, 3])]
+
+
+def test_a_host_that_underfits_grows_before_its_loss_flattens() -> None:
+    losses = [1.0, 0.8, 0.7, 0.68, 0.67]  # 4.3 % better over the last two epochs: no plateau by the 1 % rule
+    p = policy()
+    for epoch, loss in enumerate(losses[:-1]):
+        p.decide(packet(epoch, loss, [slot("a")]), BLUEPRINTS)
+    fitting = p.decide(packet(4, losses[-1], [slot("a")], train_loss=0.5), BLUEPRINTS)  # train well below val
+    assert fitting.command_type == CommandType.COMMAND_NOOP and "still improving" in fitting.decision.rationale
+    p = policy()
+    for epoch, loss in enumerate(losses[:-1]):
+        p.decide(packet(epoch, loss, [slot("a")]), BLUEPRINTS)
+    underfitting = p.decide(packet(4, losses[-1], [slot("a")], train_loss=0.69), BLUEPRINTS)
+    assert underfitting.seed_operation.operation == OP.SEED_OP_GERMINATE
+    assert "while underfitting" in underfitting.decision.rationale
+
+
+def test_no_germination_too_late_for_a_seed_to_pay() -> None:
+    p = policy(min_remaining_epochs=6)
+    command = None
+    for epoch, loss in enumerate([1.0, 0.9, 0.9, 0.9, 0.9]):
+        command = p.decide(packet(epoch + 10, loss, [slot("a")], epochs_total=15), BLUEPRINTS)
+    assert command is not None and command.command_type == CommandType.COMMAND_NOOP
+    assert "too late to grow: 1 epoch left" in command.decision.rationale
+
+
+def test_noisy_contributions_are_judged_with_their_standard_error() -> None:
+    p = policy(hurt_threshold=0.002, noise_z=2.0)
+    noisy = slot("a", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=-0.004,
+                 contribution_stderr=0.003)  # fmt: skip
+    assert p.decide(packet(5, 0.5, [noisy]), BLUEPRINTS).command_type == CommandType.COMMAND_NOOP  # -0.004 > -0.006
+    precise = slot("a", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=-0.004,
+                   contribution_stderr=0.0005)  # fmt: skip
+    command = p.decide(packet(5, 0.5, [precise]), BLUEPRINTS)
+    assert command.seed_operation.operation == OP.SEED_OP_CULL and "-0.004 < -0.002" in command.decision.rationale
+
+
+def test_a_slot_that_takes_a_much_better_blueprint_wins_over_a_slightly_more_salient_one() -> None:
+    seeds = [
+        slot("conv", saliency=(0.9, 1.0), depth=0),
+        slot("head", kind=VECTOR, shape=[64], saliency=(1.0, 1.0), depth=1),
+    ]
+    p = policy(preferred_blueprints=["BP201"])  # BP201 grows in conv slots only
+    command = run(p, [1.0, 0.6, 0.5, 0.499, 0.498], seeds)
+    assert (command.target_slot_id, command.seed_operation.blueprint_id) == ("conv", "BP201")  # type: ignore[attr-defined]
+    blind = policy(preferred_blueprints=["BP201"], saliency_weight=100.0)
+    assert run(blind, [1.0, 0.6, 0.5, 0.499, 0.498], seeds).target_slot_id == "head"  # type: ignore[attr-defined]

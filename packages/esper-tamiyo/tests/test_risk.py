@@ -122,3 +122,15 @@ def test_its_state_survives_a_checkpoint() -> None:
     restored = RiskEngine()
     restored.load_state_dict(risk.state_dict())
     assert restored.conservative and restored.state_dict() == risk.state_dict()
+
+
+def test_only_new_isolation_violations_pause_growth() -> None:
+    risk = RiskEngine(RiskOptions(conservative_exit_after=1))
+    assert [f.rule for f in risk.review(germinate(), calm_state(isolation_violations=1), BLUEPRINTS).fired] == [
+        "isolation_violation"
+    ]
+    for _ in range(3):  # the run's counter never goes down; the same old violation must not hold growth forever
+        review = risk.review(germinate(), calm_state(isolation_violations=1), BLUEPRINTS)
+    assert review.command.command_type == CommandType.COMMAND_SEED
+    again = risk.review(germinate(), calm_state(isolation_violations=3), BLUEPRINTS)
+    assert [f.rule for f in again.fired] == ["isolation_violation"] and "2 new" in again.fired[0].detail

@@ -4,6 +4,7 @@ risk engine's ``[tamiyo.risk]``, and one section per first-party policy. Every t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
@@ -81,16 +82,25 @@ class HeuristicOptions:
 
     #: No germination before this many decision points.
     warmup_epochs: int = attrs.field(default=2, validator=_not_negative)
+    #: No germination when fewer decision points than this remain (when the run's length is known): a seed needs
+    #: about five to reach FOSSILIZED, and a few more to pay for itself.
+    min_remaining_epochs: int = attrs.field(default=6, validator=_not_negative)
     #: Validation loss has plateaued when its best value over the last ``plateau_window`` decision points improved
     #: on the best before them by less than ``plateau_threshold`` (relative).
     plateau_window: int = attrs.field(default=2, validator=_positive)
     plateau_threshold: float = attrs.field(default=0.01, validator=_not_negative)
+    #: An underfitting host may grow sooner: when its training loss (the epoch's mean) is at least ``underfit_ratio``
+    #: times its validation loss (no generalization gap: capacity, not data, limits it), an improvement below
+    #: ``underfit_plateau_threshold`` already counts as a plateau (0.95: the two within noise of each other). 0: off.
+    underfit_ratio: float = attrs.field(default=0.95, validator=_not_negative)
+    underfit_plateau_threshold: float = attrs.field(default=0.05, validator=_not_negative)
     #: Seeds in flight (GERMINATED to PROBATIONARY) at once.
     max_concurrent_seeds: int = attrs.field(default=2, validator=_positive)
     #: All seeds together may add at most this fraction of the host's parameters.
     max_added_parameter_fraction: float = attrs.field(default=0.5, validator=_not_negative)
-    #: TRAINING: blend in once the seed would help at full strength (contribution above ``graft_threshold``)
-    #: after at least ``min_training_epochs``; cull after ``training_patience`` without that.
+    #: TRAINING: blend in once, after at least ``min_training_epochs``, the seed would not hurt at full strength (its
+    #: contribution is above ``graft_threshold``, within the tolerance); cull after ``training_patience`` without that.
+    #: Straight-through training only warms a seed up; its worth shows once it blends in with real feedback.
     min_training_epochs: int = attrs.field(default=1, validator=_positive)
     training_patience: int = attrs.field(default=3, validator=_positive)
     graft_threshold: float = 0.0
@@ -103,14 +113,21 @@ class HeuristicOptions:
     probation_epochs: int = attrs.field(default=1, validator=_positive)
     probation_patience: int = attrs.field(default=2, validator=_not_negative)
     fossilize_threshold: float = 0.0
-    #: Cull a seed in the forward pass whose contribution falls below ``-hurt_threshold``.
+    #: Cull a seed in the forward pass whose contribution falls below ``-hurt_threshold``: the tolerance every
+    #: threshold above is compared with.
     hurt_threshold: float = attrs.field(default=0.002, validator=_not_negative)
+    #: ...or this many of the contribution's standard errors (``SeedState.contribution_stderr``), when larger: a seed
+    #: is culled, or held back, only when it is clearly below a threshold.
+    noise_z: float = attrs.field(default=2.0, validator=_not_negative)
     #: Blueprint choice: ids in order of preference (earlier is better), weights of cost (log-distance from a fair
     #: share of the remaining parameter budget) and of risk, and of each blueprint's fossilized minus culled seeds.
     preferred_blueprints: list[str] = attrs.Factory(list)
     cost_weight: float = attrs.field(default=1.0, validator=_not_negative)
     risk_weight: float = attrs.field(default=0.5, validator=_not_negative)
     history_weight: float = attrs.field(default=0.5, validator=_not_negative)
+    #: Slot choice: the weight of a slot's saliency (relative to the most salient free slot) against the score of
+    #: the best blueprint it can take.
+    saliency_weight: float = attrs.field(default=1.0, validator=_not_negative)
 
 
 @attrs.frozen
@@ -130,3 +147,16 @@ class FixedScheduleOptions:
     germinations: list[ScheduledGermination] = attrs.Factory(lambda: [ScheduledGermination(epoch=3)])
     probation_epochs: int = attrs.field(default=1, validator=_positive)
     blend_schedule: Literal["linear", "cosine", "tanh"] = "tanh"
+
+
+@section("tamiyo.service")
+@attrs.frozen
+class TamiyoServiceOptions:
+    #: Where each run's field-report log goes (``<data_dir>/<training run id>/``).
+    data_dir: Path = Path("var/tamiyo")
+    #: Runs served at once; the controller of the run seen longest ago is closed beyond this.
+    max_runs: int = 64
+    #: Decisions remembered per service, to answer a redelivered state packet with the same command.
+    remembered_decisions: int = 1024
+    #: Seconds between telemetry packets about the service (decisions served, runs).
+    telemetry_interval_s: float = 10.0

@@ -23,7 +23,7 @@ loss_warning           ... by > ``loss_spike_downgrade``                        
 hook_budget            Tolaria's decision hook over ``hook_budget_ms``                               pause
 step_latency_high      the training step over ``step_budget_ms``                                     pause
 kasmina_apply_slow     Kasmina's command application over ``apply_budget_ms``                        downgrade
-isolation_violation    any seed (or the run) recorded an isolation violation                         pause
+isolation_violation    an isolation violation was recorded since the previous decision point          pause
 loss_volatility        loss volatility > ``max_loss_volatility``                                     downgrade
 gradient_variance      gradient variance > ``max_gradient_variance``                                 downgrade
 gradient_conflict      gradient conflict rate > ``max_gradient_conflict_rate``                       downgrade
@@ -74,6 +74,8 @@ class RiskEngine:
         self.calm = 0
         self.last_decision_over_budget = False
         self.fired_total: dict[str, int] = {}
+        #: The run's isolation violations so far (counters only grow), to see which ones are new.
+        self.violations_seen = 0
 
     def _rules(
         self, command: AdaptationCommand, state: SystemStatePacket, blueprint: BlueprintDescriptor | None
@@ -116,9 +118,10 @@ class RiskEngine:
             fire("step_latency_high", PAUSE, f"training step {m.step_latency_ms:.0f} ms > {o.step_budget_ms:.0f} ms")
         if m.HasField("kasmina_apply_ms") and m.kasmina_apply_ms > o.apply_budget_ms:
             fire("kasmina_apply_slow", DOWNGRADE, f"command application {m.kasmina_apply_ms:.0f} ms")
-        violations = m.isolation_violations + sum(seed.isolation_violations for seed in state.seeds)
-        if violations > 0:
-            fire("isolation_violation", PAUSE, f"{violations} isolation violation(s) recorded")
+        total = m.isolation_violations or sum(seed.isolation_violations for seed in state.seeds)
+        new, self.violations_seen = total - self.violations_seen, max(total, self.violations_seen)
+        if new > 0:
+            fire("isolation_violation", PAUSE, f"{new} new isolation violation(s) since the previous decision point")
         if m.HasField("loss_volatility") and m.loss_volatility > o.max_loss_volatility:
             fire("loss_volatility", DOWNGRADE, f"loss volatility {m.loss_volatility:.3g}")
         if m.HasField("gradient_variance") and m.gradient_variance > o.max_gradient_variance:
@@ -183,6 +186,7 @@ class RiskEngine:
             "calm": self.calm,
             "fired_total": dict(self.fired_total),
             "last_decision_over_budget": self.last_decision_over_budget,
+            "violations_seen": self.violations_seen,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -190,3 +194,4 @@ class RiskEngine:
         self.calm = int(state.get("calm", 0))
         self.fired_total = dict(state.get("fired_total", {}))
         self.last_decision_over_budget = bool(state.get("last_decision_over_budget", False))
+        self.violations_seen = int(state.get("violations_seen", 0))

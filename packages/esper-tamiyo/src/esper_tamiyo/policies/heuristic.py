@@ -5,16 +5,24 @@ At each decision point it returns the first of:
 1. **Cull** a seed that hurts (its contribution fell below ``-hurt_threshold`` while it is in the forward pass),
    that did not become useful in TRAINING within ``training_patience``, that failed to clear ``shadow_threshold``
    in SHADOWING, or that did not clear ``fossilize_threshold`` within its probation. The worst seed first.
+   "Hurts" and "failed to clear" allow a tolerance: the contribution must be below the threshold by more than
+   ``hurt_threshold`` and by more than ``noise_z`` of its standard errors (a young seed's contribution is often
+   within noise of 0; straight-through TRAINING only warms a seed up, its worth shows once it blends in).
 2. **Advance** a seed whose measurements allow it, latest stage first: FOSSILIZE after ``probation_epochs`` with a
    contribution of at least ``fossilize_threshold``; EVALUATE (to probation) with at least ``shadow_threshold``;
-   STABILIZE once its alpha ramp is done; START_GRAFTING once, after ``min_training_epochs``, it would help at full
-   strength (contribution above ``graft_threshold``); START_TRAINING right after germination.
+   STABILIZE once its alpha ramp is done; START_GRAFTING once, after ``min_training_epochs``, it would not hurt at
+   full strength (contribution above ``graft_threshold``, within the tolerance); START_TRAINING right after
+   germination.
 3. **Germinate** when validation loss has plateaued (its best over the last ``plateau_window`` decision points
-   improved on the best before by less than ``plateau_threshold``), not before ``warmup_epochs``, while fewer than
-   ``max_concurrent_seeds`` are in flight and the parameter budget allows. The slot is the DORMANT, un-embargoed
-   slot where the loss is most sensitive to the host's activation (first-order saliency: the norm of the loss
-   gradient at the slot times the activation's RMS, both measured on the probe batch). The blueprint is the one that
-   fits the slot's kind and the remaining budget with the best score: preference order, minus
+   improved on the best before by less than ``plateau_threshold``, or by less than ``underfit_plateau_threshold``
+   while the host underfits: training loss at least ``underfit_ratio`` × validation loss, the classic sign that
+   capacity is the limit), not before ``warmup_epochs`` nor with fewer than ``min_remaining_epochs`` left, while
+   fewer than ``max_concurrent_seeds`` are in flight and the parameter budget allows. The slot is the DORMANT,
+   un-embargoed slot where the loss is most sensitive to the host's activation (first-order saliency: the norm of
+   the loss gradient at the slot times the activation's RMS, both measured on the probe batch), weighed against the best
+   blueprint each slot can take: the choice is the (slot, blueprint) pair with the highest blueprint score plus
+   ``saliency_weight`` × the slot's saliency over the highest. A blueprint's score, among those that fit the slot's
+   kind and the remaining budget: preference order, minus
    ``cost_weight`` × |ln(its parameters / a fair share of the budget left)| (the share is the budget left over
    ``max_concurrent_seeds``: real capacity, room for the others), minus ``risk_weight`` × its risk, plus
    ``history_weight`` × (its fossilized minus culled seeds this run).
@@ -120,20 +128,28 @@ class HeuristicPolicy:
         o = self.options
         contribution = seed.contribution if seed.HasField("contribution") else None
         in_forward = (S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY)
-        if seed.stage in in_forward and contribution is not None and contribution < -o.hurt_threshold:
-            return f"it hurts: contribution {contribution:.4g} < -{o.hurt_threshold:g}"
-        unhelpful = contribution is None or contribution <= o.graft_threshold
+        if seed.stage in in_forward and contribution is not None:
+            limit = -self._tolerance(seed)
+            if contribution < limit:
+                return f"it hurts: contribution {contribution:.4g} < {limit:.4g}"
+        unhelpful = contribution is None or contribution <= o.graft_threshold - self._tolerance(seed)
         if seed.stage == S.SEED_STAGE_TRAINING and seed.stage_epochs >= o.training_patience and unhelpful:
             shown = "unmeasured" if contribution is None else f"{contribution:.4g}"
             return f"no useful contribution after {seed.stage_epochs} epochs of training ({shown})"
         shadowing = seed.stage == S.SEED_STAGE_SHADOWING and seed.stage_epochs >= 1
-        if shadowing and contribution is not None and contribution < o.shadow_threshold:
-            return f"contribution {contribution:.4g} below the shadowing threshold {o.shadow_threshold:g}"
+        if shadowing and contribution is not None and contribution < o.shadow_threshold - self._tolerance(seed):
+            return f"contribution {contribution:.4g} clearly below the shadowing threshold {o.shadow_threshold:g}"
         probation_over = seed.stage_epochs >= o.probation_epochs + o.probation_patience
         short = contribution is None or contribution < o.fossilize_threshold
         if seed.stage == S.SEED_STAGE_PROBATIONARY and probation_over and short:
             return f"probation over without reaching {o.fossilize_threshold:g}"
         return None
+
+    def _tolerance(self, seed: SeedState) -> float:
+        """How far a contribution may sit below a threshold and not count as harm: ``hurt_threshold``, or more when
+        the measurement is noisier (``noise_z`` standard errors)."""
+        stderr = seed.contribution_stderr if seed.HasField("contribution_stderr") else 0.0
+        return max(self.options.hurt_threshold, self.options.noise_z * stderr)
 
     # -- 2. advances ------------------------------------------------------------------------------------------
     def _ready(self, operation: int, seed: SeedState) -> str | None:
@@ -142,20 +158,24 @@ class HeuristicPolicy:
         if operation == OP.SEED_OP_START_TRAINING:
             return "germinated; start training"
         if operation == OP.SEED_OP_START_GRAFTING:
-            if (
-                seed.stage_epochs >= o.min_training_epochs
-                and contribution is not None
-                and contribution > o.graft_threshold
-            ):
-                return f"would help at full strength: contribution {contribution:.4g} > {o.graft_threshold:g}"
+            allowed = o.graft_threshold - self._tolerance(seed)
+            if seed.stage_epochs >= o.min_training_epochs and contribution is not None and contribution > allowed:
+                return (
+                    f"would not hurt at full strength: contribution {contribution:.4g} > {allowed:.4g} "
+                    f"(graft threshold {o.graft_threshold:g} less the tolerance)"
+                )
             return None
         if operation == OP.SEED_OP_STABILIZE:
             if seed.alpha_total_steps and seed.alpha_steps >= seed.alpha_total_steps:
                 return f"blending ramp done ({seed.alpha_steps}/{seed.alpha_total_steps})"
             return None
         if operation == OP.SEED_OP_EVALUATE:
-            if seed.stage_epochs >= 1 and contribution is not None and contribution >= o.shadow_threshold:
-                return f"contribution {contribution:.4g} >= {o.shadow_threshold:g} in shadowing"
+            allowed = o.shadow_threshold - self._tolerance(seed)
+            if seed.stage_epochs >= 1 and contribution is not None and contribution >= allowed:
+                return (
+                    f"contribution {contribution:.4g} >= {allowed:.4g} in shadowing "
+                    f"(shadow threshold {o.shadow_threshold:g} less the tolerance)"
+                )
             return None
         if operation == OP.SEED_OP_FOSSILIZE:
             if (
@@ -179,17 +199,31 @@ class HeuristicPolicy:
         return None
 
     # -- 3. germination ---------------------------------------------------------------------------------------
-    def plateaued(self) -> tuple[bool, str]:
-        window = self.options.plateau_window
+    def plateaued(self, state: SystemStatePacket | None = None) -> tuple[bool, str]:
+        o = self.options
+        window = o.plateau_window
         if len(self.losses) < window + 1:
             return False, f"{len(self.losses)} validation measurements; need {window + 1} to judge a plateau"
         history = list(self.losses)
         recent, before = min(history[-window:]), min(history[:-window])
         improvement = (before - recent) / max(abs(before), 1e-12)
-        if improvement < self.options.plateau_threshold:
-            threshold = self.options.plateau_threshold
-            return True, f"validation loss improved {improvement:.2%} over {window} epochs (< {threshold:.2%})"
-        return False, f"still improving: {improvement:.2%} over {window} epochs"
+        threshold, underfit = o.plateau_threshold, ""
+        metrics = state.metrics if state is not None else None
+        if o.underfit_ratio > 0 and metrics is not None and metrics.HasField("train_loss") and metrics.val_loss > 0:
+            ratio = metrics.train_loss / metrics.val_loss
+            if ratio >= o.underfit_ratio and o.underfit_plateau_threshold > threshold:
+                threshold = o.underfit_plateau_threshold
+                underfit = f" while underfitting (training / validation loss {ratio:.2f})"
+        if improvement < threshold:
+            return (
+                True,
+                f"validation loss improved {improvement:.2%} over {window} epochs (< {threshold:.2%}){underfit}",
+            )
+        return False, f"still improving: {improvement:.2%} over {window} epochs{underfit}"
+
+    def _too_late(self, state: SystemStatePacket) -> bool:
+        total = state.metrics.epochs_total
+        return bool(total) and total - state.current_epoch < self.options.min_remaining_epochs
 
     def budget_left(self, state: SystemStatePacket) -> float:
         host = self.host_parameters or max(int(state.metrics.parameter_count), 1)
@@ -247,48 +281,58 @@ class HeuristicPolicy:
         self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]
     ) -> AdaptationCommand | None:
         o = self.options
-        if state.current_epoch < o.warmup_epochs:
+        if state.current_epoch < o.warmup_epochs or self._too_late(state):
             return None
         in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_concurrent_seeds:
             return None
-        plateau, why = self.plateaued()
+        plateau, why = self.plateaued(state)
         if not plateau:
             return None
         budget = self.budget_left(state)
         free = [s for s in state.seeds if s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0]
-        for seed in sorted(free, key=lambda s: (-self.saliency(s), s.layer_depth)):
+        highest = max((self.saliency(s) for s in free), default=0.0) or 1.0
+        options = []
+        for seed in free:
             ranked = self.rank_blueprints(seed, blueprints, budget)
-            if not ranked:
-                continue
-            choice = ranked[0]
-            rationale = (
-                f"germinate {choice.descriptor.blueprint_id} ({choice.descriptor.name}, {choice.cost} parameters, "
-                f"score {choice.score:.3f}) in {seed.slot_id} (saliency {self.saliency(seed):.3g}): {why}; "
-                f"budget left {budget:.0f} parameters"
-            )
-            command = seed_command(
-                OP.SEED_OP_GERMINATE,
-                seed.slot_id,
-                rationale,
-                policy=NAME,
-                blueprint_id=choice.descriptor.blueprint_id,
-                parameters=default_parameters(choice.descriptor),
-                schedule=SCHEDULES[o.blend_schedule],
-            )
-            command.decision.selected_slot_score = self.saliency(seed)
-            command.decision.blueprint_score = choice.score
-            return command
-        return None
+            if ranked:
+                relative = self.saliency(seed) / highest
+                options.append((ranked[0].score + o.saliency_weight * relative, -seed.layer_depth, seed, ranked[0]))
+        if not options:
+            return None
+        total, _, seed, choice = max(options, key=lambda option: option[:2])
+        rationale = (
+            f"germinate {choice.descriptor.blueprint_id} ({choice.descriptor.name}, {choice.cost} parameters, "
+            f"score {choice.score:.3f}) in {seed.slot_id} (saliency {self.saliency(seed):.3g}, "
+            f"{self.saliency(seed) / highest:.0%} of the highest; total {total:.3f}): {why}; "
+            f"budget left {budget:.0f} parameters"
+        )
+        command = seed_command(
+            OP.SEED_OP_GERMINATE,
+            seed.slot_id,
+            rationale,
+            policy=NAME,
+            blueprint_id=choice.descriptor.blueprint_id,
+            parameters=default_parameters(choice.descriptor),
+            schedule=SCHEDULES[o.blend_schedule],
+        )
+        command.decision.selected_slot_score = self.saliency(seed)
+        command.decision.blueprint_score = choice.score
+        return command
 
     def _waiting_reason(self, state: SystemStatePacket) -> str:
         o = self.options
         if state.current_epoch < o.warmup_epochs:
             return f"warming up ({state.current_epoch}/{o.warmup_epochs} epochs)"
+        if self._too_late(state):
+            left = state.metrics.epochs_total - state.current_epoch
+            return (
+                f"too late to grow: {left} epoch{'s' if left != 1 else ''} left (a seed needs {o.min_remaining_epochs})"
+            )
         in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_concurrent_seeds:
             return f"{in_flight} seeds in flight (max {o.max_concurrent_seeds})"
-        plateau, why = self.plateaued()
+        plateau, why = self.plateaued(state)
         if not plateau:
             return why
         if not any(s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0 for s in state.seeds):
