@@ -25,13 +25,14 @@ $(STAMP): requirements/*.txt $(foreach p,$(PACKAGES),packages/esper-$(p)/pyproje
 
 venv: $(STAMP)
 
-# Servers the tests start on loopback (redis-server); apt only when something is missing.
+# Servers the tests start on loopback (redis-server) and the Fashion-MNIST files; apt only when something is missing.
 system-packages:
 	bash scripts/install-system-packages.sh
 
+# The main job: grow a narrow CNN on Fashion-MNIST with the heuristic controller (a few minutes on 2 cores); it
+# ends with the summary table and the path of the report (plots of accuracy, loss and parameters).
 run: venv
-	$(BIN)/esper plugins
-	$(BIN)/esper leyline check
+	$(BIN)/esper run examples/fashion-mnist.toml
 
 contracts: venv
 	$(BIN)/python scripts/generate_leyline.py --check
@@ -42,7 +43,8 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy packages/esper-core/src packages/esper-kasmina/src packages/esper-tamiyo/src \
-		packages/esper-simic/src packages/esper-urza/src packages/esper-nissa/src scripts benchmarks
+		packages/esper-simic/src packages/esper-urza/src packages/esper-nissa/src scripts benchmarks \
+		examples/esper-example-plugin/src
 
 walls: venv
 	$(BIN)/lint-imports --no-cache

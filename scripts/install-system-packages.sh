@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the system packages Esper's tests need (servers they start on loopback), only when missing.
+# Install the system packages Esper needs (servers the tests start on loopback, the data `make run` trains on), only
+# when missing.
 # Idempotent: packages already installed are skipped with `dpkg -s`; apt runs only when something is missing.
 # Uses sudo when not root. Called by `make venv` and `make test` (CI runs `make test` on a fresh machine).
 set -euo pipefail
 
 PACKAGES=(
-    redis-server # Oona's Redis Streams backend: tests start redis-server on 127.0.0.1 (esper_core.testing.servers)
+    redis-server          # Oona's Redis Streams backend: tests start redis-server on 127.0.0.1 (esper_core.testing.servers)
+    dataset-fashion-mnist # the fashion-mnist task's IDX files, in /usr/share/datasets/fashion-mnist
 )
 
 if ! command -v dpkg >/dev/null 2>&1; then

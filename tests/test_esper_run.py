@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from esper_core.cli.main import main
-from esper_core.errors import EsperError
 from esper_core.plugins import Registry
+from esper_core.tasks.fashion_mnist import DataMissingError
 from esper_core.tolaria.assembly import start_run
 from esper_core.tolaria.record import read_record
 from esper_core.tolaria.trainer import Summary, Trainer
@@ -81,8 +81,9 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(EsperError.__mro__[1], match="apt-get install dataset-fashion-mnist"):  # FileNotFoundError
+    with pytest.raises(DataMissingError, match="apt-get install dataset-fashion-mnist"):
         train(tmp_path, "run.task=fashion-mnist", f"run.fashion-mnist.data_dir={tmp_path / 'nowhere'}")
+    assert list(tmp_path.iterdir()) == [], "a run that could not start leaves no directory behind"
 
 
 KILLABLE = [*BASE, "run.synthetic.samples=40000", "run.epochs=7", *schedule(2, 3)]

@@ -34,7 +34,15 @@ BASE = [
 ]
 
 #: Volatile fields of record entries: wall-clock durations and random command ids.
-VOLATILE = {"epoch_seconds", "decision_ms", "command_id", "wall_seconds", "train_seconds", "report"}
+VOLATILE = {
+    "epoch_seconds",
+    "decision_ms",
+    "validation_seconds",
+    "command_id",
+    "wall_seconds",
+    "train_seconds",
+    "report",
+}
 #: Gate checks that measure time: their verdicts are deterministic here (thresholds of 1e9), their numbers are not.
 TIMED_CHECKS = {"step_overhead"}
 

@@ -5,9 +5,9 @@ The data directory defaults to where Debian's ``dataset-fashion-mnist`` package 
 The 60 000 training images are split into training and validation sets (``run.validation_fraction``, seeded); the
 10 000 test images are only used for the final test accuracy.
 
-Hosts (``[run.fashion-mnist]``): ``cnn`` (conv blocks of ``widths`` channels, global average pooling, a linear head)
-or ``mlp`` (hidden layers of ``widths`` units). Slots go at ``slots``, by default every block (see
-:mod:`esper_core.tasks.hosts`).
+Hosts (``[run.fashion-mnist]``): ``cnn`` (conv blocks of ``widths`` channels, each pooled, and a linear head on the
+flattened map, or on the channel means with ``conv_head = "gap"``) or ``mlp`` (hidden layers of ``widths``
+units). Slots go at ``slots``, by default every block (see :mod:`esper_core.tasks.hosts`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class FashionMnistOptions:
     data_dir: Path = DEFAULT_DIRECTORY
     host: Literal["cnn", "mlp"] = "cnn"
     #: Channels of each conv block (cnn) or units of each hidden layer (mlp).
-    widths: list[int] = attrs.Factory(lambda: [8, 16, 32])
+    widths: list[int] = attrs.Factory(lambda: [8, 16])
+    #: The cnn's head: "flatten" (a linear layer on the flattened last map) or "gap" (on its channel means).
+    conv_head: Literal["flatten", "gap"] = "flatten"
     #: Slot points (module paths); empty means every block.
     slots: list[str] = attrs.Factory(list)
     #: Use only the first N training images (0: all), for quick runs.
@@ -72,7 +74,7 @@ class FashionMnistTask:
         from esper_core.tasks.hosts import ConvHost, MlpHost
 
         if self.options.host == "cnn":
-            return ConvHost(1, self.options.widths, self.classes)
+            return ConvHost(1, self.options.widths, self.classes, side=28, head=self.options.conv_head)
         return MlpHost(28 * 28, self.options.widths, self.classes)
 
     def slot_points(self) -> list[str]:
@@ -88,7 +90,8 @@ class FashionMnistTask:
         directory = Path(self.options.data_dir)
         if not directory.is_dir():
             raise DataMissingError(f"the Fashion-MNIST directory {directory} does not exist. {HOW_TO_GET}")
-        arrays = {key: read_idx(_find(directory, stem)) for key, stem in FILES.items()}
+        paths = {key: _find(directory, stem) for key, stem in FILES.items()}  # all present before reading any
+        arrays = {key: read_idx(path) for key, path in paths.items()}
         limit = self.options.train_limit or len(arrays["train_images"])
 
         def images(array: Any) -> Any:

@@ -1,9 +1,11 @@
 """Host models for the built-in tasks, with named modules for seed slots.
 
-``ConvHost``: ``blocks.{i}`` are convolution blocks (conv 3x3, ReLU, then 2x2 max-pool for all but the last), the
-head is global average pooling and a linear layer. Its capacity is set by its channel widths, which is what makes
-growth measurable: a narrow host is clearly under capacity. Slot points: ``blocks.{i}`` (conv activations) and
-``pool`` (the pooled vector).
+``ConvHost``: ``blocks.{i}`` are convolution blocks (conv 3x3, ReLU, 2x2 max-pool), then a head of one of two
+kinds. ``flatten`` (the default) flattens the last block's feature map into a linear layer: the spatial detail
+reaches the classifier, so a narrow host is accurate but clearly under capacity, and widening its blocks (or
+growing seeds in them) pays. ``gap`` averages each channel over space first (no pool after the last block):
+fewer head parameters, but a narrow host loses much more. Slot points: ``blocks.{i}`` (conv activations) and
+``pool`` (the vector the linear head reads).
 
 ``MlpHost``: ``layers.{i}`` are linear + ReLU layers; slot points ``layers.{i}`` (vectors).
 """
@@ -11,27 +13,42 @@ growth measurable: a narrow host is clearly under capacity. Slot points: ``block
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
+ConvHead = Literal["flatten", "gap"]
+
 
 class ConvHost(nn.Module):
-    def __init__(self, in_channels: int, widths: Sequence[int], classes: int) -> None:
+    def __init__(
+        self, in_channels: int, widths: Sequence[int], classes: int, *, side: int = 28, head: ConvHead = "flatten"
+    ) -> None:
         super().__init__()
         if not widths:
             raise ValueError("a conv host needs at least one block width")
+        if head not in ("flatten", "gap"):
+            raise ValueError(f"unknown conv head {head!r}: choose 'flatten' or 'gap'")
         blocks = []
         channels = in_channels
         for index, width in enumerate(widths):
             layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
-            if index < len(widths) - 1:
+            if head == "flatten" or index < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
+                side //= 2
             blocks.append(nn.Sequential(*layers))
             channels = width
+        if side < 1:
+            raise ValueError(f"{len(widths)} pooled blocks shrink the image to nothing: use fewer widths")
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(channels, classes)
+        if head == "flatten":
+            self.pool = nn.Sequential(nn.Flatten())
+            features = channels * side * side
+        else:
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            features = channels
+        self.head = nn.Linear(features, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output: torch.Tensor = self.head(self.pool(self.blocks(x)))

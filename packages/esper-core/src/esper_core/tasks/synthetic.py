@@ -45,7 +45,7 @@ class SyntheticTask:
 
         o = self.options
         if o.host == "cnn":
-            return ConvHost(1, o.widths, o.classes)
+            return ConvHost(1, o.widths, o.classes, side=round(o.features**0.5), head="gap")
         return MlpHost(o.features, o.widths, o.classes)
 
     def slot_points(self) -> list[str]:

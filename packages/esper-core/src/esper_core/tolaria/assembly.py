@@ -8,6 +8,7 @@ slots, the optimizer, the controller, the telemetry sinks, the run record.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,14 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     bus = Oona(backend, signing_key=key, options=oona, group="tolaria", consumer=run_id, source="tolaria")
     selection = config.get(UrzaSelection)
     catalogs = [registry.build(registry.blueprint_catalog(name), config=config) for name in selection.catalogs]
-    store = registry.build(registry.artifact_store(selection.store), config=config, run_dir=run_dir, catalogs=catalogs)
+    store = registry.build(
+        registry.artifact_store(selection.store),
+        config=config,
+        run_dir=run_dir,
+        catalogs=catalogs,
+        bus=bus,
+        training_run_id=run_id,
+    )
     task = build_task(registry, config, run_dir)
     data = split_data(task.data(), options, tolaria, device)
     model = task.build_model().to(device)
@@ -197,8 +205,13 @@ def start_run(registry: Registry, config: EsperConfig) -> Run:
     options = config.get(RunOptions)
     run_id, run_dir = new_run_dir(options, options.task)
     run_dir.mkdir(parents=True)
-    atomic_write_text(run_dir / CONFIG_FILE, config.to_toml())
-    return assemble(registry, config, run_dir, run_id)
+    try:
+        atomic_write_text(run_dir / CONFIG_FILE, config.to_toml())
+        return assemble(registry, config, run_dir, run_id)
+    except BaseException:
+        # Nothing trained yet: leave no half-made directory behind, so the same command can simply be run again.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def reopen_run(registry: Registry, run_dir: Path) -> Run:

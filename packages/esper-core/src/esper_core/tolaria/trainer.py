@@ -220,7 +220,9 @@ class Trainer:
         result, apply_ms = self._apply(command)
         reports = run.controller.observe(state, command, result)
         events = run.executor.drain_events()
-        history.hook_ms = (time.perf_counter() - start) * 1000.0
+        # The hook's own cost: validation is work the run needs anyway, and scales with the validation set.
+        validation_s = float(getattr(validation, "seconds", 0.0))
+        history.hook_ms = (time.perf_counter() - start - validation_s) * 1000.0
         history.decide_ms, history.apply_ms = decide_ms, apply_ms
         if checkpoint_epoch:
             history.val_losses.append(validation.loss)
@@ -348,13 +350,15 @@ class Trainer:
             "epoch", epoch=epoch, global_step=history.global_step, train_loss=_finite(stats.train_loss),
             train_accuracy=_finite(stats.train_accuracy), val_loss=validation.loss, val_accuracy=validation.accuracy,
             parameters=int(state.metrics.parameter_count), host_parameters=history.host_parameters,
-            seeds=stages, epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
+            seeds=stages, slots=_seed_measurements(seeds), epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
+            validation_seconds=getattr(validation, "seconds", None),
             evaluation_variants=getattr(validation, "variants", 1),
         )  # fmt: skip
         run.record.append(
             "decision", epoch=epoch, operation=operation, slot=command.target_slot_id,
             blueprint=command.seed_operation.blueprint_id, rationale=command.decision.rationale,
             risk_reason=command.decision.risk_reason, rules=list(command.decision.risk_rules_fired),
+            policy=command.decision.policy_name,
             status=CommandStatus.Name(result.status).removeprefix("COMMAND_STATUS_"), detail=result.detail,
             gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
         )  # fmt: skip
@@ -568,6 +572,25 @@ def _outcome(report: Any) -> str:
     from esper_core.leyline import FieldReportOutcome
 
     return FieldReportOutcome.Name(report.outcome).removeprefix("FIELD_REPORT_OUTCOME_")
+
+
+def _seed_measurements(seeds: list[SeedState]) -> dict[str, dict[str, Any]]:
+    """Each slot holding a seed: its blueprint, stage, alpha and measured contribution (with standard error)."""
+    measured = {}
+    for seed in seeds:
+        if seed.stage not in HAS_SEED:
+            continue
+        entry: dict[str, Any] = {
+            "blueprint": seed.blueprint_id,
+            "stage": S.Name(seed.stage).removeprefix("SEED_STAGE_"),
+            "alpha": seed.alpha,
+            "parameters": seed.parameter_count,
+        }
+        for field in ("contribution", "contribution_stderr", "contribution_accuracy"):
+            if seed.HasField(field):
+                entry[field] = getattr(seed, field)
+        measured[seed.slot_id] = entry
+    return measured
 
 
 def _finite(value: float) -> float | None:
