@@ -1,5 +1,6 @@
-"""The core plugin: the bus backends (in-process, and Redis Streams when redis-py is installed) and core's
-configuration sections (including the selectors of every plugin point, Oona's and Weatherlight's).
+"""The core plugin: the bus backends (in-process, and Redis Streams when redis-py is installed), the built-in tasks,
+the ``remote`` controller (decisions from ``esper serve tamiyo`` over the bus) and core's configuration sections
+(including the selectors of every plugin point, Oona's and Weatherlight's).
 
 Registered first by every plugin manager, and essential (it cannot be blocked).
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from esper_core.plugins.descriptors import BuildContext, BusBackendSpec, TaskSpec
+from esper_core.plugins.descriptors import BuildContext, BusBackendSpec, ControllerSpec, TaskSpec
 from esper_core.plugins.markers import hookimpl
 
 
@@ -78,6 +79,24 @@ def esper_tolaria_tasks() -> Iterator[TaskSpec]:
         factory=_synthetic,
         options=SyntheticOptions,
         description="A small seeded classification problem for fast tests.",
+    )
+
+
+def _remote_controller(context: BuildContext) -> object:
+    from esper_core.tolaria.remote import build_remote_controller
+
+    return build_remote_controller(context)
+
+
+@hookimpl
+def esper_tamiyo_controllers() -> Iterator[ControllerSpec]:
+    from esper_core.tolaria.remote import RemoteControllerOptions
+
+    yield ControllerSpec(
+        name="remote",
+        factory=_remote_controller,
+        options=RemoteControllerOptions,
+        description="Decisions from `esper serve tamiyo` in another process, over the bus (needs the shared secret).",
     )
 
 

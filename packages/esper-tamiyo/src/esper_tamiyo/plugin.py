@@ -7,9 +7,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from esper_core import hookimpl
-from esper_core.plugins import BuildContext, ControllerSpec, PolicySpec
+from esper_core.plugins import BuildContext, ControllerSpec, PolicySpec, ServiceSpec
 from esper_tamiyo.learned import LearnedPolicyOptions, build_learned_policy
-from esper_tamiyo.options import FixedScheduleOptions, HeuristicOptions, RiskOptions, TamiyoOptions
+from esper_tamiyo.options import (
+    FixedScheduleOptions,
+    HeuristicOptions,
+    RiskOptions,
+    TamiyoOptions,
+    TamiyoServiceOptions,
+)
 
 
 def _catalogs(context: BuildContext) -> list[Any]:
@@ -106,6 +112,24 @@ def esper_tamiyo_controllers() -> Iterator[ControllerSpec]:
         factory=build_controller,
         options=TamiyoOptions,
         description="In-process controller: policy, risk engine, signed commands, field reports.",
+    )
+
+
+def build_service(context: BuildContext) -> Any:
+    from esper_tamiyo.service import build_tamiyo_service
+
+    return build_tamiyo_service(context)
+
+
+@hookimpl
+def esper_weatherlight_services() -> Iterator[ServiceSpec]:
+    yield ServiceSpec(
+        name="tamiyo",
+        factory=build_service,
+        options=TamiyoServiceOptions,
+        requires=("torch",),
+        description="Decides for training runs over the bus (tolaria.controller = 'remote'): state packets in, "
+        "signed commands and field reports out.",
     )
 
 

@@ -19,6 +19,10 @@ class StreamNames:
     kernel_ready: str = "oona.kernels.ready"
     kernel_errors: str = "oona.kernels.errors"
     dead_letter: str = "oona.deadletter"
+    #: Remote decisions: training runs' state packets and command results to ``esper serve tamiyo``...
+    decisions: str = "oona.tamiyo.decisions"
+    #: ...and its signed commands and field reports back.
+    commands: str = "oona.tamiyo.commands"
 
     def all(self) -> list[str]:
         return [getattr(self, field.name) for field in attrs.fields(StreamNames)]

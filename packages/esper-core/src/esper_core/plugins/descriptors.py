@@ -118,6 +118,10 @@ class SeedExecutorSpec(ComponentSpec):
     """A seed executor (Kasmina); the factory returns an :class:`esper_core.protocols.SeedExecutor`."""
 
 
+def _names(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @attrs.frozen(kw_only=True)
 class ServiceSpec(ComponentSpec):
     """A long-lived service for ``esper serve NAME``; the factory returns an :class:`esper_core.protocols.Service`.
@@ -128,7 +132,7 @@ class ServiceSpec(ComponentSpec):
     a description of each problem it finds (nothing when the service is ready to start).
     """
 
-    requires: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    requires: tuple[str, ...] = attrs.field(default=(), converter=_names)
     preflight: Callable[[BuildContext], Iterable[str]] | None = None
 
 

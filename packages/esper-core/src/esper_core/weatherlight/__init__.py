@@ -6,7 +6,8 @@
 - :mod:`~esper_core.weatherlight.assembly`: one bus backend per process, one Oona client per service.
 """
 
-from esper_core.weatherlight.assembly import SharedBackend, build_weatherlight
+from esper_core.oona.shared import SharedBackend
+from esper_core.weatherlight.assembly import build_weatherlight
 from esper_core.weatherlight.options import WeatherlightOptions
 from esper_core.weatherlight.preflight import PreflightError, Prepared, preflight
 from esper_core.weatherlight.supervisor import (

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from esper_core.oona import BusBackend, Oona, OonaOptions, StreamEntry
+from esper_core.oona import Oona, OonaOptions
+from esper_core.oona.shared import SharedBackend
 from esper_core.weatherlight.options import WeatherlightOptions
 from esper_core.weatherlight.supervisor import ServiceFactory, Weatherlight
 
@@ -25,51 +25,6 @@ if TYPE_CHECKING:
     from esper_core.plugins.registry import Registry
     from esper_core.protocols import Service
     from esper_core.weatherlight.preflight import Prepared
-
-
-class SharedBackend:
-    """A backend several clients share: everything passes through, except :meth:`close`, which the owner does."""
-
-    def __init__(self, backend: BusBackend) -> None:
-        self.inner = backend
-
-    def publish(self, stream: str, fields: Mapping[str, bytes], *, maxlen: int | None = None) -> str:
-        return self.inner.publish(stream, fields, maxlen=maxlen)
-
-    def publish_many(
-        self, entries: Sequence[tuple[str, Mapping[str, bytes]]], *, maxlen: int | None = None
-    ) -> list[str]:
-        return self.inner.publish_many(entries, maxlen=maxlen)
-
-    def ensure_group(self, stream: str, group: str) -> None:
-        self.inner.ensure_group(stream, group)
-
-    def read(
-        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
-    ) -> list[StreamEntry]:
-        return self.inner.read(streams, group, consumer, count=count, block_ms=block_ms)
-
-    def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
-        return self.inner.claim_idle(stream, group, consumer, min_idle_ms=min_idle_ms, count=count)
-
-    def ack(self, stream: str, group: str, entry_ids: Sequence[str]) -> int:
-        return self.inner.ack(stream, group, entry_ids)
-
-    def length(self, stream: str) -> int:
-        return self.inner.length(stream)
-
-    def pending_count(self, stream: str, group: str) -> int:
-        return self.inner.pending_count(stream, group)
-
-    def trim(self, stream: str, *, maxlen: int | None = None, min_id: str | None = None) -> int:
-        return self.inner.trim(stream, maxlen=maxlen, min_id=min_id)
-
-    def metrics(self) -> dict[str, float]:
-        metrics = getattr(self.inner, "metrics", None)
-        return dict(metrics()) if callable(metrics) else {}
-
-    def close(self) -> None:
-        """Does nothing: the backend belongs to the process, which closes it once every service has stopped."""
 
 
 def identity() -> str:
