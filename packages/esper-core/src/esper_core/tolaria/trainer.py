@@ -249,6 +249,8 @@ class Trainer:
         if stats.seconds > 0:
             metrics.samples_per_second = stats.samples / stats.seconds
             metrics.epoch_duration_ms = stats.seconds * 1000.0
+            steps = max(1, math.ceil(stats.samples / run.options.batch_size))
+            metrics.step_latency_ms = stats.seconds * 1000.0 / steps  # the mean: no per-step timing is taken
         losses = [*history.val_losses, validation.loss]
         metrics.best_val_loss = min(losses)
         if len(losses) > 1:
