@@ -1,4 +1,4 @@
-"""Errors esper-urza raises on purpose. Both are :class:`esper_core.errors.EsperError`, which is what a caller that
+"""Errors esper-urza raises on purpose. All are :class:`esper_core.errors.EsperError`, which is what a caller that
 reaches Urza through the core protocols (Kasmina) can catch without importing this package."""
 
 from __future__ import annotations
@@ -28,9 +28,31 @@ class ArtifactBuildError(EsperError):
         self.check = check
         self.detail = detail
         self.numbers = dict(numbers or {})
-        shown = ", ".join(f"{name}={value:g}" for name, value in sorted(self.parameters.items())) or "no parameters"
-        super().__init__(f"Tezzeret refused {blueprint} at {slot} ({shown}): check {check!r} failed: {detail}")
+        super().__init__(f"Tezzeret refused {blueprint} at {slot} ({self.shown()}): check {check!r} failed: {detail}")
+
+    def shown(self) -> str:
+        return ", ".join(f"{name}={value:g}" for name, value in sorted(self.parameters.items())) or "no parameters"
+
+
+class ArtifactServiceError(ArtifactBuildError):
+    """``esper serve urza`` answered a prefetch request with an error: :attr:`reason` is its explanation (an unknown
+    blueprint, bad parameters or slot, Tezzeret's refusal, or a failure of the service). ``check`` is ``"service"``."""
+
+    def __init__(
+        self, blueprint: str, slot: str, parameters: Mapping[str, float], *, reason: str, request_id: str
+    ) -> None:
+        super().__init__(blueprint, slot, parameters, check="service", detail=reason)
+        self.reason = reason
+        self.request_id = request_id
+        self.args = (
+            f"esper serve urza could not provide {blueprint} at {slot} ({self.shown()}): {reason} "
+            f"(request {request_id})",
+        )
 
 
 class ArtifactIntegrityError(EsperError):
     """An artifact file is missing, altered (its SHA-256 differs from the library's record) or unreadable."""
+
+
+class ArtifactPrefetchTimeout(EsperError, TimeoutError):
+    """No ``esper serve urza`` answered a prefetch request in time; the message says how to start one."""

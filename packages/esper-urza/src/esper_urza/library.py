@@ -215,6 +215,13 @@ class UrzaLibrary:
         ``KeyError``: no catalog offers ``blueprint_id``; ``ValueError``: bad parameters or slot;
         :class:`~esper_urza.errors.ArtifactBuildError`: Tezzeret refused to build it.
         """
+        return self.fetch_artifact(blueprint_id, slot, parameters)[0]
+
+    def fetch_artifact(
+        self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]
+    ) -> tuple[FetchedSeed, ArtifactRecord]:
+        """:meth:`fetch`, and the stored artifact's record: its key and SHA-256 are what another process needs to
+        :meth:`open_artifact` it from the same root (``esper serve urza`` replies with them)."""
         started = time.perf_counter()
         try:
             catalog, descriptor = self._catalogs[blueprint_id]
@@ -245,15 +252,50 @@ class UrzaLibrary:
                 self._remember(key, entry)
             latency_ms = (time.perf_counter() - started) * 1000.0
             self._observe(source, latency_ms, entry.record, slot)
-        copied = BlueprintDescriptor()
-        copied.CopyFrom(descriptor)
-        return FetchedSeed(
-            module=module,
-            descriptor=copied,
-            artifact_sha256=entry.record.sha256,
-            fetch_latency_ms=latency_ms,
-            source=source,
-        )
+        return self._fetched(descriptor, entry, module, latency_ms, source), entry.record
+
+    def open_artifact(self, ref: str, checksum: str, *, slot: SlotShape | None = None) -> FetchedSeed:
+        """A new module from the stored artifact whose key is ``ref``, provided its file hashes to ``checksum``.
+
+        For a process that did not build the artifact: ``esper serve urza`` builds and stores it, and replies with
+        its key and SHA-256. Never builds. ``slot``, when given, must be the one the artifact was built for.
+        :class:`~esper_urza.errors.ArtifactIntegrityError`: the library holds no such artifact, holds another
+        version of it, or its file is missing or corrupt (then evicted, so that the service rebuilds it);
+        ``KeyError``: none of this library's catalogs offers its blueprint.
+        """
+        started = time.perf_counter()
+        with self._lock:
+            self._check_open()
+            entry = self._cache.get(ref)
+            if entry is not None and entry.record.sha256 == checksum:
+                self._check_guard(entry.record, slot)
+                self._cache.move_to_end(ref)
+                module = self._instantiate(entry, entry.record.slot)
+                source = "memory"
+            else:
+                row = self._row(ref)
+                if row is None:
+                    raise ArtifactIntegrityError(f"the Urza library at {self.root} holds no artifact {ref[:12]}")
+                record = self._record(row)
+                if record.sha256 != checksum:
+                    raise ArtifactIntegrityError(
+                        f"artifact {ref[:12]} of {record.blueprint_id} in {self.root} has SHA-256 "
+                        f"{record.sha256[:12]}, not the {checksum[:12]} asked for: it was replaced since"
+                    )
+                self._check_guard(record, slot)
+                catalog = self._catalog_of(record)
+                loaded = self._load(ref, catalog, record.slot)
+                if loaded is None:
+                    raise ArtifactIntegrityError(
+                        f"artifact {ref[:12]} of {record.blueprint_id} in {self.root} could not be loaded (evicted "
+                        "and reported; the next request rebuilds it)"
+                    )
+                entry, module = loaded
+                source = "disk"
+                self._remember(ref, entry)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            self._observe(source, latency_ms, entry.record, entry.record.slot)
+        return self._fetched(self._catalogs[entry.record.blueprint_id][1], entry, module, latency_ms, source)
 
     def close(self) -> None:
         with self._lock:
@@ -455,6 +497,44 @@ class UrzaLibrary:
         return [build_telemetry_packet(source="urza", metrics=metrics, events=events)]
 
     # -- internals --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _fetched(
+        descriptor: BlueprintDescriptor, entry: _Entry, module: nn.Module, latency_ms: float, source: str
+    ) -> FetchedSeed:
+        copied = BlueprintDescriptor()
+        copied.CopyFrom(descriptor)
+        return FetchedSeed(
+            module=module,
+            descriptor=copied,
+            artifact_sha256=entry.record.sha256,
+            fetch_latency_ms=latency_ms,
+            source=source,
+        )
+
+    @staticmethod
+    def _check_guard(record: ArtifactRecord, slot: SlotShape | None) -> None:
+        if slot is None:
+            return
+        if (kind_name(slot.kind), tuple(int(size) for size in slot.shape)) != (
+            record.guard.slot_kind,
+            record.guard.shape,
+        ):
+            raise ArtifactIntegrityError(
+                f"artifact {record.key[:12]} of {record.blueprint_id} was built for {record.slot.describe()}, "
+                f"not {slot.describe()}"
+            )
+
+    def _catalog_of(self, record: ArtifactRecord) -> BlueprintCatalog:
+        offered = self._catalogs.get(record.blueprint_id)
+        if offered is None or offered[0].name != record.catalog:
+            mine = ", ".join(sorted({catalog.name for catalog, _ in self._catalogs.values()})) or "no catalogs"
+            raise KeyError(
+                f"artifact {record.key[:12]} is {record.blueprint_id} of catalog {record.catalog!r}, which this "
+                f"library's catalogs ({mine}) do not offer: give this process the catalogs the service uses "
+                "(urza.catalogs)"
+            )
+        return offered[0]
+
     @property
     def tezzeret(self) -> Tezzeret:
         if self._tezzeret is None:

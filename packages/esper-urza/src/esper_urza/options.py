@@ -10,6 +10,8 @@ Urza's keys live in ``[urza]`` next to core's selectors (``catalogs``, ``store``
 
     [urza.tezzeret]
     compile = false
+
+``[urza.prefetch]`` configures the ``urza-prefetch`` store, which asks ``esper serve urza`` for artifacts.
 """
 
 from __future__ import annotations
@@ -68,3 +70,12 @@ class UrzaOptions:
     #: Re-hash every artifact file when the library opens, dropping rows whose file is missing or altered.
     verify_on_open: bool = True
     tezzeret: TezzeretOptions = attrs.Factory(TezzeretOptions)
+
+
+@section("urza.prefetch")
+@attrs.frozen
+class PrefetchOptions:
+    """The ``urza-prefetch`` store (``urza.store = "urza-prefetch"``); it shares ``urza.root`` with the service."""
+
+    #: Seconds a fetch waits for ``esper serve urza`` to answer (a build on a miss included).
+    timeout_s: float = attrs.field(default=30.0, validator=_positive)

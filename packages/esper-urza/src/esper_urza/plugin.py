@@ -1,21 +1,25 @@
 """Registers esper-urza with Esper through the ``esper`` entry-point group.
 
 - blueprint catalog ``karn``: Esper's default catalog (``urza.catalogs = ["karn"]``);
-- artifact store ``urza``: the artifact library (``urza.store = "urza"``), options in ``[urza]``.
+- artifact store ``urza``: the artifact library (``urza.store = "urza"``), options in ``[urza]``;
+- artifact store ``urza-prefetch``: asks ``esper serve urza`` for artifacts over the bus and opens them from the
+  shared ``urza.root`` (``urza.store = "urza-prefetch"``), options in ``[urza.prefetch]``;
+- service ``urza``: ``esper serve urza`` answers prefetch requests from the library at ``urza.root``.
 
 Importing this module is cheap (no torch): factories import what they need when a run builds its components.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from esper_core import hookimpl
-from esper_core.errors import ConfigError
-from esper_core.plugins import ArtifactStoreSpec, BlueprintCatalogSpec, BuildContext
-from esper_urza.options import UrzaOptions
+from esper_core.errors import ConfigError, EsperError
+from esper_core.plugins import ArtifactStoreSpec, BlueprintCatalogSpec, BuildContext, ServiceSpec
+from esper_urza.options import PrefetchOptions, UrzaOptions
 
 
 def build_karn(context: BuildContext) -> Any:
@@ -44,7 +48,8 @@ def library_root(options: UrzaOptions, run_dir: Path | None) -> Path:
         return Path(run_dir) / "urza"
     raise ConfigError(
         "the Urza artifact library needs a directory: set urza.root (e.g. --set urza.root=/var/esper/urza or "
-        "ESPER_URZA__ROOT) or build it inside a run, whose directory it then uses (<run>/urza)"
+        "ESPER_URZA__ROOT); only inside a run does it default to the run's directory (<run>/urza), so "
+        "`esper serve urza` always needs it"
     )
 
 
@@ -53,6 +58,52 @@ def build_library(context: BuildContext) -> Any:
 
     options = context.options if isinstance(context.options, UrzaOptions) else UrzaOptions()
     return UrzaLibrary(library_root(options, context.run_dir), run_catalogs(context), options=options)
+
+
+def build_prefetch_store(context: BuildContext) -> Any:
+    from esper_urza.prefetch import build_prefetch_store
+
+    return build_prefetch_store(context)
+
+
+def build_service(context: BuildContext) -> Any:
+    from esper_urza.service import build_service
+
+    return build_service(context)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def service_preflight(context: BuildContext) -> Iterator[str]:
+    """What ``esper serve urza`` checks before starting: a usable ``urza.root`` and installed catalogs. Creates
+    nothing (``--check`` must not)."""
+    options = context.options if isinstance(context.options, UrzaOptions) else UrzaOptions()
+    root = options.root
+    if root is None:
+        yield (
+            "urza.root is not set: the service stores artifacts in a library directory that the training processes "
+            "fetching through it (urza.store = 'urza-prefetch') open too; give both the same path, e.g. "
+            "--set urza.root=/var/esper/urza or ESPER_URZA__ROOT"
+        )
+    elif root.exists() and not root.is_dir():
+        yield f"urza.root = {str(root)!r} is not a directory"
+    else:
+        existing = _nearest_existing(root.absolute())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            where = "it" if existing == root.absolute() else f"{str(existing)!r}, where it would be created,"
+            yield f"urza.root = {str(root)!r} is not writable: {where} is not writable by this user"
+    if context.config is not None:
+        from esper_core.components import UrzaSelection
+
+        for name in context.config.get(UrzaSelection).catalogs:
+            try:
+                context.registry.blueprint_catalog(name)
+            except EsperError as error:
+                yield f"urza.catalogs names {name!r}: {error}"
 
 
 @hookimpl
@@ -76,5 +127,29 @@ def esper_urza_artifact_stores() -> Iterator[ArtifactStoreSpec]:
         description=(
             "The artifact library: SQLite catalog + SHA-256-checked artifact files, crash-safe writes, an "
             "in-memory LRU cache, and Tezzeret building on a miss."
+        ),
+    )
+    yield ArtifactStoreSpec(
+        name="urza-prefetch",
+        factory=build_prefetch_store,
+        options=PrefetchOptions,
+        description=(
+            "Asks `esper serve urza` for artifacts over the bus (oona.backend shared with it) and opens them, "
+            "checksum-verified, from the library directory it shares with the service (urza.root)."
+        ),
+    )
+
+
+@hookimpl
+def esper_weatherlight_services() -> Iterator[ServiceSpec]:
+    yield ServiceSpec(
+        name="urza",
+        factory=build_service,
+        options=UrzaOptions,
+        requires=("torch",),
+        preflight=service_preflight,
+        description=(
+            "Answers kernel prefetch requests: fetches (building on a miss) from the library at urza.root and "
+            "replies with the stored artifact's key and SHA-256, or with the reason it could not."
         ),
     )
