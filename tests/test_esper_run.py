@@ -19,7 +19,7 @@ import torch
 from esper_core.cli.main import main
 from esper_core.plugins import Registry
 from esper_core.tasks.fashion_mnist import DataMissingError
-from esper_core.tolaria.assembly import start_run
+from esper_core.tolaria.assembly import RunError, start_run
 from esper_core.tolaria.record import read_record
 from esper_core.tolaria.trainer import Summary, Trainer
 
@@ -156,3 +156,15 @@ def test_a_loss_spike_is_a_divergence() -> None:
     assert trainer._divergence(EpochStats(1.4, 0.5, 1.0, 10)) is None
     assert "spiked" in trainer._divergence(EpochStats(1.6, 0.5, 1.0, 10))
     assert "nan" in trainer._divergence(EpochStats(float("nan"), 0.5, 1.0, 10))
+
+
+def test_a_run_that_keeps_diverging_stops_after_max_rollbacks(tmp_path: Path) -> None:
+    """Every rollback re-saves the checkpoint it returned to, so the count survives the next restore."""
+    registry = Registry.create(env={})
+    registry.pm.register(SaboteurPlugin(), name="saboteur")
+    registry.invalidate()
+    with pytest.raises(RunError, match="already rolled back 2 times"):
+        train(tmp_path, "run.name=diverging", "run.task=poisoned", "run.epochs=8", "tolaria.max_rollbacks=2",
+              registry=registry)  # fmt: skip
+    record = read_record(tmp_path / "diverging")
+    assert [entry["epoch"] for entry in record if entry["kind"] == "rollback"] == [3, 3], "both stay in the record"

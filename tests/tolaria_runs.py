@@ -13,7 +13,7 @@ from torch import nn
 
 from esper_core import hookimpl
 from esper_core.leyline import BlueprintDescriptor, BlueprintParameterBounds, BlueprintTier, SlotKind
-from esper_core.plugins import BlueprintCatalogSpec
+from esper_core.plugins import BlueprintCatalogSpec, TaskSpec
 from esper_core.protocols import SlotShape
 
 #: Every run in these tests: small synthetic data, deterministic decisions (no latency-based rules can fire).
@@ -115,6 +115,45 @@ class SaboteurPlugin:
     @hookimpl
     def esper_urza_blueprint_catalogs(self) -> list[BlueprintCatalogSpec]:
         return [BlueprintCatalogSpec(name="saboteur", factory=lambda context: SaboteurCatalog())]
+
+    @hookimpl
+    def esper_tolaria_tasks(self) -> list[TaskSpec]:
+        return [TaskSpec(name="poisoned", factory=lambda context: PoisonedTask(healthy_training_losses=40))]
+
+
+class PoisonedTask:
+    """The synthetic task (defaults: 16 training steps an epoch), whose training loss is NaN after its first
+    ``healthy_training_losses`` training batches, for good: a run with it can only keep rolling back."""
+
+    name = "poisoned"
+
+    def __init__(self, healthy_training_losses: int) -> None:
+        from esper_core.tasks.synthetic import SyntheticTask
+
+        self.inner = SyntheticTask()
+        self.healthy = healthy_training_losses
+        self.training_losses = 0
+
+    def build_model(self) -> Any:
+        return self.inner.build_model()
+
+    def slot_points(self) -> list[str]:
+        return self.inner.slot_points()
+
+    def data(self) -> Any:
+        return self.inner.data()
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss: torch.Tensor = self.inner.loss(outputs, targets)
+        if torch.is_grad_enabled():
+            self.training_losses += 1
+            if self.training_losses > self.healthy:
+                return loss * float("nan")
+        return loss
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.inner.correct(outputs, targets)
+        return result
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -152,7 +152,7 @@ def test_its_state_survives_a_checkpoint() -> None:
     restored = policy()
     restored.load_state_dict(p.state_dict())
     assert restored.state_dict() == p.state_dict()
-    assert restored.plateaued() == p.plateaued()
+    assert restored.growth_signal() == p.growth_signal()
 
 
 class TestHeuristicConforms(TamiyoPolicyConformance):
@@ -166,18 +166,20 @@ class TestHeuristicConforms(TamiyoPolicyConformance):
 
 
 def test_a_host_that_underfits_grows_before_its_loss_flattens() -> None:
-    losses = [1.0, 0.8, 0.7, 0.68, 0.67]  # 4.3 % better over the last two epochs: no plateau by the 1 % rule
-    p = policy()
-    for epoch, loss in enumerate(losses[:-1]):
-        p.decide(packet(epoch, loss, [slot("a")]), BLUEPRINTS)
-    fitting = p.decide(packet(4, losses[-1], [slot("a")], train_loss=0.5), BLUEPRINTS)  # train well below val
-    assert fitting.command_type == CommandType.COMMAND_NOOP and "still improving" in fitting.decision.rationale
-    p = policy()
-    for epoch, loss in enumerate(losses[:-1]):
-        p.decide(packet(epoch, loss, [slot("a")]), BLUEPRINTS)
-    underfitting = p.decide(packet(4, losses[-1], [slot("a")], train_loss=0.69), BLUEPRINTS)
-    assert underfitting.seed_operation.operation == OP.SEED_OP_GERMINATE
-    assert "while underfitting" in underfitting.decision.rationale
+    losses = [1.0, 0.8, 0.7, 0.6]  # still improving fast: no plateau
+    fitting, underfitting = policy(), policy()
+    for epoch, loss in enumerate(losses):
+        command = fitting.decide(packet(epoch, loss, [slot("a")], train_loss=0.8 * loss), BLUEPRINTS)
+        grown = underfitting.decide(packet(epoch, loss, [slot("a")], train_loss=1.02 * loss), BLUEPRINTS)
+    assert command.command_type == CommandType.COMMAND_NOOP and "still improving" in command.decision.rationale
+    assert grown.seed_operation.operation == OP.SEED_OP_GERMINATE
+    assert "the host underfits: training / validation loss 1.02, 1.02" in grown.decision.rationale
+    once = policy()  # one underfitting epoch is not enough: plateau_window (2) of them are
+    for epoch, loss in enumerate(losses):
+        command = once.decide(
+            packet(epoch, loss, [slot("a")], train_loss=(1.02 if epoch == 3 else 0.8) * loss), BLUEPRINTS
+        )
+    assert command.command_type == CommandType.COMMAND_NOOP
 
 
 def test_no_germination_too_late_for_a_seed_to_pay() -> None:

@@ -89,11 +89,10 @@ class HeuristicOptions:
     #: on the best before them by less than ``plateau_threshold`` (relative).
     plateau_window: int = attrs.field(default=2, validator=_positive)
     plateau_threshold: float = attrs.field(default=0.01, validator=_not_negative)
-    #: An underfitting host may grow sooner: when its training loss (the epoch's mean) is at least ``underfit_ratio``
-    #: times its validation loss (no generalization gap: capacity, not data, limits it), an improvement below
-    #: ``underfit_plateau_threshold`` already counts as a plateau (0.95: the two within noise of each other). 0: off.
+    #: An underfitting host grows without waiting for a plateau: its training loss (the epoch's mean) was at least
+    #: ``underfit_ratio`` times its validation loss at each of the last ``plateau_window`` epoch ends (no
+    #: generalization gap: capacity, not data, limits it; 0.95 allows for noise). 0 turns the rule off.
     underfit_ratio: float = attrs.field(default=0.95, validator=_not_negative)
-    underfit_plateau_threshold: float = attrs.field(default=0.05, validator=_not_negative)
     #: Seeds in flight (GERMINATED to PROBATIONARY) at once.
     max_concurrent_seeds: int = attrs.field(default=2, validator=_positive)
     #: All seeds together may add at most this fraction of the host's parameters.

@@ -93,13 +93,25 @@ def device_of(options: RunOptions) -> torch.device:
     return device
 
 
+#: What a task must have (esper_core.protocols.Task), checked when it is built so a wrong factory fails clearly.
+TASK_MEMBERS = ("name", "build_model", "slot_points", "data", "loss", "correct")
+
+
 def build_task(registry: Registry, config: EsperConfig, run_dir: Path) -> Task:
     name = config.get(RunOptions).task
     if is_reference(name):
-        task: Task = load_reference(name)(BuildContext(registry=registry, config=config, run_dir=run_dir))
-        return task
-    built: Task = registry.build(registry.task(name), config=config, run_dir=run_dir)
-    return built
+        built = load_reference(name)(BuildContext(registry=registry, config=config, run_dir=run_dir))
+    else:
+        built = registry.build(registry.task(name), config=config, run_dir=run_dir)
+    missing = [member for member in TASK_MEMBERS if not hasattr(built, member)]
+    if missing:
+        raise RunError(
+            f"run.task = {name!r} built a {type(built).__name__}, which is not a task: it lacks {', '.join(missing)}. "
+            "A task factory returns an object with name, build_model(), slot_points(), data(), loss() and "
+            "correct() (esper_core.protocols.Task), not the model itself"
+        )
+    task: Task = built
+    return task
 
 
 def split_data(data: TaskData, options: RunOptions, tolaria: TolariaOptions, device: torch.device) -> Split:
@@ -147,8 +159,10 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
         torch.set_num_threads(options.threads)
     device = device_of(options)
     security = config.get(SecurityOptions)
-    key = SigningKey.resolve(required=security.require_secret, var=security.secret_env)
     oona = config.get(OonaOptions)
+    # A bus other processes can read is useless with a per-run random key: nothing it sends would verify anywhere.
+    shared_bus = oona.backend != "memory"
+    key = SigningKey.resolve(required=security.require_secret or shared_bus, var=security.secret_env)
     backend = registry.build(registry.bus_backend(oona.backend), config=config)
     bus = Oona(backend, signing_key=key, options=oona, group="tolaria", consumer=run_id, source="tolaria")
     selection = config.get(UrzaSelection)

@@ -54,8 +54,9 @@ class RunDisplay:
             console=self.console, transient=True, disable=quiet,
         )  # fmt: skip
         self.task_id: TaskID | None = None
-        trainer.on_step = self.step
-        trainer.on_epoch = self.epoch
+        if not quiet:  # quiet: nothing is called during the epochs at all
+            trainer.on_step = self.step
+            trainer.on_epoch = self.epoch
 
     def __enter__(self) -> RunDisplay:
         self.progress.start()

@@ -23,6 +23,7 @@ controller, a remote one does not resume bit-exactly.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,8 @@ class RemoteController:
         self.stale_replies = 0
         self.decisions = 0
         self._reports: list[FieldReport] = []
+        # A decision that timed out may still be polling in Tolaria's worker thread while the main thread observes.
+        self._lock = threading.Lock()
         self.bus.subscribe([bus.streams.commands])
 
     def decide(self, state: SystemStatePacket) -> AdaptationCommand:
@@ -81,8 +84,16 @@ class RemoteController:
 
     def _collect(self, packet_id: str, *, block_ms: int) -> AdaptationCommand | None:
         """Read the commands stream once: keep this run's field reports, return the awaited command if it came."""
+        with self._lock:
+            messages = self.bus.poll([self.bus.streams.commands], count=32, block_ms=block_ms)
+            found = self._sort(messages, packet_id)
+            if messages:
+                self.bus.ack_many(messages)
+        return found
+
+    def _sort(self, messages: list[Any], packet_id: str) -> AdaptationCommand | None:
+        """Keep this run's field reports; count replies to decision points that gave up; return the awaited one."""
         found = None
-        messages = self.bus.poll([self.bus.streams.commands], count=32, block_ms=block_ms)
         for message in messages:
             payload = message.payload
             correlation = message.envelope.correlation_id
@@ -93,8 +104,6 @@ class RemoteController:
                     found = payload
                 else:
                     self.stale_replies += 1
-        if messages:
-            self.bus.ack_many(messages)
         return found
 
     def observe(self, state: SystemStatePacket, command: AdaptationCommand, result: CommandResult) -> list[FieldReport]:
@@ -105,7 +114,8 @@ class RemoteController:
             report.command_id = command.command_id
             self.bus.publish(report, stream=self.bus.streams.decisions, correlation_id=state.packet_id)
         self._collect("", block_ms=0)
-        reports, self._reports = self._reports, []
+        with self._lock:
+            reports, self._reports = self._reports, []
         return reports
 
     def state_dict(self) -> dict[str, Any]:

@@ -456,7 +456,7 @@ class Trainer:
         if path is None:
             raise RunError(f"epoch {epoch}: {reason}, and there is no checkpoint to roll back to")
         history = self.history  # the restored one: restore replaces the object
-        history.rollbacks += 1
+        history.rollbacks += 1  # the count the latest checkpoint holds: every rollback re-saves it (below)
         culled = []
         for seed in blamed:
             command = AdaptationCommand(
@@ -473,6 +473,9 @@ class Trainer:
         )
         self._transitions(epoch, run.executor.drain_events())
         self._publish([Event("rollback", f"epoch {epoch}: {reason}; culled {culled or 'none'}", ERROR)])
+        # Overwrite the checkpoint we came back to with what we have now: the culls, the rollback count and the
+        # record entries above survive the next rollback or a resume (or the same seed would return with them).
+        self.checkpoint()
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def checkpoint(self) -> None:

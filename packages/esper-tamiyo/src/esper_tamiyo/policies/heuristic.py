@@ -13,17 +13,17 @@ At each decision point it returns the first of:
    STABILIZE once its alpha ramp is done; START_GRAFTING once, after ``min_training_epochs``, it would not hurt at
    full strength (contribution above ``graft_threshold``, within the tolerance); START_TRAINING right after
    germination.
-3. **Germinate** when validation loss has plateaued (its best over the last ``plateau_window`` decision points
-   improved on the best before by less than ``plateau_threshold``, or by less than ``underfit_plateau_threshold``
-   while the host underfits: training loss at least ``underfit_ratio`` × validation loss, the classic sign that
-   capacity is the limit), not before ``warmup_epochs`` nor with fewer than ``min_remaining_epochs`` left, while
-   fewer than ``max_concurrent_seeds`` are in flight and the parameter budget allows. The slot is the DORMANT,
-   un-embargoed slot where the loss is most sensitive to the host's activation (first-order saliency: the norm of
-   the loss gradient at the slot times the activation's RMS, both measured on the probe batch), weighed against the best
-   blueprint each slot can take: the choice is the (slot, blueprint) pair with the highest blueprint score plus
-   ``saliency_weight`` × the slot's saliency over the highest. A blueprint's score, among those that fit the slot's
-   kind and the remaining budget: preference order, minus
-   ``cost_weight`` × |ln(its parameters / a fair share of the budget left)| (the share is the budget left over
+3. **Germinate** when the host underfits (training loss at least ``underfit_ratio`` × validation loss at each of the
+   last ``plateau_window`` epoch ends: no generalization gap, the classic sign that capacity is the limit) or its
+   validation loss has plateaued (its best over the last ``plateau_window`` decision points improved on the best
+   before by less than ``plateau_threshold``), not before ``warmup_epochs`` nor with fewer than
+   ``min_remaining_epochs`` left, while fewer than ``max_concurrent_seeds`` are in flight and the parameter budget
+   allows. The slot is the DORMANT, un-embargoed slot where the loss is most sensitive to the host's activation
+   (first-order saliency: the norm of the loss gradient at the slot times the activation's RMS, both measured on the
+   probe batch), weighed against the best blueprint each slot can take: the choice is the (slot, blueprint) pair
+   with the highest blueprint score plus ``saliency_weight`` × the slot's saliency over the highest. A blueprint's
+   score, among those that fit the slot's kind and the remaining budget: preference order, minus ``cost_weight`` ×
+   |ln(its parameters / a fair share of the budget left)| (the share is the budget left over
    ``max_concurrent_seeds``: real capacity, room for the others), minus ``risk_weight`` × its risk, plus
    ``history_weight`` × (its fossilized minus culled seeds this run).
 4. Otherwise **wait** (a no-op).
@@ -72,6 +72,8 @@ class HeuristicPolicy:
         self.options = options or HeuristicOptions()
         self.catalogs = list(catalogs)
         self.losses: deque[float] = deque(maxlen=self.options.plateau_window * 2 + 1)
+        #: Training over validation loss at the last decision points that had both (epoch ends).
+        self.fit_ratios: deque[float] = deque(maxlen=self.options.plateau_window)
         self.host_parameters: int | None = None
         self.record: dict[str, int] = {}
         self._stages: dict[str, tuple[int, str]] = {}
@@ -97,6 +99,8 @@ class HeuristicPolicy:
             self.host_parameters = max(int(metrics.parameter_count) - in_seeds, 1)
         if metrics.HasField("val_loss"):
             self.losses.append(metrics.val_loss)
+            if metrics.HasField("train_loss") and metrics.val_loss > 0:
+                self.fit_ratios.append(metrics.train_loss / metrics.val_loss)
         for seed in state.seeds:
             previous = self._stages.get(seed.slot_id)
             if previous is not None and previous[1]:
@@ -199,27 +203,25 @@ class HeuristicPolicy:
         return None
 
     # -- 3. germination ---------------------------------------------------------------------------------------
-    def plateaued(self, state: SystemStatePacket | None = None) -> tuple[bool, str]:
+    def growth_signal(self) -> tuple[bool, str]:
+        """Whether the host should grow, and why: it underfits, or its validation loss has plateaued."""
         o = self.options
         window = o.plateau_window
+        ratios = list(self.fit_ratios)
+        if o.underfit_ratio > 0 and len(ratios) == window and min(ratios) >= o.underfit_ratio:
+            shown = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            return True, f"the host underfits: training / validation loss {shown} (>= {o.underfit_ratio:g})"
         if len(self.losses) < window + 1:
             return False, f"{len(self.losses)} validation measurements; need {window + 1} to judge a plateau"
         history = list(self.losses)
         recent, before = min(history[-window:]), min(history[:-window])
         improvement = (before - recent) / max(abs(before), 1e-12)
-        threshold, underfit = o.plateau_threshold, ""
-        metrics = state.metrics if state is not None else None
-        if o.underfit_ratio > 0 and metrics is not None and metrics.HasField("train_loss") and metrics.val_loss > 0:
-            ratio = metrics.train_loss / metrics.val_loss
-            if ratio >= o.underfit_ratio and o.underfit_plateau_threshold > threshold:
-                threshold = o.underfit_plateau_threshold
-                underfit = f" while underfitting (training / validation loss {ratio:.2f})"
-        if improvement < threshold:
+        if improvement < o.plateau_threshold:
             return (
                 True,
-                f"validation loss improved {improvement:.2%} over {window} epochs (< {threshold:.2%}){underfit}",
+                f"validation loss improved {improvement:.2%} over {window} epochs (< {o.plateau_threshold:.2%})",
             )
-        return False, f"still improving: {improvement:.2%} over {window} epochs{underfit}"
+        return False, f"still improving: {improvement:.2%} over {window} epochs"
 
     def _too_late(self, state: SystemStatePacket) -> bool:
         total = state.metrics.epochs_total
@@ -286,7 +288,7 @@ class HeuristicPolicy:
         in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_concurrent_seeds:
             return None
-        plateau, why = self.plateaued(state)
+        plateau, why = self.growth_signal()
         if not plateau:
             return None
         budget = self.budget_left(state)
@@ -332,7 +334,7 @@ class HeuristicPolicy:
         in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_concurrent_seeds:
             return f"{in_flight} seeds in flight (max {o.max_concurrent_seeds})"
-        plateau, why = self.plateaued(state)
+        plateau, why = self.growth_signal()
         if not plateau:
             return why
         if not any(s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0 for s in state.seeds):
@@ -343,6 +345,7 @@ class HeuristicPolicy:
     def state_dict(self) -> dict[str, Any]:
         return {
             "losses": list(self.losses),
+            "fit_ratios": list(self.fit_ratios),
             "host_parameters": self.host_parameters,
             "record": dict(self.record),
             "stages": {slot: list(value) for slot, value in self._stages.items()},
@@ -352,6 +355,8 @@ class HeuristicPolicy:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.losses.clear()
         self.losses.extend(state.get("losses", []))
+        self.fit_ratios.clear()
+        self.fit_ratios.extend(state.get("fit_ratios", []))
         self.host_parameters = state.get("host_parameters")
         self.record = dict(state.get("record", {}))
         self._stages = {slot: (int(value[0]), str(value[1])) for slot, value in state.get("stages", {}).items()}
