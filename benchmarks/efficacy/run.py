@@ -73,6 +73,11 @@ def table(results: list[dict[str, Any]]) -> str:
     def mean(arm: str, key: str) -> float:
         return statistics.fmean(r[key] for r in by_arm[arm])
 
+    if "static-small" not in by_arm or "static-large" not in by_arm:  # no reference points: the raw numbers only
+        return "\n".join(
+            f"{r['arm']} seed {r['seed']}: {r['test_accuracy']:.2%}, {r['parameters']:,} parameters" for r in results
+        )
+
     small, large = mean("static-small", "test_accuracy"), mean("static-large", "test_accuracy")
     small_params, large_params = mean("static-small", "parameters"), mean("static-large", "parameters")
     gap, extra = large - small, large_params - small_params
