@@ -83,18 +83,14 @@ def measure(samples: int) -> list[dict[str, Any]]:
             "cold load (disk)": (timed(fetch_from("disk"), samples, before=library.clear_cache), 10.0),
             "build on miss": (timed(fetch_from("built"), max(10, samples // 10), before=evict), None),
         }
-    base_p50, base_p95 = percentiles(baseline)
-    rows = [
-        {
-            "scenario": "baseline: construct the bare module",
-            "samples": len(baseline),
-            "p50_ms": round(base_p50, 4),
-            "p95_ms": round(base_p95, 4),
-            "p50_over_baseline": 1.0,
-            "target_p95_ms": None,
-        }
-    ]
-    for name, (values, target) in scenarios.items():
+    return latency_rows({"baseline: construct the bare module": (baseline, None), **scenarios})
+
+
+def latency_rows(timings: dict[str, tuple[list[float], float | None]]) -> list[dict[str, Any]]:
+    """One row per scenario (name: milliseconds, target p95): p50, p95 and p50 over the first scenario's p50."""
+    base_p50, _ = percentiles(next(iter(timings.values()))[0])
+    rows = []
+    for name, (values, target) in timings.items():
         p50, p95 = percentiles(values)
         rows.append(
             {
@@ -109,6 +105,16 @@ def measure(samples: int) -> list[dict[str, Any]]:
     return rows
 
 
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'scenario':38} {'n':>5} {'p50 ms':>9} {'p95 ms':>9} {'p50/base':>9} {'target p95':>11}")
+    for row in rows:
+        target = "" if row["target_p95_ms"] is None else f"<= {row['target_p95_ms']:g} ms"
+        print(
+            f"{row['scenario']:38} {row['samples']:>5} {row['p50_ms']:>9.3f} {row['p95_ms']:>9.3f} "
+            f"{row['p50_over_baseline']:>9} {target:>11}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=300, help="fetches per scenario (builds: a tenth)")
@@ -121,13 +127,7 @@ def main() -> None:
         f"Urza fetch of {BLUEPRINT} (residual_block, depth 2) at {SLOT.describe()}; torch {torch.__version__}, "
         f"{args.threads} thread(s), Python {platform.python_version()}, {platform.machine()}"
     )
-    print(f"{'scenario':38} {'n':>5} {'p50 ms':>9} {'p95 ms':>9} {'p50/base':>9} {'target p95':>11}")
-    for row in rows:
-        target = "" if row["target_p95_ms"] is None else f"<= {row['target_p95_ms']:g} ms"
-        print(
-            f"{row['scenario']:38} {row['samples']:>5} {row['p50_ms']:>9.3f} {row['p95_ms']:>9.3f} "
-            f"{row['p50_over_baseline']:>9} {target:>11}"
-        )
+    print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=2)

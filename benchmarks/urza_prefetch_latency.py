@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from urza_fetch import BLUEPRINT, PARAMETERS, SLOT, percentiles, timed
+from urza_fetch import BLUEPRINT, PARAMETERS, SLOT, latency_rows, print_table, timed
 
 from esper_core.oona import Oona, OonaOptions
 from esper_core.oona.redis_backend import RedisBackend
@@ -111,21 +111,7 @@ def measure(samples: int) -> list[dict[str, Any]]:
             timings = measure_on(server.url, Path(directory) / "urza", samples)
         finally:
             server.stop()  # by pid: SIGTERM, then SIGKILL
-    baseline = next(iter(timings.values()))
-    base_p50, _ = percentiles(baseline)
-    rows = []
-    for name, values in timings.items():
-        p50, p95 = percentiles(values)
-        rows.append(
-            {
-                "scenario": name,
-                "samples": len(values),
-                "p50_ms": round(p50, 4),
-                "p95_ms": round(p95, 4),
-                "p50_over_baseline": round(p50 / base_p50, 2),
-            }
-        )
-    return rows
+    return latency_rows({name: (values, None) for name, values in timings.items()})
 
 
 def main() -> None:
@@ -141,12 +127,7 @@ def main() -> None:
         f"loopback Redis; torch {torch.__version__}, {args.threads} thread(s), Python {platform.python_version()}, "
         f"{platform.machine()}"
     )
-    print(f"{'scenario':38} {'n':>5} {'p50 ms':>9} {'p95 ms':>9} {'p50/base':>9}")
-    for row in rows:
-        print(
-            f"{row['scenario']:38} {row['samples']:>5} {row['p50_ms']:>9.3f} {row['p95_ms']:>9.3f} "
-            f"{row['p50_over_baseline']:>9}"
-        )
+    print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=2)
