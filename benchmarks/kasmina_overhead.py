@@ -36,7 +36,7 @@ from esper_core.leyline import (
 )
 from esper_core.protocols import FetchedSeed, SlotShape
 from esper_core.signing import CommandSigner, CommandVerifier, SigningKey
-from esper_kasmina.executor import Kasmina
+from esper_kasmina.executor import KasminaSeedExecutor
 from esper_kasmina.options import KasminaOptions
 
 SLOT_POINTS = ["features.1", "features.4", "features.7", "head.2"]
@@ -120,7 +120,7 @@ def with_seed(
     model.load_state_dict(state)
     catalog = OneBlueprint()
     key = SigningKey.generate()
-    kasmina = Kasmina(
+    kasmina = KasminaSeedExecutor(
         store=catalog,
         catalogs=[catalog],
         verifier=CommandVerifier(key),
@@ -200,7 +200,9 @@ def main() -> None:
     dormant.load_state_dict(state)
     key = SigningKey.generate()
     catalog = OneBlueprint()
-    Kasmina(store=catalog, catalogs=[catalog], verifier=CommandVerifier(key)).attach(dormant, SLOT_POINTS, inputs[:2])
+    KasminaSeedExecutor(store=catalog, catalogs=[catalog], verifier=CommandVerifier(key)).attach(
+        dormant, SLOT_POINTS, inputs[:2]
+    )
 
     training_step, training_seed = with_seed("training", inputs, targets, state)
     blending_step, _ = with_seed("blending", inputs, targets, state)

@@ -20,6 +20,7 @@ from esper_core.leyline import (
     SystemStatePacket,
     TelemetryPacket,
     TrainingMetrics,
+    lifecycle,
 )
 from esper_core.plugins import Registry
 from esper_core.protocols import SlotShape
@@ -29,8 +30,6 @@ from esper_example_plugin.catalog import ExampleCatalog
 from esper_example_plugin.policy import GreedyOptions, GreedyPolicy
 from esper_example_plugin.sink import COLUMNS, CsvSink
 
-S = SeedLifecycleStage
-OP = SeedOperation
 BLUEPRINTS = list(ExampleCatalog().descriptors())
 
 
@@ -40,7 +39,7 @@ def registry(esper_registry: Registry, register_plugin: Any) -> Registry:
     return esper_registry
 
 
-def slot(slot_id: str, stage: SeedLifecycleStage.ValueType = S.SEED_STAGE_DORMANT, **fields: Any) -> SeedState:
+def slot(slot_id: str, stage: SeedLifecycleStage.ValueType = lifecycle.DORMANT, **fields: Any) -> SeedState:
     fields.setdefault("slot_kind", SlotKind.SLOT_KIND_VECTOR)
     fields.setdefault("slot_shape", [32])
     return SeedState(slot_id=slot_id, stage=stage, **fields)
@@ -66,7 +65,7 @@ def test_after_the_warm_up_it_germinates_in_the_most_sensitive_free_slot() -> No
     command = decide(state)
     assert command.command_type == CommandType.COMMAND_SEED and command.target_slot_id == "b"
     operation = command.seed_operation
-    assert operation.operation == OP.SEED_OP_GERMINATE and operation.blueprint_id == "EX001"
+    assert operation.operation == SeedOperation.SEED_OP_GERMINATE and operation.blueprint_id == "EX001"
     assert dict(operation.parameters) == {"gate_bias": 0.0, "reduction": 4.0}
     assert command.decision.policy_name == "example-greedy"
     assert command.decision.selected_slot_score == pytest.approx(1.0)
@@ -78,7 +77,7 @@ def test_after_the_warm_up_it_germinates_in_the_most_sensitive_free_slot() -> No
     [
         (packet(1, slot("a")), {}, "warming up (1/2 epochs)"),
         (packet(16, slot("a")), {}, "too late to grow: 4 epochs left"),
-        (packet(5, slot("a"), slot("b", S.SEED_STAGE_BLENDING, alpha_total_steps=30)), {}, "1 seed(s) in flight"),
+        (packet(5, slot("a"), slot("b", lifecycle.BLENDING, alpha_total_steps=30)), {}, "1 seed(s) in flight"),
         (packet(5, slot("a")), {"blueprint": "BP052"}, "blueprint BP052 is not offered to this run (offered: EX001)"),
         (packet(5, slot("a", slot_kind=SlotKind.SLOT_KIND_SEQUENCE)), {}, "no DORMANT, un-embargoed slot"),
     ],
@@ -92,31 +91,31 @@ def test_it_waits_and_says_why(state: SystemStatePacket, options: dict[str, Any]
 def test_it_finishes_the_latest_seed_first() -> None:
     state = packet(
         9,
-        slot("a", S.SEED_STAGE_GERMINATED),
-        slot("b", S.SEED_STAGE_BLENDING, alpha_steps=30, alpha_total_steps=30),
-        slot("c", S.SEED_STAGE_PROBATIONARY, stage_epochs=1, contribution=0.002),
+        slot("a", lifecycle.GERMINATED),
+        slot("b", lifecycle.BLENDING, alpha_steps=30, alpha_total_steps=30),
+        slot("c", lifecycle.PROBATIONARY, stage_epochs=1, contribution=0.002),
     )
-    assert decide(state, max_in_flight=3).seed_operation.operation == OP.SEED_OP_FOSSILIZE
+    assert decide(state, max_in_flight=3).seed_operation.operation == SeedOperation.SEED_OP_FOSSILIZE
     del state.seeds[2]
-    assert decide(state, max_in_flight=3).seed_operation.operation == OP.SEED_OP_STABILIZE
+    assert decide(state, max_in_flight=3).seed_operation.operation == SeedOperation.SEED_OP_STABILIZE
     del state.seeds[1]
-    assert decide(state, max_in_flight=3).seed_operation.operation == OP.SEED_OP_START_TRAINING
+    assert decide(state, max_in_flight=3).seed_operation.operation == SeedOperation.SEED_OP_START_TRAINING
 
 
 @pytest.mark.parametrize(
     ("seed", "operation"),
     [
-        (slot("a", S.SEED_STAGE_TRAINING, stage_epochs=0), None),
-        (slot("a", S.SEED_STAGE_TRAINING, stage_epochs=1), OP.SEED_OP_START_GRAFTING),
-        (slot("a", S.SEED_STAGE_BLENDING, alpha_steps=29, alpha_total_steps=30), None),
-        (slot("a", S.SEED_STAGE_SHADOWING, stage_epochs=0), None),
-        (slot("a", S.SEED_STAGE_SHADOWING, stage_epochs=1), OP.SEED_OP_EVALUATE),
-        (slot("a", S.SEED_STAGE_PROBATIONARY, stage_epochs=1, contribution=-0.001), None),
-        (slot("a", S.SEED_STAGE_PROBATIONARY, stage_epochs=1), None),
-        (slot("a", S.SEED_STAGE_PROBATIONARY, stage_epochs=1, contribution=0.0), OP.SEED_OP_FOSSILIZE),
-        (slot("a", S.SEED_STAGE_PROBATIONARY, stage_epochs=3, contribution=-0.001), OP.SEED_OP_CULL),
-        (slot("a", S.SEED_STAGE_BLENDING, alpha_total_steps=30, contribution=-0.02), OP.SEED_OP_CULL),
-        (slot("a", S.SEED_STAGE_TRAINING, stage_epochs=1, contribution=-0.005), OP.SEED_OP_START_GRAFTING),
+        (slot("a", lifecycle.TRAINING, stage_epochs=0), None),
+        (slot("a", lifecycle.TRAINING, stage_epochs=1), SeedOperation.SEED_OP_START_GRAFTING),
+        (slot("a", lifecycle.BLENDING, alpha_steps=29, alpha_total_steps=30), None),
+        (slot("a", lifecycle.SHADOWING, stage_epochs=0), None),
+        (slot("a", lifecycle.SHADOWING, stage_epochs=1), SeedOperation.SEED_OP_EVALUATE),
+        (slot("a", lifecycle.PROBATIONARY, stage_epochs=1, contribution=-0.001), None),
+        (slot("a", lifecycle.PROBATIONARY, stage_epochs=1), None),
+        (slot("a", lifecycle.PROBATIONARY, stage_epochs=1, contribution=0.0), SeedOperation.SEED_OP_FOSSILIZE),
+        (slot("a", lifecycle.PROBATIONARY, stage_epochs=3, contribution=-0.001), SeedOperation.SEED_OP_CULL),
+        (slot("a", lifecycle.BLENDING, alpha_total_steps=30, contribution=-0.02), SeedOperation.SEED_OP_CULL),
+        (slot("a", lifecycle.TRAINING, stage_epochs=1, contribution=-0.005), SeedOperation.SEED_OP_START_GRAFTING),
     ],
 )
 def test_each_seed_advances_as_soon_as_its_stage_allows(seed: SeedState, operation: int | None) -> None:
@@ -131,12 +130,12 @@ def test_each_seed_advances_as_soon_as_its_stage_allows(seed: SeedState, operati
 def test_the_worst_of_several_hurting_seeds_is_culled_first() -> None:
     state = packet(
         9,
-        slot("a", S.SEED_STAGE_SHADOWING, contribution=-0.02),
-        slot("b", S.SEED_STAGE_PROBATIONARY, stage_epochs=1, contribution=-0.5),
-        slot("c", S.SEED_STAGE_PROBATIONARY, stage_epochs=1, contribution=0.5),
+        slot("a", lifecycle.SHADOWING, contribution=-0.02),
+        slot("b", lifecycle.PROBATIONARY, stage_epochs=1, contribution=-0.5),
+        slot("c", lifecycle.PROBATIONARY, stage_epochs=1, contribution=0.5),
     )
     command = decide(state, max_in_flight=3)
-    assert command.seed_operation.operation == OP.SEED_OP_CULL and command.target_slot_id == "b"
+    assert command.seed_operation.operation == SeedOperation.SEED_OP_CULL and command.target_slot_id == "b"
     assert command.decision.rationale == "it hurts: contribution -0.5 < -0.01"
 
 

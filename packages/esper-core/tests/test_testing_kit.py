@@ -147,7 +147,11 @@ def _germinate(slot: str = "s0", blueprint: str = "BP900", rank: float = 2.0) ->
 @pytest.mark.parametrize(
     ("command", "stage", "complaint"),
     [
-        (_germinate(), SeedLifecycleStage.SEED_STAGE_TRAINING, "not DORMANT"),
+        (
+            _germinate(),
+            SeedLifecycleStage.SEED_STAGE_TRAINING,
+            "GERMINATE on slot 's0', which is TRAINING: it needs DORMANT",
+        ),
         (_germinate(slot="nowhere"), SeedLifecycleStage.SEED_STAGE_DORMANT, "unknown slot"),
         (_germinate(blueprint="BP404"), SeedLifecycleStage.SEED_STAGE_DORMANT, "not offered"),
         (_germinate(rank=99), SeedLifecycleStage.SEED_STAGE_DORMANT, "outside its bounds"),
@@ -158,7 +162,7 @@ def _germinate(slot: str = "s0", blueprint: str = "BP900", rank: float = 2.0) ->
                 seed_operation=CommandSeedOperation(operation=SeedOperation.SEED_OP_FOSSILIZE),
             ),
             SeedLifecycleStage.SEED_STAGE_TRAINING,
-            "SEED_OP_FOSSILIZE on a slot in stage",
+            "FOSSILIZE on slot 's0', which is TRAINING: it needs PROBATIONARY",
         ),
     ],
 )

@@ -24,7 +24,7 @@ from esper_core.leyline import (
 )
 from esper_core.protocols import FetchedSeed, SlotShape
 from esper_core.signing import CommandSigner, CommandVerifier, SigningKey
-from esper_kasmina.executor import Kasmina
+from esper_kasmina.executor import KasminaSeedExecutor
 from esper_kasmina.options import KasminaOptions
 
 CONV, VECTOR, SEQUENCE = SlotKind.SLOT_KIND_CONV2D, SlotKind.SLOT_KIND_VECTOR, SlotKind.SLOT_KIND_SEQUENCE
@@ -198,7 +198,7 @@ class Rig:
     """A host with Kasmina attached, an optimizer, a signer and data."""
 
     model: nn.Module
-    kasmina: Kasmina
+    kasmina: KasminaSeedExecutor
     optimizer: torch.optim.Optimizer
     signer: CommandSigner
     inputs: torch.Tensor
@@ -272,7 +272,7 @@ def make_rig(
     inputs = torch.randn(32, *shape)
     targets = torch.randint(0, classes, (32,))
     key = SigningKey.generate()
-    kasmina = Kasmina(
+    kasmina = KasminaSeedExecutor(
         store=CatalogStore(catalog or SmallCatalog()),
         catalogs=[catalog or SmallCatalog()],
         verifier=CommandVerifier(key),

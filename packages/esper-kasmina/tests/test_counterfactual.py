@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from esper_core.leyline import CommandStatus, SeedOperation
-from esper_kasmina import lifecycle
+from esper_core.leyline import CommandStatus, SeedOperation, lifecycle
 
 from kasmina_rig import Rig, correct, lenient
 

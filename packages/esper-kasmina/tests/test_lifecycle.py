@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from esper_core.leyline import CommandStatus, SeedLifecycleStage, SeedOperation
-from esper_kasmina import lifecycle
+from esper_core.leyline import CommandStatus, SeedLifecycleStage, SeedOperation, lifecycle
 
 from kasmina_rig import Rig, lenient
 

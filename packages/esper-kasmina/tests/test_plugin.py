@@ -13,7 +13,7 @@ from esper_core.oona import MemoryBackend, Oona
 from esper_core.plugins import Registry
 from esper_core.signing import SigningKey
 from esper_core.testing.conformance import SeedExecutorConformance
-from esper_kasmina.executor import Kasmina
+from esper_kasmina.executor import KasminaSeedExecutor
 
 from kasmina_rig import HOSTS, CatalogStore, SmallCatalog
 
@@ -23,7 +23,7 @@ def registry() -> Registry:
     return Registry.create(env={})
 
 
-def build(registry: Registry, **overrides: str) -> tuple[Kasmina, SigningKey, Oona]:
+def build(registry: Registry, **overrides: str) -> tuple[KasminaSeedExecutor, SigningKey, Oona]:
     key = SigningKey.generate()
     bus = Oona(MemoryBackend(), signing_key=key)
     config = registry.load_config(env={}, overrides=[f"{k}={v}" for k, v in overrides.items()])
@@ -46,7 +46,7 @@ def build(registry: Registry, **overrides: str) -> tuple[Kasmina, SigningKey, Oo
 
 def test_the_registry_builds_kasmina_with_its_configured_options(registry: Registry) -> None:
     kasmina, _, _ = build(registry, **{"kasmina.embargo_epochs": "5", "urza.allowed_tiers": '["SAFE", "HIGH_RISK"]'})
-    assert isinstance(kasmina, Kasmina)
+    assert isinstance(kasmina, KasminaSeedExecutor)
     assert kasmina.options.embargo_epochs == 5
     assert kasmina.allowed_tiers == ["SAFE", "HIGH_RISK"]
 
@@ -79,5 +79,5 @@ def test_transitions_and_rejections_are_published_on_the_bus(registry: Registry)
 
 class TestKasminaConforms(SeedExecutorConformance):
     @pytest.fixture
-    def executor(self, registry: Registry) -> Kasmina:
+    def executor(self, registry: Registry) -> KasminaSeedExecutor:
         return build(registry)[0]

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from esper_core.leyline import CommandStatus, GateResult, SeedLifecycleStage, SeedOperation
-from esper_kasmina import lifecycle
+from esper_core.leyline import CommandStatus, GateResult, SeedLifecycleStage, SeedOperation, lifecycle
 from esper_kasmina.gates import GateChecks, check
 
 from kasmina_rig import Rig, lenient, make_rig
@@ -131,7 +130,7 @@ class KasminaMachine(RuleBasedStateMachine):
             assert stage in lifecycle.TRANSITIONS
             assert (slot.seed is not None) == (stage in lifecycle.HAS_SEED)
             assert slot.hooked == (stage in lifecycle.IN_FORWARD)
-            assert kasmina.groups.has(slot.slot_id) == (stage in lifecycle.OPTIMIZED)
+            assert kasmina.groups.has(slot.slot_id) == (stage in lifecycle.HAS_SEED)
             assert 0.0 <= state.alpha <= 1.0
             if stage in (
                 SeedLifecycleStage.SEED_STAGE_SHADOWING,

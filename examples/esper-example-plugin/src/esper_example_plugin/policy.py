@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import attrs
 from esper_core.config import section
+from esper_core.config.validators import at_least, not_negative
 from esper_core.errors import ConfigError
 from esper_core.leyline import (
     AdaptationCommand,
@@ -40,10 +41,10 @@ from esper_core.leyline import (
     CommandSeedOperation,
     CommandType,
     DecisionMetadata,
-    SeedLifecycleStage,
     SeedOperation,
     SeedState,
     SystemStatePacket,
+    lifecycle,
 )
 
 from esper_example_plugin import __version__
@@ -51,37 +52,11 @@ from esper_example_plugin.catalog import BLUEPRINT_ID
 
 NAME = "example-greedy"
 
-S = SeedLifecycleStage
-OP = SeedOperation
-
-#: Seeds that are neither permanent nor gone.
-IN_FLIGHT = frozenset(
-    {S.SEED_STAGE_GERMINATED, S.SEED_STAGE_TRAINING, S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING,
-     S.SEED_STAGE_PROBATIONARY}
-)  # fmt: skip
-#: Each advance and the stage it starts from, latest stage first.
-ADVANCES: tuple[tuple[SeedOperation.ValueType, SeedLifecycleStage.ValueType], ...] = (
-    (OP.SEED_OP_FOSSILIZE, S.SEED_STAGE_PROBATIONARY),
-    (OP.SEED_OP_EVALUATE, S.SEED_STAGE_SHADOWING),
-    (OP.SEED_OP_STABILIZE, S.SEED_STAGE_BLENDING),
-    (OP.SEED_OP_START_GRAFTING, S.SEED_STAGE_TRAINING),
-    (OP.SEED_OP_START_TRAINING, S.SEED_STAGE_GERMINATED),
-)
 SCHEDULES = {
     "linear": BlendSchedule.BLEND_SCHEDULE_LINEAR,
     "cosine": BlendSchedule.BLEND_SCHEDULE_COSINE,
     "tanh": BlendSchedule.BLEND_SCHEDULE_TANH,
 }
-
-
-def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
 
 
 def _negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -97,18 +72,18 @@ class GreedyOptions:
     #: The blueprint to grow; it must be offered by a catalog in ``urza.catalogs`` at ``urza.allowed_tiers``.
     blueprint: str = BLUEPRINT_ID
     #: No germination before this many decision points.
-    warmup_epochs: int = attrs.field(default=2, validator=_not_negative)
+    warmup_epochs: int = attrs.field(default=2, validator=not_negative)
     #: No germination when fewer decision points than this remain: at full speed a seed needs five to go from
     #: germination to FOSSILIZED (training, grafting, stabilizing, evaluating, fossilizing).
-    min_remaining_epochs: int = attrs.field(default=5, validator=_not_negative)
+    min_remaining_epochs: int = attrs.field(default=5, validator=not_negative)
     #: Seeds in flight (GERMINATED to PROBATIONARY) at once.
-    max_in_flight: int = attrs.field(default=1, validator=_positive)
+    max_in_flight: int = attrs.field(default=1, validator=at_least(1))
     #: Epochs a seed trains beside the host before it starts blending in.
-    training_epochs: int = attrs.field(default=1, validator=_positive)
+    training_epochs: int = attrs.field(default=1, validator=at_least(1))
     #: Epochs of probation before a seed whose contribution is at least 0 is fossilized.
-    probation_epochs: int = attrs.field(default=1, validator=_positive)
+    probation_epochs: int = attrs.field(default=1, validator=at_least(1))
     #: Epochs of probation after which a seed whose contribution never reached 0 is culled.
-    max_probation_epochs: int = attrs.field(default=3, validator=_positive)
+    max_probation_epochs: int = attrs.field(default=3, validator=at_least(1))
     #: Cull a seed whose measured contribution falls below this (validation-loss units; negative).
     cull_below: float = attrs.field(default=-0.01, validator=_negative)
     #: How a germinated seed's alpha ramps up while BLENDING.
@@ -171,24 +146,26 @@ class GreedyPolicy:
         hurting: list[tuple[float, str, SeedState]] = []
         for seed in state.seeds:
             contribution = _contribution(seed)
-            if seed.stage in IN_FLIGHT and contribution is not None and contribution < o.cull_below:
+            if seed.stage in lifecycle.IN_FLIGHT and contribution is not None and contribution < o.cull_below:
                 hurting.append((contribution, seed.slot_id, seed))
         if hurting:
             worst, _, seed = min(hurting, key=lambda item: item[:2])
-            return self._seed(OP.SEED_OP_CULL, seed, f"it hurts: contribution {worst:.4g} < {o.cull_below:g}")
+            return self._seed(
+                SeedOperation.SEED_OP_CULL, seed, f"it hurts: contribution {worst:.4g} < {o.cull_below:g}"
+            )
         for seed in state.seeds:
             contribution = _contribution(seed)
             stuck = contribution is None or contribution < 0
-            if seed.stage == S.SEED_STAGE_PROBATIONARY and seed.stage_epochs >= o.max_probation_epochs and stuck:
+            if seed.stage == lifecycle.PROBATIONARY and seed.stage_epochs >= o.max_probation_epochs and stuck:
                 shown = "unmeasured" if contribution is None else f"{contribution:.4g}"
                 why = f"{seed.stage_epochs} epochs of probation without a contribution of at least 0 ({shown})"
-                return self._seed(OP.SEED_OP_CULL, seed, why)
+                return self._seed(SeedOperation.SEED_OP_CULL, seed, why)
         return None
 
     # -- 2. advances ------------------------------------------------------------------------------------------
     def _advance(self, state: SystemStatePacket) -> AdaptationCommand | None:
         seeds = sorted(state.seeds, key=lambda seed: seed.slot_id)
-        for operation, stage in ADVANCES:
+        for operation, (stage, _target) in reversed(lifecycle.ADVANCES.items()):  # latest stage first
             for seed in seeds:
                 if seed.stage == stage:
                     why = self._ready(operation, seed)
@@ -199,17 +176,21 @@ class GreedyPolicy:
     def _ready(self, operation: SeedOperation.ValueType, seed: SeedState) -> str | None:
         """Why ``seed`` may take ``operation`` now, or None."""
         o = self.options
-        if operation == OP.SEED_OP_START_TRAINING:
+        if operation == SeedOperation.SEED_OP_START_TRAINING:
             return "germinated: start training"
-        if operation == OP.SEED_OP_START_GRAFTING and seed.stage_epochs >= o.training_epochs:
+        if operation == SeedOperation.SEED_OP_START_GRAFTING and seed.stage_epochs >= o.training_epochs:
             return f"trained for {seed.stage_epochs} epochs: start blending in"
-        if operation == OP.SEED_OP_STABILIZE and seed.alpha_total_steps and seed.alpha_steps >= seed.alpha_total_steps:
+        if (
+            operation == SeedOperation.SEED_OP_STABILIZE
+            and seed.alpha_total_steps
+            and seed.alpha_steps >= seed.alpha_total_steps
+        ):
             return f"alpha ramp done ({seed.alpha_steps}/{seed.alpha_total_steps})"
-        if operation == OP.SEED_OP_EVALUATE and seed.stage_epochs >= 1:
+        if operation == SeedOperation.SEED_OP_EVALUATE and seed.stage_epochs >= 1:
             return "measured at full strength in shadowing: start probation"
         contribution = _contribution(seed)
         if (
-            operation == OP.SEED_OP_FOSSILIZE
+            operation == SeedOperation.SEED_OP_FOSSILIZE
             and seed.stage_epochs >= o.probation_epochs
             and contribution is not None
             and contribution >= 0
@@ -229,7 +210,7 @@ class GreedyPolicy:
         if total and total - state.current_epoch < o.min_remaining_epochs:
             left = total - state.current_epoch
             return f"too late to grow: {left} epochs left, a seed needs {o.min_remaining_epochs}"
-        in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
+        in_flight = sum(seed.stage in lifecycle.IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_in_flight:
             return f"{in_flight} seed(s) in flight (max {o.max_in_flight})"
         descriptor = next((d for d in blueprints if d.blueprint_id == o.blueprint), None)
@@ -239,9 +220,7 @@ class GreedyPolicy:
         free = [
             seed
             for seed in state.seeds
-            if seed.stage == S.SEED_STAGE_DORMANT
-            and seed.embargo_epochs_remaining == 0
-            and (not descriptor.slot_kinds or seed.slot_kind in descriptor.slot_kinds)
+            if lifecycle.can_germinate(seed) and (not descriptor.slot_kinds or seed.slot_kind in descriptor.slot_kinds)
         ]
         if not free:
             return f"no DORMANT, un-embargoed slot that {o.blueprint} grows in"
@@ -250,7 +229,7 @@ class GreedyPolicy:
         score = saliency(chosen)
         runner_up = f"; next {ranked[1].slot_id} at {saliency(ranked[1]):.4g}" if len(ranked) > 1 else ""
         command = self._seed(
-            OP.SEED_OP_GERMINATE,
+            SeedOperation.SEED_OP_GERMINATE,
             chosen,
             f"germinate {o.blueprint} in {chosen.slot_id}, the most sensitive free slot "
             f"(host gradient norm x activation RMS = {score:.4g}{runner_up})",

@@ -29,7 +29,7 @@ import attrs
 import torch
 from torch import nn
 
-from esper_kasmina import lifecycle
+from esper_core.leyline import lifecycle
 from esper_kasmina.probes import evaluation_mode
 from esper_kasmina.slot import Measurement, SeedSlot
 

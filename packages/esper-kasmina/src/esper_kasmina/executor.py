@@ -37,15 +37,17 @@ from esper_core.leyline import (
     SeedOperation,
     SeedState,
     TelemetryPacket,
+    lifecycle,
+    value_name,
 )
+from esper_core.leyline.lifecycle import Stage
 from esper_core.protocols import ArtifactStore, BlueprintCatalog, SlotShape
 from esper_core.signing import CommandVerifier
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Level, Metric, build_telemetry_packet
-from esper_kasmina import lifecycle, probes, schedules
+from esper_kasmina import probes, schedules
 from esper_kasmina.evaluation import CorrectFn, Evaluation, LossFn, evaluate
 from esper_kasmina.gates import GateChecks, describe, first_failure, passed
 from esper_kasmina.host import SlotBank, attach_slots, host_parameters
-from esper_kasmina.lifecycle import Stage
 from esper_kasmina.optimizer import SeedParameterGroups
 from esper_kasmina.options import KasminaOptions
 from esper_kasmina.probes import Probe
@@ -58,7 +60,7 @@ class KasminaError(RuntimeError):
     """Kasmina was used out of order (no host attached, no probe set)."""
 
 
-class Kasmina:
+class KasminaSeedExecutor:
     def __init__(
         self,
         *,
@@ -187,7 +189,7 @@ class Kasmina:
                 record.embargo_remaining = max(record.embargo_remaining - 1, 0)
                 if record.embargo_remaining == 0:
                     self._reset(slot, reason="embargo over")
-            elif slot.stage in lifecycle.ACTIVE and slot.hooked:
+            elif slot.stage in lifecycle.IN_FLIGHT and slot.hooked:
                 results = self.gates.watchdog(model, slot, host, probe)
                 if not passed(results):
                     failure = first_failure(results)
@@ -199,7 +201,7 @@ class Kasmina:
             if stats is not None:
                 slot.record.activation_rms = stats.activation_rms
                 slot.record.host_gradient_norm = stats.gradient_norm
-            if slot.hooked and slot.stage in lifecycle.ACTIVE:
+            if slot.hooked and slot.stage in lifecycle.IN_FLIGHT:
                 slot.record.gradient_norm = probes.seed_health(model, slot, probe).gradient_norm
         self._flush_telemetry()
         return self._events[before:]
@@ -278,7 +280,7 @@ class Kasmina:
             self._seed_operation(command, result)
         else:
             result.status = CommandStatus.COMMAND_STATUS_UNSUPPORTED
-            result.detail = f"Kasmina does not carry out {CommandType.Name(kind)} commands (Tolaria owns those)"
+            result.detail = f"Kasmina does not carry out {value_name(CommandType, kind)} commands (Tolaria owns those)"
 
     def _force_breaker(self, command: AdaptationCommand, result: CommandResult) -> None:
         desired = command.circuit_breaker.desired_state
@@ -288,7 +290,7 @@ class Kasmina:
         else:
             self.fetch_breaker.force(desired, command.circuit_breaker.rationale)
         result.status = CommandStatus.COMMAND_STATUS_APPLIED
-        result.detail = f"fetch breaker {CircuitBreakerState.Name(desired)}"
+        result.detail = f"fetch breaker {value_name(CircuitBreakerState, desired)}"
 
     def _illegal(self, result: CommandResult, detail: str) -> None:
         self.counters["rejected_illegal"] += 1
@@ -310,8 +312,8 @@ class Kasmina:
             self._germinate(slot, command, result)
         elif operation in lifecycle.ADVANCES:
             self._advance(slot, command, result)
-        elif operation in (SeedOperation.SEED_OP_CULL, SeedOperation.SEED_OP_CANCEL):
-            if slot.stage not in lifecycle.ACTIVE:
+        elif operation in lifecycle.REMOVALS:
+            if slot.stage not in lifecycle.IN_FLIGHT:
                 self._illegal(
                     result,
                     f"slot {slot.slot_id!r} is {lifecycle.stage_name(slot.stage)}; only an active seed can be culled",
@@ -322,7 +324,9 @@ class Kasmina:
         elif operation == SeedOperation.SEED_OP_FINE_TUNE:
             self._fine_tune(slot, command, result)
         else:
-            self._illegal(result, f"{SeedOperation.Name(operation)} is not a seed operation Kasmina carries out")
+            self._illegal(
+                result, f"SEED_OP_{lifecycle.operation_name(operation)} is not a seed operation Kasmina carries out"
+            )
         result.stage_after = slot.stage
         result.transitions.extend(self._events[before:])
 
@@ -393,7 +397,7 @@ class Kasmina:
     def _advance(self, slot: SeedSlot, command: AdaptationCommand, result: CommandResult) -> None:
         operation = command.seed_operation.operation
         source, target = lifecycle.ADVANCES[operation]
-        name = SeedOperation.Name(operation).removeprefix("SEED_OP_")
+        name = lifecycle.operation_name(operation)
         if slot.stage != source:
             self._illegal(
                 result,
@@ -448,7 +452,7 @@ class Kasmina:
         return []
 
     def _fine_tune(self, slot: SeedSlot, command: AdaptationCommand, result: CommandResult) -> None:
-        if slot.stage not in lifecycle.OPTIMIZED:
+        if slot.stage not in lifecycle.HAS_SEED:
             self._illegal(result, f"slot {slot.slot_id!r} has no seed to fine-tune")
             return
         if not command.seed_operation.HasField("learning_rate"):
@@ -547,7 +551,7 @@ class Kasmina:
             return
         stages = [slot.stage for slot in self.slots]
         metrics = [
-            Metric("kasmina.seeds.active", float(sum(s in lifecycle.ACTIVE for s in stages))),
+            Metric("kasmina.seeds.active", float(sum(s in lifecycle.IN_FLIGHT for s in stages))),
             Metric("kasmina.seeds.fossilized", float(stages.count(lifecycle.FOSSILIZED))),
             Metric("kasmina.seeds.dormant", float(stages.count(lifecycle.DORMANT))),
             *(Metric(f"kasmina.commands.{name}", float(value)) for name, value in self.counters.items()),

@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from esper_core.leyline import BlueprintDescriptor, BlueprintTier, GateResult, SlotKind
-from esper_kasmina import lifecycle, probes
-from esper_kasmina.lifecycle import Gate
+from esper_core.leyline import BlueprintDescriptor, BlueprintTier, GateResult, SlotKind, lifecycle
+from esper_core.leyline.lifecycle import Gate
+from esper_kasmina import probes
 from esper_kasmina.optimizer import SeedParameterGroups
 from esper_kasmina.options import KasminaOptions
 from esper_kasmina.probes import Probe

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
 from esper_core.config import section
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
-
-
-def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
+from esper_core.config.validators import not_negative, positive
 
 
 @section("kasmina")
@@ -26,41 +17,41 @@ class KasminaOptions:
     #: How alpha ramps while BLENDING: "linear", "cosine" or "tanh" (the prototype's ramp).
     blend_schedule: Literal["linear", "cosine", "tanh"] = "tanh"
     #: Ramp length, in units of ``alpha_unit``; a command may set its own.
-    blend_steps: int = attrs.field(default=300, validator=_positive)
+    blend_steps: int = attrs.field(default=300, validator=positive)
     #: "step": alpha advances at every training forward (optimizer step); "epoch": at every decision point.
     alpha_unit: Literal["step", "epoch"] = "step"
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     #: Decision points a culled seed's slot waits before it may germinate again.
-    embargo_epochs: int = attrs.field(default=2, validator=_not_negative)
+    embargo_epochs: int = attrs.field(default=2, validator=not_negative)
 
     # -- seed optimization ------------------------------------------------------------------------------------
     #: Learning rate of a seed's own parameter group; 0 uses the host's (first group's) learning rate.
-    seed_learning_rate: float = attrs.field(default=0.0, validator=_not_negative)
-    seed_weight_decay: float = attrs.field(default=0.0, validator=_not_negative)
+    seed_learning_rate: float = attrs.field(default=0.0, validator=not_negative)
+    seed_weight_decay: float = attrs.field(default=0.0, validator=not_negative)
     #: TRAINING: each sample's seed output is pulled towards zero with this weight (the curvature of a quadratic
     #: model of the loss), so straight-through training settles at a bounded step instead of overshooting. 0: off.
-    training_curvature: float = attrs.field(default=1.0, validator=_not_negative)
+    training_curvature: float = attrs.field(default=1.0, validator=not_negative)
 
     # -- gates ------------------------------------------------------------------------------------------------
     #: G0: a seed may add at most this fraction of the host's parameter count (0 disables the check).
-    max_seed_parameter_fraction: float = attrs.field(default=1.0, validator=_not_negative)
+    max_seed_parameter_fraction: float = attrs.field(default=1.0, validator=not_negative)
     #: G1: host gradients with the seed in TRAINING must equal those without it within this relative difference.
-    isolation_tolerance: float = attrs.field(default=1e-6, validator=_not_negative)
+    isolation_tolerance: float = attrs.field(default=1e-6, validator=not_negative)
     #: G1 and the watchdog: a seed's gradient norm on the probe batch must lie in [min, max].
-    min_seed_gradient_norm: float = attrs.field(default=1e-12, validator=_not_negative)
-    max_seed_gradient_norm: float = attrs.field(default=1e3, validator=_positive)
+    min_seed_gradient_norm: float = attrs.field(default=1e-12, validator=not_negative)
+    max_seed_gradient_norm: float = attrs.field(default=1e3, validator=positive)
     #: G2: the validation loss with the seed at full strength may have worsened since the seed began training by at
     #: most this fraction...
-    max_seed_loss_regression: float = attrs.field(default=0.02, validator=_not_negative)
+    max_seed_loss_regression: float = attrs.field(default=0.02, validator=not_negative)
     #: G2: ...and the host's validation loss may have risen since the previous decision point by at most this.
-    max_loss_spike: float = attrs.field(default=0.1, validator=_not_negative)
+    max_loss_spike: float = attrs.field(default=0.1, validator=not_negative)
     #: G3: the counterfactual contribution (loss without minus loss with the seed) must be at least this.
     min_contribution: float = 0.0
     #: G3: a contribution short of ``min_contribution`` by less than this many of its standard errors is noise, and
     #: passes (0: the bare threshold). A blended seed's contribution is often within noise of 0.
-    contribution_noise_z: float = attrs.field(default=2.0, validator=_not_negative)
+    contribution_noise_z: float = attrs.field(default=2.0, validator=not_negative)
     #: G4: validation loss may exceed its value at germination by at most this fraction.
-    max_regression: float = attrs.field(default=0.02, validator=_not_negative)
+    max_regression: float = attrs.field(default=0.02, validator=not_negative)
     #: G4: a training step with the seed may take at most (1 + this) times as long as without it.
-    max_step_overhead: float = attrs.field(default=1.0, validator=_not_negative)
+    max_step_overhead: float = attrs.field(default=1.0, validator=not_negative)

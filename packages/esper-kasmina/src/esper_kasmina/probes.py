@@ -17,8 +17,8 @@ import attrs
 import torch
 from torch import nn
 
-from esper_kasmina import lifecycle
-from esper_kasmina.lifecycle import Stage
+from esper_core.leyline import lifecycle
+from esper_core.leyline.lifecycle import Stage
 from esper_kasmina.slot import SeedSlot
 
 LossFn = Callable[[Any, Any], torch.Tensor]

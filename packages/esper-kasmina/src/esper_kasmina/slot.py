@@ -38,9 +38,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from esper_core.leyline import BlendSchedule, SlotKind
-from esper_kasmina import lifecycle, schedules
-from esper_kasmina.lifecycle import Stage
+from esper_core.leyline import BlendSchedule, SlotKind, lifecycle
+from esper_core.leyline.lifecycle import Stage
+from esper_kasmina import schedules
 
 
 class _StraightThrough(torch.autograd.Function):

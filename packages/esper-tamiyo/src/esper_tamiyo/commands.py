@@ -1,4 +1,8 @@
-"""Building the commands policies return, and the vocabulary of stages and operations they reason with."""
+"""Building the commands policies return.
+
+The lifecycle facts policies reason with (which stage each operation starts from, which seeds are in flight) are
+Leyline's: :mod:`esper_core.leyline.lifecycle`.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +15,18 @@ from esper_core.leyline import (
     CommandSeedOperation,
     CommandType,
     DecisionMetadata,
-    SeedLifecycleStage,
     SeedOperation,
 )
 
-S = SeedLifecycleStage
-OP = SeedOperation
-
-#: Seeds that are neither permanent nor gone.
-IN_FLIGHT = frozenset(
-    {S.SEED_STAGE_GERMINATED, S.SEED_STAGE_TRAINING, S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING,
-     S.SEED_STAGE_PROBATIONARY}
-)  # fmt: skip
-#: The stage each advance operation starts from, latest stage first (finishing seeds comes first).
-ADVANCE_FROM: dict[SeedOperation.ValueType, SeedLifecycleStage.ValueType] = {
-    OP.SEED_OP_FOSSILIZE: S.SEED_STAGE_PROBATIONARY,
-    OP.SEED_OP_EVALUATE: S.SEED_STAGE_SHADOWING,
-    OP.SEED_OP_STABILIZE: S.SEED_STAGE_BLENDING,
-    OP.SEED_OP_START_GRAFTING: S.SEED_STAGE_TRAINING,
-    OP.SEED_OP_START_TRAINING: S.SEED_STAGE_GERMINATED,
-}
 #: Operations that increase a seed's influence on the host's output (what the risk engine may hold back).
 GROWTH = frozenset(
-    {OP.SEED_OP_GERMINATE, OP.SEED_OP_START_GRAFTING, OP.SEED_OP_STABILIZE, OP.SEED_OP_EVALUATE, OP.SEED_OP_FOSSILIZE}
+    {
+        SeedOperation.SEED_OP_GERMINATE,
+        SeedOperation.SEED_OP_START_GRAFTING,
+        SeedOperation.SEED_OP_STABILIZE,
+        SeedOperation.SEED_OP_EVALUATE,
+        SeedOperation.SEED_OP_FOSSILIZE,
+    }
 )
 SCHEDULES = {
     "linear": BlendSchedule.BLEND_SCHEDULE_LINEAR,
@@ -81,9 +74,3 @@ def default_parameters(descriptor: BlueprintDescriptor) -> dict[str, float]:
 
 def fits(descriptor: BlueprintDescriptor, slot_kind: int) -> bool:
     return not descriptor.slot_kinds or slot_kind in descriptor.slot_kinds
-
-
-def operation_name(command: AdaptationCommand) -> str:
-    if command.command_type != CommandType.COMMAND_SEED:
-        return CommandType.Name(command.command_type).removeprefix("COMMAND_").lower()
-    return SeedOperation.Name(command.seed_operation.operation).removeprefix("SEED_OP_").lower()

@@ -27,11 +27,12 @@ from esper_core.leyline import (
     FieldReport,
     PolicyUpdate,
     SystemStatePacket,
+    lifecycle,
 )
 from esper_core.protocols import TamiyoPolicy
 from esper_core.signing import CommandSigner
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Metric, build_telemetry_packet
-from esper_tamiyo.commands import noop, operation_name
+from esper_tamiyo.commands import noop
 from esper_tamiyo.options import TamiyoOptions
 from esper_tamiyo.reports import FieldReports
 from esper_tamiyo.risk import RiskEngine
@@ -125,7 +126,7 @@ class TamiyoController:
                     command.decision.rationale,
                     INFO,
                     {
-                        "operation": operation_name(command),
+                        "operation": lifecycle.command_name(command),
                         "slot": command.target_slot_id,
                         "risk_reason": command.decision.risk_reason,
                     },

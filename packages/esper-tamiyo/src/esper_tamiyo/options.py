@@ -5,21 +5,12 @@ risk engine's ``[tamiyo.risk]``, and one section per first-party policy. Every t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
 from esper_core.config import section
-
-
-def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+from esper_core.config.validators import not_negative, positive
 
 
 @section("tamiyo")
@@ -28,15 +19,15 @@ class TamiyoOptions:
     """The controller (the core selector ``tamiyo.policy`` names the policy it consults)."""
 
     #: A decision should take at most this long; a slower one is reported and counts towards conservative mode.
-    decision_budget_ms: float = attrs.field(default=50.0, validator=_positive)
+    decision_budget_ms: float = attrs.field(default=50.0, validator=positive)
     #: Decision points after a seed-affecting command before its field report is judged (sooner if the seed is
     #: fossilized or culled).
-    observation_window: int = attrs.field(default=3, validator=_positive)
+    observation_window: int = attrs.field(default=3, validator=positive)
     #: A seed counts as a SUCCESS when its counterfactual contribution is at least this (validation loss units).
     success_contribution: float = 0.001
     #: Relative change of validation loss over the window that counts as improvement / regression.
-    success_margin: float = attrs.field(default=0.002, validator=_not_negative)
-    regression_margin: float = attrs.field(default=0.01, validator=_not_negative)
+    success_margin: float = attrs.field(default=0.002, validator=not_negative)
+    regression_margin: float = attrs.field(default=0.01, validator=not_negative)
     #: Where field reports are appended, relative to the run directory.
     field_report_log: str = "tamiyo/field_reports.log"
 
@@ -57,8 +48,8 @@ class RiskOptions:
     blueprint_risk_pause: float = 0.8
     blueprint_risk_downgrade: float = 0.6
     #: Loss spike: validation loss rose by more than this fraction of its previous value (pause / downgrade).
-    loss_spike_pause: float = attrs.field(default=0.25, validator=_not_negative)
-    loss_spike_downgrade: float = attrs.field(default=0.1, validator=_not_negative)
+    loss_spike_pause: float = attrs.field(default=0.25, validator=not_negative)
+    loss_spike_downgrade: float = attrs.field(default=0.1, validator=not_negative)
     #: Latency budgets (ms) of Tolaria's decision hook and training step, and of Kasmina's command application.
     hook_budget_ms: float = 1_000.0
     step_budget_ms: float = 10_000.0
@@ -72,7 +63,7 @@ class RiskOptions:
     min_free_memory_gb: float = 0.25
     max_cpu_percent: float = 100.0
     #: Calm decision points (no rule fired, no over-budget decision) before conservative mode is left.
-    conservative_exit_after: int = attrs.field(default=2, validator=_positive)
+    conservative_exit_after: int = attrs.field(default=2, validator=positive)
 
 
 @section("tamiyo.heuristic")
@@ -81,27 +72,27 @@ class HeuristicOptions:
     """The ``heuristic`` policy. Epoch counts are decision points (one per epoch by default)."""
 
     #: No germination before this many decision points.
-    warmup_epochs: int = attrs.field(default=2, validator=_not_negative)
+    warmup_epochs: int = attrs.field(default=2, validator=not_negative)
     #: No germination when fewer decision points than this remain (when the run's length is known): a seed needs
     #: about five to reach FOSSILIZED, and a few more to pay for itself.
-    min_remaining_epochs: int = attrs.field(default=6, validator=_not_negative)
+    min_remaining_epochs: int = attrs.field(default=6, validator=not_negative)
     #: Validation loss has plateaued when its best value over the last ``plateau_window`` decision points improved
     #: on the best before them by less than ``plateau_threshold`` (relative).
-    plateau_window: int = attrs.field(default=2, validator=_positive)
-    plateau_threshold: float = attrs.field(default=0.01, validator=_not_negative)
+    plateau_window: int = attrs.field(default=2, validator=positive)
+    plateau_threshold: float = attrs.field(default=0.01, validator=not_negative)
     #: An underfitting host grows without waiting for a plateau: its training loss (the epoch's mean) was at least
     #: ``underfit_ratio`` times its validation loss at each of the last ``plateau_window`` epoch ends (no
     #: generalization gap: capacity, not data, limits it; 0.95 allows for noise). 0 turns the rule off.
-    underfit_ratio: float = attrs.field(default=0.95, validator=_not_negative)
+    underfit_ratio: float = attrs.field(default=0.95, validator=not_negative)
     #: Seeds in flight (GERMINATED to PROBATIONARY) at once.
-    max_concurrent_seeds: int = attrs.field(default=2, validator=_positive)
+    max_concurrent_seeds: int = attrs.field(default=2, validator=positive)
     #: All seeds together may add at most this fraction of the host's parameters.
-    max_added_parameter_fraction: float = attrs.field(default=0.5, validator=_not_negative)
+    max_added_parameter_fraction: float = attrs.field(default=0.5, validator=not_negative)
     #: TRAINING: blend in once, after at least ``min_training_epochs``, the seed would not hurt at full strength (its
     #: contribution is above ``graft_threshold``, within the tolerance); cull after ``training_patience`` without that.
     #: Straight-through training only warms a seed up; its worth shows once it blends in with real feedback.
-    min_training_epochs: int = attrs.field(default=1, validator=_positive)
-    training_patience: int = attrs.field(default=3, validator=_positive)
+    min_training_epochs: int = attrs.field(default=1, validator=positive)
+    training_patience: int = attrs.field(default=3, validator=positive)
     graft_threshold: float = 0.0
     #: Blending schedule for germinated seeds.
     blend_schedule: Literal["linear", "cosine", "tanh"] = "tanh"
@@ -109,24 +100,24 @@ class HeuristicOptions:
     shadow_threshold: float = 0.0
     #: PROBATIONARY: fossilize after ``probation_epochs`` when the contribution is at least ``fossilize_threshold``;
     #: cull after ``probation_epochs + probation_patience`` without that.
-    probation_epochs: int = attrs.field(default=1, validator=_positive)
-    probation_patience: int = attrs.field(default=2, validator=_not_negative)
+    probation_epochs: int = attrs.field(default=1, validator=positive)
+    probation_patience: int = attrs.field(default=2, validator=not_negative)
     fossilize_threshold: float = 0.0
     #: Cull a seed in the forward pass whose contribution falls below ``-hurt_threshold``: the tolerance every
     #: threshold above is compared with.
-    hurt_threshold: float = attrs.field(default=0.002, validator=_not_negative)
+    hurt_threshold: float = attrs.field(default=0.002, validator=not_negative)
     #: ...or this many of the contribution's standard errors (``SeedState.contribution_stderr``), when larger: a seed
     #: is culled, or held back, only when it is clearly below a threshold.
-    noise_z: float = attrs.field(default=2.0, validator=_not_negative)
+    noise_z: float = attrs.field(default=2.0, validator=not_negative)
     #: Blueprint choice: ids in order of preference (earlier is better), weights of cost (log-distance from a fair
     #: share of the remaining parameter budget) and of risk, and of each blueprint's fossilized minus culled seeds.
     preferred_blueprints: list[str] = attrs.Factory(list)
-    cost_weight: float = attrs.field(default=1.0, validator=_not_negative)
-    risk_weight: float = attrs.field(default=0.5, validator=_not_negative)
-    history_weight: float = attrs.field(default=0.5, validator=_not_negative)
+    cost_weight: float = attrs.field(default=1.0, validator=not_negative)
+    risk_weight: float = attrs.field(default=0.5, validator=not_negative)
+    history_weight: float = attrs.field(default=0.5, validator=not_negative)
     #: Slot choice: the weight of a slot's saliency (relative to the most salient free slot) against the score of
     #: the best blueprint it can take.
-    saliency_weight: float = attrs.field(default=1.0, validator=_not_negative)
+    saliency_weight: float = attrs.field(default=1.0, validator=not_negative)
 
 
 @attrs.frozen
@@ -144,7 +135,7 @@ class FixedScheduleOptions:
     slot; a blank slot is the shallowest DORMANT slot."""
 
     germinations: list[ScheduledGermination] = attrs.Factory(lambda: [ScheduledGermination(epoch=3)])
-    probation_epochs: int = attrs.field(default=1, validator=_positive)
+    probation_epochs: int = attrs.field(default=1, validator=positive)
     blend_schedule: Literal["linear", "cosine", "tanh"] = "tanh"
 
 

@@ -36,16 +36,15 @@ from esper_core.leyline import (
     FieldReportOutcome,
     MitigationAction,
     SeedLifecycleStage,
-    SeedOperation,
     SeedState,
     SystemStatePacket,
+    lifecycle,
 )
 from esper_core.storage import AppendOnlyLog, read_records
 from esper_tamiyo.options import TamiyoOptions
 
-S = SeedLifecycleStage
 OUTCOME = FieldReportOutcome
-GONE = frozenset({S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED, S.SEED_STAGE_RESETTING, S.SEED_STAGE_DORMANT})
+GONE = lifecycle.CLEARING | {lifecycle.DORMANT}
 
 
 @attrs.define
@@ -119,7 +118,7 @@ class FieldReports:
             window.seen += 1
             slot = _slot(state, window.command.target_slot_id)
             alive = slot is not None and slot.seed_id == window.seed_id and slot.stage not in GONE
-            final = slot is not None and slot.stage == S.SEED_STAGE_FOSSILIZED and alive
+            final = slot is not None and slot.stage == lifecycle.FOSSILIZED and alive
             if window.seen >= self.options.observation_window or not alive or final:
                 closed.append(self._report(window, state, self._judge(window, state, alive)))
                 del self.open[command_id]
@@ -131,7 +130,7 @@ class FieldReports:
         relative = None
         if before.HasField("val_loss") and after.HasField("val_loss") and before.val_loss > 0:
             relative = (after.val_loss - before.val_loss) / before.val_loss
-        if window.command.seed_operation.operation in (SeedOperation.SEED_OP_CULL, SeedOperation.SEED_OP_CANCEL):
+        if window.command.seed_operation.operation in lifecycle.REMOVALS:
             if relative is not None and relative >= o.regression_margin:
                 return OUTCOME.FIELD_REPORT_OUTCOME_REGRESSION
             return OUTCOME.FIELD_REPORT_OUTCOME_SUCCESS
@@ -155,7 +154,7 @@ class FieldReports:
         slot = _slot(state, window.command.target_slot_id)
         delta = FieldReportDelta(
             parameters_added=int(after.parameter_count) - int(before.parameter_count),
-            final_stage=slot.stage if slot is not None else S.SEED_STAGE_UNKNOWN,
+            final_stage=slot.stage if slot is not None else SeedLifecycleStage.SEED_STAGE_UNKNOWN,
             epochs_observed=window.seen,
         )
         for name in ("val_loss", "val_accuracy"):

@@ -40,9 +40,9 @@ from typing import Any
 
 import attrs
 
-from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, CommandType, SystemStatePacket
+from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, CommandType, SystemStatePacket, lifecycle
 from esper_core.telemetry import CRITICAL, INFO, WARNING, Event
-from esper_tamiyo.commands import GROWTH, noop, operation_name
+from esper_tamiyo.commands import GROWTH, noop
 from esper_tamiyo.options import RiskOptions
 
 PAUSE, DOWNGRADE = "pause", "downgrade"
@@ -172,7 +172,7 @@ class RiskEngine:
             command = noop("", proposal.decision.policy_name)
             command.decision.CopyFrom(proposal.decision)
             command.decision.rationale = (
-                f"held back {operation_name(proposal)}: {reason.rule} ({reason.detail}); "
+                f"held back {lifecycle.command_name(proposal)}: {reason.rule} ({reason.detail}); "
                 f"the policy proposed: {proposal.decision.rationale}"
             )
         command.decision.risk_reason = fired[0].rule if held else "policy"

@@ -1,7 +1,7 @@
 """Configuration of the Urza artifact library and of Tezzeret, its artifact builder.
 
 Urza's keys live in ``[urza]`` next to core's selectors (``catalogs``, ``store``, ``allowed_tiers``, owned by
-:mod:`esper_core.components`); Tezzeret's in ``[urza.tezzeret]``::
+:mod:`esper_core.plugins.selectors`); Tezzeret's in ``[urza.tezzeret]``::
 
     [urza]
     root = "/var/esper/urza"      # default: <run directory>/urza
@@ -17,21 +17,11 @@ Urza's keys live in ``[urza]`` next to core's selectors (``catalogs``, ``store``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 from esper_core.config import section
-
-
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{attribute.name} must be zero or more, got {value}")
+from esper_core.config.validators import not_negative, positive
 
 
 @attrs.frozen
@@ -39,14 +29,14 @@ class TezzeretOptions:
     """How Tezzeret checks a freshly built blueprint module before it becomes an artifact."""
 
     #: Batch size of the random probe input.
-    probe_batch: int = attrs.field(default=2, validator=_positive)
+    probe_batch: int = attrs.field(default=2, validator=positive)
     #: Timed forward passes after one warm-up (fewer when a forward is slower than 20 ms).
-    latency_repeats: int = attrs.field(default=5, validator=_positive)
+    latency_repeats: int = attrs.field(default=5, validator=positive)
     #: Refuse modules whose median forward takes longer than this (milliseconds); unset: measure, never refuse.
-    max_forward_ms: float | None = attrs.field(default=None, validator=_positive)
+    max_forward_ms: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
     #: Refuse modules whose initial output RMS exceeds this fraction of the probe input's RMS (seeds must start
     #: near zero so that grafting never jolts the host).
-    max_initial_output_ratio: float = attrs.field(default=1e-3, validator=_non_negative)
+    max_initial_output_ratio: float = attrs.field(default=1e-3, validator=not_negative)
     #: Compile the module with ``torch.compile`` (checked against eager; falls back to eager on failure).
     #: Off by default: on a CPU compiling costs seconds and gains little for modules this small.
     compile: bool = False
@@ -62,11 +52,11 @@ class UrzaOptions:
     #: Library directory (SQLite catalog, journal, artifact files). Unset: ``<run directory>/urza``.
     root: Path | None = None
     #: Artifacts kept loaded in memory (least recently used evicted first).
-    cache_size: int = attrs.field(default=128, validator=_positive)
+    cache_size: int = attrs.field(default=128, validator=positive)
     #: Latency budget of a fetch served from memory or disk; slower fetches are reported (``timeout_urza``).
-    fetch_budget_ms: float = attrs.field(default=10.0, validator=_positive)
+    fetch_budget_ms: float = attrs.field(default=10.0, validator=positive)
     #: Latency budget of a fetch that had to build the artifact (Tezzeret's probes and the durable save included).
-    build_budget_ms: float = attrs.field(default=2000.0, validator=_positive)
+    build_budget_ms: float = attrs.field(default=2000.0, validator=positive)
     #: Re-hash every artifact file when the library opens, dropping rows whose file is missing or altered.
     verify_on_open: bool = True
     tezzeret: TezzeretOptions = attrs.Factory(TezzeretOptions)
@@ -78,4 +68,4 @@ class PrefetchOptions:
     """The ``urza-prefetch`` store (``urza.store = "urza-prefetch"``); it shares ``urza.root`` with the service."""
 
     #: Seconds a fetch waits for ``esper serve urza`` to answer (a build on a miss included).
-    timeout_s: float = attrs.field(default=30.0, validator=_positive)
+    timeout_s: float = attrs.field(default=30.0, validator=positive)

@@ -25,7 +25,6 @@ import statistics
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from esper_core.errors import ConfigError, EsperError
 from esper_core.leyline import KernelArtifactError, KernelArtifactReady, KernelPrefetchRequest, TelemetryPacket
 from esper_core.oona import BusMessage, Oona
 from esper_core.protocols import SlotShape
+from esper_core.stats import percentile
 from esper_core.telemetry import Metric, build_telemetry_packet
 from esper_urza.errors import ArtifactBuildError
 from esper_urza.options import UrzaOptions
@@ -66,19 +66,12 @@ def describe_failure(error: BaseException) -> str:
     return f"the urza service failed ({type(error).__name__}): {text}"
 
 
-def _percentile(samples: Iterable[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 def prewarm_percentiles(record: ArtifactRecord) -> tuple[float, float]:
     """p50 and p95 of Tezzeret's timed forward passes (the median alone for records without the samples)."""
     samples = [float(sample) for sample in record.report.get("forward_latency_samples", ())]
     if not samples:
         return record.forward_latency_ms, record.forward_latency_ms
-    return statistics.median(samples), _percentile(samples, 0.95)
+    return statistics.median(samples), percentile(samples, 0.95)
 
 
 class UrzaService:
@@ -187,7 +180,7 @@ class UrzaService:
         }
         for kind, samples in self._latency.items():
             values[f"urza.service.{kind}.p50_ms"] = statistics.median(samples) if samples else 0.0
-            values[f"urza.service.{kind}.p95_ms"] = _percentile(samples, 0.95)
+            values[f"urza.service.{kind}.p95_ms"] = percentile(samples, 0.95)
         return values
 
     def telemetry(self) -> list[TelemetryPacket]:
@@ -213,11 +206,11 @@ class UrzaService:
 def build_service(context: BuildContext) -> UrzaService:
     """The service as ``esper serve urza`` builds it: the library at ``urza.root`` over the configured catalogs."""
     from esper_urza.library import UrzaLibrary
-    from esper_urza.plugin import library_root, run_catalogs
+    from esper_urza.plugin import library_root
 
     bus = context.bus
     if not isinstance(bus, Oona):
         raise ConfigError("the urza service answers prefetch requests over the bus: run it with `esper serve urza`")
     options = context.options if isinstance(context.options, UrzaOptions) else UrzaOptions()
-    library = UrzaLibrary(library_root(options, None), run_catalogs(context), options=options)
+    library = UrzaLibrary(library_root(options, None), context.blueprint_catalogs(), options=options)
     return UrzaService(bus, library)

@@ -12,6 +12,8 @@ per batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.message import Message
 
 from esper_core.leyline.v1.blueprints_pb2 import (
@@ -264,3 +266,16 @@ def all_enum_names() -> dict[str, list[str]]:
         name: [value.name for value in descriptor.values]
         for name, descriptor in enums_pb2.DESCRIPTOR.enum_types_by_name.items()
     }
+
+
+def value_name(enum: Any, value: int, prefix: str = "") -> str:
+    """The name of an enum value without ``prefix`` (``value_name(SlotKind, 2, "SLOT_KIND_")`` is ``"VECTOR"``).
+
+    Never raises: enum values are append-only, so a newer peer may send one this version does not know; it is
+    shown as ``UNKNOWN(77)`` rather than stopping whoever is printing it.
+    """
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return f"UNKNOWN({value})"
+    return name.removeprefix(prefix)

@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from esper_core.leyline import (
     BlendSchedule,
     OptimizerFamily,
-    SeedLifecycleStage,
     SeedState,
     SlotKind,
     SystemStatePacket,
     TrainingMetrics,
     all_message_types,
+    lifecycle,
 )
 
 M = TypeVar("M", bound=Message)
@@ -155,19 +155,8 @@ def any_message(*, max_depth: int = 3) -> st.SearchStrategy[Message]:
 
 # -- semantically valid state packets ----------------------------------------------------------------------------
 
-_ACTIVE = [
-    SeedLifecycleStage.SEED_STAGE_GERMINATED,
-    SeedLifecycleStage.SEED_STAGE_TRAINING,
-    SeedLifecycleStage.SEED_STAGE_BLENDING,
-    SeedLifecycleStage.SEED_STAGE_SHADOWING,
-    SeedLifecycleStage.SEED_STAGE_PROBATIONARY,
-]
-_OCCUPIED = [*_ACTIVE, SeedLifecycleStage.SEED_STAGE_FOSSILIZED]
-_EMPTY = [
-    SeedLifecycleStage.SEED_STAGE_DORMANT,
-    SeedLifecycleStage.SEED_STAGE_EMBARGOED,
-    SeedLifecycleStage.SEED_STAGE_RESETTING,
-]
+_OCCUPIED = sorted(lifecycle.HAS_SEED)
+_EMPTY = [lifecycle.DORMANT, lifecycle.EMBARGOED, lifecycle.RESETTING]
 
 
 def slot_shapes() -> st.SearchStrategy[tuple[SlotKind.ValueType, tuple[int, ...]]]:
@@ -192,7 +181,7 @@ def seed_states(draw: st.DrawFn, slot_id: str, blueprint_ids: Sequence[str] = ("
     state.layer_depth = draw(st.integers(0, 16))
     state.activation_rms = draw(_finite)
     state.host_gradient_norm = draw(_finite)
-    if stage == SeedLifecycleStage.SEED_STAGE_EMBARGOED:
+    if stage == lifecycle.EMBARGOED:
         state.embargo_epochs_remaining = draw(st.integers(1, 5))
     if stage in _OCCUPIED:
         state.seed_id = f"{slot_id}-seed"
@@ -202,17 +191,17 @@ def seed_states(draw: st.DrawFn, slot_id: str, blueprint_ids: Sequence[str] = ("
         state.parameter_count = draw(st.integers(1, 100_000))
         state.blend_schedule = draw(st.sampled_from([v for v in BlendSchedule.values() if v]))
         state.alpha_total_steps = draw(st.integers(1, 50))
-        if stage == SeedLifecycleStage.SEED_STAGE_BLENDING:
+        if stage == lifecycle.BLENDING:
             state.alpha_steps = draw(st.integers(0, state.alpha_total_steps))
             state.alpha = state.alpha_steps / state.alpha_total_steps
         elif stage in (
-            SeedLifecycleStage.SEED_STAGE_SHADOWING,
-            SeedLifecycleStage.SEED_STAGE_PROBATIONARY,
-            SeedLifecycleStage.SEED_STAGE_FOSSILIZED,
+            lifecycle.SHADOWING,
+            lifecycle.PROBATIONARY,
+            lifecycle.FOSSILIZED,
         ):
             state.alpha = 1.0
         state.gradient_norm = draw(_finite)
-        if stage != SeedLifecycleStage.SEED_STAGE_GERMINATED and draw(st.booleans()):
+        if stage != lifecycle.GERMINATED and draw(st.booleans()):
             state.contribution = draw(st.floats(min_value=-1.0, max_value=1.0))
         if draw(st.booleans()):
             state.seed_loss_delta = draw(st.floats(min_value=-1.0, max_value=1.0))

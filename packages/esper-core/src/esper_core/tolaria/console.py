@@ -8,7 +8,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from esper_core.leyline import AdaptationCommand, CommandResult, CommandStatus, CommandType, SystemStatePacket
+from esper_core.leyline import (
+    AdaptationCommand,
+    CommandResult,
+    CommandStatus,
+    CommandType,
+    SystemStatePacket,
+    lifecycle,
+    value_name,
+)
 from esper_core.tolaria.trainer import EpochStats, Summary, Trainer
 
 #: The progress bar is redrawn at most this often (in steps), so the display costs nothing measurable per batch.
@@ -18,11 +26,7 @@ REFRESH_EVERY = 25
 def _stage_counts(state: SystemStatePacket) -> str:
     counts: dict[str, int] = {}
     for seed in state.seeds:
-        name = {1: "dormant", 7: "fossilized", 9: "embargoed"}.get(seed.stage)
-        if name is None:
-            from esper_core.leyline import SeedLifecycleStage
-
-            name = SeedLifecycleStage.Name(seed.stage).removeprefix("SEED_STAGE_").lower()
+        name = lifecycle.stage_name(seed.stage).lower()
         if name != "dormant":
             counts[name] = counts.get(name, 0) + 1
     return ", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "all dormant"
@@ -32,14 +36,12 @@ def _action(command: AdaptationCommand, result: CommandResult) -> str:
     if command.command_type == CommandType.COMMAND_NOOP:
         return "wait"
     operation = command.seed_operation
-    from esper_core.leyline import SeedOperation
-
-    text = SeedOperation.Name(operation.operation).removeprefix("SEED_OP_").lower()
+    text = lifecycle.command_name(command)
     if operation.blueprint_id:
         text += f" {operation.blueprint_id}"
     text += f" @ {command.target_slot_id}"
     if result.status != CommandStatus.COMMAND_STATUS_APPLIED:
-        text += f" ({CommandStatus.Name(result.status).removeprefix('COMMAND_STATUS_').lower()})"
+        text += f" ({value_name(CommandStatus, result.status, 'COMMAND_STATUS_').lower()})"
     return text
 
 

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
 from esper_core.config import section
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
-
-
-def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
-
-
-def _fraction(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"{attribute.name} must lie strictly between 0 and 1, got {value}")
+from esper_core.config.validators import not_negative, open_fraction, positive
 
 
 @section("run")
@@ -30,19 +16,19 @@ def _fraction(_instance: object, attribute: attrs.Attribute[Any], value: float) 
 class RunOptions:
     #: A task plugin's name (``esper plugins`` lists them) or a ``package.module:factory`` reference.
     task: str = "fashion-mnist"
-    epochs: int = attrs.field(default=12, validator=_positive)
-    batch_size: int = attrs.field(default=128, validator=_positive)
+    epochs: int = attrs.field(default=12, validator=positive)
+    batch_size: int = attrs.field(default=128, validator=positive)
     #: Seeds everything: initial weights, data order, dropout, the validation split.
     seed: int = 0
     #: The run's name (its directory under ``runs_dir``); empty: ``<task>-<UTC time>``.
     name: str = ""
     runs_dir: Path = Path("runs")
     #: Fraction of the training data held out for validation (when the task brings no validation set).
-    validation_fraction: float = attrs.field(default=0.1, validator=_fraction)
+    validation_fraction: float = attrs.field(default=0.1, validator=open_fraction)
     #: "cpu", "cuda", or "auto" (cuda when available).
     device: str = "auto"
     #: torch intra-op threads (0 keeps torch's default).
-    threads: int = attrs.field(default=0, validator=_not_negative)
+    threads: int = attrs.field(default=0, validator=not_negative)
 
 
 @section("tolaria")
@@ -52,29 +38,29 @@ class TolariaOptions:
     controller: str = "tamiyo"
     seed_executor: str = "kasmina"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    learning_rate: float = attrs.field(default=2e-3, validator=_positive)
-    weight_decay: float = attrs.field(default=0.0, validator=_not_negative)
-    momentum: float = attrs.field(default=0.9, validator=_not_negative)
+    learning_rate: float = attrs.field(default=2e-3, validator=positive)
+    weight_decay: float = attrs.field(default=0.0, validator=not_negative)
+    momentum: float = attrs.field(default=0.9, validator=not_negative)
     #: Clip the gradient norm of every parameter (host and seeds) to this (0: no clipping).
-    gradient_clip: float = attrs.field(default=0.0, validator=_not_negative)
+    gradient_clip: float = attrs.field(default=0.0, validator=not_negative)
     #: A decision point every this many training steps in addition to each epoch's end (0: epoch ends only).
-    decision_every_steps: int = attrs.field(default=0, validator=_not_negative)
+    decision_every_steps: int = attrs.field(default=0, validator=not_negative)
     #: The controller's decision must come back within this; otherwise the decision point waits (a no-op).
-    decision_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    decision_timeout_s: float = attrs.field(default=5.0, validator=positive)
     #: Applying a command that takes longer than this counts as a failure (the model is never trained while a
     #: command is half applied, so the application itself is never abandoned).
-    apply_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    apply_timeout_s: float = attrs.field(default=5.0, validator=positive)
     #: After this many consecutive failed decisions the controller is not consulted for ``conservative_for``
     #: decision points (conservative mode).
-    failures_to_conservative: int = attrs.field(default=3, validator=_positive)
-    conservative_for: int = attrs.field(default=2, validator=_positive)
+    failures_to_conservative: int = attrs.field(default=3, validator=positive)
+    conservative_for: int = attrs.field(default=2, validator=positive)
     #: Examples in the fixed batch the seed executor's gates measure on.
-    probe_size: int = attrs.field(default=64, validator=_positive)
+    probe_size: int = attrs.field(default=64, validator=positive)
     #: Validate on at most this many examples (0: the whole validation set).
-    max_validation_samples: int = attrs.field(default=0, validator=_not_negative)
+    max_validation_samples: int = attrs.field(default=0, validator=not_negative)
     #: Checkpoints kept (the newest ones).
-    keep_checkpoints: int = attrs.field(default=2, validator=_positive)
+    keep_checkpoints: int = attrs.field(default=2, validator=positive)
     #: A training loss above this multiple of the previous epoch's is a spike: roll back and cull.
-    loss_spike_factor: float = attrs.field(default=3.0, validator=_positive)
+    loss_spike_factor: float = attrs.field(default=3.0, validator=positive)
     #: Rollbacks allowed in one run before it stops.
-    max_rollbacks: int = attrs.field(default=3, validator=_not_negative)
+    max_rollbacks: int = attrs.field(default=3, validator=not_negative)

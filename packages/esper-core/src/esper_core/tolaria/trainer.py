@@ -41,11 +41,12 @@ from esper_core.leyline import (
     DecisionMetadata,
     HardwareContext,
     OptimizerFamily,
-    SeedLifecycleStage,
     SeedOperation,
     SeedState,
     SystemStatePacket,
     TrainingMetrics,
+    lifecycle,
+    value_name,
 )
 from esper_core.plugins.runinfo import RunInfo
 from esper_core.signing import CommandSigner
@@ -53,9 +54,6 @@ from esper_core.telemetry import ERROR, WARNING, Event, Metric, build_telemetry_
 from esper_core.tolaria.assembly import Run, RunError
 from esper_core.tolaria.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 
-S = SeedLifecycleStage
-IN_FORWARD = {S.SEED_STAGE_TRAINING, S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY}
-HAS_SEED = IN_FORWARD | {S.SEED_STAGE_GERMINATED, S.SEED_STAGE_FOSSILIZED}
 FAMILIES = {
     "SGD": OptimizerFamily.OPTIMIZER_FAMILY_SGD,
     "Adam": OptimizerFamily.OPTIMIZER_FAMILY_ADAM,
@@ -238,7 +236,8 @@ class Trainer:
             val_loss=validation.loss,
             val_accuracy=validation.accuracy,
             isolation_violations=sum(seed.isolation_violations for seed in seeds),
-            parameter_count=history.host_parameters + sum(s.parameter_count for s in seeds if s.stage in HAS_SEED),
+            parameter_count=history.host_parameters
+            + sum(s.parameter_count for s in seeds if s.stage in lifecycle.HAS_SEED),
             rollbacks=history.rollbacks,
             optimizer_family=FAMILIES.get(type(run.optimizer).__name__, OptimizerFamily.OPTIMIZER_FAMILY_OTHER),
             learning_rate=float(run.optimizer.param_groups[0]["lr"]),
@@ -344,9 +343,9 @@ class Trainer:
         seeds = list(state.seeds)
         stages: dict[str, int] = {}
         for seed in seeds:
-            name = S.Name(seed.stage).removeprefix("SEED_STAGE_")
+            name = lifecycle.stage_name(seed.stage)
             stages[name] = stages.get(name, 0) + 1
-        operation = _operation(command)
+        operation = lifecycle.command_name(command)
         self.decisions[operation] = self.decisions.get(operation, 0) + 1
         run.record.append(
             "epoch", epoch=epoch, global_step=history.global_step, train_loss=_finite(stats.train_loss),
@@ -361,7 +360,7 @@ class Trainer:
             blueprint=command.seed_operation.blueprint_id, rationale=command.decision.rationale,
             risk_reason=command.decision.risk_reason, rules=list(command.decision.risk_rules_fired),
             policy=command.decision.policy_name,
-            status=CommandStatus.Name(result.status).removeprefix("COMMAND_STATUS_"), detail=result.detail,
+            status=value_name(CommandStatus, result.status, "COMMAND_STATUS_"), detail=result.detail,
             gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
         )  # fmt: skip
         self._transitions(epoch, events)
@@ -384,12 +383,12 @@ class Trainer:
         """Record every lifecycle transition and announce it to the plugins."""
         run = self.run
         for event in events:
-            if event.to_stage == S.SEED_STAGE_CULLED:
+            if event.to_stage == lifecycle.CULLED:
                 self.culled += 1
             run.record.append(
                 "transition", epoch=epoch, slot=event.slot_id, seed=event.seed_id, blueprint=event.blueprint_id,
-                source=S.Name(event.from_stage).removeprefix("SEED_STAGE_"),
-                target=S.Name(event.to_stage).removeprefix("SEED_STAGE_"), reason=event.reason,
+                source=lifecycle.stage_name(event.from_stage),
+                target=lifecycle.stage_name(event.to_stage), reason=event.reason,
                 gates=[MessageToDict(gate) for gate in event.gates],
             )  # fmt: skip
             run.registry.seed_transition(event)
@@ -446,7 +445,8 @@ class Trainer:
 
     def _roll_back(self, epoch: int, reason: str) -> None:
         run = self.run
-        blamed = [s for s in run.executor.export_seed_states() if s.stage in IN_FORWARD]
+        # In the forward pass and still removable (a fossilized seed is part of the host now).
+        blamed = [s for s in run.executor.export_seed_states() if s.stage in lifecycle.IN_FORWARD & lifecycle.IN_FLIGHT]
         if self.history.rollbacks >= run.tolaria.max_rollbacks:
             raise RunError(
                 f"epoch {epoch}: {reason}, and the run has already rolled back {self.history.rollbacks} "
@@ -532,8 +532,9 @@ class Trainer:
             test_loss=test_loss,
             test_accuracy=test_accuracy,
             host_parameters=self.history.host_parameters,
-            parameters=self.history.host_parameters + sum(s.parameter_count for s in seeds if s.stage in HAS_SEED),
-            fossilized=sum(s.stage == S.SEED_STAGE_FOSSILIZED for s in seeds),
+            parameters=self.history.host_parameters
+            + sum(s.parameter_count for s in seeds if s.stage in lifecycle.HAS_SEED),
+            fossilized=sum(s.stage == lifecycle.FOSSILIZED for s in seeds),
             culled=self.culled,
             rollbacks=self.history.rollbacks,
             wall_seconds=time.time() - self.history.started_at,
@@ -567,27 +568,21 @@ def _noop(rationale: str) -> AdaptationCommand:
     )  # fmt: skip
 
 
-def _operation(command: AdaptationCommand) -> str:
-    if command.command_type == CommandType.COMMAND_SEED:
-        return SeedOperation.Name(command.seed_operation.operation).removeprefix("SEED_OP_").lower()
-    return CommandType.Name(command.command_type).removeprefix("COMMAND_").lower()
-
-
 def _outcome(report: Any) -> str:
     from esper_core.leyline import FieldReportOutcome
 
-    return FieldReportOutcome.Name(report.outcome).removeprefix("FIELD_REPORT_OUTCOME_")
+    return value_name(FieldReportOutcome, report.outcome, "FIELD_REPORT_OUTCOME_")
 
 
 def _seed_measurements(seeds: list[SeedState]) -> dict[str, dict[str, Any]]:
     """Each slot holding a seed: its blueprint, stage, alpha and measured contribution (with standard error)."""
     measured = {}
     for seed in seeds:
-        if seed.stage not in HAS_SEED:
+        if seed.stage not in lifecycle.HAS_SEED:
             continue
         entry: dict[str, Any] = {
             "blueprint": seed.blueprint_id,
-            "stage": S.Name(seed.stage).removeprefix("SEED_STAGE_"),
+            "stage": lifecycle.stage_name(seed.stage),
             "alpha": seed.alpha,
             "parameters": seed.parameter_count,
         }

@@ -12,8 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, SeedState, SystemStatePacket
-from esper_tamiyo.commands import ADVANCE_FROM, OP, SCHEDULES, S, default_parameters, fits, noop, seed_command
+from esper_core.leyline import (
+    AdaptationCommand,
+    BlueprintDescriptor,
+    SeedOperation,
+    SeedState,
+    SystemStatePacket,
+    lifecycle,
+)
+from esper_tamiyo.commands import SCHEDULES, default_parameters, fits, noop, seed_command
 from esper_tamiyo.options import FixedScheduleOptions, ScheduledGermination
 
 NAME = "fixed-schedule"
@@ -33,26 +40,26 @@ class FixedSchedulePolicy:
                 if command is not None:
                     self.done.add(index)
                     return command
-        for operation, source in ADVANCE_FROM.items():
+        for operation, (source, _target) in reversed(lifecycle.ADVANCES.items()):  # latest stage first
             for seed in state.seeds:
                 if seed.stage == source and self._ready(operation, seed):
-                    name = OP.Name(operation).removeprefix("SEED_OP_").lower()
+                    name = lifecycle.operation_name(operation).lower()
                     return seed_command(operation, seed.slot_id, f"{name} {seed.slot_id} on schedule", policy=NAME)
         return noop("nothing scheduled", NAME)
 
     def _ready(self, operation: int, seed: SeedState) -> bool:
-        if operation == OP.SEED_OP_STABILIZE:
+        if operation == SeedOperation.SEED_OP_STABILIZE:
             return bool(seed.alpha_total_steps) and seed.alpha_steps >= seed.alpha_total_steps
-        if operation == OP.SEED_OP_FOSSILIZE:
+        if operation == SeedOperation.SEED_OP_FOSSILIZE:
             return seed.stage_epochs >= self.options.probation_epochs
-        if operation == OP.SEED_OP_START_TRAINING:
+        if operation == SeedOperation.SEED_OP_START_TRAINING:
             return True
         return seed.stage_epochs >= 1  # measured at least once in its stage
 
     def _germinate(
         self, planned: ScheduledGermination, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]
     ) -> AdaptationCommand | None:
-        free = [s for s in state.seeds if s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0]
+        free = [s for s in state.seeds if lifecycle.can_germinate(s)]
         slots = (
             [s for s in free if s.slot_id == planned.slot]
             if planned.slot
@@ -64,7 +71,7 @@ class FixedSchedulePolicy:
                     continue
                 if fits(descriptor, seed.slot_kind):
                     return seed_command(
-                        OP.SEED_OP_GERMINATE,
+                        SeedOperation.SEED_OP_GERMINATE,
                         seed.slot_id,
                         f"germinate {descriptor.blueprint_id} in {seed.slot_id}: scheduled for epoch {planned.epoch}",
                         policy=NAME,

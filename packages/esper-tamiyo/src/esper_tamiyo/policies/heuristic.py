@@ -40,14 +40,17 @@ from typing import Any
 
 import attrs
 
-from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, SeedState, SystemStatePacket
+from esper_core.leyline import (
+    AdaptationCommand,
+    BlueprintDescriptor,
+    SeedOperation,
+    SeedState,
+    SystemStatePacket,
+    lifecycle,
+)
 from esper_core.protocols import BlueprintCatalog, SlotShape
 from esper_tamiyo.commands import (
-    ADVANCE_FROM,
-    IN_FLIGHT,
-    OP,
     SCHEDULES,
-    S,
     default_parameters,
     fits,
     noop,
@@ -105,9 +108,9 @@ class HeuristicPolicy:
             previous = self._stages.get(seed.slot_id)
             if previous is not None and previous[1]:
                 stage, blueprint = previous
-                if seed.stage == S.SEED_STAGE_FOSSILIZED and stage != S.SEED_STAGE_FOSSILIZED:
+                if seed.stage == lifecycle.FOSSILIZED and stage != lifecycle.FOSSILIZED:
                     self.record[blueprint] = self.record.get(blueprint, 0) + 1
-                elif seed.stage in (S.SEED_STAGE_CULLED, S.SEED_STAGE_EMBARGOED) and stage in IN_FLIGHT:
+                elif seed.stage in (lifecycle.CULLED, lifecycle.EMBARGOED) and stage in lifecycle.IN_FLIGHT:
                     self.record[blueprint] = self.record.get(blueprint, 0) - 1
             self._stages[seed.slot_id] = (seed.stage, seed.blueprint_id)
 
@@ -124,28 +127,31 @@ class HeuristicPolicy:
             return None
         _, seed, reason = worst
         return seed_command(
-            OP.SEED_OP_CULL, seed.slot_id, f"cull {seed.slot_id} ({seed.blueprint_id}): {reason}", policy=NAME
+            SeedOperation.SEED_OP_CULL,
+            seed.slot_id,
+            f"cull {seed.slot_id} ({seed.blueprint_id}): {reason}",
+            policy=NAME,
         )
 
     def _cull_reason(self, seed: SeedState) -> str | None:
         """Why ``seed`` should go, by the first rule that applies, or None."""
         o = self.options
         contribution = seed.contribution if seed.HasField("contribution") else None
-        in_forward = (S.SEED_STAGE_BLENDING, S.SEED_STAGE_SHADOWING, S.SEED_STAGE_PROBATIONARY)
+        in_forward = (lifecycle.BLENDING, lifecycle.SHADOWING, lifecycle.PROBATIONARY)
         if seed.stage in in_forward and contribution is not None:
             limit = -self._tolerance(seed)
             if contribution < limit:
                 return f"it hurts: contribution {contribution:.4g} < {limit:.4g}"
         unhelpful = contribution is None or contribution <= o.graft_threshold - self._tolerance(seed)
-        if seed.stage == S.SEED_STAGE_TRAINING and seed.stage_epochs >= o.training_patience and unhelpful:
+        if seed.stage == lifecycle.TRAINING and seed.stage_epochs >= o.training_patience and unhelpful:
             shown = "unmeasured" if contribution is None else f"{contribution:.4g}"
             return f"no useful contribution after {seed.stage_epochs} epochs of training ({shown})"
-        shadowing = seed.stage == S.SEED_STAGE_SHADOWING and seed.stage_epochs >= 1
+        shadowing = seed.stage == lifecycle.SHADOWING and seed.stage_epochs >= 1
         if shadowing and contribution is not None and contribution < o.shadow_threshold - self._tolerance(seed):
             return f"contribution {contribution:.4g} clearly below the shadowing threshold {o.shadow_threshold:g}"
         probation_over = seed.stage_epochs >= o.probation_epochs + o.probation_patience
         short = contribution is None or contribution < o.fossilize_threshold
-        if seed.stage == S.SEED_STAGE_PROBATIONARY and probation_over and short:
+        if seed.stage == lifecycle.PROBATIONARY and probation_over and short:
             return f"probation over without reaching {o.fossilize_threshold:g}"
         return None
 
@@ -159,9 +165,9 @@ class HeuristicPolicy:
     def _ready(self, operation: int, seed: SeedState) -> str | None:
         o = self.options
         contribution = seed.contribution if seed.HasField("contribution") else None
-        if operation == OP.SEED_OP_START_TRAINING:
+        if operation == SeedOperation.SEED_OP_START_TRAINING:
             return "germinated; start training"
-        if operation == OP.SEED_OP_START_GRAFTING:
+        if operation == SeedOperation.SEED_OP_START_GRAFTING:
             allowed = o.graft_threshold - self._tolerance(seed)
             if seed.stage_epochs >= o.min_training_epochs and contribution is not None and contribution > allowed:
                 return (
@@ -169,11 +175,11 @@ class HeuristicPolicy:
                     f"(graft threshold {o.graft_threshold:g} less the tolerance)"
                 )
             return None
-        if operation == OP.SEED_OP_STABILIZE:
+        if operation == SeedOperation.SEED_OP_STABILIZE:
             if seed.alpha_total_steps and seed.alpha_steps >= seed.alpha_total_steps:
                 return f"blending ramp done ({seed.alpha_steps}/{seed.alpha_total_steps})"
             return None
-        if operation == OP.SEED_OP_EVALUATE:
+        if operation == SeedOperation.SEED_OP_EVALUATE:
             allowed = o.shadow_threshold - self._tolerance(seed)
             if seed.stage_epochs >= 1 and contribution is not None and contribution >= allowed:
                 return (
@@ -181,7 +187,7 @@ class HeuristicPolicy:
                     f"(shadow threshold {o.shadow_threshold:g} less the tolerance)"
                 )
             return None
-        if operation == OP.SEED_OP_FOSSILIZE:
+        if operation == SeedOperation.SEED_OP_FOSSILIZE:
             if (
                 seed.stage_epochs >= o.probation_epochs
                 and contribution is not None
@@ -192,13 +198,13 @@ class HeuristicPolicy:
         return None
 
     def _advance(self, state: SystemStatePacket) -> AdaptationCommand | None:
-        for operation, source in ADVANCE_FROM.items():
+        for operation, (source, _target) in reversed(lifecycle.ADVANCES.items()):  # latest stage first
             for seed in state.seeds:
                 if seed.stage != source:
                     continue
                 reason = self._ready(operation, seed)
                 if reason is not None:
-                    name = OP.Name(operation).removeprefix("SEED_OP_").lower()
+                    name = lifecycle.operation_name(operation).lower()
                     return seed_command(operation, seed.slot_id, f"{name} {seed.slot_id}: {reason}", policy=NAME)
         return None
 
@@ -229,7 +235,7 @@ class HeuristicPolicy:
 
     def budget_left(self, state: SystemStatePacket) -> float:
         host = self.host_parameters or max(int(state.metrics.parameter_count), 1)
-        used = sum(seed.parameter_count for seed in state.seeds if seed.stage in IN_FLIGHT | {S.SEED_STAGE_FOSSILIZED})
+        used = sum(seed.parameter_count for seed in state.seeds if seed.stage in lifecycle.HAS_SEED)
         return self.options.max_added_parameter_fraction * host - used
 
     def _cost(self, descriptor: BlueprintDescriptor, seed: SeedState) -> int | None:
@@ -285,14 +291,14 @@ class HeuristicPolicy:
         o = self.options
         if state.current_epoch < o.warmup_epochs or self._too_late(state):
             return None
-        in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
+        in_flight = sum(seed.stage in lifecycle.IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_concurrent_seeds:
             return None
         plateau, why = self.growth_signal()
         if not plateau:
             return None
         budget = self.budget_left(state)
-        free = [s for s in state.seeds if s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0]
+        free = [s for s in state.seeds if lifecycle.can_germinate(s)]
         highest = max((self.saliency(s) for s in free), default=0.0) or 1.0
         options = []
         for seed in free:
@@ -310,7 +316,7 @@ class HeuristicPolicy:
             f"budget left {budget:.0f} parameters"
         )
         command = seed_command(
-            OP.SEED_OP_GERMINATE,
+            SeedOperation.SEED_OP_GERMINATE,
             seed.slot_id,
             rationale,
             policy=NAME,
@@ -331,13 +337,13 @@ class HeuristicPolicy:
             return (
                 f"too late to grow: {left} epoch{'s' if left != 1 else ''} left (a seed needs {o.min_remaining_epochs})"
             )
-        in_flight = sum(seed.stage in IN_FLIGHT for seed in state.seeds)
+        in_flight = sum(seed.stage in lifecycle.IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_concurrent_seeds:
             return f"{in_flight} seeds in flight (max {o.max_concurrent_seeds})"
         plateau, why = self.growth_signal()
         if not plateau:
             return why
-        if not any(s.stage == S.SEED_STAGE_DORMANT and s.embargo_epochs_remaining == 0 for s in state.seeds):
+        if not any(lifecycle.can_germinate(s) for s in state.seeds):
             return "no dormant slot is free"
         return f"no offered blueprint fits a free slot within the parameter budget ({self.budget_left(state):.0f} left)"
 

@@ -18,29 +18,13 @@ from esper_core.leyline import (
     AdaptationCommand,
     BlueprintDescriptor,
     CommandType,
-    SeedLifecycleStage,
     SeedOperation,
     SystemStatePacket,
+    lifecycle,
 )
 from esper_core.protocols import TamiyoPolicy
 from esper_core.testing.conformance.properties import SHARED_ACROSS_SUBCLASSES
 from esper_core.testing.strategies import state_packets
-
-#: The stage a slot must be in for each advance operation.
-REQUIRED_STAGE = {
-    SeedOperation.SEED_OP_START_TRAINING: SeedLifecycleStage.SEED_STAGE_GERMINATED,
-    SeedOperation.SEED_OP_START_GRAFTING: SeedLifecycleStage.SEED_STAGE_TRAINING,
-    SeedOperation.SEED_OP_STABILIZE: SeedLifecycleStage.SEED_STAGE_BLENDING,
-    SeedOperation.SEED_OP_EVALUATE: SeedLifecycleStage.SEED_STAGE_SHADOWING,
-    SeedOperation.SEED_OP_FOSSILIZE: SeedLifecycleStage.SEED_STAGE_PROBATIONARY,
-}
-CULLABLE = {
-    SeedLifecycleStage.SEED_STAGE_GERMINATED,
-    SeedLifecycleStage.SEED_STAGE_TRAINING,
-    SeedLifecycleStage.SEED_STAGE_BLENDING,
-    SeedLifecycleStage.SEED_STAGE_SHADOWING,
-    SeedLifecycleStage.SEED_STAGE_PROBATIONARY,
-}
 
 
 def check_command(
@@ -62,9 +46,15 @@ def check_command(
     assert command.target_slot_id in slots, f"targets unknown slot {command.target_slot_id!r}"
     slot = slots[command.target_slot_id]
     operation = command.seed_operation.operation
+    assert operation in lifecycle.SOURCE_STAGES, f"unexpected seed operation {lifecycle.operation_name(operation)}"
+    needs = " or ".join(sorted(lifecycle.stage_name(stage) for stage in lifecycle.SOURCE_STAGES[operation]))
+    embargo = f" with {slot.embargo_epochs_remaining} embargo epochs left" if slot.embargo_epochs_remaining else ""
+    assert lifecycle.allows(operation, slot), (
+        f"{lifecycle.operation_name(operation)} on slot {slot.slot_id!r}, which is "
+        f"{lifecycle.stage_name(slot.stage)}{embargo}: it needs {needs}"
+        + (" and no embargo" if operation == SeedOperation.SEED_OP_GERMINATE else "")
+    )
     if operation == SeedOperation.SEED_OP_GERMINATE:
-        assert slot.stage == SeedLifecycleStage.SEED_STAGE_DORMANT, "germinates into a slot that is not DORMANT"
-        assert slot.embargo_epochs_remaining == 0, "germinates into an embargoed slot"
         offered = {descriptor.blueprint_id: descriptor for descriptor in blueprints}
         blueprint_id = command.seed_operation.blueprint_id
         assert blueprint_id in offered, f"chose blueprint {blueprint_id!r}, which was not offered"
@@ -75,14 +65,6 @@ def check_command(
             assert name in descriptor.allowed_parameters, f"parameter {name!r} is not one of {blueprint_id}'s"
             bounds = descriptor.allowed_parameters[name]
             assert bounds.min_value <= value <= bounds.max_value, f"{name}={value} is outside its bounds"
-    elif operation in (SeedOperation.SEED_OP_CULL, SeedOperation.SEED_OP_CANCEL):
-        assert slot.stage in CULLABLE, f"culls a slot in stage {SeedLifecycleStage.Name(slot.stage)}"
-    elif operation in REQUIRED_STAGE:
-        assert slot.stage == REQUIRED_STAGE[operation], (
-            f"{SeedOperation.Name(operation)} on a slot in stage {SeedLifecycleStage.Name(slot.stage)}"
-        )
-    else:
-        raise AssertionError(f"unexpected seed operation {SeedOperation.Name(operation)}")
 
 
 class TamiyoPolicyConformance:
