@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -25,10 +26,43 @@ def test_plugins_lists_core_with_its_distribution_hooks_and_components(capsys: p
     assert "bus backend:memory" in core["provides"]
 
 
-def test_plugins_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugins_reads_well_in_an_80_column_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "esper-core" in out and "memory" in out
+    assert "core: esper-core" in out and "bus backend  memory, redis" in out
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    words = {word.strip(",") for line in lines for word in line.split()}
+    registry = Registry.create()
+    for info in registry.pm.plugin_infos():
+        for caller in registry.pm.get_hookcallers(info.plugin) or []:
+            assert caller.name in words, f"hook {caller.name} is split across lines"
+
+
+def test_serve_help_lists_the_installed_services(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "installed services:" in out
+    assert "  tamiyo  " in out and "  urza  " in out
+
+
+@pytest.mark.parametrize("command", [["plugins"], ["plugins", "--json"], ["config"], ["blueprints"]])
+def test_a_reader_that_went_away_gets_no_traceback(command: list[str]) -> None:
+    """As in `esper plugins | head -1`: the reader closes the pipe; here it is closed before esper even starts,
+    so that its first write certainly fails."""
+    esper = str(Path(sys.executable).parent / "esper")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([esper, *command], stdout=write_end, stderr=subprocess.PIPE, text=True, check=False)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode in (141, 1)  # 141 from esper itself, 1 where rich's console noticed first
 
 
 def test_config_prints_the_resolved_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

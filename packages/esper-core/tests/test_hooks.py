@@ -116,9 +116,9 @@ def test_hook_esper_tamiyo_policies(register_plugin: Any, esper_registry: Regist
     assert esper_registry.build(spec) == "policy"
 
 
-def test_hook_esper_tamiyo_controllers(register_plugin: Any, esper_registry: Registry) -> None:
+def test_hook_esper_tolaria_controllers(register_plugin: Any, esper_registry: Registry) -> None:
     spec = ControllerSpec(name="local", factory=lambda context: context.services["executor"])
-    _provider_roundtrip(register_plugin, esper_registry, "esper_tamiyo_controllers", spec, "controller")
+    _provider_roundtrip(register_plugin, esper_registry, "esper_tolaria_controllers", spec, "controller")
     assert esper_registry.build(spec, executor="kasmina") == "kasmina"
 
 
@@ -150,9 +150,9 @@ def test_hook_esper_tolaria_tasks(register_plugin: Any, esper_registry: Registry
     _provider_roundtrip(register_plugin, esper_registry, "esper_tolaria_tasks", spec, "task")
 
 
-def test_hook_esper_kasmina_seed_executors(register_plugin: Any, esper_registry: Registry) -> None:
+def test_hook_esper_tolaria_seed_executors(register_plugin: Any, esper_registry: Registry) -> None:
     spec = SeedExecutorSpec(name="kasmina", factory=lambda context: None)
-    _provider_roundtrip(register_plugin, esper_registry, "esper_kasmina_seed_executors", spec, "seed_executor")
+    _provider_roundtrip(register_plugin, esper_registry, "esper_tolaria_seed_executors", spec, "seed_executor")
 
 
 def test_hook_esper_weatherlight_services(register_plugin: Any, esper_registry: Registry) -> None:

@@ -137,3 +137,94 @@ def test_what_a_plugin_provides_is_listed_by_kind(register_plugin: Any, esper_re
     info = esper_registry.pm.info_for(plugin)
     assert esper_registry.provided_by(info) == ["policy:acme"]
     assert "policy" in esper_registry.components()
+
+
+# -- pluggy all the way -----------------------------------------------------------------------------------------
+
+
+def test_provider_hooks_are_called_through_pluggy_so_monitoring_and_tracing_see_them(
+    register_plugin: Any, esper_registry: Registry
+) -> None:
+    register_plugin(provides(PolicySpec(name="watched", factory=lambda c: None)), name="watched-plugin")
+    seen: list[tuple[str, list[str]]] = []
+    undo = esper_registry.pm.add_hookcall_monitoring(
+        lambda hook_name, impls, kwargs: seen.append((hook_name, [impl.plugin_name for impl in impls])),
+        lambda outcome, hook_name, impls, kwargs: None,
+    )
+    try:
+        esper_registry.policy("watched")
+    finally:
+        undo()
+    calls = [impls for hook, impls in seen if hook == "esper_tamiyo_policies"]
+    assert ["watched-plugin"] in calls, "each plugin's provider hook is one pluggy call of its own"
+
+
+def test_esper_trace_plugins_logs_provider_hook_calls(register_plugin: Any, caplog: pytest.LogCaptureFixture) -> None:
+    registry = Registry.create(autoload=False, trace=True)
+    registry.pm.register(provides(PolicySpec(name="traced", factory=lambda c: None)), name="traced-plugin")
+    with caplog.at_level("DEBUG", logger="esper.plugins"):
+        registry.policy("traced")
+    assert any("esper_tamiyo_policies" in record.getMessage() for record in caplog.records)
+
+
+def test_a_hook_wrapper_on_a_provider_hook_is_refused_at_registration_with_a_way_out(
+    esper_registry: Registry,
+) -> None:
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def esper_tamiyo_policies(self) -> Any:
+            result = yield
+            return result
+
+    with pytest.raises(PluginValidationError) as caught:
+        esper_registry.pm.register(Wrapper(), name="wrapper")
+    message = str(caught.value)
+    assert "'wrapper'" in message and "esper_tamiyo_policies" in message and "ESPER_BLOCKED_PLUGINS" in message
+    assert not esper_registry.pm.has_plugin("wrapper"), "a refused plugin is not left half-registered"
+
+
+def test_hook_wrappers_on_notifications_work(esper_registry: Registry, register_plugin: Any) -> None:
+    seen: list[str] = []
+
+    class Around:
+        @hookimpl(wrapper=True)
+        def esper_tolaria_run_finished(self, run: Any, summary: Any) -> Any:
+            seen.append("before")
+            result = yield
+            seen.append("after")
+            return result
+
+    register_plugin(Around(), name="around")
+    esper_registry.run_finished(run=None, summary={})  # type: ignore[arg-type]
+    assert seen == ["before", "after"]
+
+
+def test_the_table_of_plugin_points_defines_the_provider_hookspecs() -> None:
+    from esper_core.plugins.hookspecs import SEMANTICS_COLLECTED, ProviderSpecs
+    from esper_core.plugins.points import PLUGIN_POINTS
+
+    hooks = sorted(name for name in vars(ProviderSpecs) if name.startswith("esper_"))
+    assert hooks == sorted(point.hook for point in PLUGIN_POINTS)
+    for point in PLUGIN_POINTS:
+        doc = getattr(ProviderSpecs, point.hook).__doc__
+        assert SEMANTICS_COLLECTED in doc and point.spec_type.__name__ in doc and "Example::" in doc
+        if point.config_key:
+            assert point.config_key in doc
+
+
+def test_every_selector_key_in_the_table_is_a_configuration_key(esper_registry: Registry) -> None:
+    from esper_core.plugins.points import PLUGIN_POINTS
+
+    values = esper_registry.load_config(env={}).to_dict()
+    for point in PLUGIN_POINTS:
+        if point.config_key is not None:
+            *tables, key = point.config_key.split(".")
+            table = values
+            for name in tables:
+                table = table[name]
+            assert key in table, f"{point.kind}: {point.config_key} is not a configuration key"
+
+
+def test_an_unknown_name_names_the_key_that_chose_it(esper_registry: Registry) -> None:
+    with pytest.raises(UnknownComponentError, match=r"telemetry sink named 'nope' \(nissa.sinks\)"):
+        esper_registry.telemetry_sink("nope")

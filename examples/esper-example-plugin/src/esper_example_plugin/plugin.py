@@ -36,7 +36,7 @@ def _run_blueprints(context: BuildContext) -> tuple[list[Any], list[str]] | None
     configuration (then a blueprint that is not offered only makes the policy wait, saying why)."""
     if context.config is None:
         return None
-    from esper_core.components import UrzaSelection
+    from esper_core.plugins.selectors import UrzaSelection
 
     selection = context.config.get(UrzaSelection)
     # Tamiyo hands a policy factory the catalogs the run already built; build them from urza.catalogs otherwise.

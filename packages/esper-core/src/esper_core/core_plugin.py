@@ -89,7 +89,7 @@ def _remote_controller(context: BuildContext) -> object:
 
 
 @hookimpl
-def esper_tamiyo_controllers() -> Iterator[ControllerSpec]:
+def esper_tolaria_controllers() -> Iterator[ControllerSpec]:
     from esper_core.tolaria.remote import RemoteControllerOptions
 
     yield ControllerSpec(
@@ -102,10 +102,10 @@ def esper_tamiyo_controllers() -> Iterator[ControllerSpec]:
 
 @hookimpl
 def esper_core_config_sections() -> Iterator[type]:
-    from esper_core.components import NissaSelection, TamiyoSelection, UrzaSelection
     from esper_core.oona.options import OonaOptions
     from esper_core.oona.redis_backend import RedisOptions
     from esper_core.plugins.options import PluginsOptions
+    from esper_core.plugins.selectors import NissaSelection, TamiyoSelection, UrzaSelection
     from esper_core.security_options import SecurityOptions
     from esper_core.tolaria.options import RunOptions, TolariaOptions
     from esper_core.weatherlight.options import WeatherlightOptions

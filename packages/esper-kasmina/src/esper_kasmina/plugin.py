@@ -12,10 +12,10 @@ from esper_kasmina.options import KasminaOptions
 
 def build_kasmina(context: BuildContext) -> Any:
     """Kasmina for one run. Needs the run's artifact store (``store``), catalogs (``catalogs``) and signing key."""
-    from esper_core.components import UrzaSelection
+    from esper_core.plugins.selectors import UrzaSelection
     from esper_core.security_options import SecurityOptions
     from esper_core.signing import CommandVerifier
-    from esper_kasmina.executor import Kasmina
+    from esper_kasmina.executor import KasminaSeedExecutor
 
     store = context.services.get("store")
     if store is None:
@@ -31,7 +31,7 @@ def build_kasmina(context: BuildContext) -> Any:
         max_future_skew_ms=security.max_future_skew_ms,
         nonce_capacity=security.nonce_capacity,
     )
-    return Kasmina(
+    return KasminaSeedExecutor(
         store=store,
         catalogs=context.services.get("catalogs", []),
         verifier=verifier,
@@ -43,7 +43,7 @@ def build_kasmina(context: BuildContext) -> Any:
 
 
 @hookimpl
-def esper_kasmina_seed_executors() -> Iterator[SeedExecutorSpec]:
+def esper_tolaria_seed_executors() -> Iterator[SeedExecutorSpec]:
     yield SeedExecutorSpec(
         name="kasmina",
         factory=build_kasmina,

@@ -1,6 +1,6 @@
 """Nissa's configuration sections: ``[nissa.jsonl]`` (the JSON-lines sink) and ``[nissa.report]`` (the run report).
 
-The selector ``nissa.sinks`` itself belongs to core (:class:`esper_core.components.NissaSelection`).
+The selector ``nissa.sinks`` itself belongs to core (:class:`esper_core.plugins.selectors.NissaSelection`).
 """
 
 from __future__ import annotations

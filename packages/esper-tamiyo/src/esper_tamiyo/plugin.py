@@ -18,22 +18,10 @@ from esper_tamiyo.options import (
 )
 
 
-def _catalogs(context: BuildContext) -> list[Any]:
-    """The run's catalogs; built from ``urza.catalogs`` when the run did not pass them."""
-    catalogs = context.services.get("catalogs")
-    if catalogs is not None:
-        return list(catalogs)
-    from esper_core.components import UrzaSelection
-
-    selection = context.config.get(UrzaSelection) if context.config is not None else UrzaSelection()
-    registry = context.registry
-    return [registry.build(registry.blueprint_catalog(name), config=context.config) for name in selection.catalogs]
-
-
 def build_heuristic(context: BuildContext) -> Any:
     from esper_tamiyo.policies.heuristic import HeuristicPolicy
 
-    return HeuristicPolicy(context.options, catalogs=_catalogs(context))
+    return HeuristicPolicy(context.options, catalogs=context.blueprint_catalogs())
 
 
 def build_fixed_schedule(context: BuildContext) -> Any:
@@ -44,7 +32,7 @@ def build_fixed_schedule(context: BuildContext) -> Any:
 
 def build_controller(context: BuildContext) -> Any:
     """Tamiyo for one run: the policy named by ``tamiyo.policy``, the risk engine, signing and field reports."""
-    from esper_core.components import TamiyoSelection, UrzaSelection
+    from esper_core.plugins.selectors import TamiyoSelection, UrzaSelection
     from esper_core.security_options import SecurityOptions
     from esper_core.signing import CommandSigner
     from esper_tamiyo.controller import TamiyoController, offered_blueprints
@@ -58,7 +46,7 @@ def build_controller(context: BuildContext) -> Any:
     selection = config.get(TamiyoSelection) if config is not None else TamiyoSelection()
     tiers = config.get(UrzaSelection).allowed_tiers if config is not None else ["SAFE"]
     security = config.get(SecurityOptions) if config is not None else SecurityOptions()
-    catalogs = _catalogs(context)
+    catalogs = context.blueprint_catalogs()
     registry = context.registry
     policy = registry.build(
         registry.policy(selection.policy),
@@ -106,7 +94,7 @@ def esper_tamiyo_policies() -> Iterator[PolicySpec]:
 
 
 @hookimpl
-def esper_tamiyo_controllers() -> Iterator[ControllerSpec]:
+def esper_tolaria_controllers() -> Iterator[ControllerSpec]:
     yield ControllerSpec(
         name="tamiyo",
         factory=build_controller,

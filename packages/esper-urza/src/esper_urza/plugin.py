@@ -28,19 +28,6 @@ def build_karn(context: BuildContext) -> Any:
     return KarnCatalog()
 
 
-def run_catalogs(context: BuildContext) -> list[Any]:
-    """The run's catalogs: ``context.services["catalogs"]`` when the run built them, else those named by
-    ``urza.catalogs``, built through the registry."""
-    catalogs = context.services.get("catalogs")
-    if catalogs is not None:
-        return list(catalogs)
-    from esper_core.components import UrzaSelection
-
-    selection = context.config.get(UrzaSelection) if context.config is not None else UrzaSelection()
-    registry = context.registry
-    return [registry.build(registry.blueprint_catalog(name), config=context.config) for name in selection.catalogs]
-
-
 def library_root(options: UrzaOptions, run_dir: Path | None) -> Path:
     if options.root is not None:
         return Path(options.root)
@@ -57,7 +44,7 @@ def build_library(context: BuildContext) -> Any:
     from esper_urza.library import UrzaLibrary
 
     options = context.options if isinstance(context.options, UrzaOptions) else UrzaOptions()
-    return UrzaLibrary(library_root(options, context.run_dir), run_catalogs(context), options=options)
+    return UrzaLibrary(library_root(options, context.run_dir), context.blueprint_catalogs(), options=options)
 
 
 def build_prefetch_store(context: BuildContext) -> Any:
@@ -97,7 +84,7 @@ def service_preflight(context: BuildContext) -> Iterator[str]:
             where = "it" if existing == root.absolute() else f"{str(existing)!r}, where it would be created,"
             yield f"urza.root = {str(root)!r} is not writable: {where} is not writable by this user"
     if context.config is not None:
-        from esper_core.components import UrzaSelection
+        from esper_core.plugins.selectors import UrzaSelection
 
         for name in context.config.get(UrzaSelection).catalogs:
             try:

@@ -183,7 +183,6 @@ class PrefetchStore:
 def build_prefetch_store(context: BuildContext) -> PrefetchStore:
     """The store for one run: a bus client of its own over the run's bus, the library at ``urza.root``."""
     from esper_urza.library import UrzaLibrary
-    from esper_urza.plugin import run_catalogs
 
     bus = context.bus
     if not isinstance(bus, Oona):
@@ -217,7 +216,7 @@ def build_prefetch_store(context: BuildContext) -> PrefetchStore:
         run_id = context.run_dir.name
     group = f"urza-prefetch-{run_id or 'run'}-{uuid.uuid4().hex[:8]}"
     client = Oona(bus.backend, signing_key=bus.key, options=bus.options, group=group, consumer=group, source=group)
-    library = UrzaLibrary(urza.root, run_catalogs(context), options=urza)
+    library = UrzaLibrary(urza.root, context.blueprint_catalogs(), options=urza)
     try:
         return PrefetchStore(
             client, library, training_run_id=run_id, timeout_s=options.timeout_s, secret_env=security.secret_env

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from esper_core.cli.layout import definitions, terminal_width, wrap
 from esper_core.plugins.registry import Registry
 
 
@@ -17,35 +18,46 @@ def _hooks_of(registry: Registry, plugin: object) -> list[str]:
     return sorted(caller.name for caller in registry.pm.get_hookcallers(plugin) or [])
 
 
-def plugins(args: argparse.Namespace) -> int:
-    registry: Registry = args.registry
-    rows: list[dict[str, Any]] = []
-    for info in registry.pm.plugin_infos():
-        rows.append(
-            {
-                "name": info.name,
-                "distribution": info.distribution,
-                "version": info.version,
-                "target": info.target,
-                "hooks": _hooks_of(registry, info.plugin),
-                "provides": registry.provided_by(info),
-            }
+def plugin_rows(registry: Registry) -> list[dict[str, Any]]:
+    """Every registered plugin: where it comes from, the hooks it implements and what it provides."""
+    return [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "target": info.target,
+            "hooks": _hooks_of(registry, info.plugin),
+            "provides": registry.provided_by(info),
+        }
+        for info in registry.pm.plugin_infos()
+    ]
+
+
+def format_plugins(rows: list[dict[str, Any]], width: int) -> list[str]:
+    """``esper plugins`` as text: one block per plugin, what it provides grouped by kind, then its hooks."""
+    lines = [f"{len(rows)} Esper plugin{'s' if len(rows) != 1 else ''} installed", ""]
+    for row in rows:
+        origin = (
+            f"{row['distribution']} {row['version'] or ''}".strip() if row["distribution"] else "registered directly"
         )
+        lines.extend(wrap(f"{row['name']}: {origin} ({row['target'] or 'no entry point'})", width, "    ", first=""))
+        by_kind: dict[str, list[str]] = {}
+        for provided in row["provides"]:
+            kind, _, name = provided.partition(":")
+            by_kind.setdefault(kind, []).append(name)
+        definitions_rows = [(kind, ", ".join(names)) for kind, names in by_kind.items()]
+        definitions_rows.append(("hooks", ", ".join(row["hooks"]) or "(none)"))
+        lines.extend(definitions(definitions_rows, width))
+        lines.append("")
+    return lines
+
+
+def plugins(args: argparse.Namespace) -> int:
+    rows = plugin_rows(args.registry)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="Esper plugins", show_lines=True)
-    for column in ("plugin", "distribution", "version", "hooks", "provides"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["distribution"] or "(registered directly)",
-            row["version"] or "",
-            "\n".join(row["hooks"]) or "(none)",
-            "\n".join(row["provides"]) or "(nothing yet)",
-        )
-    Console().print(table)
+    print("\n".join(format_plugins(rows, terminal_width())).rstrip())
     return 0
 
 

@@ -7,20 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from esper_core import __version__
+from esper_core.cli.arguments import add_config_arguments
 from esper_core.errors import EsperError
 from esper_core.plugins.registry import Registry
-
-
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="a TOML run configuration (defaults when omitted)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one configuration key, e.g. --set oona.max_attempts=3 (repeatable)",
-    )
 
 
 def build_parser(registry: Registry) -> argparse.ArgumentParser:
@@ -38,7 +27,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     plugins.set_defaults(handler=commands.plugins)
 
     config = subcommands.add_parser("config", help="print the resolved configuration (defaults, file, overrides)")
-    _add_config_arguments(config)
+    add_config_arguments(config, example="oona.max_attempts=3")
     config.set_defaults(handler=commands.show_config)
 
     leyline = subcommands.add_parser("leyline", help="Leyline contract tools")
@@ -47,7 +36,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     check.set_defaults(handler=commands.leyline_check)
 
     run.add_parser(subcommands, registry)
-    serve.add_parser(subcommands)
+    serve.add_parser(subcommands, registry)
     blueprints.add_parser(subcommands)
 
     for spec in registry.cli_commands():
@@ -73,6 +62,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("esper: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """The reader of our output closed it (``esper plugins | head``): stop quietly, as Unix tools do.
+
+    Python would otherwise report the broken pipe again when it flushes stdout at exit; pointing stdout at
+    /dev/null first makes that flush a no-op.
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the signal
 
 
 if __name__ == "__main__":

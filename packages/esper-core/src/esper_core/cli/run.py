@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from esper_core.cli.arguments import add_config_arguments
 from esper_core.config.describe import describe, format_descriptions
 from esper_core.plugins.registry import Registry
 
@@ -23,15 +24,7 @@ def add_parser(subcommands: argparse._SubParsersAction, registry: Registry) -> N
         epilog="configuration keys (default, type):\n" + options,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", nargs="?", help="a TOML run configuration (defaults when omitted)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one configuration key, e.g. --set run.epochs=3 (repeatable)",
-    )
+    add_config_arguments(parser, example="run.epochs=3")
     parser.add_argument(
         "--resume", metavar="RUN_DIR", type=Path, help="continue an interrupted run from its last checkpoint"
     )

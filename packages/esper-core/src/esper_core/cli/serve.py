@@ -20,14 +20,27 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from esper_core.cli.arguments import add_config_arguments
+from esper_core.cli.layout import definitions, terminal_width
 from esper_core.errors import ConfigError
 from esper_core.plugins.registry import Registry
 
 HELP = "run services (tamiyo, urza, ...) under the Weatherlight supervisor until SIGINT/SIGTERM"
 
 
-def add_parser(subcommands: Any) -> argparse.ArgumentParser:
-    """Add ``serve`` to the ``esper`` subcommands."""
+def _installed_services(registry: Registry) -> str:
+    try:
+        services = registry.services()
+    except Exception as error:  # noqa: BLE001 - help must not fail because a plugin is broken
+        return f"installed services: (could not be listed: {error})"
+    if not services:
+        return "installed services: none (install a package that provides one, e.g. esper-tamiyo)"
+    rows = [(spec.name, spec.description) for spec in services]
+    return "installed services:\n" + "\n".join(definitions(rows, terminal_width()))
+
+
+def add_parser(subcommands: Any, registry: Registry) -> argparse.ArgumentParser:
+    """Add ``serve`` to the ``esper`` subcommands; its help lists the services installed."""
     parser: argparse.ArgumentParser = subcommands.add_parser(
         "serve",
         help=HELP,
@@ -36,6 +49,8 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
             "backoff when it crashes, with health telemetry on the bus. Needs ESPER_LEYLINE_SECRET (shared by every "
             "process on the bus). Stop with SIGINT (Ctrl-C) or SIGTERM."
         ),
+        epilog=_installed_services(registry),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "targets",
@@ -44,14 +59,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         help="services to run (see `esper plugins`), and optionally a TOML configuration file; with no name, "
         "weatherlight.services from the configuration",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one configuration key, e.g. --set oona.backend=redis://127.0.0.1:6379/0 (repeatable)",
-    )
+    add_config_arguments(parser, example="oona.backend=redis://127.0.0.1:6379/0", config_help="")
     parser.add_argument("--check", action="store_true", help="run the preflight checks only, then exit")
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default: INFO)")
     parser.set_defaults(handler=serve)

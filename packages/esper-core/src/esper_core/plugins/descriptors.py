@@ -57,6 +57,20 @@ class BuildContext:
     #: Named services shared within one run (for example the seed executor for a controller that needs it).
     services: dict[str, Any] = attrs.field(factory=dict)
 
+    def blueprint_catalogs(self) -> list[Any]:
+        """The run's blueprint catalogs: those the run passed (``services["catalogs"]``) when it built them once
+        for every component, else those named by ``urza.catalogs``, built through the registry."""
+        catalogs = self.services.get("catalogs")
+        if catalogs is not None:
+            return list(catalogs)
+        from esper_core.plugins.selectors import UrzaSelection
+
+        selection = self.config.get(UrzaSelection) if self.config is not None else UrzaSelection()
+        return [
+            self.registry.build(self.registry.blueprint_catalog(name), config=self.config)
+            for name in selection.catalogs
+        ]
+
 
 @attrs.frozen(kw_only=True)
 class ComponentSpec:
@@ -69,7 +83,10 @@ class ComponentSpec:
     options: type | None = None
 
     def kind(self) -> str:
-        return kind_of(type(self))
+        """What this descriptor provides, in words: ``"policy"``, ``"telemetry sink"``."""
+        from esper_core.plugins.points import point_of
+
+        return point_of(type(self)).kind
 
 
 @attrs.frozen(kw_only=True)
@@ -148,22 +165,3 @@ class CliCommandSpec:
     help: str
     configure: Callable[[Any], None]
     run: Callable[[Any], int]
-
-
-_KIND_NAMES: dict[type, str] = {
-    CliCommandSpec: "command",
-    PolicySpec: "policy",
-    ControllerSpec: "controller",
-    BlueprintCatalogSpec: "blueprint catalog",
-    ArtifactStoreSpec: "artifact store",
-    TelemetrySinkSpec: "telemetry sink",
-    BusBackendSpec: "bus backend",
-    TaskSpec: "task",
-    SeedExecutorSpec: "seed executor",
-    ServiceSpec: "service",
-}
-
-
-def kind_of(spec_type: type) -> str:
-    """The human name of a descriptor type ("policy", "telemetry sink", ...)."""
-    return _KIND_NAMES[spec_type]

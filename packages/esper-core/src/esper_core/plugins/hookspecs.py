@@ -4,17 +4,22 @@ Hooks are named ``esper_<area>_<name>``. Each docstring states its call semantic
 parameters, its return value, who calls it and when, and a complete example. ``docs/plugins.md`` has one section per
 hook with its full signature (a test keeps the two in step).
 
-Provider hooks contribute descriptors at setup; lifecycle hooks are notifications at run start, decision points
+Provider hooks contribute descriptors at setup; their specs are generated from the table of plugin points
+(:mod:`esper_core.plugins.points`), which is where a plugin point is defined. Hook wrappers are refused on them
+(a provider hook collects descriptors; to replace what another plugin provides, block that plugin and provide
+your own). lifecycle hooks are notifications at run start, decision points
 and run end. No hook is ever called per batch: a pluggy call costs microseconds, so the training loop resolves
 its components once and calls plain objects.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from esper_core.plugins.markers import hookspec
+from esper_core.plugins.points import PLUGIN_POINTS, PluginPoint
 
 if TYPE_CHECKING:
     import pluggy
@@ -25,18 +30,6 @@ if TYPE_CHECKING:
         FieldReport,
         SeedLifecycleEvent,
         SystemStatePacket,
-    )
-    from esper_core.plugins.descriptors import (
-        ArtifactStoreSpec,
-        BlueprintCatalogSpec,
-        BusBackendSpec,
-        CliCommandSpec,
-        ControllerSpec,
-        PolicySpec,
-        SeedExecutorSpec,
-        ServiceSpec,
-        TaskSpec,
-        TelemetrySinkSpec,
     )
     from esper_core.plugins.runinfo import RunInfo
 
@@ -99,219 +92,43 @@ class CoreSpecs:
         """
         yield from ()
 
-    @hookspec
-    def esper_core_cli_commands(self) -> Iterable[CliCommandSpec]:
-        """Contribute subcommands of the ``esper`` command line (``esper report`` comes from esper-nissa this way).
 
-        All implementations are called; their results are collected.
+def _provider_hookspec(point: PluginPoint) -> Any:
+    """The hookspec of one plugin point, named and documented from its row in the table."""
 
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.CliCommandSpec`.
-
-        Called by: ``esper`` when it builds its argument parser.
-
-        Example::
-
-            def configure(parser):
-                parser.add_argument("run_dir")
-
-            def run(args):
-                print("hello", args.run_dir)
-                return 0
-
-            @hookimpl
-            def esper_core_cli_commands():
-                yield CliCommandSpec(name="hello", help="Say hello to a run.", configure=configure, run=run)
-        """
+    def spec(self: object) -> Iterable[Any]:
         yield from ()
 
+    spec.__name__ = point.hook
+    spec.__qualname__ = f"ProviderSpecs.{point.hook}"  # pluggy drops ``self`` from methods of a class
+    spec.__doc__ = provider_docstring(point)
+    return hookspec(spec)
 
-class ProviderSpecs:
-    """Provider hooks: each contributes descriptors of one plugin point; the configuration chooses by name."""
 
-    @hookspec
-    def esper_tamiyo_policies(self) -> Iterable[PolicySpec]:
-        """Contribute Tamiyo policies, chosen by ``tamiyo.policy = "NAME"``.
+def provider_docstring(point: PluginPoint) -> str:
+    """The docstring of a provider hook, in the fixed shape every hookspec's docstring has."""
+    spec_name = point.spec_type.__name__
+    returns = f":returns: an iterable of :class:`~esper_core.plugins.descriptors.{spec_name}`"
+    if point.protocol:
+        returns += f"; each factory returns an object satisfying :class:`{point.protocol}`"
+    example = textwrap.indent(point.example, "    ")
+    return (
+        f"{point.summary} {point.choice()[0].upper()}{point.choice()[1:]}.\n\n"
+        f"{SEMANTICS_COLLECTED}\n\n{returns}.\n\nCalled by: {point.called_by}\n\nExample::\n\n{example}\n"
+    )
 
-        All implementations are called; their results are collected.
 
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.PolicySpec`; each factory returns an
-            object satisfying :class:`esper_core.protocols.TamiyoPolicy`.
-
-        Called by: the registry at setup, when the controller resolves its policy.
-
-        Example::
-
-            class AlwaysWait:
-                name = "always-wait"
-                def decide(self, state, blueprints):
-                    return AdaptationCommand(command_type=CommandType.COMMAND_NOOP)
-
-            @hookimpl
-            def esper_tamiyo_policies():
-                yield PolicySpec(name="always-wait", factory=lambda context: AlwaysWait())
-        """
-        yield from ()
-
-    @hookspec
-    def esper_tamiyo_controllers(self) -> Iterable[ControllerSpec]:
-        """Contribute controllers, chosen by ``tolaria.controller = "NAME"``: the component that turns a state
-        packet into one signed command (risk engine, signing, field reports around a policy).
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.ControllerSpec`; each factory returns an
-            object satisfying :class:`esper_core.protocols.Controller`.
-
-        Called by: Tolaria at setup.
-
-        Example::
-
-            @hookimpl
-            def esper_tamiyo_controllers():
-                yield ControllerSpec(name="tamiyo", factory=build_controller, options=ControllerOptions)
-        """
-        yield from ()
-
-    @hookspec
-    def esper_urza_blueprint_catalogs(self) -> Iterable[BlueprintCatalogSpec]:
-        """Contribute blueprint catalogs, chosen by ``urza.catalogs = ["NAME", ...]``.
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.BlueprintCatalogSpec`; each factory
-            returns an object satisfying :class:`esper_core.protocols.BlueprintCatalog`.
-
-        Called by: the registry at setup, for the seed executor, the artifact store and the controller.
-
-        Example::
-
-            @hookimpl
-            def esper_urza_blueprint_catalogs():
-                yield BlueprintCatalogSpec(name="acme", factory=lambda context: AcmeCatalog())
-        """
-        yield from ()
-
-    @hookspec
-    def esper_urza_artifact_stores(self) -> Iterable[ArtifactStoreSpec]:
-        """Contribute blueprint artifact stores, chosen by ``urza.store = "NAME"``.
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.ArtifactStoreSpec`; each factory returns
-            an object satisfying :class:`esper_core.protocols.ArtifactStore`.
-
-        Called by: the seed executor at setup, to fetch the modules of germinating seeds.
-
-        Example::
-
-            @hookimpl
-            def esper_urza_artifact_stores():
-                yield ArtifactStoreSpec(name="urza", factory=build_library, options=LibraryOptions)
-        """
-        yield from ()
-
-    @hookspec
-    def esper_nissa_telemetry_sinks(self) -> Iterable[TelemetrySinkSpec]:
-        """Contribute telemetry sinks; every sink named in ``nissa.sinks = ["NAME", ...]`` receives every packet.
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.TelemetrySinkSpec`; each factory returns
-            an object satisfying :class:`esper_core.protocols.TelemetrySink`.
-
-        Called by: the registry at setup; the sinks are then fed from the telemetry stream at decision points.
-
-        Example::
-
-            class PrintSink:
-                def emit(self, packet):
-                    print(packet.source_subsystem, len(packet.metrics))
-                def flush(self): ...
-                def close(self): ...
-
-            @hookimpl
-            def esper_nissa_telemetry_sinks():
-                yield TelemetrySinkSpec(name="print", factory=lambda context: PrintSink())
-        """
-        yield from ()
-
-    @hookspec
-    def esper_oona_bus_backends(self) -> Iterable[BusBackendSpec]:
-        """Contribute Oona bus backends, chosen by ``oona.backend = "NAME"`` or by a URL whose scheme the backend
-        declares (``oona.backend = "redis://127.0.0.1:6379/0"``).
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.BusBackendSpec`; each factory returns an
-            object satisfying :class:`esper_core.oona.BusBackend`.
-
-        Called by: the registry when a run or service opens its bus.
-
-        Example::
-
-            @hookimpl
-            def esper_oona_bus_backends():
-                yield BusBackendSpec(name="memory", factory=lambda context: MemoryBackend())
-        """
-        yield from ()
-
-    @hookspec
-    def esper_tolaria_tasks(self) -> Iterable[TaskSpec]:
-        """Contribute tasks (a host model, its data, loss and metric), chosen by ``run.task = "NAME"``.
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.TaskSpec`; each factory returns an
-            object satisfying :class:`esper_core.protocols.Task`.
-
-        Called by: Tolaria at setup.
-
-        Example::
-
-            @hookimpl
-            def esper_tolaria_tasks():
-                yield TaskSpec(name="my-task", factory=lambda context: MyTask(context.options), options=MyOptions)
-        """
-        yield from ()
-
-    @hookspec
-    def esper_kasmina_seed_executors(self) -> Iterable[SeedExecutorSpec]:
-        """Contribute seed executors, chosen by ``tolaria.seed_executor = "NAME"``: the component that owns the
-        seed slots in the host and applies adaptation commands.
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.SeedExecutorSpec`; each factory returns
-            an object satisfying :class:`esper_core.protocols.SeedExecutor`.
-
-        Called by: Tolaria at setup.
-
-        Example::
-
-            @hookimpl
-            def esper_kasmina_seed_executors():
-                yield SeedExecutorSpec(name="kasmina", factory=build_kasmina, options=KasminaOptions)
-        """
-        yield from ()
-
-    @hookspec
-    def esper_weatherlight_services(self) -> Iterable[ServiceSpec]:
-        """Contribute long-lived services that ``esper serve NAME`` runs under the Weatherlight supervisor.
-
-        All implementations are called; their results are collected.
-
-        :returns: an iterable of :class:`~esper_core.plugins.descriptors.ServiceSpec`; each factory returns an
-            object satisfying :class:`esper_core.protocols.Service`.
-
-        Called by: Weatherlight at startup.
-
-        Example::
-
-            @hookimpl
-            def esper_weatherlight_services():
-                yield ServiceSpec(name="tamiyo", factory=build_tamiyo_service)
-        """
-        yield from ()
+#: Provider hooks: each contributes descriptors of one plugin point; the configuration chooses by name. Generated
+#: from :data:`esper_core.plugins.points.PLUGIN_POINTS`, so the table is the one place a plugin point is defined.
+ProviderSpecs = type(
+    "ProviderSpecs",
+    (),
+    {
+        "__doc__": "Provider hooks, one per plugin point (esper_core.plugins.points).",
+        "__module__": __name__,
+        **{point.hook: _provider_hookspec(point) for point in PLUGIN_POINTS},
+    },
+)
 
 
 class LifecycleSpecs:

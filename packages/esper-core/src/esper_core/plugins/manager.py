@@ -19,7 +19,7 @@ import importlib.metadata
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -29,8 +29,12 @@ from esper_core.errors import PluginConflictError, PluginError, PluginLoadError,
 from esper_core.plugins.descriptors import normalize_name
 from esper_core.plugins.hookspecs import ALL_SPECS
 from esper_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT_NAME
+from esper_core.plugins.points import PLUGIN_POINTS
 
 logger = logging.getLogger("esper.plugins")
+
+#: Hooks whose implementations each contribute descriptors or sections, resolved plugin by plugin.
+COLLECTING_HOOKS = frozenset({point.hook for point in PLUGIN_POINTS} | {"esper_core_config_sections"})
 
 CORE_PLUGIN_NAME = "core"
 CORE_DISTRIBUTION = "esper-core"
@@ -79,14 +83,55 @@ class EsperPluginManager(pluggy.PluginManager):
         version: str | None = None,
         target: str | None = None,
     ) -> str | None:
+        info = PluginInfo(name or str(plugin), plugin, distribution, version, target)
         try:
             registered = super().register(plugin, name)
         except pluggy.PluginValidationError as error:
-            where = PluginInfo(name or str(plugin), plugin, distribution, version, target).describe()
-            raise PluginValidationError(f"{where} implements a hook wrongly: {error}") from error
+            raise PluginValidationError(f"{info.describe()} implements a hook wrongly: {error}") from error
         if registered is not None:
-            self._infos[registered] = PluginInfo(registered, plugin, distribution, version, target)
+            self._infos[registered] = attrs.evolve(info, name=registered)
+            self._refuse_provider_wrappers(plugin)
         return registered
+
+    def _refuse_provider_wrappers(self, plugin: Any) -> None:
+        """Unregister ``plugin`` and raise if it wraps a provider hook (wrappers on notifications are fine)."""
+        for caller in self.get_hookcallers(plugin) or []:
+            if caller.name not in COLLECTING_HOOKS:
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                    info = self.info_for(plugin)
+                    self.unregister(plugin)
+                    raise PluginValidationError(
+                        f"{info.describe()} implements {caller.name} as a hook wrapper, which Esper does not "
+                        f"support on hooks that collect descriptors: each plugin's descriptors are resolved on "
+                        f"their own so that conflicts can name the plugins involved. To replace what another "
+                        f"plugin provides, block it (ESPER_BLOCKED_PLUGINS=<name>) and provide your own; to "
+                        f"observe runs, implement a lifecycle hook."
+                    )
+
+    def call_each(self, hook: str) -> Iterator[tuple[PluginInfo, list[Any]]]:
+        """Call ``hook`` through pluggy once per implementing plugin, in registration order, yielding each plugin
+        with what it returned (as a list; ``None`` is an empty one).
+
+        Each call is an ordinary pluggy call restricted to one plugin, so ``ESPER_TRACE_PLUGINS`` traces it and
+        hook-call monitoring sees it; the result is attributed to its plugin, which is what conflict messages and
+        ``esper plugins`` need. A plugin that raises is reported by distribution and entry point.
+        """
+        caller = getattr(self.hook, hook)
+        implementers = [impl.plugin for impl in reversed(caller.get_hookimpls())]
+        for plugin in implementers:
+            info = self.info_for(plugin)
+            others = [other for other in implementers if other is not plugin]
+            one = self.subset_hook_caller(hook, remove_plugins=others) if others else caller
+            try:
+                results = one()
+                items = [item for result in results for item in (result or ())]
+            except PluginError:
+                raise
+            except Exception as error:
+                raise PluginError(f"{info.describe()} raised in {hook}: {type(error).__name__}: {error}") from error
+            yield info, items
 
     def unregister(self, plugin: Any | None = None, name: str | None = None) -> Any | None:
         removed = super().unregister(plugin=plugin, name=name)
@@ -140,7 +185,7 @@ def create_plugin_manager(
         pm.add_hookspecs(spec)
     pm.hook.esper_core_addhooks.call_historic(kwargs={"pluginmanager": pm})
 
-    from esper_core import plugin as core_plugin
+    from esper_core import core_plugin
 
     try:
         core_version = importlib.metadata.version(CORE_DISTRIBUTION)
@@ -151,7 +196,7 @@ def create_plugin_manager(
         name=CORE_PLUGIN_NAME,
         distribution=CORE_DISTRIBUTION,
         version=core_version,
-        target="esper_core.plugin",
+        target="esper_core.core_plugin",
     )
 
     if autoload:

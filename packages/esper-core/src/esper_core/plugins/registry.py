@@ -29,10 +29,10 @@ from esper_core.plugins.descriptors import (
     ServiceSpec,
     TaskSpec,
     TelemetrySinkSpec,
-    kind_of,
     normalize_name,
 )
 from esper_core.plugins.manager import EsperPluginManager, PluginInfo, create_plugin_manager
+from esper_core.plugins.points import PLUGIN_POINTS, PluginPoint, point_of
 
 if TYPE_CHECKING:
     from esper_core.config import EsperConfig
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     )
     from esper_core.plugins.runinfo import RunInfo
 
-S = TypeVar("S")
+S = TypeVar("S")  # a descriptor type
 
 
 @attrs.frozen
@@ -57,6 +57,8 @@ class Provided:
 
 
 class Registry:
+    """The typed facade over one plugin manager: what is installed, by plugin point and name."""
+
     def __init__(self, pm: EsperPluginManager) -> None:
         self.pm = pm
         self._cache: dict[str, dict[str, Provided]] = {}
@@ -71,90 +73,105 @@ class Registry:
         self._cache.clear()
 
     # -- provider hooks ---------------------------------------------------------------------------------------
-    def _provided(self, hook_name: str, spec_type: type, key: str = "name") -> dict[str, Provided]:
-        if hook_name in self._cache:
-            return self._cache[hook_name]
+    def _provided(self, point: PluginPoint) -> dict[str, Provided]:
+        """Every descriptor of ``point``, by name, each with the plugin that provided it (resolved once)."""
+        if point.hook in self._cache:
+            return self._cache[point.hook]
         found: dict[str, Provided] = {}
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
-            info = self.pm.info_for(impl.plugin)
-            try:
-                items = list(impl.function() or ())
-            except PluginError:
-                raise
-            except Exception as error:
-                raise PluginError(
-                    f"{info.describe()} raised in {hook_name}: {type(error).__name__}: {error}"
-                ) from error
+        for info, items in self.pm.call_each(point.hook):
             for item in items:
-                if not isinstance(item, spec_type):
+                if not isinstance(item, point.spec_type):
                     raise PluginValidationError(
-                        f"{info.describe()}: {hook_name} yielded {item!r}; it must yield {spec_type.__name__} objects"
+                        f"{info.describe()}: {point.hook} yielded {item!r}; it must yield "
+                        f"{point.spec_type.__name__} objects"
                     )
-                name = getattr(item, key)
+                name: str = item.name  # every descriptor type has a validated, normalized name
                 if name in found:
-                    kind = kind_of(type(item))
+                    first = found[name].provider.describe()
                     raise PluginConflictError(
-                        f"two plugins provide a {kind} named {name!r}: {found[name].provider.describe()} and "
-                        f"{info.describe()}. Uninstall one, or block one with ESPER_BLOCKED_PLUGINS=<name>."
+                        f"two plugins provide a {point.kind} named {name!r}: {first} and {info.describe()}. "
+                        "Uninstall one, or block one with ESPER_BLOCKED_PLUGINS=<name>."
                     )
                 found[name] = Provided(item, info)
         resolved = dict(sorted(found.items()))
-        self._cache[hook_name] = resolved
+        self._cache[point.hook] = resolved
         return resolved
 
-    def _lookup(self, hook_name: str, spec_type: type[S], name: str) -> S:
-        available = self._provided(hook_name, spec_type)
+    def available(self, spec_type: type[S]) -> list[S]:
+        """Every installed descriptor of the plugin point that yields ``spec_type``, sorted by name."""
+        return [cast(S, provided.spec) for provided in self._provided(point_of(spec_type)).values()]
+
+    def get(self, spec_type: type[S], name: str) -> S:
+        """The descriptor named ``name`` (normalized: ``Fixed_Schedule`` is ``fixed-schedule``) of a plugin point.
+
+        :raises UnknownComponentError: naming the plugin point's configuration key, a likely fix and what is
+            installed.
+        """
+        point = point_of(spec_type)
+        available = self._provided(point)
         wanted = normalize_name(name)
         if wanted in available:
             return cast(S, available[wanted].spec)
-        kind = kind_of(spec_type)
         names = ", ".join(available) or "none"
+        where = f" ({point.config_key})" if point.config_key else ""
         raise UnknownComponentError(
-            f"no installed plugin provides a {kind} named {name!r}{suggest(wanted, available) or '.'} "
+            f"no installed plugin provides a {point.kind} named {name!r}{where}{suggest(wanted, available) or '.'} "
             f"Available: {names}. Install the package that provides it; `esper plugins` lists what is installed."
         )
 
     def provider_of(self, spec: ComponentSpec | CliCommandSpec) -> PluginInfo:
-        for hook_name, spec_type in _HOOKS.items():
-            if isinstance(spec, spec_type):
-                for provided in self._provided(hook_name, spec_type).values():
-                    if provided.spec is spec:
-                        return provided.provider
+        """The plugin that provided ``spec``."""
+        for provided in self._provided(point_of(type(spec))).values():
+            if provided.spec is spec:
+                return provided.provider
         raise LookupError(f"{spec!r} is not provided by any registered plugin")
 
+    def components(self) -> dict[str, list[Any]]:
+        """Every descriptor by plugin point kind, in the table's order (for ``esper plugins``)."""
+        return {point.kind: self.available(point.spec_type) for point in PLUGIN_POINTS}
+
+    def provided_by(self, info: PluginInfo) -> list[str]:
+        """``kind:name`` of every component and command ``info``'s plugin provides."""
+        return [
+            f"{point.kind}:{name}"
+            for point in PLUGIN_POINTS
+            for name, provided in self._provided(point).items()
+            if provided.provider.plugin is info.plugin
+        ]
+
+    # Typed shorthands of :meth:`get` and :meth:`available`, one pair per plugin point.
     def policies(self) -> list[PolicySpec]:
-        return [p.spec for p in self._provided("esper_tamiyo_policies", PolicySpec).values()]
+        return self.available(PolicySpec)
 
     def policy(self, name: str) -> PolicySpec:
-        return self._lookup("esper_tamiyo_policies", PolicySpec, name)
+        return self.get(PolicySpec, name)
 
     def controllers(self) -> list[ControllerSpec]:
-        return [p.spec for p in self._provided("esper_tamiyo_controllers", ControllerSpec).values()]
+        return self.available(ControllerSpec)
 
     def controller(self, name: str) -> ControllerSpec:
-        return self._lookup("esper_tamiyo_controllers", ControllerSpec, name)
+        return self.get(ControllerSpec, name)
 
     def blueprint_catalogs(self) -> list[BlueprintCatalogSpec]:
-        return [p.spec for p in self._provided("esper_urza_blueprint_catalogs", BlueprintCatalogSpec).values()]
+        return self.available(BlueprintCatalogSpec)
 
     def blueprint_catalog(self, name: str) -> BlueprintCatalogSpec:
-        return self._lookup("esper_urza_blueprint_catalogs", BlueprintCatalogSpec, name)
+        return self.get(BlueprintCatalogSpec, name)
 
     def artifact_stores(self) -> list[ArtifactStoreSpec]:
-        return [p.spec for p in self._provided("esper_urza_artifact_stores", ArtifactStoreSpec).values()]
+        return self.available(ArtifactStoreSpec)
 
     def artifact_store(self, name: str) -> ArtifactStoreSpec:
-        return self._lookup("esper_urza_artifact_stores", ArtifactStoreSpec, name)
+        return self.get(ArtifactStoreSpec, name)
 
     def telemetry_sinks(self) -> list[TelemetrySinkSpec]:
-        return [p.spec for p in self._provided("esper_nissa_telemetry_sinks", TelemetrySinkSpec).values()]
+        return self.available(TelemetrySinkSpec)
 
     def telemetry_sink(self, name: str) -> TelemetrySinkSpec:
-        return self._lookup("esper_nissa_telemetry_sinks", TelemetrySinkSpec, name)
+        return self.get(TelemetrySinkSpec, name)
 
     def bus_backends(self) -> list[BusBackendSpec]:
-        return [p.spec for p in self._provided("esper_oona_bus_backends", BusBackendSpec).values()]
+        return self.available(BusBackendSpec)
 
     def bus_backend(self, name_or_url: str) -> BusBackendSpec:
         """The backend named ``name_or_url``, or the one declaring the URL's scheme (``redis://...``)."""
@@ -169,60 +186,51 @@ class Registry:
                 f"Schemes handled: {', '.join(schemes) or 'none'}; named backends: "
                 f"{', '.join(spec.name for spec in self.bus_backends())}."
             )
-        return self._lookup("esper_oona_bus_backends", BusBackendSpec, name_or_url)
+        return self.get(BusBackendSpec, name_or_url)
 
     def tasks(self) -> list[TaskSpec]:
-        return [p.spec for p in self._provided("esper_tolaria_tasks", TaskSpec).values()]
+        return self.available(TaskSpec)
 
     def task(self, name: str) -> TaskSpec:
-        return self._lookup("esper_tolaria_tasks", TaskSpec, name)
+        return self.get(TaskSpec, name)
 
     def seed_executors(self) -> list[SeedExecutorSpec]:
-        return [p.spec for p in self._provided("esper_kasmina_seed_executors", SeedExecutorSpec).values()]
+        return self.available(SeedExecutorSpec)
 
     def seed_executor(self, name: str) -> SeedExecutorSpec:
-        return self._lookup("esper_kasmina_seed_executors", SeedExecutorSpec, name)
+        return self.get(SeedExecutorSpec, name)
 
     def services(self) -> list[ServiceSpec]:
-        return [p.spec for p in self._provided("esper_weatherlight_services", ServiceSpec).values()]
+        return self.available(ServiceSpec)
 
     def service(self, name: str) -> ServiceSpec:
-        return self._lookup("esper_weatherlight_services", ServiceSpec, name)
+        return self.get(ServiceSpec, name)
 
     def cli_commands(self) -> list[CliCommandSpec]:
-        return [p.spec for p in self._provided("esper_core_cli_commands", CliCommandSpec).values()]
-
-    def components(self) -> dict[str, list[ComponentSpec]]:
-        """Every component descriptor by kind (for ``esper plugins``)."""
-        return {
-            kind_of(spec_type): [p.spec for p in self._provided(hook_name, spec_type).values()]
-            for hook_name, spec_type in _HOOKS.items()
-            if spec_type is not CliCommandSpec
-        }
-
-    def provided_by(self, info: PluginInfo) -> list[str]:
-        """``kind:name`` of every component and command ``info``'s plugin provides."""
-        names = []
-        for hook_name, spec_type in _HOOKS.items():
-            for name, provided in self._provided(hook_name, spec_type).items():
-                if provided.provider.plugin is info.plugin:
-                    names.append(f"{kind_of(spec_type)}:{name}")
-        return names
+        return self.available(CliCommandSpec)
 
     # -- configuration ----------------------------------------------------------------------------------------
     def config_sections(self) -> list[type]:
         """Every section class: from the ``esper_core_config_sections`` hook and from descriptors' ``options``."""
         sections: dict[type, None] = {}
-        for impl in reversed(self.pm.hook.esper_core_config_sections.get_hookimpls()):
-            contributed = cast(Iterable[type], impl.function() or ())
+        for info, contributed in self.pm.call_each("esper_core_config_sections"):
             for cls in contributed:
-                section_path(cls)  # raises a clear TypeError for an unmarked class
+                try:
+                    section_path(cls)
+                except TypeError as error:
+                    raise PluginValidationError(f"{info.describe()}: esper_core_config_sections: {error}") from error
                 sections[cls] = None
-        for hook_name, spec_type in _HOOKS.items():
-            for provided in self._provided(hook_name, spec_type).values():
+        for point in PLUGIN_POINTS:
+            for provided in self._provided(point).values():
                 options = getattr(provided.spec, "options", None)
                 if options is not None:
-                    section_path(options)
+                    try:
+                        section_path(options)
+                    except TypeError as error:
+                        raise PluginValidationError(
+                            f"{provided.provider.describe()}: the options of {point.kind} {provided.spec.name!r}: "
+                            f"{error}"
+                        ) from error
                     sections[options] = None
         return list(sections)
 
@@ -274,17 +282,3 @@ class Registry:
 
     def run_finished(self, run: RunInfo, summary: Mapping[str, float]) -> None:
         self.pm.hook.esper_tolaria_run_finished(run=run, summary=summary)
-
-
-_HOOKS: dict[str, type] = {
-    "esper_tamiyo_policies": PolicySpec,
-    "esper_tamiyo_controllers": ControllerSpec,
-    "esper_urza_blueprint_catalogs": BlueprintCatalogSpec,
-    "esper_urza_artifact_stores": ArtifactStoreSpec,
-    "esper_nissa_telemetry_sinks": TelemetrySinkSpec,
-    "esper_oona_bus_backends": BusBackendSpec,
-    "esper_tolaria_tasks": TaskSpec,
-    "esper_kasmina_seed_executors": SeedExecutorSpec,
-    "esper_weatherlight_services": ServiceSpec,
-    "esper_core_cli_commands": CliCommandSpec,
-}

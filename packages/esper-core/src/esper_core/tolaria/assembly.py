@@ -15,12 +15,12 @@ from typing import Any
 import attrs
 import torch
 
-from esper_core.components import NissaSelection, UrzaSelection
 from esper_core.config import EsperConfig
 from esper_core.errors import EsperError
 from esper_core.oona import Oona, OonaOptions
 from esper_core.plugins import BuildContext, Registry
 from esper_core.plugins.options import PluginsOptions
+from esper_core.plugins.selectors import NissaSelection, UrzaSelection
 from esper_core.protocols import Controller, SeedExecutor, Task, TaskData, TelemetrySink
 from esper_core.security_options import SecurityOptions
 from esper_core.signing import SigningKey
