@@ -131,6 +131,14 @@ def test_the_schema_is_versioned_and_its_digest_is_the_sha256_of_its_canonical_j
         assert len(group_names) == len(set(group_names)), group
 
 
+def test_the_schema_digest_is_pinned() -> None:
+    """Every ``PolicyUpdate`` carries this digest and is refused when it differs: a change here orphans every trained
+    policy. If the change is intended, bump ``FEATURE_SCHEMA_VERSION``, update docs/learned-policy.md and these values.
+    """
+    assert schema_digest() == "757e6f9177f5392e455000438efd6f63eab297de638de47206bc31db6b1c5d64"
+    assert schema_digest(512) == "e91264460276c529f5e48d036268385fbe9a6412b8ab8e440e8a10e344d9ec41"
+
+
 def test_every_feature_its_scaling_and_the_version_are_documented() -> None:
     doc = DOC.read_text()
     assert f"## Feature schema, version {FEATURE_SCHEMA_VERSION}" in doc
