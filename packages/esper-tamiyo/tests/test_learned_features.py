@@ -171,6 +171,17 @@ def test_importing_the_options_does_not_import_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_the_schema_and_the_action_space_do_not_import_torch() -> None:
+    """A tool that checks a field report's ``feature_schema_digest`` or decodes an ``action_index`` needs no torch."""
+    code = (
+        "import sys; from esper_tamiyo.learned import schema, actions; "
+        "print(schema.schema_digest(), actions.PolicyAction.from_index(0), 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[0] == schema_digest()
+    assert result.stdout.strip().endswith("False")
+
+
 def test_blueprint_indices_are_sha256_based_and_stable() -> None:
     expected = 1 + int.from_bytes(hashlib.sha256(b"esper.blueprint:BP001").digest()[:8], "big") % 1023
     assert blueprint_index("BP001") == expected
