@@ -37,8 +37,16 @@ from esper_tamiyo.learned import (
     schema_digest,
     updates,
 )
-from esper_tamiyo.learned import features as F
+from esper_tamiyo.learned.actions import GERMINATE, NUM_OPERATIONS
 from esper_tamiyo.learned.policy import intra_op_threads
+from esper_tamiyo.learned.schema import (
+    BLUEPRINT_DIM,
+    DEFAULT_BLUEPRINT_VOCABULARY,
+    GLOBAL_DIM,
+    GLOBAL_FEATURES,
+    SLOT_DIM,
+    SLOT_FEATURES,
+)
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "learned-policy.md"
 
@@ -121,14 +129,22 @@ def test_the_schema_is_versioned_and_its_digest_is_the_sha256_of_its_canonical_j
     text = json.dumps(FEATURE_SCHEMA, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     assert schema_digest() == hashlib.sha256(text.encode()).hexdigest()
     assert schema_digest(512) != schema_digest()  # the vocabulary is part of the encoding
-    assert len(FEATURE_SCHEMA["global"]) == F.GLOBAL_DIM
-    assert len(FEATURE_SCHEMA["slot"]) == F.SLOT_DIM
-    assert len(FEATURE_SCHEMA["blueprint"]) == F.BLUEPRINT_DIM
+    assert len(FEATURE_SCHEMA["global"]) == GLOBAL_DIM
+    assert len(FEATURE_SCHEMA["slot"]) == SLOT_DIM
+    assert len(FEATURE_SCHEMA["blueprint"]) == BLUEPRINT_DIM
     names = [feature["name"] for group in ("global", "slot", "blueprint") for feature in FEATURE_SCHEMA[group]]
     assert all(names.count(name) <= 3 for name in names)
     for group in ("global", "slot", "blueprint"):
         group_names = [feature["name"] for feature in FEATURE_SCHEMA[group]]
         assert len(group_names) == len(set(group_names)), group
+
+
+def test_the_schema_digest_is_pinned() -> None:
+    """Every ``PolicyUpdate`` carries this digest and is refused when it differs: a change here orphans every trained
+    policy. If the change is intended, bump ``FEATURE_SCHEMA_VERSION``, update docs/learned-policy.md and these values.
+    """
+    assert schema_digest() == "757e6f9177f5392e455000438efd6f63eab297de638de47206bc31db6b1c5d64"
+    assert schema_digest(512) == "e91264460276c529f5e48d036268385fbe9a6412b8ab8e440e8a10e344d9ec41"
 
 
 def test_every_feature_its_scaling_and_the_version_are_documented() -> None:
@@ -144,7 +160,7 @@ def test_every_feature_its_scaling_and_the_version_are_documented() -> None:
 
 
 def test_option_defaults_match_the_modules_they_configure() -> None:
-    assert options.DEFAULT_BLUEPRINT_VOCABULARY == F.DEFAULT_BLUEPRINT_VOCABULARY
+    assert options.DEFAULT_BLUEPRINT_VOCABULARY == DEFAULT_BLUEPRINT_VOCABULARY
     assert options.DEFAULT_NOOP_BIAS == network.DEFAULT_NOOP_BIAS
     assert options.DEFAULT_MAX_PAYLOAD_BYTES == updates.DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -153,6 +169,17 @@ def test_importing_the_options_does_not_import_torch() -> None:
     code = "import sys, esper_tamiyo.learned; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_schema_and_the_action_space_do_not_import_torch() -> None:
+    """A tool that checks a field report's ``feature_schema_digest`` or decodes an ``action_index`` needs no torch."""
+    code = (
+        "import sys; from esper_tamiyo.learned import schema, actions; "
+        "print(schema.schema_digest(), actions.PolicyAction.from_index(0), 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[0] == schema_digest()
+    assert result.stdout.strip().endswith("False")
 
 
 def test_blueprint_indices_are_sha256_based_and_stable() -> None:
@@ -193,7 +220,7 @@ def test_values_are_scaled_into_sane_ranges_with_presence_flags() -> None:
     scope = namespace()
     state, descriptors = scope["build"]()  # type: ignore[operator]
     encoded = FeatureEncoder().encode(state, descriptors)
-    g = dict(zip([f.name for f in F.GLOBAL_FEATURES], encoded.global_features.tolist(), strict=True))
+    g = dict(zip([f.name for f in GLOBAL_FEATURES], encoded.global_features.tolist(), strict=True))
     assert g["progress"] == pytest.approx(7 / 30) and g["progress.present"] == 1.0
     assert g["val_loss"] == pytest.approx(math.log1p(0.55)) and g["val_loss.present"] == 1.0
     assert g["loss_volatility"] == 0.0 and g["loss_volatility.present"] == 0.0  # absent, not zero
@@ -202,8 +229,8 @@ def test_values_are_scaled_into_sane_ranges_with_presence_flags() -> None:
     assert g["stage_fraction.DORMANT"] == pytest.approx(2 / 9)
     assert g["nonfinite_inputs"] == 0.0
     slots = encoded.slot_features
-    assert slots.shape == (9, F.SLOT_DIM) and encoded.blueprint_features.shape == (5, F.BLUEPRINT_DIM)
-    names = [f.name for f in F.SLOT_FEATURES]
+    assert slots.shape == (9, SLOT_DIM) and encoded.blueprint_features.shape == (5, BLUEPRINT_DIM)
+    names = [f.name for f in SLOT_FEATURES]
     row = dict(zip(names, slots[8].tolist(), strict=True))
     assert row["stage.EMBARGOED"] == 1.0 and row["embargoed"] == 1.0 and row["can_germinate"] == 0.0
     assert row["contribution.present"] == 0.0
@@ -221,7 +248,7 @@ def test_non_finite_inputs_are_bounded_and_counted() -> None:
     state = SystemStatePacket(metrics=metrics, seeds=[seed], hardware=HardwareContext(total_memory_gb=math.inf))
     blueprint = BlueprintDescriptor(blueprint_id="BP1", risk=math.nan)
     encoded = FeatureEncoder().encode(state, [blueprint])
-    g = dict(zip([f.name for f in F.GLOBAL_FEATURES], encoded.global_features.tolist(), strict=True))
+    g = dict(zip([f.name for f in GLOBAL_FEATURES], encoded.global_features.tolist(), strict=True))
     assert g["val_loss.present"] == 0.0  # NaN is absent
     assert g["train_loss"] == 10.0 and g["loss_delta"] == -10.0  # infinities clipped
     assert g["nonfinite_inputs"] == pytest.approx(math.log1p(7))
@@ -236,13 +263,13 @@ def test_any_packet_encodes_to_finite_bounded_tensors_with_consistent_masks(stat
     _, descriptors = scope["build"]()  # type: ignore[operator]
     encoded = FeatureEncoder().encode(state, descriptors)
     count = len(state.seeds)
-    assert encoded.slot_features.shape == (count, F.SLOT_DIM)
-    assert encoded.slot_mask.shape == (F.NUM_OPERATIONS, count)
+    assert encoded.slot_features.shape == (count, SLOT_DIM)
+    assert encoded.slot_mask.shape == (NUM_OPERATIONS, count)
     assert encoded.fit_mask.shape == (count, len(descriptors))
     for tensor in (encoded.global_features, encoded.slot_features, encoded.blueprint_features):
         assert bool(torch.isfinite(tensor).all()) and float(tensor.abs().max()) <= 10.0
-    can_germinate = encoded.slot_features[:, [f.name for f in F.SLOT_FEATURES].index("can_germinate")]
-    assert can_germinate.bool().tolist() == encoded.slot_mask[F.GERMINATE].tolist()
+    can_germinate = encoded.slot_features[:, [f.name for f in SLOT_FEATURES].index("can_germinate")]
+    assert can_germinate.bool().tolist() == encoded.slot_mask[GERMINATE].tolist()
 
 
 def test_the_options_read_from_a_configuration() -> None:

@@ -8,8 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies
 
 from esper_core.leyline import (
     BlendSchedule,
@@ -17,23 +16,22 @@ from esper_core.leyline import (
     BlueprintParameterBounds,
     BlueprintTier,
     CommandType,
-    SeedLifecycleStage,
     SeedOperation,
     SeedState,
     SlotKind,
     SystemStatePacket,
     TrainingMetrics,
 )
+from esper_core.leyline import SeedLifecycleStage as Stage
 from esper_core.protocols import TamiyoPolicy
 from esper_core.testing.conformance import TamiyoPolicyConformance
 from esper_core.testing.conformance.policy import check_command
 from esper_core.testing.strategies import state_packets
 from esper_tamiyo.learned import LearnedPolicy, LearnedPolicyOptions, collate
-from esper_tamiyo.learned.features import GERMINATE, OPERATION_NAMES, SEED_OPERATIONS
+from esper_tamiyo.learned.actions import GERMINATE, OPERATION_NAMES, SEED_OPERATIONS, PolicyAction
 from esper_tamiyo.learned.network import PolicyNetwork, parameter_count
-from esper_tamiyo.learned.policy import PolicyAction, germination_parameters, intra_op_threads
+from esper_tamiyo.learned.policy import germination_parameters, intra_op_threads
 
-S = SeedLifecycleStage
 CONV, VECTOR, SEQUENCE = SlotKind.SLOT_KIND_CONV2D, SlotKind.SLOT_KIND_VECTOR, SlotKind.SLOT_KIND_SEQUENCE
 
 
@@ -77,12 +75,10 @@ def randomized(policy: LearnedPolicy, seed: int = 1, scale: float = 0.5) -> Lear
     return policy
 
 
-def seed_state(
-    slot_id: str, stage: SeedLifecycleStage.ValueType, kind: SlotKind.ValueType = CONV, **fields: object
-) -> SeedState:
+def seed_state(slot_id: str, stage: Stage.ValueType, kind: SlotKind.ValueType = CONV, **fields: object) -> SeedState:
     shape = {CONV: [16, 8, 8], VECTOR: [64], SEQUENCE: [10, 32]}[kind]
     state = SeedState(slot_id=slot_id, stage=stage, slot_kind=kind, slot_shape=shape, layer_depth=1)
-    if stage not in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_EMBARGOED, S.SEED_STAGE_RESETTING):
+    if stage not in (Stage.SEED_STAGE_DORMANT, Stage.SEED_STAGE_EMBARGOED, Stage.SEED_STAGE_RESETTING):
         state.seed_id, state.blueprint_id, state.parameter_count = f"{slot_id}#1", "BP001", 500
     for name, value in fields.items():
         setattr(state, name, value)
@@ -101,14 +97,14 @@ def packet(seeds: Sequence[SeedState], epoch: int = 5) -> SystemStatePacket:
 
 EVERY_STAGE = packet(
     [
-        seed_state("a", S.SEED_STAGE_DORMANT),
-        seed_state("b", S.SEED_STAGE_DORMANT, VECTOR),
-        seed_state("c", S.SEED_STAGE_GERMINATED),
-        seed_state("d", S.SEED_STAGE_TRAINING, SEQUENCE),
-        seed_state("e", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=10, alpha=1.0),
-        seed_state("f", S.SEED_STAGE_SHADOWING, contribution=0.02),
-        seed_state("g", S.SEED_STAGE_PROBATIONARY, contribution=0.03),
-        seed_state("h", S.SEED_STAGE_FOSSILIZED),
+        seed_state("a", Stage.SEED_STAGE_DORMANT),
+        seed_state("b", Stage.SEED_STAGE_DORMANT, VECTOR),
+        seed_state("c", Stage.SEED_STAGE_GERMINATED),
+        seed_state("d", Stage.SEED_STAGE_TRAINING, SEQUENCE),
+        seed_state("e", Stage.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=10, alpha=1.0),
+        seed_state("f", Stage.SEED_STAGE_SHADOWING, contribution=0.02),
+        seed_state("g", Stage.SEED_STAGE_PROBATIONARY, contribution=0.03),
+        seed_state("h", Stage.SEED_STAGE_FOSSILIZED),
     ]
 )
 
@@ -246,7 +242,7 @@ def test_the_recorded_log_probability_is_what_a_trainer_recomputes() -> None:
         recorded.append(command.decision.action_log_prob)
     assert len({a.operation for a in actions}) >= 4
     # Batched (padded) evaluation agrees with the single decisions.
-    other = packet([seed_state("x", S.SEED_STAGE_DORMANT, VECTOR)])
+    other = packet([seed_state("x", Stage.SEED_STAGE_DORMANT, VECTOR)])
     command = policy.decide(other, BLUEPRINTS[:2])
     encoded_states.append(policy.encode(other, BLUEPRINTS[:2]))
     actions.append(policy.action_from_command(command, encoded_states[-1]))
@@ -313,18 +309,18 @@ def test_edge_cases_give_legal_commands() -> None:
     policy = randomized(LearnedPolicy(LearnedPolicyOptions(decoding="sample")))
     empty = packet([])
     assert policy.decide(empty, BLUEPRINTS).command_type == CommandType.COMMAND_NOOP
-    dormant_only = packet([seed_state("a", S.SEED_STAGE_DORMANT), seed_state("b", S.SEED_STAGE_EMBARGOED,
+    dormant_only = packet([seed_state("a", Stage.SEED_STAGE_DORMANT), seed_state("b", Stage.SEED_STAGE_EMBARGOED,
                                                                               embargo_epochs_remaining=2)])  # fmt: skip
     for _ in range(30):
         command = policy.decide(dormant_only, [])  # nothing offered: nothing to germinate
         assert command.command_type == CommandType.COMMAND_NOOP
         command = policy.decide(dormant_only, [descriptor("SEQ", [SEQUENCE])])  # nothing fits a conv slot
         assert command.command_type == CommandType.COMMAND_NOOP
-    blending = packet([seed_state("e", S.SEED_STAGE_BLENDING, alpha_steps=3, alpha_total_steps=10)])
+    blending = packet([seed_state("e", Stage.SEED_STAGE_BLENDING, alpha_steps=3, alpha_total_steps=10)])
     for _ in range(30):  # the ramp is not finished: STABILIZE would be refused by the executor
         command = policy.decide(blending, BLUEPRINTS)
         assert command.seed_operation.operation != SeedOperation.SEED_OP_STABILIZE
-    many = packet([seed_state(f"s{i}", S.SEED_STAGE_DORMANT) for i in range(40)])
+    many = packet([seed_state(f"s{i}", Stage.SEED_STAGE_DORMANT) for i in range(40)])
     for _ in range(20):
         command = policy.decide(many, BLUEPRINTS)
         check_command(command, many, BLUEPRINTS)
@@ -344,8 +340,8 @@ def test_a_network_that_outputs_nan_falls_back_to_noop() -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_masks_match_the_conformance_rules_for_every_slot(data: st.DataObject) -> None:
+@given(data=strategies.data())
+def test_masks_match_the_conformance_rules_for_every_slot(data: strategies.DataObject) -> None:
     """Every (operation, slot, blueprint) the masks allow is a command the conformance check accepts."""
     state = data.draw(state_packets(blueprint_ids=["BP001"]))
     policy = LearnedPolicy()

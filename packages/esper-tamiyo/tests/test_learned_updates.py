@@ -20,13 +20,13 @@ from esper_core.leyline import (
     BlueprintTier,
     CommandType,
     PolicyUpdate,
-    SeedLifecycleStage,
     SeedOperation,
     SeedState,
     SlotKind,
     SystemStatePacket,
     TrainingMetrics,
 )
+from esper_core.leyline import SeedLifecycleStage as Stage
 from esper_core.plugins import BuildContext, Registry
 from esper_core.signing import SigningKey, sign_signature_field
 from esper_tamiyo.learned import (
@@ -37,12 +37,12 @@ from esper_tamiyo.learned import (
     read_update,
     save_update,
 )
-from esper_tamiyo.learned.features import GERMINATE, NOOP, EncodedBatch
+from esper_tamiyo.learned.actions import GERMINATE, NOOP
+from esper_tamiyo.learned.encoder import EncodedBatch
 from esper_tamiyo.learned.network import PolicyOutput
 from esper_tamiyo.learned.policy import intra_op_threads
 from esper_tamiyo.learned.updates import payload_bytes
 
-S = SeedLifecycleStage
 DOC = Path(__file__).resolve().parents[3] / "docs" / "learned-policy.md"
 
 
@@ -66,7 +66,7 @@ def state(*stages: int, epoch: int = 3) -> SystemStatePacket:
     seeds = []
     for i, stage in enumerate(stages):
         seed = SeedState(slot_id=f"s{i}", stage=stage, slot_kind=SlotKind.SLOT_KIND_CONV2D, slot_shape=[8, 4, 4])  # type: ignore[arg-type]
-        if stage != S.SEED_STAGE_DORMANT:
+        if stage != Stage.SEED_STAGE_DORMANT:
             seed.seed_id, seed.blueprint_id = f"s{i}#1", "BP001"
         seeds.append(seed)
     metrics = TrainingMetrics(epoch=epoch, val_loss=1.0 / (epoch + 1), parameter_count=10_000)
@@ -74,9 +74,9 @@ def state(*stages: int, epoch: int = 3) -> SystemStatePacket:
 
 
 STATES = [
-    state(S.SEED_STAGE_DORMANT, S.SEED_STAGE_DORMANT),
-    state(S.SEED_STAGE_DORMANT, S.SEED_STAGE_TRAINING, epoch=5),
-    state(S.SEED_STAGE_PROBATIONARY, S.SEED_STAGE_GERMINATED, epoch=9),
+    state(Stage.SEED_STAGE_DORMANT, Stage.SEED_STAGE_DORMANT),
+    state(Stage.SEED_STAGE_DORMANT, Stage.SEED_STAGE_TRAINING, epoch=5),
+    state(Stage.SEED_STAGE_PROBATIONARY, Stage.SEED_STAGE_GERMINATED, epoch=9),
 ]
 
 

@@ -16,17 +16,8 @@ from esper_tamiyo.learned.options import LearnedPolicyOptions
 
 if TYPE_CHECKING:
     from esper_core.plugins import BuildContext
-    from esper_tamiyo.learned.features import (
-        FEATURE_SCHEMA,
-        FEATURE_SCHEMA_VERSION,
-        EncodedBatch,
-        EncodedState,
-        FeatureEncoder,
-        blueprint_index,
-        collate,
-        feature_schema,
-        schema_digest,
-    )
+    from esper_tamiyo.learned.actions import PolicyAction
+    from esper_tamiyo.learned.encoder import EncodedBatch, EncodedState, FeatureEncoder, collate
     from esper_tamiyo.learned.network import (
         ARCHITECTURE_VERSION,
         NetworkConfig,
@@ -36,12 +27,13 @@ if TYPE_CHECKING:
         build_network,
         parameter_count,
     )
-    from esper_tamiyo.learned.policy import (
-        ActionEvaluation,
-        LearnedPolicy,
-        PolicyAction,
-        evaluate_actions,
-        masked_distributions,
+    from esper_tamiyo.learned.policy import ActionEvaluation, LearnedPolicy, evaluate_actions, masked_distributions
+    from esper_tamiyo.learned.schema import (
+        FEATURE_SCHEMA,
+        FEATURE_SCHEMA_VERSION,
+        blueprint_index,
+        feature_schema,
+        schema_digest,
     )
     from esper_tamiyo.learned.updates import (
         REJECTION_REASONS,
@@ -53,17 +45,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "features": (
-        "FEATURE_SCHEMA",
-        "FEATURE_SCHEMA_VERSION",
-        "EncodedBatch",
-        "EncodedState",
-        "FeatureEncoder",
-        "blueprint_index",
-        "collate",
-        "feature_schema",
-        "schema_digest",
-    ),
+    "actions": ("PolicyAction",),
+    "encoder": ("EncodedBatch", "EncodedState", "FeatureEncoder", "collate"),
     "network": (
         "ARCHITECTURE_VERSION",
         "NetworkConfig",
@@ -73,7 +56,8 @@ _LAZY = {
         "build_network",
         "parameter_count",
     ),
-    "policy": ("ActionEvaluation", "LearnedPolicy", "PolicyAction", "evaluate_actions", "masked_distributions"),
+    "policy": ("ActionEvaluation", "LearnedPolicy", "evaluate_actions", "masked_distributions"),
+    "schema": ("FEATURE_SCHEMA", "FEATURE_SCHEMA_VERSION", "blueprint_index", "feature_schema", "schema_digest"),
     "updates": ("REJECTION_REASONS", "UpdateVerdict", "check_update", "make_update", "read_update", "save_update"),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}

@@ -26,16 +26,9 @@ import attrs
 import torch
 from torch import nn
 
-from esper_tamiyo.learned.features import (
-    BLUEPRINT_DIM,
-    DEFAULT_BLUEPRINT_VOCABULARY,
-    GLOBAL_DIM,
-    NOOP,
-    NUM_OPERATIONS,
-    NUM_SCHEDULES,
-    SLOT_DIM,
-    EncodedBatch,
-)
+from esper_tamiyo.learned.actions import NOOP, NUM_OPERATIONS, NUM_SCHEDULES
+from esper_tamiyo.learned.encoder import EncodedBatch
+from esper_tamiyo.learned.schema import BLUEPRINT_DIM, DEFAULT_BLUEPRINT_VOCABULARY, GLOBAL_DIM, SLOT_DIM
 
 ARCHITECTURE_NAME = "esper.tamiyo.learned.factored-mlp"
 #: Bump whenever the module structure changes in a way parameter names and shapes might not reveal.

@@ -27,7 +27,7 @@ import attrs
 
 from esper_core.config import section
 
-# Literal copies of the defaults in features.py, network.py and updates.py (a test keeps them equal), so that this
+# Literal copies of the defaults in schema.py, network.py and updates.py (a test keeps them equal), so that this
 # module, which the plugin imports at discovery, does not import torch.
 DEFAULT_BLUEPRINT_VOCABULARY = 1024
 DEFAULT_NOOP_BIAS = 8.0

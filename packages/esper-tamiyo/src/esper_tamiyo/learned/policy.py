@@ -40,7 +40,7 @@ from esper_core.leyline import (
     SystemStatePacket,
 )
 from esper_core.signing import SigningKey
-from esper_tamiyo.learned.features import (
+from esper_tamiyo.learned.actions import (
     GERMINATE,
     MAX_BLUEPRINTS,
     MAX_SLOTS,
@@ -50,11 +50,9 @@ from esper_tamiyo.learned.features import (
     OPERATION_NAMES,
     SCHEDULES,
     SEED_OPERATIONS,
-    EncodedBatch,
-    EncodedState,
-    FeatureEncoder,
-    collate,
+    PolicyAction,
 )
+from esper_tamiyo.learned.encoder import EncodedBatch, EncodedState, FeatureEncoder, collate
 from esper_tamiyo.learned.network import (
     NetworkConfig,
     PolicyNetwork,
@@ -76,42 +74,6 @@ from esper_tamiyo.learned.updates import (
 #: Logit given to illegal choices before the softmax: exp(-1e9) is exactly 0 in float32, and it stays finite, so a
 #: row with no legal entry gives finite (unused) values instead of NaN.
 MASKED_LOGIT = -1e9
-_SLOT_RADIX = MAX_SLOTS + 1
-_BLUEPRINT_RADIX = MAX_BLUEPRINTS + 1
-_SCHEDULE_RADIX = NUM_SCHEDULES + 1
-
-
-@attrs.frozen
-class PolicyAction:
-    """One decision in index form: operation class, and slot, blueprint and schedule indices (-1: not used).
-
-    Slots index ``EncodedState.slot_ids`` (packet order); blueprints index ``EncodedState.blueprints`` (sorted by
-    id); schedules index :data:`esper_tamiyo.learned.features.SCHEDULES`.
-    """
-
-    operation: int
-    slot: int = -1
-    blueprint: int = -1
-    schedule: int = -1
-
-    @property
-    def index(self) -> int:
-        """A single integer for ``DecisionMetadata.action_index`` (mixed radix; see :meth:`from_index`)."""
-        return (
-            ((self.operation * _SLOT_RADIX + self.slot + 1) * _BLUEPRINT_RADIX + self.blueprint + 1) * _SCHEDULE_RADIX
-            + self.schedule
-            + 1
-        )
-
-    @classmethod
-    def from_index(cls, index: int) -> PolicyAction:
-        index, schedule = divmod(index, _SCHEDULE_RADIX)
-        index, blueprint = divmod(index, _BLUEPRINT_RADIX)
-        operation, slot = divmod(index, _SLOT_RADIX)
-        return cls(operation, slot - 1, blueprint - 1, schedule - 1)
-
-    def as_row(self) -> list[int]:
-        return [self.operation, self.slot, self.blueprint, self.schedule]
 
 
 class ActionDistributions(NamedTuple):
