@@ -352,8 +352,8 @@ def test_latency_percentiles_per_source() -> None:
     measured = LibraryMetrics(UrzaOptions(fetch_budget_ms=1e9))
     for latency in range(1, 101):  # 1 .. 100 ms from memory
         measured.observe_fetch("memory", float(latency), "BP052", VECTOR_SLOT)
-    for latency in (3.0, 1.0, 5.0):  # out of order: percentiles sort
-        measured.observe_fetch("disk", latency, "BP052", VECTOR_SLOT)
+    for disk_latency in (3.0, 1.0, 5.0):  # out of order: percentiles sort
+        measured.observe_fetch("disk", disk_latency, "BP052", VECTOR_SLOT)
     snapshot = measured.snapshot(cache_size=7, cache_evictions=2)
     assert snapshot["urza.fetch.memory.p50_ms"] == 50.5 and snapshot["urza.fetch.memory.p95_ms"] == 95.0
     assert snapshot["urza.fetch.disk.p50_ms"] == 3.0 and snapshot["urza.fetch.disk.p95_ms"] == 5.0
