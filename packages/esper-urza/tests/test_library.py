@@ -256,8 +256,11 @@ def test_two_catalogs_may_not_offer_one_blueprint_id(tmp_path: Path, karn: KarnC
 
 # -- latency budget and telemetry -----------------------------------------------------------------------------------
 def test_fetches_over_budget_are_counted_and_reported(tmp_path: Path, karn: KarnCatalog) -> None:
-    with UrzaLibrary(tmp_path, [karn], options=UrzaOptions(fetch_budget_ms=1e-6)) as library:
-        library.fetch("BP052", VECTOR_SLOT, {})  # built: within the (default) build budget
+    # a build budget no build can miss and a fetch budget no fetch can meet: the test does not depend on how fast
+    # this machine builds
+    options = UrzaOptions(fetch_budget_ms=1e-6, build_budget_ms=1e9)
+    with UrzaLibrary(tmp_path, [karn], options=options) as library:
+        library.fetch("BP052", VECTOR_SLOT, {})  # built: within the build budget
         library.fetch("BP052", VECTOR_SLOT, {})  # memory: over a budget nothing can meet
         (packet,) = library.drain_telemetry()
         (event,) = packet.events

@@ -1,0 +1,383 @@
+"""The facade: :class:`UrzaLibrary`, the one object the rest of Esper uses to store, find and fetch artifacts.
+
+Why a facade over small parts: the rest of Esper (the ``urza`` store plugin, ``esper serve urza``, the prefetching
+store, the docs) depends on one class with a stable API, while each job behind it (the SQLite index, the files,
+crash recovery, the cache, checked loading, building and the metrics) lives in a module of its own, listed in
+:mod:`esper_urza.library`, and is tested on its own. What stays here is what ties them together: resolving a
+blueprint id to its catalog, the order in which a fetch tries memory, then disk, then a build, the order in which
+opening recovers the library, and the locking and closed-library checks around every public method.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from esper_core.errors import EsperError
+from esper_core.leyline import BlueprintDescriptor, BlueprintTier, SlotKind, TelemetryPacket
+from esper_core.protocols import BlueprintCatalog, FetchedSeed, SlotShape
+from esper_urza.errors import ArtifactIntegrityError
+from esper_urza.library.building import ArtifactBuilder, instantiate
+from esper_urza.library.cache import ArtifactCache, CachedArtifact
+from esper_urza.library.files import ArtifactFiles
+from esper_urza.library.index import ArtifactIndex
+from esper_urza.library.journal import RecoveryReport, SaveJournal
+from esper_urza.library.loading import ArtifactLoader
+from esper_urza.library.locking import LibraryLock
+from esper_urza.library.metrics import LibraryMetrics
+from esper_urza.options import UrzaOptions
+from esper_urza.parameters import artifact_key, check_slot, kind_name, resolve_parameters, tier_from_name
+from esper_urza.records import ArtifactRecord, BuiltArtifact
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from esper_urza.tezzeret import Tezzeret
+
+
+class UrzaLibrary:
+    """SQLite catalog + artifact files + an in-process LRU cache, serving seed modules for slots.
+
+    :param root: the library directory (created if needed).
+    :param catalogs: the run's blueprint catalogs; blueprint ids must be unique across them.
+    :param options: ``[urza]`` options (budgets, cache size, Tezzeret's checks).
+    :param tezzeret: the artifact builder (by default one built from ``options.tezzeret``).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        catalogs: Iterable[BlueprintCatalog] = (),
+        *,
+        options: UrzaOptions | None = None,
+        tezzeret: Tezzeret | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.options = options or UrzaOptions()
+        self._files = ArtifactFiles(self.root)
+        self.artifacts_dir = self._files.directory
+        self.journal_path = self.root / "journal.log"
+        self._catalogs: dict[str, tuple[BlueprintCatalog, BlueprintDescriptor]] = {}
+        for catalog in catalogs:
+            for descriptor in catalog.descriptors():
+                blueprint_id = descriptor.blueprint_id
+                if blueprint_id in self._catalogs:
+                    other = self._catalogs[blueprint_id][0].name
+                    raise EsperError(
+                        f"blueprint id {blueprint_id!r} is offered by two catalogs, {other!r} and {catalog.name!r}; "
+                        "fetches name blueprints by id alone, so remove one of them from urza.catalogs"
+                    )
+                self._catalogs[blueprint_id] = (catalog, descriptor)
+        self._cache = ArtifactCache(self.options.cache_size)
+        self._metrics = LibraryMetrics(self.options)
+        self._journal = SaveJournal(self.journal_path)
+        self._closed = False
+        self._locks = LibraryLock(self.root / ".lock")
+        self._lock = self._locks.mutex
+        try:
+            self._index = ArtifactIndex(self.root / "catalog.sqlite")
+            self._loader = ArtifactLoader(
+                index=self._index,
+                files=self._files,
+                cache=self._cache,
+                lock=self._locks,
+                metrics=self._metrics,
+                options=self.options.tezzeret,
+            )
+            with self._locks.exclusive():
+                self._index.create_schema()
+                #: What opening repaired (see :class:`~esper_urza.library.journal.RecoveryReport`).
+                self.recovery = self._recover()
+        except BaseException:
+            self.close()
+            raise
+        self._builder = ArtifactBuilder(
+            index=self._index,
+            files=self._files,
+            journal=self._journal,
+            lock=self._locks,
+            metrics=self._metrics,
+            options=self.options.tezzeret,
+            tezzeret=tezzeret,
+        )
+
+    # -- the ArtifactStore protocol ---------------------------------------------------------------------------------
+    def fetch(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> FetchedSeed:
+        """A new module for ``slot`` (never shared with another fetch), from memory, from disk, or built now.
+
+        ``KeyError``: no catalog offers ``blueprint_id``; ``ValueError``: bad parameters or slot;
+        :class:`~esper_urza.errors.ArtifactBuildError`: Tezzeret refused to build it.
+        """
+        return self.fetch_artifact(blueprint_id, slot, parameters)[0]
+
+    def fetch_artifact(
+        self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]
+    ) -> tuple[FetchedSeed, ArtifactRecord]:
+        """:meth:`fetch`, and the stored artifact's record: its key and SHA-256 are what another process needs to
+        :meth:`open_artifact` it from the same root (``esper serve urza`` replies with them)."""
+        started = time.perf_counter()
+        try:
+            catalog, descriptor = self._catalogs[blueprint_id]
+        except KeyError:
+            raise KeyError(
+                f"no catalog of this library offers blueprint {blueprint_id!r} (catalogs: {self._catalog_names()})"
+            ) from None
+        resolved = resolve_parameters(descriptor, parameters)
+        check_slot(descriptor, slot)
+        key = artifact_key(catalog.name, blueprint_id, resolved, slot)
+        with self._lock:
+            self._check_open()
+            entry = self._cache.get(key)
+            if entry is not None:
+                module = instantiate(entry, slot, self.options.tezzeret)
+                source = "memory"
+            else:
+                loaded = self._loader.load(key, catalog, slot)
+                if loaded is not None:
+                    entry, module = loaded
+                    source = "disk"
+                else:
+                    entry = self._builder.build(catalog, blueprint_id, slot, resolved)
+                    module = instantiate(entry, slot, self.options.tezzeret)
+                    source = "built"
+                self._cache.put(key, entry)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            self._metrics.observe_fetch(source, latency_ms, entry.record.blueprint_id, slot)
+        return self._fetched(descriptor, entry, module, latency_ms, source), entry.record
+
+    def open_artifact(self, ref: str, checksum: str, *, slot: SlotShape | None = None) -> FetchedSeed:
+        """A new module from the stored artifact whose key is ``ref``, provided its file hashes to ``checksum``.
+
+        For a process that did not build the artifact: ``esper serve urza`` builds and stores it, and replies with
+        its key and SHA-256. Never builds. ``slot``, when given, must be the one the artifact was built for.
+        :class:`~esper_urza.errors.ArtifactIntegrityError`: the library holds no such artifact, holds another
+        version of it, or its file is missing or corrupt (then evicted, so that the service rebuilds it);
+        ``KeyError``: none of this library's catalogs offers its blueprint.
+        """
+        started = time.perf_counter()
+        with self._lock:
+            self._check_open()
+            entry = self._cache.peek(ref)
+            if entry is not None and entry.record.sha256 == checksum:
+                self._check_guard(entry.record, slot)
+                self._cache.touch(ref)
+                module = instantiate(entry, entry.record.slot, self.options.tezzeret)
+                source = "memory"
+            else:
+                record = self._index.get(ref)
+                if record is None:
+                    raise ArtifactIntegrityError(f"the Urza library at {self.root} holds no artifact {ref[:12]}")
+                if record.sha256 != checksum:
+                    raise ArtifactIntegrityError(
+                        f"artifact {ref[:12]} of {record.blueprint_id} in {self.root} has SHA-256 "
+                        f"{record.sha256[:12]}, not the {checksum[:12]} asked for: it was replaced since"
+                    )
+                self._check_guard(record, slot)
+                catalog = self._catalog_of(record)
+                loaded = self._loader.load(ref, catalog, record.slot)
+                if loaded is None:
+                    raise ArtifactIntegrityError(
+                        f"artifact {ref[:12]} of {record.blueprint_id} in {self.root} could not be loaded (evicted "
+                        "and reported; the next request rebuilds it)"
+                    )
+                entry, module = loaded
+                source = "disk"
+                self._cache.put(ref, entry)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            self._metrics.observe_fetch(source, latency_ms, entry.record.blueprint_id, entry.record.slot)
+        return self._fetched(self._catalogs[entry.record.blueprint_id][1], entry, module, latency_ms, source)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._cache.clear()
+            with suppress(AttributeError, sqlite3.Error):
+                self._index.close()
+            self._locks.close()
+
+    def __enter__(self) -> UrzaLibrary:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- storing ----------------------------------------------------------------------------------------------------
+    def save(self, built: BuiltArtifact) -> ArtifactRecord:
+        """Store an artifact durably (replacing the key's previous one, whose extras are kept); returns its record."""
+        with self._lock:
+            self._check_open()
+            return self._builder.save(built)
+
+    def update_extras(self, key: str, extras: Mapping[str, Any]) -> ArtifactRecord:
+        """Merge ``extras`` (JSON-ready; Urabrask's safety data sheets go here) into an artifact's row."""
+        with self._locks.exclusive():
+            self._check_open()
+            record = self._index.get(key)
+            if record is None:
+                raise KeyError(f"the library holds no artifact {key!r}")
+            merged = {**record.extras, **extras}
+            self._index.set_extras(key, merged)
+            cached = self._cache.peek(key)
+            if cached is not None:
+                self._cache.replace(
+                    key, attrs.evolve(cached, record=cached.record.with_location(cached.record.path, merged))
+                )
+            updated = self._index.get(key)
+            assert updated is not None
+            return updated
+
+    def clear_cache(self) -> None:
+        """Forget every loaded artifact (the next fetch of each loads it from disk)."""
+        with self._lock:
+            self._cache.clear()
+
+    def evict(self, key: str) -> bool:
+        """Remove an artifact (row, file and cached copy); False if the library did not hold it."""
+        with self._locks.exclusive():
+            self._check_open()
+            self._cache.pop(key)
+            location = self._index.location(key)
+            if location is None:
+                return False
+            self._index.delete(key)
+            if not self._index.path_in_use(location.path):
+                self._files.unlink(location.path)
+            self._metrics.count("evictions")
+            return True
+
+    # -- queries ----------------------------------------------------------------------------------------------------
+    def get(self, key: str) -> ArtifactRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._index.get(key)
+
+    def query(
+        self,
+        *,
+        tier: str | BlueprintTier.ValueType | Iterable[str | BlueprintTier.ValueType] | None = None,
+        slot_kind: str | SlotKind.ValueType | None = None,
+        min_risk: float | None = None,
+        max_risk: float | None = None,
+        blueprint_id: str | None = None,
+        catalog: str | None = None,
+    ) -> list[ArtifactRecord]:
+        """Stored artifacts matching every given filter, by blueprint id then creation time."""
+        with self._lock:
+            self._check_open()
+            return self._index.query(
+                tier=tier,
+                slot_kind=slot_kind,
+                min_risk=min_risk,
+                max_risk=max_risk,
+                blueprint_id=blueprint_id,
+                catalog=catalog,
+            )
+
+    def blueprints(
+        self,
+        *,
+        tiers: Iterable[str | BlueprintTier.ValueType] | None = None,
+        slot_kind: SlotKind.ValueType | None = None,
+        max_risk: float | None = None,
+    ) -> list[BlueprintDescriptor]:
+        """Descriptors the library's catalogs offer, filtered by tier, slot kind and maximum risk."""
+        wanted = None if tiers is None else {tier_from_name(tier) for tier in tiers}
+        found = []
+        for blueprint_id in sorted(self._catalogs):
+            descriptor = self._catalogs[blueprint_id][1]
+            if (
+                (wanted is None or descriptor.tier in wanted)
+                and (slot_kind is None or slot_kind in descriptor.slot_kinds)
+                and (max_risk is None or descriptor.risk <= max_risk)
+            ):
+                copied = BlueprintDescriptor()
+                copied.CopyFrom(descriptor)
+                found.append(copied)
+        return found
+
+    def verify(self) -> list[tuple[str, str]]:
+        """Re-hash every artifact file; drop (and report) rows whose file is missing or altered. Returns them."""
+        with self._locks.exclusive():
+            self._check_open()
+            return self._loader.sweep(hash_files=True)
+
+    # -- telemetry --------------------------------------------------------------------------------------------------
+    def metrics_snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return self._metrics.snapshot(cache_size=len(self._cache), cache_evictions=self._cache.evictions)
+
+    def drain_telemetry(self) -> list[TelemetryPacket]:
+        """Telemetry since the last drain: one packet with the library's metrics and its pending events (fetches
+        over budget, corrupt artifacts evicted, build failures, journal replays), or none if nothing happened."""
+        with self._lock:
+            return self._metrics.drain(cache_size=len(self._cache), cache_evictions=self._cache.evictions)
+
+    @property
+    def tezzeret(self) -> Tezzeret:
+        return self._builder.tezzeret
+
+    # -- internals --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _fetched(
+        descriptor: BlueprintDescriptor, entry: CachedArtifact, module: nn.Module, latency_ms: float, source: str
+    ) -> FetchedSeed:
+        copied = BlueprintDescriptor()
+        copied.CopyFrom(descriptor)
+        return FetchedSeed(
+            module=module,
+            descriptor=copied,
+            artifact_sha256=entry.record.sha256,
+            fetch_latency_ms=latency_ms,
+            source=source,
+        )
+
+    @staticmethod
+    def _check_guard(record: ArtifactRecord, slot: SlotShape | None) -> None:
+        if slot is None:
+            return
+        if (kind_name(slot.kind), tuple(int(size) for size in slot.shape)) != (
+            record.guard.slot_kind,
+            record.guard.shape,
+        ):
+            raise ArtifactIntegrityError(
+                f"artifact {record.key[:12]} of {record.blueprint_id} was built for {record.slot.describe()}, "
+                f"not {slot.describe()}"
+            )
+
+    def _catalog_names(self) -> str:
+        return ", ".join(sorted({catalog.name for catalog, _ in self._catalogs.values()})) or "no catalogs"
+
+    def _catalog_of(self, record: ArtifactRecord) -> BlueprintCatalog:
+        offered = self._catalogs.get(record.blueprint_id)
+        if offered is None or offered[0].name != record.catalog:
+            raise KeyError(
+                f"artifact {record.key[:12]} is {record.blueprint_id} of catalog {record.catalog!r}, which this "
+                f"library's catalogs ({self._catalog_names()}) do not offer: give this process the catalogs the "
+                "service uses (urza.catalogs)"
+            )
+        return offered[0]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EsperError(f"the Urza library at {self.root} is closed")
+
+    def _recover(self) -> RecoveryReport:
+        """Finish or roll back interrupted saves, drop broken rows, remove orphan files, empty the journal."""
+        rolled_forward, rolled_back = self._journal.replay(self._index, self._files)
+        dropped = self._loader.sweep(hash_files=self.options.verify_on_open)
+        orphans = self._files.remove_orphans(self._index.paths())
+        self._journal.reset()
+        report = RecoveryReport(rolled_forward, rolled_back, orphans, tuple(dropped))
+        event = report.event(self.root)
+        if event is not None:
+            self._metrics.report(event)
+        return report
