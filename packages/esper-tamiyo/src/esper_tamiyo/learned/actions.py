@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import attrs
 
-from esper_core.leyline import BlendSchedule, BlueprintDescriptor, SeedLifecycleStage, SeedOperation, SeedState
+from esper_core.leyline import BlendSchedule, SeedOperation, SeedState, lifecycle
 
 #: Slots and blueprints beyond these counts are not encoded (the first slots in packet order, the first blueprints
 #: by id), so the policy never targets them. Action indices (:attr:`PolicyAction.index`) rely on these bounds.
@@ -51,23 +51,8 @@ SEED_OPERATIONS: tuple[SeedOperation.ValueType, ...] = (
     SeedOperation.SEED_OP_FOSSILIZE,
     SeedOperation.SEED_OP_CULL,
 )
-#: The stage each advance operation needs (docs/kasmina.md).
-ADVANCE_SOURCE: dict[int, SeedLifecycleStage.ValueType] = {
-    START_TRAINING: SeedLifecycleStage.SEED_STAGE_GERMINATED,
-    START_GRAFTING: SeedLifecycleStage.SEED_STAGE_TRAINING,
-    STABILIZE: SeedLifecycleStage.SEED_STAGE_BLENDING,
-    EVALUATE: SeedLifecycleStage.SEED_STAGE_SHADOWING,
-    FOSSILIZE: SeedLifecycleStage.SEED_STAGE_PROBATIONARY,
-}
-CULLABLE = frozenset(
-    {
-        SeedLifecycleStage.SEED_STAGE_GERMINATED,
-        SeedLifecycleStage.SEED_STAGE_TRAINING,
-        SeedLifecycleStage.SEED_STAGE_BLENDING,
-        SeedLifecycleStage.SEED_STAGE_SHADOWING,
-        SeedLifecycleStage.SEED_STAGE_PROBATIONARY,
-    }
-)
+#: The operation classes that advance a seed, in lifecycle order (their stages: ``lifecycle.ADVANCES``).
+ADVANCE_CLASSES: tuple[int, ...] = tuple(SEED_OPERATIONS.index(operation) for operation in lifecycle.ADVANCES)
 #: The schedule head's classes, in order.
 SCHEDULES: tuple[BlendSchedule.ValueType, ...] = (
     BlendSchedule.BLEND_SCHEDULE_LINEAR,
@@ -119,11 +104,6 @@ class PolicyAction:
 # -- legality -----------------------------------------------------------------------------------------------------
 
 
-def fits(descriptor: BlueprintDescriptor, slot_kind: int) -> bool:
-    """Whether ``descriptor`` can grow in a slot of ``slot_kind`` (an empty ``slot_kinds`` fits every kind)."""
-    return not descriptor.slot_kinds or slot_kind in descriptor.slot_kinds
-
-
 def ramp_complete(seed: SeedState) -> bool:
     """The executor's STABILIZE precondition: the alpha ramp has run all its steps."""
     return seed.alpha_steps >= seed.alpha_total_steps
@@ -131,23 +111,26 @@ def ramp_complete(seed: SeedState) -> bool:
 
 def slot_allows(seed: SeedState, op: int, any_fit: bool) -> bool:
     """Whether operation class ``op`` is legal on ``seed``'s slot (``any_fit``: an offered blueprint fits it)."""
-    if op == GERMINATE:
-        return seed.stage == SeedLifecycleStage.SEED_STAGE_DORMANT and seed.embargo_epochs_remaining == 0 and any_fit
-    if op == CULL:
-        return seed.stage in CULLABLE
-    source = ADVANCE_SOURCE.get(op)
-    if source is None or seed.stage != source:
+    if op == NOOP or not lifecycle.allows(SEED_OPERATIONS[op], seed):
         return False
+    if op == GERMINATE:
+        return any_fit
     return op != STABILIZE or ramp_complete(seed)
 
 
-#: :func:`slot_allows` in words, by operation name: the feature schema's ``masks`` (and so part of its digest).
+def _in_words(stages: frozenset[lifecycle.Stage]) -> str:
+    names = [lifecycle.stage_name(stage) for stage in sorted(stages)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+#: :func:`slot_allows` in words, by operation name: the feature schema's ``masks`` (and so part of its digest:
+#: the words must not change unless ``FEATURE_SCHEMA_VERSION`` does).
 MASK_RULES: dict[str, str] = {
     "GERMINATE": "DORMANT, embargo_epochs_remaining == 0, and an offered blueprint fits the slot kind",
     **{
-        OPERATION_NAMES[op]: f"stage {SeedLifecycleStage.Name(stage)}"
+        OPERATION_NAMES[op]: f"stage SEED_STAGE_{_in_words(lifecycle.SOURCE_STAGES[SEED_OPERATIONS[op]])}"
         + (" and alpha_steps >= alpha_total_steps" if op == STABILIZE else "")
-        for op, stage in ADVANCE_SOURCE.items()
+        for op in ADVANCE_CLASSES
     },
-    "CULL": "stage GERMINATED, TRAINING, BLENDING, SHADOWING or PROBATIONARY",
+    "CULL": f"stage {_in_words(lifecycle.IN_FLIGHT)}",
 }

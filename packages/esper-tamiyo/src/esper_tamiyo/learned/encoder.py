@@ -29,7 +29,7 @@ import torch
 
 from esper_core.leyline import BlueprintDescriptor, SeedState, SlotKind, SystemStatePacket, TrainingMetrics
 from esper_tamiyo.learned.actions import (
-    ADVANCE_SOURCE,
+    ADVANCE_CLASSES,
     CULL,
     GERMINATE,
     MAX_BLUEPRINTS,
@@ -230,7 +230,7 @@ class FeatureEncoder:
         for seed in seeds:
             if seed.slot_kind not in fit_by_kind:
                 fit_by_kind[seed.slot_kind] = [not k or seed.slot_kind in k for k in kinds]
-        fit_rows = [fit_by_kind[seed.slot_kind] for seed in seeds]  # see actions.fits()
+        fit_rows = [fit_by_kind[seed.slot_kind] for seed in seeds]  # an empty slot_kinds fits every kind
         mask_rows: list[list[bool]] = [[False] * len(seeds)]  # NOOP targets no slot
         for op in range(1, NUM_OPERATIONS):
             mask_rows.append([slot_allows(seed, op, any(fit_rows[i])) for i, seed in enumerate(seeds)])
@@ -367,7 +367,7 @@ class FeatureEncoder:
         row.append(LOG(float(seed.isolation_violations)))
         row.append(sum(fit_row) / len(fit_row) if fit_row else 0.0)
         row.append(1.0 if allowed[GERMINATE] else 0.0)
-        row.append(1.0 if any(allowed[op] for op in ADVANCE_SOURCE) else 0.0)
+        row.append(1.0 if any(allowed[op] for op in ADVANCE_CLASSES) else 0.0)
         row.append(1.0 if allowed[CULL] else 0.0)
         return row
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import attrs
 import torch
 from torch import nn
 
+from esper_core.config.validators import at_least
 from esper_tamiyo.learned.actions import NOOP, NUM_OPERATIONS, NUM_SCHEDULES
 from esper_tamiyo.learned.encoder import EncodedBatch
 from esper_tamiyo.learned.schema import BLUEPRINT_DIM, DEFAULT_BLUEPRINT_VOCABULARY, GLOBAL_DIM, SLOT_DIM
@@ -45,20 +46,15 @@ STRUCTURE = {
 }
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
-
-
 @attrs.frozen
 class NetworkConfig:
     """Everything that shapes the network. Part of ``architecture_digest``."""
 
-    hidden: int = attrs.field(default=64, validator=_positive)
-    embedding: int = attrs.field(default=16, validator=_positive)
+    hidden: int = attrs.field(default=64, validator=at_least(1))
+    embedding: int = attrs.field(default=16, validator=at_least(1))
     #: Width of the slot-query / blueprint-key space of the blueprint head.
-    key: int = attrs.field(default=32, validator=_positive)
-    vocabulary: int = attrs.field(default=DEFAULT_BLUEPRINT_VOCABULARY, validator=_positive)
+    key: int = attrs.field(default=32, validator=at_least(1))
+    vocabulary: int = attrs.field(default=DEFAULT_BLUEPRINT_VOCABULARY, validator=at_least(1))
     global_dim: int = GLOBAL_DIM
     slot_dim: int = SLOT_DIM
     blueprint_dim: int = BLUEPRINT_DIM

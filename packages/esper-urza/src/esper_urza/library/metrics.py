@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, deque
-from collections.abc import Sequence
 
 from esper_core.leyline import TelemetryPacket
 from esper_core.protocols import SlotShape
+from esper_core.stats import percentile
 from esper_core.telemetry import WARNING, Event, Metric, build_telemetry_packet
 from esper_urza.options import UrzaOptions
 
@@ -27,14 +27,6 @@ SOURCES = ("memory", "disk", "built")
 LATENCY_WINDOW = 2048
 #: Events kept until the next drain.
 MAX_PENDING_EVENTS = 512
-
-
-def _percentile(samples: Sequence[float], fraction: float) -> float:
-    """The sample at ``fraction`` of the sorted samples (nearest rank); 0.0 when there are none."""
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 class LibraryMetrics:
@@ -96,7 +88,7 @@ class LibraryMetrics:
             samples = list(self._latency[source])
             snapshot[f"urza.fetch.{source}_total"] = float(counters[f"fetch.{source}"])
             snapshot[f"urza.fetch.{source}.p50_ms"] = statistics.median(samples) if samples else 0.0
-            snapshot[f"urza.fetch.{source}.p95_ms"] = _percentile(samples, 0.95)
+            snapshot[f"urza.fetch.{source}.p95_ms"] = percentile(samples, 0.95)
         return snapshot
 
     def drain(self, *, cache_size: int, cache_evictions: int) -> list[TelemetryPacket]:
