@@ -129,6 +129,22 @@ class TelemetrySink(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ResumableSink(Protocol):
+    """A telemetry sink that can go back to where it stood at a checkpoint (optional for sinks).
+
+    A run killed after its last checkpoint repeats the epochs since; a sink that keeps what it received (a file)
+    would then hold those packets twice. Tolaria saves ``state_dict()`` with every checkpoint (plain data: it is
+    loaded with ``weights_only``) and calls ``load_state_dict()`` on resume and on rollback, before anything is
+    emitted again, so the sink can drop what came after (the jsonl sink truncates its file). Sinks that only
+    forward packets elsewhere need not implement it.
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @attrs.frozen(kw_only=True)
 class TaskData:
     """A task's data as tensors: training examples, and optionally its own validation and test sets.

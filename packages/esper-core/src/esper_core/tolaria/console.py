@@ -17,7 +17,8 @@ from esper_core.leyline import (
     lifecycle,
     value_name,
 )
-from esper_core.tolaria.trainer import EpochStats, Summary, Trainer
+from esper_core.tolaria.history import EpochStats, Summary
+from esper_core.tolaria.trainer import Trainer
 
 #: The progress bar is redrawn at most this often (in steps), so the display costs nothing measurable per batch.
 REFRESH_EVERY = 25

@@ -25,7 +25,6 @@ import concurrent.futures
 import math
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -39,75 +38,20 @@ from esper_core.leyline import (
     CommandStatus,
     CommandType,
     DecisionMetadata,
-    HardwareContext,
-    OptimizerFamily,
     SeedOperation,
-    SeedState,
     SystemStatePacket,
-    TrainingMetrics,
     lifecycle,
-    value_name,
 )
 from esper_core.plugins.runinfo import RunInfo
 from esper_core.signing import CommandSigner
-from esper_core.telemetry import ERROR, WARNING, Event, Metric, build_telemetry_packet
+from esper_core.telemetry import ERROR, WARNING, Event
 from esper_core.tolaria.assembly import Run, RunError
 from esper_core.tolaria.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from esper_core.tolaria.history import EpochStats, History, Summary
+from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
+from esper_core.tolaria.recording import RunRecorder
 
-FAMILIES = {
-    "SGD": OptimizerFamily.OPTIMIZER_FAMILY_SGD,
-    "Adam": OptimizerFamily.OPTIMIZER_FAMILY_ADAM,
-    "AdamW": OptimizerFamily.OPTIMIZER_FAMILY_ADAMW,
-}
-
-
-@attrs.define
-class EpochStats:
-    train_loss: float
-    train_accuracy: float
-    seconds: float
-    samples: int
-
-
-@attrs.define
-class History:
-    """What the loop remembers between decision points (saved in checkpoints)."""
-
-    epoch: int = 0
-    global_step: int = 0
-    val_losses: list[float] = attrs.Factory(list)
-    train_losses: list[float] = attrs.Factory(list)
-    failures: int = 0
-    conservative_left: int = 0
-    rollbacks: int = 0
-    hook_ms: float | None = None
-    decide_ms: float | None = None
-    apply_ms: float | None = None
-    host_parameters: int = 0
-    started_at: float = attrs.Factory(time.time)
-    train_seconds: float = 0.0
-
-
-@attrs.frozen
-class Summary:
-    epochs: int
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    test_loss: float | None
-    test_accuracy: float | None
-    host_parameters: int
-    parameters: int
-    fossilized: int
-    culled: int
-    rollbacks: int
-    wall_seconds: float
-    train_seconds: float
-    decisions: dict[str, int]
-
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
+__all__ = ["EpochCallback", "EpochStats", "History", "StepCallback", "Summary", "Trainer"]
 
 #: Called at each epoch's end with (epoch, epoch stats, the state packet, the command, its result).
 EpochCallback = Callable[[int, EpochStats, SystemStatePacket, AdaptationCommand, CommandResult], None]
@@ -123,8 +67,9 @@ class Trainer:
         self.signer = CommandSigner(run.signing_key, issuer="tolaria")
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="esper-decide")
         self.run.bus.subscribe([run.bus.streams.telemetry, run.bus.streams.emergency])
-        self.decisions: dict[str, int] = {}
-        self.culled = 0
+        self.recorder = RunRecorder(run)
+        #: Where the current stretch of running began (``time.monotonic()``); see ``History.wall_seconds``.
+        self._running_since = time.monotonic()
         self.on_epoch: EpochCallback | None = None
         self.on_step: StepCallback | None = None
 
@@ -213,7 +158,11 @@ class Trainer:
         )
         run.executor.decision_point(epoch, history.global_step)
         seeds = run.executor.export_seed_states()
-        state = self._state(epoch, stats, validation, seeds)
+        state = build_state_packet(
+            run_id=run.run_id, epoch=epoch, epochs_total=run.options.epochs, batch_size=run.options.batch_size,
+            history=history, stats=stats, validation=validation, seeds=seeds, optimizer=run.optimizer,
+            hardware=hardware_context(run.device),
+        )  # fmt: skip
         command, decide_ms = self._decide(state)
         result, apply_ms = self._apply(command)
         reports = run.controller.observe(state, command, result)
@@ -224,67 +173,8 @@ class Trainer:
         history.decide_ms, history.apply_ms = decide_ms, apply_ms
         if checkpoint_epoch:
             history.val_losses.append(validation.loss)
-        self._note(epoch, stats, state, command, result, events, reports, validation)
+        self.recorder.decision_point(history, epoch, stats, state, command, result, events, reports, validation)
         return state, command, result
-
-    def _state(self, epoch: int, stats: EpochStats, validation: Any, seeds: list[SeedState]) -> SystemStatePacket:
-        run, history = self.run, self.history
-        metrics = TrainingMetrics(
-            epoch=epoch,
-            global_step=history.global_step,
-            epochs_total=run.options.epochs,
-            val_loss=validation.loss,
-            val_accuracy=validation.accuracy,
-            isolation_violations=sum(seed.isolation_violations for seed in seeds),
-            parameter_count=history.host_parameters
-            + sum(s.parameter_count for s in seeds if s.stage in lifecycle.HAS_SEED),
-            rollbacks=history.rollbacks,
-            optimizer_family=FAMILIES.get(type(run.optimizer).__name__, OptimizerFamily.OPTIMIZER_FAMILY_OTHER),
-            learning_rate=float(run.optimizer.param_groups[0]["lr"]),
-        )
-        if math.isfinite(stats.train_loss):
-            metrics.train_loss = stats.train_loss
-            metrics.train_accuracy = stats.train_accuracy
-        if stats.seconds > 0:
-            metrics.samples_per_second = stats.samples / stats.seconds
-            metrics.epoch_duration_ms = stats.seconds * 1000.0
-            steps = max(1, math.ceil(stats.samples / run.options.batch_size))
-            metrics.step_latency_ms = stats.seconds * 1000.0 / steps  # the mean: no per-step timing is taken
-        losses = [*history.val_losses, validation.loss]
-        metrics.best_val_loss = min(losses)
-        if len(losses) > 1:
-            metrics.loss_delta = losses[-1] - losses[-2]
-            recent = losses[-4:]
-            mean = sum(recent) / len(recent)
-            metrics.loss_volatility = (sum((x - mean) ** 2 for x in recent) / len(recent)) ** 0.5 / max(mean, 1e-12)
-        ewma = losses[0]
-        for loss in losses[1:]:
-            ewma = 0.3 * loss + 0.7 * ewma
-        metrics.loss_ewma = ewma
-        for name, value in (
-            ("hook_latency_ms", history.hook_ms),
-            ("tamiyo_latency_ms", history.decide_ms),
-            ("kasmina_apply_ms", history.apply_ms),
-        ):
-            if value is not None:
-                setattr(metrics, name, value)
-        state = SystemStatePacket(
-            version=1, packet_id=f"{run.run_id}-epoch-{epoch}-step-{history.global_step}",
-            training_run_id=run.run_id, source_subsystem="tolaria", current_epoch=epoch,
-            global_step=history.global_step, metrics=metrics, hardware=self._hardware(), seeds=seeds,
-        )  # fmt: skip
-        state.timestamp.GetCurrentTime()
-        return state
-
-    def _hardware(self) -> HardwareContext:
-        device = self.run.device
-        context = HardwareContext(device_type=device.type, device_id=str(device.index or 0))
-        if device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(device)
-            context.total_memory_gb, context.available_memory_gb = total / 2**30, free / 2**30
-        else:
-            context.total_memory_gb, context.available_memory_gb = _memory_gb()
-        return context
 
     def _decide(self, state: SystemStatePacket) -> tuple[AdaptationCommand, float | None]:
         history, options = self.history, self.run.tolaria
@@ -325,113 +215,7 @@ class Trainer:
         self.run.record.append(
             "failure", epoch=self.history.epoch + 1, reason=reason, conservative=history.conservative_left > 0
         )
-        self._publish(events)
-
-    # -- recording, telemetry, hooks --------------------------------------------------------------------------
-    def _note(
-        self,
-        epoch: int,
-        stats: EpochStats,
-        state: SystemStatePacket,
-        command: AdaptationCommand,
-        result: CommandResult,
-        events: list[Any],
-        reports: list[Any],
-        validation: Any,
-    ) -> None:
-        run, history = self.run, self.history
-        seeds = list(state.seeds)
-        stages: dict[str, int] = {}
-        for seed in seeds:
-            name = lifecycle.stage_name(seed.stage)
-            stages[name] = stages.get(name, 0) + 1
-        operation = lifecycle.command_name(command)
-        self.decisions[operation] = self.decisions.get(operation, 0) + 1
-        run.record.append(
-            "epoch", epoch=epoch, global_step=history.global_step, train_loss=_finite(stats.train_loss),
-            train_accuracy=_finite(stats.train_accuracy), val_loss=validation.loss, val_accuracy=validation.accuracy,
-            parameters=int(state.metrics.parameter_count), host_parameters=history.host_parameters,
-            seeds=stages, slots=_seed_measurements(seeds), epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
-            validation_seconds=getattr(validation, "seconds", None),
-            evaluation_variants=getattr(validation, "variants", 1),
-        )  # fmt: skip
-        run.record.append(
-            "decision", epoch=epoch, operation=operation, slot=command.target_slot_id,
-            blueprint=command.seed_operation.blueprint_id, rationale=command.decision.rationale,
-            risk_reason=command.decision.risk_reason, rules=list(command.decision.risk_rules_fired),
-            policy=command.decision.policy_name,
-            status=value_name(CommandStatus, result.status, "COMMAND_STATUS_"), detail=result.detail,
-            gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
-        )  # fmt: skip
-        self._transitions(epoch, events)
-        for report in reports:
-            run.record.append(
-                "field_report",
-                epoch=epoch,
-                report=report.report_id,
-                slot=report.slot_id,
-                blueprint=report.blueprint_id,
-                outcome=_outcome(report),
-                contribution=report.delta.contribution if report.delta.HasField("contribution") else None,
-            )
-            run.registry.field_report(report)
-        run.registry.decision(state, command, result)
-        run.bus.publish(state)
-        self._publish([], epoch=epoch, stats=stats, validation=validation, state=state)
-
-    def _transitions(self, epoch: int, events: list[Any]) -> None:
-        """Record every lifecycle transition and announce it to the plugins."""
-        run = self.run
-        for event in events:
-            if event.to_stage == lifecycle.CULLED:
-                self.culled += 1
-            run.record.append(
-                "transition", epoch=epoch, slot=event.slot_id, seed=event.seed_id, blueprint=event.blueprint_id,
-                source=lifecycle.stage_name(event.from_stage),
-                target=lifecycle.stage_name(event.to_stage), reason=event.reason,
-                gates=[MessageToDict(gate) for gate in event.gates],
-            )  # fmt: skip
-            run.registry.seed_transition(event)
-
-    def _publish(self, events: list[Event], **context: Any) -> None:
-        run = self.run
-        metrics = []
-        if "validation" in context:
-            stats, validation, state = context["stats"], context["validation"], context["state"]
-            metrics = [
-                Metric("tolaria.training.loss", _finite(stats.train_loss) or 0.0),
-                Metric("tolaria.training.accuracy", _finite(stats.train_accuracy) or 0.0),
-                Metric("tolaria.validation.loss", validation.loss),
-                Metric("tolaria.validation.accuracy", validation.accuracy),
-                Metric("tolaria.epoch.seconds", stats.seconds, "s"),
-                Metric("tolaria.epoch_hook.latency_ms", self.history.hook_ms or 0.0, "ms"),
-                Metric("tolaria.parameters", float(state.metrics.parameter_count)),
-                Metric("tolaria.rollbacks", float(self.history.rollbacks)),
-                Metric("tolaria.conservative_mode", float(self.history.conservative_left > 0)),
-            ]
-        packet = build_telemetry_packet(
-            source="tolaria", metrics=metrics, events=events, training_run_id=run.run_id,
-            epoch=context.get("epoch", self.history.epoch), global_step=self.history.global_step,
-        )  # fmt: skip
-        run.bus.publish(packet, priority=packet.priority)
-        self._relay()
-
-    def _relay(self) -> None:
-        """Hand everything on the telemetry and emergency streams to the sinks."""
-        run = self.run
-        streams = [run.bus.streams.telemetry, run.bus.streams.emergency]
-        while True:
-            messages = run.bus.poll(streams, count=256)
-            if not messages:
-                break
-            for message in messages:
-                payload = message.payload
-                if payload.DESCRIPTOR.name == "TelemetryPacket":
-                    for sink in run.sinks:
-                        sink.emit(payload)  # type: ignore[arg-type]
-            run.bus.ack_many(messages)
-        for sink in run.sinks:
-            sink.flush()
+        self.recorder.publish(history, events)
 
     # -- rollback ---------------------------------------------------------------------------------------------
     def _divergence(self, stats: EpochStats) -> str | None:
@@ -471,8 +255,10 @@ class Trainer:
         run.record.append(
             "rollback", epoch=epoch, to_epoch=history.epoch, reason=reason, culled=culled, responsible=responsible
         )
-        self._transitions(epoch, run.executor.drain_events())
-        self._publish([Event("rollback", f"epoch {epoch}: {reason}; culled {culled or 'none'}", ERROR)])
+        self.recorder.transitions(epoch, run.executor.drain_events())
+        self.recorder.publish(
+            history, [Event("rollback", f"epoch {epoch}: {reason}; culled {culled or 'none'}", ERROR)]
+        )
         # Overwrite the checkpoint we came back to with what we have now: the culls, the rollback count and the
         # record entries above survive the next rollback or a resume (or the same seed would return with them).
         self.checkpoint()
@@ -480,6 +266,9 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         run = self.run
+        now = time.monotonic()
+        self.history.wall_seconds += now - self._running_since
+        self._running_since = now
         state = {
             "epoch": self.history.epoch,
             "model": run.model.state_dict(),
@@ -488,8 +277,7 @@ class Trainer:
             "controller": run.controller.state_dict(),
             "rng": rng_state(),
             "history": attrs.asdict(self.history),
-            "decisions": dict(self.decisions),
-            "culled": self.culled,
+            "recorder": self.recorder.state_dict(),
             "record_length": len(run.record),
         }
         save_checkpoint(run.run_dir, self.history.epoch, state, run.tolaria.keep_checkpoints)
@@ -511,9 +299,12 @@ class Trainer:
         run.controller.load_state_dict(state["controller"])
         restore_rng(state["rng"])
         self.history = History(**state["history"])
-        self.decisions = dict(state["decisions"])
-        self.culled = int(state["culled"])
+        # Checkpoints written before the recorder existed hold its counters at the top level.
+        self.recorder.load_state_dict(
+            state.get("recorder") or {"decisions": state["decisions"], "culled": state["culled"]}
+        )
         run.record.truncate(int(state["record_length"]))
+        self._running_since = time.monotonic()
 
     # -- the end ----------------------------------------------------------------------------------------------
     def finish(self) -> Summary:
@@ -532,21 +323,20 @@ class Trainer:
             test_loss=test_loss,
             test_accuracy=test_accuracy,
             host_parameters=self.history.host_parameters,
-            parameters=self.history.host_parameters
-            + sum(s.parameter_count for s in seeds if s.stage in lifecycle.HAS_SEED),
+            parameters=self.history.host_parameters + seed_parameters(seeds),
             fossilized=sum(s.stage == lifecycle.FOSSILIZED for s in seeds),
-            culled=self.culled,
+            culled=self.recorder.culled,
             rollbacks=self.history.rollbacks,
-            wall_seconds=time.time() - self.history.started_at,
+            wall_seconds=self.history.wall_seconds + time.monotonic() - self._running_since,
             train_seconds=self.history.train_seconds,
-            decisions=dict(self.decisions),
+            decisions=dict(self.recorder.decisions),
         )
         run.record.append("run_finished", **summary.as_dict())
         run.registry.run_finished(
             RunInfo(run_id=run.run_id, run_dir=run.run_dir, config=run.config),
             {k: v for k, v in summary.as_dict().items() if isinstance(v, (int, float))},
         )
-        self._relay()
+        self.recorder.relay()
         return summary
 
     def close(self) -> None:
@@ -566,44 +356,3 @@ def _noop(rationale: str) -> AdaptationCommand:
         version=1, command_type=CommandType.COMMAND_NOOP, issued_by="tolaria",
         decision=DecisionMetadata(policy_name="tolaria", rationale=rationale),
     )  # fmt: skip
-
-
-def _outcome(report: Any) -> str:
-    from esper_core.leyline import FieldReportOutcome
-
-    return value_name(FieldReportOutcome, report.outcome, "FIELD_REPORT_OUTCOME_")
-
-
-def _seed_measurements(seeds: list[SeedState]) -> dict[str, dict[str, Any]]:
-    """Each slot holding a seed: its blueprint, stage, alpha and measured contribution (with standard error)."""
-    measured = {}
-    for seed in seeds:
-        if seed.stage not in lifecycle.HAS_SEED:
-            continue
-        entry: dict[str, Any] = {
-            "blueprint": seed.blueprint_id,
-            "stage": lifecycle.stage_name(seed.stage),
-            "alpha": seed.alpha,
-            "parameters": seed.parameter_count,
-        }
-        for field in ("contribution", "contribution_stderr", "contribution_accuracy"):
-            if seed.HasField(field):
-                entry[field] = getattr(seed, field)
-        measured[seed.slot_id] = entry
-    return measured
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _memory_gb() -> tuple[float, float]:
-    """Total and available memory from /proc/meminfo (zeros where it cannot be read)."""
-    try:
-        lines = Path("/proc/meminfo").read_text(encoding="ascii").splitlines()
-        fields = dict(line.split(":", 1) for line in lines)
-        total = int(fields["MemTotal"].split()[0]) / 2**20
-        available = int(fields["MemAvailable"].split()[0]) / 2**20
-        return total, available
-    except (OSError, KeyError, ValueError):
-        return 0.0, 0.0

@@ -7,6 +7,8 @@ into the packet (:func:`read_packets`).
 Durability: a line goes to the file in a single ``write`` to a descriptor opened with ``O_APPEND``, so the file only
 ever ends inside the line being written; a crash loses at most that line. :func:`read_jsonl` skips such a torn last
 line, and opening the sink again (a resumed run) cuts it off so new lines follow whole ones. ``flush()`` fsyncs.
+A checkpoint remembers where the file ended (``state_dict``); resuming from it cuts off the lines written after,
+which the resumed run emits again (``load_state_dict``), so no packet is in the file twice.
 """
 
 from __future__ import annotations
@@ -62,6 +64,25 @@ class JsonlSink:
         """Nothing is buffered in the process; with ``fsync`` the lines also reach the disk before this returns."""
         with self._lock:
             if self._fd is not None and self.fsync:
+                os.fsync(self._fd)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the file ends now (every line emitted so far is whole in it): what a checkpoint remembers."""
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"the jsonl sink writing {self.path} is closed")
+            return {"bytes": os.fstat(self._fd).st_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go back to a checkpoint: cut off the lines written after it (a resumed or rolled-back run emits them
+        again), so the file never holds a packet twice. A file shorter than the checkpoint remembers is left as it
+        is (it was replaced or cut by hand; nothing here is worth refusing to train over)."""
+        size = int(state["bytes"])
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"the jsonl sink writing {self.path} is closed")
+            if os.fstat(self._fd).st_size > size:
+                os.ftruncate(self._fd, size)
                 os.fsync(self._fd)
 
     def close(self) -> None:

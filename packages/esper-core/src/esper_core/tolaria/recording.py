@@ -1,0 +1,187 @@
+"""What a decision point leaves behind: the run record, plugin notifications, the bus, and telemetry for the sinks.
+
+The trainer decides *what happened*; this module writes it down, once, in each place a user or a plugin looks:
+``record.log`` (epochs, decisions, transitions, field reports), the lifecycle hooks (``esper_tolaria_decision``,
+``esper_kasmina_seed_transition``, ``esper_tamiyo_field_report``), the state packet on the bus, and Tolaria's
+telemetry, relayed from the telemetry and emergency streams to every sink. Nothing here runs per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from esper_core.leyline import (
+    AdaptationCommand,
+    CommandResult,
+    CommandStatus,
+    FieldReportOutcome,
+    SeedState,
+    SystemStatePacket,
+    lifecycle,
+    value_name,
+)
+from esper_core.protocols import ResumableSink
+from esper_core.telemetry import Event, Metric, build_telemetry_packet
+from esper_core.tolaria.assembly import Run
+from esper_core.tolaria.history import EpochStats, History
+
+
+class RunRecorder:
+    """Writes one run's decision points down; counts decisions by operation and culled seeds (checkpointed)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.decisions: dict[str, int] = {}
+        self.culled = 0
+
+    def decision_point(
+        self,
+        history: History,
+        epoch: int,
+        stats: EpochStats,
+        state: SystemStatePacket,
+        command: AdaptationCommand,
+        result: CommandResult,
+        events: list[Any],
+        reports: list[Any],
+        validation: Any,
+    ) -> None:
+        """Record a completed decision point everywhere, then relay telemetry to the sinks."""
+        run = self.run
+        seeds = list(state.seeds)
+        stages: dict[str, int] = {}
+        for seed in seeds:
+            name = lifecycle.stage_name(seed.stage)
+            stages[name] = stages.get(name, 0) + 1
+        operation = lifecycle.command_name(command)
+        self.decisions[operation] = self.decisions.get(operation, 0) + 1
+        run.record.append(
+            "epoch", epoch=epoch, global_step=history.global_step, train_loss=finite(stats.train_loss),
+            train_accuracy=finite(stats.train_accuracy), val_loss=validation.loss, val_accuracy=validation.accuracy,
+            parameters=int(state.metrics.parameter_count), host_parameters=history.host_parameters,
+            seeds=stages, slots=seed_measurements(seeds), epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
+            validation_seconds=getattr(validation, "seconds", None),
+            evaluation_variants=getattr(validation, "variants", 1),
+        )  # fmt: skip
+        run.record.append(
+            "decision", epoch=epoch, operation=operation, slot=command.target_slot_id,
+            blueprint=command.seed_operation.blueprint_id, rationale=command.decision.rationale,
+            risk_reason=command.decision.risk_reason, rules=list(command.decision.risk_rules_fired),
+            policy=command.decision.policy_name,
+            status=value_name(CommandStatus, result.status, "COMMAND_STATUS_"), detail=result.detail,
+            gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
+        )  # fmt: skip
+        self.transitions(epoch, events)
+        for report in reports:
+            run.record.append(
+                "field_report",
+                epoch=epoch,
+                report=report.report_id,
+                slot=report.slot_id,
+                blueprint=report.blueprint_id,
+                outcome=value_name(FieldReportOutcome, report.outcome, "FIELD_REPORT_OUTCOME_"),
+                contribution=report.delta.contribution if report.delta.HasField("contribution") else None,
+            )
+            run.registry.field_report(report)
+        run.registry.decision(state, command, result)
+        run.bus.publish(state)
+        metrics = [
+            Metric("tolaria.training.loss", finite(stats.train_loss) or 0.0),
+            Metric("tolaria.training.accuracy", finite(stats.train_accuracy) or 0.0),
+            Metric("tolaria.validation.loss", validation.loss),
+            Metric("tolaria.validation.accuracy", validation.accuracy),
+            Metric("tolaria.epoch.seconds", stats.seconds, "s"),
+            Metric("tolaria.epoch_hook.latency_ms", history.hook_ms or 0.0, "ms"),
+            Metric("tolaria.parameters", float(state.metrics.parameter_count)),
+            Metric("tolaria.rollbacks", float(history.rollbacks)),
+            Metric("tolaria.conservative_mode", float(history.conservative_left > 0)),
+        ]
+        self.publish(history, [], metrics=metrics, epoch=epoch)
+
+    def transitions(self, epoch: int, events: list[Any]) -> None:
+        """Record every lifecycle transition and announce it to the plugins."""
+        run = self.run
+        for event in events:
+            if event.to_stage == lifecycle.CULLED:
+                self.culled += 1
+            run.record.append(
+                "transition", epoch=epoch, slot=event.slot_id, seed=event.seed_id, blueprint=event.blueprint_id,
+                source=lifecycle.stage_name(event.from_stage),
+                target=lifecycle.stage_name(event.to_stage), reason=event.reason,
+                gates=[MessageToDict(gate) for gate in event.gates],
+            )  # fmt: skip
+            run.registry.seed_transition(event)
+
+    def publish(
+        self, history: History, events: list[Event], *, metrics: list[Metric] | None = None, epoch: int | None = None
+    ) -> None:
+        """One Tolaria telemetry packet on the bus (its priority from the one priority rule), then relay."""
+        run = self.run
+        packet = build_telemetry_packet(
+            source="tolaria", metrics=metrics or [], events=events, training_run_id=run.run_id,
+            epoch=history.epoch if epoch is None else epoch, global_step=history.global_step,
+        )  # fmt: skip
+        run.bus.publish(packet, priority=packet.priority)
+        self.relay()
+
+    def relay(self) -> None:
+        """Hand everything on the telemetry and emergency streams to the sinks."""
+        run = self.run
+        streams = [run.bus.streams.telemetry, run.bus.streams.emergency]
+        while True:
+            messages = run.bus.poll(streams, count=256)
+            if not messages:
+                break
+            for message in messages:
+                payload = message.payload
+                if payload.DESCRIPTOR.name == "TelemetryPacket":
+                    for sink in run.sinks:
+                        sink.emit(payload)  # type: ignore[arg-type]
+            run.bus.ack_many(messages)
+        for sink in run.sinks:
+            sink.flush()
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The counters, and where each resumable sink stood (so a resume does not write telemetry twice)."""
+        sinks = {
+            str(index): sink.state_dict()
+            for index, sink in enumerate(self.run.sinks)
+            if isinstance(sink, ResumableSink)
+        }
+        return {"decisions": dict(self.decisions), "culled": self.culled, "sinks": sinks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decisions = dict(state["decisions"])
+        self.culled = int(state["culled"])
+        for index, sink in enumerate(self.run.sinks):
+            saved = state.get("sinks", {}).get(str(index))
+            if saved is not None and isinstance(sink, ResumableSink):
+                sink.load_state_dict(saved)
+
+
+def seed_measurements(seeds: list[SeedState]) -> dict[str, dict[str, Any]]:
+    """Each slot holding a seed: its blueprint, stage, alpha and measured contribution (with standard error)."""
+    measured = {}
+    for seed in seeds:
+        if seed.stage not in lifecycle.HAS_SEED:
+            continue
+        entry: dict[str, Any] = {
+            "blueprint": seed.blueprint_id,
+            "stage": lifecycle.stage_name(seed.stage),
+            "alpha": seed.alpha,
+            "parameters": seed.parameter_count,
+        }
+        for field in ("contribution", "contribution_stderr", "contribution_accuracy"):
+            if seed.HasField(field):
+                entry[field] = getattr(seed, field)
+        measured[seed.slot_id] = entry
+    return measured
+
+
+def finite(value: float) -> float | None:
+    """``value``, or ``None`` (JSON null) when it is NaN or infinite."""
+    return value if math.isfinite(value) else None
