@@ -285,8 +285,9 @@ Global___SystemHealth: _TypeAlias = SystemHealth  # noqa: Y015
 @_typing.final
 class TelemetryPacket(_message.Message):
     """The unit of telemetry: the metrics and events of one subsystem at one moment. Every subsystem builds them with the
-    one builder, `esper_core.telemetry.build_telemetry_packet`, at decision points (never per batch) and publishes them
-    on the bus; Tolaria relays them to the configured sinks (`TelemetrySink.emit`). A sink must accept any valid packet.
+    one builder, `esper_core.telemetry.build_telemetry_packet`, at decision points (services: periodically; never per
+    batch) and publishes them on the bus; Tolaria relays them to the configured sinks (`TelemetrySink.emit`). A sink
+    must accept any valid packet.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
