@@ -36,6 +36,7 @@ run: venv
 
 contracts: venv
 	$(BIN)/python scripts/generate_leyline.py --check
+	$(BIN)/python scripts/generate_field_reference.py --check
 
 lint: venv
 	$(BIN)/ruff check .

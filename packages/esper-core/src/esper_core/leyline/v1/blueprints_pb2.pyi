@@ -24,6 +24,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class BlueprintParameterBounds(_message.Message):
+    """The allowed range of one blueprint parameter. A catalog declares one per parameter its blueprint takes; Kasmina's
+    gate G0 and Urza's artifact store check a germination's parameters against them.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MIN_VALUE_FIELD_NUMBER: _builtins.int
@@ -32,11 +36,17 @@ class BlueprintParameterBounds(_message.Message):
     INTEGER_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     min_value: _builtins.float
+    """The smallest allowed value (inclusive)."""
     max_value: _builtins.float
+    """The largest allowed value (inclusive)."""
     default_value: _builtins.float
+    """The value used when a germination command leaves the parameter out; within [min_value, max_value]."""
     integer: _builtins.bool
-    """The parameter takes whole numbers only (channel counts, heads, kernel sizes)."""
+    """The parameter takes whole numbers only (channel counts, heads, kernel sizes).
+    Urza rounds the value to the nearest whole number within the bounds before building.
+    """
     description: _builtins.str
+    """What the parameter does, for people (`esper blueprints --json` lists it)."""
     def __init__(
         self,
         *,
@@ -56,6 +66,11 @@ Global___BlueprintParameterBounds: _TypeAlias = BlueprintParameterBounds  # noqa
 
 @_typing.final
 class BlueprintDescriptor(_message.Message):
+    """A blueprint as a catalog describes it: what a policy may choose from, and what Kasmina's gate G0 checks a
+    germination against. A blueprint catalog plugin returns these from `descriptors()`; Tamiyo offers a policy those of
+    the tiers the run allows (`urza.allowed_tiers`).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -91,23 +106,45 @@ class BlueprintDescriptor(_message.Message):
     SLOT_KINDS_FIELD_NUMBER: _builtins.int
     CATALOG_FIELD_NUMBER: _builtins.int
     blueprint_id: _builtins.str
-    """BP001, BP002, ..."""
+    """The blueprint's id, e.g. BP001, BP002, ... (Karn's "BPnnn" scheme). Unique across the installed catalogs: Kasmina
+    uses the first catalog that offers an id.
+    """
     name: _builtins.str
+    """A short snake_case name, e.g. "residual_block"; transitions say "germinated <name>"."""
     tier: _enums_pb2.BlueprintTier.ValueType
+    """Who may germinate it: only tiers listed in `urza.allowed_tiers` (default SAFE) are offered to policies and pass G0."""
     risk: _builtins.float
-    """0..1"""
+    """The blueprint's risk, 0..1. Copied into SeedState.risk_score. The risk engine pauses growth with a blueprint at or
+    above `tamiyo.risk.blueprint_risk_pause` and downgrades it at or above `tamiyo.risk.blueprint_risk_downgrade`.
+    """
     stage: _builtins.int
-    """Curriculum stage 0-6 (not a lifecycle stage)."""
+    """Curriculum stage 0-6 (not a lifecycle stage).
+    Karn: 0-4 for SAFE blueprints, 5 EXPERIMENTAL, 6 HIGH_RISK. The learned policy encodes it.
+    """
     quarantine_only: _builtins.bool
+    """Germinated only when the run allows the HIGH_RISK tier; even then Tamiyo's risk engine holds every germination of
+    it back (rule bp_quarantine). Karn sets it on HIGH_RISK blueprints.
+    """
     approval_required: _builtins.bool
+    """The blueprint needs an operator's approval. Informational: only the tier is enforced. Karn sets it on every tier
+    but SAFE.
+    """
     description: _builtins.str
+    """What the blueprint builds, for people."""
     catalog: _builtins.str
-    """The catalog that provides it."""
+    """The catalog that provides it.
+    Its registered name, e.g. "karn" (G0's detail names it).
+    """
     @_builtins.property
-    def allowed_parameters(self) -> _containers.MessageMap[_builtins.str, Global___BlueprintParameterBounds]: ...
+    def allowed_parameters(self) -> _containers.MessageMap[_builtins.str, Global___BlueprintParameterBounds]:
+        """Parameters the blueprint takes, by name; empty when it takes none. A germination may set only these."""
+
     @_builtins.property
     def slot_kinds(self) -> _containers.RepeatedScalarFieldContainer[_enums_pb2.SlotKind.ValueType]:
-        """The slot kinds this blueprint can grow in."""
+        """The slot kinds this blueprint can grow in.
+        List every kind it supports: Kasmina's G0 refuses a slot whose kind is not listed, so an empty list can never
+        germinate (Tamiyo's policies and the policy conformance suite read an empty list as "any kind").
+        """
 
     def __init__(
         self,

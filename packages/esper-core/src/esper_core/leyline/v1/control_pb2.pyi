@@ -24,6 +24,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class CommandSeedOperation(_message.Message):
+    """The payload of a COMMAND_SEED command: one lifecycle operation on the slot named by the command's target_slot_id.
+    A policy fills it; Kasmina checks it against the slot's stage (an illegal operation changes nothing) and the gates.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -55,17 +59,36 @@ class CommandSeedOperation(_message.Message):
     ALPHA_TARGET_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
     operation: _enums_pb2.SeedOperation.ValueType
+    """The operation; required (UNKNOWN is refused as illegal). See SeedOperation for the stage each one needs."""
     blueprint_id: _builtins.str
+    """GERMINATE only: the blueprint to grow, one of the BlueprintDescriptor ids the policy was offered; ignored by the
+    other operations. Gate G0 refuses an id no installed catalog offers, or one whose tier the run does not allow.
+    """
     blend_schedule: _enums_pb2.BlendSchedule.ValueType
+    """GERMINATE only: how alpha will ramp when the seed blends. UNSPECIFIED uses `kasmina.blend_schedule` (default
+    tanh).
+    """
     alpha_total_steps: _builtins.int
-    """Length of the alpha ramp in schedule units (optimizer steps or epochs, per the executor's configuration)."""
+    """Length of the alpha ramp in schedule units (optimizer steps or epochs, per the executor's configuration).
+    GERMINATE only; absent uses `kasmina.blend_steps` (default 300). The unit is `kasmina.alpha_unit`: "step" counts
+    training forward passes while BLENDING, "epoch" counts decision points.
+    """
     learning_rate: _builtins.float
-    """Learning rate of the seed's own optimizer parameter group."""
+    """Learning rate of the seed's own optimizer parameter group.
+    GERMINATE: optional, absent uses `kasmina.seed_learning_rate`, or the host's learning rate when that is 0.
+    FINE_TUNE: required (a FINE_TUNE without it is refused as illegal); it replaces the seed's learning rate.
+    """
     alpha_target: _builtins.float
+    """The alpha to ramp to. Not read by Kasmina (a ramp always ends at 1): leave it absent."""
     resume: _builtins.bool
+    """Not read by Kasmina: leave it false."""
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Blueprint parameters; must lie within the blueprint's declared bounds."""
+        """Blueprint parameters; must lie within the blueprint's declared bounds.
+        GERMINATE only, by parameter name (BlueprintDescriptor.allowed_parameters): G0 refuses an unknown name or a value
+        outside [min_value, max_value]; a parameter left out takes its bound's default_value (Urza's artifact store
+        resolves them).
+        """
 
     def __init__(
         self,
@@ -100,6 +123,10 @@ Global___CommandSeedOperation: _TypeAlias = CommandSeedOperation  # noqa: Y015
 
 @_typing.final
 class CommandOptimizerAdjustment(_message.Message):
+    """The payload of a COMMAND_OPTIMIZER command: new hyperparameters for an optimizer. No first-party component carries
+    it out: Kasmina answers COMMAND_STATUS_UNSUPPORTED. The fields state the intended meaning.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -125,8 +152,11 @@ class CommandOptimizerAdjustment(_message.Message):
     OPTIMIZER_ID_FIELD_NUMBER: _builtins.int
     HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
     optimizer_id: _builtins.str
+    """Which optimizer to adjust (intended: a parameter group's name)."""
     @_builtins.property
-    def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """New hyperparameter values by name (intended: torch parameter-group keys such as "lr", "weight_decay")."""
+
     def __init__(
         self,
         *,
@@ -143,12 +173,20 @@ Global___CommandOptimizerAdjustment: _TypeAlias = CommandOptimizerAdjustment  # 
 
 @_typing.final
 class CommandCircuitBreaker(_message.Message):
+    """The payload of a COMMAND_CIRCUIT_BREAKER command. Kasmina applies it to its one breaker, the artifact-fetch breaker
+    ("kasmina.fetch"), and answers APPLIED.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DESIRED_STATE_FIELD_NUMBER: _builtins.int
     RATIONALE_FIELD_NUMBER: _builtins.int
     desired_state: _enums_pb2.CircuitBreakerState.ValueType
+    """The state to pin the breaker in. OPEN or HALF_OPEN stay pinned (failures and successes no longer move it) until a
+    later command asks for CLOSED, which closes the breaker and ends the pin.
+    """
     rationale: _builtins.str
+    """Why; recorded in the breaker's transition ("forced: <rationale>")."""
     def __init__(
         self,
         *,
@@ -165,6 +203,11 @@ Global___CommandCircuitBreaker: _TypeAlias = CommandCircuitBreaker  # noqa: Y015
 
 @_typing.final
 class CommandRollback(_message.Message):
+    """The payload of a COMMAND_ROLLBACK command. No first-party component carries it out: Kasmina answers
+    COMMAND_STATUS_UNSUPPORTED, and Tolaria rolls back on its own when the training loss diverges (culling the seeds in
+    the forward pass with signed COMMAND_SEED culls). The fields state the intended meaning.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TO_EPOCH_FIELD_NUMBER: _builtins.int
@@ -173,6 +216,7 @@ class CommandRollback(_message.Message):
     to_epoch: _builtins.int
     """Roll back to the checkpoint of this epoch; 0 means the last good checkpoint."""
     reason: _builtins.str
+    """Why, for the record."""
     @_builtins.property
     def cull_slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Slots whose seeds are blamed and culled after the rollback."""
@@ -194,7 +238,12 @@ Global___CommandRollback: _TypeAlias = CommandRollback  # noqa: Y015
 
 @_typing.final
 class DecisionMetadata(_message.Message):
-    """Why the controller decided what it did; typed so that Simic, Nissa and humans can read it without parsing maps."""
+    """Why the controller decided what it did; typed so that Simic, Nissa and humans can read it without parsing maps.
+
+    The policy fills what it knows (its name, scores, rationale); Tamiyo's controller then fills the risk engine's
+    verdict (risk_reason, risk_rules_fired, conservative_mode), decision_latency_ms and, if empty, policy_name and
+    policy_version. Optional fields a policy does not compute stay absent.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -214,25 +263,74 @@ class DecisionMetadata(_message.Message):
     ACTION_INDEX_FIELD_NUMBER: _builtins.int
     ACTION_LOG_PROB_FIELD_NUMBER: _builtins.int
     policy_name: _builtins.str
+    """The policy that decided: "heuristic", "learned", "fixed-schedule", a plugin's policy name, or "tolaria" for the
+    no-ops and rollback culls Tolaria issues itself. The controller fills the policy's name when the policy left it
+    empty.
+    """
     policy_version: _builtins.str
+    """The policy's version: the learned policy's live network version (it changes with each accepted PolicyUpdate);
+    otherwise the policy object's `version` attribute, else "1". Empty on Tolaria's own commands.
+    """
     value_estimate: _builtins.float
+    """The learned policy's value estimate of the state (its critic's output, in return units). Absent for the other
+    first-party policies, and when the network's output was not finite.
+    """
     confidence: _builtins.float
+    """The probability, in [0, 1], the learned policy gave the chosen operation. Absent for the other first-party
+    policies.
+    """
     risk_score: _builtins.float
+    """The policy's own risk estimate of the command, in [0, 1]. No first-party policy sets it; when present the risk
+    engine pauses growth at or above `tamiyo.risk.policy_risk_pause` and downgrades it at or above
+    `tamiyo.risk.policy_risk_downgrade`.
+    """
     risk_reason: _builtins.str
-    """The rule of the risk engine that decided the final form of the command, or "policy"."""
+    """The rule of the risk engine that decided the final form of the command, or "policy".
+    "policy": the command is the policy's proposal, unchanged; a rule name (e.g. "loss_spike", "conservative_mode"):
+    that rule held a growth operation back and the command is a COMMAND_NOOP. Empty on Tolaria's own commands.
+    """
     conservative_mode: _builtins.bool
+    """Whether the risk engine is in conservative mode after this decision (growth is held back until enough calm
+    decision points pass). Tolaria's own no-ops leave it false, even in Tolaria's own conservative mode.
+    """
     selected_slot_score: _builtins.float
+    """The policy's score of the chosen slot, higher is better: the learned policy's probability of the slot; the
+    heuristic policy's saliency (SeedState.host_gradient_norm x activation_rms) when germinating. Absent when the
+    policy scores no slot.
+    """
     blueprint_score: _builtins.float
+    """The policy's score of the chosen blueprint, higher is better: the learned policy's probability of the blueprint;
+    the heuristic policy's blueprint score. Set only for germinations.
+    """
     feature_coverage: _builtins.float
+    """The fraction, in [0, 1], of TrainingMetrics' optional fields that were present in the state the learned policy
+    encoded. Absent for the other first-party policies.
+    """
     decision_latency_ms: _builtins.float
+    """How long the controller took to decide, in milliseconds: the policy, the risk engine and the metadata, before
+    signing. Set by Tamiyo's controller on every command it issues.
+    """
     rationale: _builtins.str
-    """A human-readable explanation of the decision."""
+    """A human-readable explanation of the decision.
+    When the risk engine held the proposal back it reads "held back <operation>: <rule> (<detail>); the policy
+    proposed: <the policy's rationale>". For people and logs; never parse it.
+    """
     action_index: _builtins.int
-    """Index of the chosen action in the policy's action space, for learned policies."""
+    """Index of the chosen action in the policy's action space, for learned policies.
+    The learned policy sets it (a mixed-radix index of operation, slot, blueprint and schedule); Simic re-scores the
+    decision from it.
+    """
     action_log_prob: _builtins.float
+    """The natural log of the probability the learned policy gave the whole chosen action (operation, slot, blueprint
+    and schedule together), under the network that decided; the "old" log-probability of a PPO ratio. Absent for the
+    other first-party policies.
+    """
     @_builtins.property
     def risk_rules_fired(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Every risk rule that fired for this decision, in evaluation order."""
+        """Every risk rule that fired for this decision, in evaluation order.
+        Rules fire on non-growth commands too (they are then not held back); "conservative_mode" is listed when growth
+        waited only because conservative mode was on.
+        """
 
     def __init__(
         self,
@@ -300,6 +398,10 @@ Global___DecisionMetadata: _TypeAlias = DecisionMetadata  # noqa: Y015
 class CommandSecurity(_message.Message):
     """Authentication of a command: HMAC-SHA256 over the command's deterministic serialization with this block's
     signature field cleared.
+
+    The signer (`esper_core.signing.CommandSigner`, used by Tamiyo's controller and by Tolaria) fills the whole block
+    and the command's command_id; a policy leaves it empty. Every other field of the command is covered by the
+    signature: change nothing after signing. Kasmina verifies it before anything else (see SecurityRejectionReason).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -310,13 +412,28 @@ class CommandSecurity(_message.Message):
     FRESHNESS_WINDOW_MS_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     signature: _builtins.bytes
+    """The 32-byte HMAC-SHA256 of the signed bytes, with the deployment's shared secret (`ESPER_LEYLINE_SECRET`, or a
+    per-run random secret in a single process). Empty means unsigned: Kasmina refuses it (MISSING_SIGNATURE).
+    """
     nonce: _builtins.str
-    """Equal to the command id; a verifier remembers it to refuse replays."""
+    """Equal to the command id; a verifier remembers it to refuse replays.
+    Required (MISSING_NONCE otherwise).
+    """
     freshness_window_ms: _builtins.int
+    """The freshness window the signer assumed, in milliseconds (`security.freshness_window_ms`, default 60000).
+    Informational: the verifier applies its own configured window, not this value.
+    """
     key_id: _builtins.str
-    """Identifies the secret used, for rotation."""
+    """Identifies the secret used, for rotation.
+    The first 12 hex digits of the SHA-256 of the secret (it does not reveal the secret). Informational: Kasmina
+    verifies with its one configured key.
+    """
     @_builtins.property
-    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the command was signed (the signer's wall clock). Required (MISSING_TIMESTAMP otherwise); the verifier refuses
+        a command issued more than `security.max_future_skew_ms` in its future, or older than its freshness window.
+        """
+
     def __init__(
         self,
         *,
@@ -336,6 +453,14 @@ Global___CommandSecurity: _TypeAlias = CommandSecurity  # noqa: Y015
 
 @_typing.final
 class AdaptationCommand(_message.Message):
+    """One decision of the controller: what to do at this decision point, why, and its signature.
+
+    A policy returns one from decide() with command_type, target_slot_id, the payload and the decision block filled
+    (`COMMAND_NOOP` when it waits). Tamiyo's controller then passes it through the risk engine, fills version, issued_by,
+    training_run_id, decision_epoch, decision_step and the rest of the decision block, and signs it (command_id and
+    security). Tolaria hands the signed command to the seed executor and gets a CommandResult back.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -375,30 +500,63 @@ class AdaptationCommand(_message.Message):
     DECISION_STEP_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    """Format version; Tamiyo's controller writes 1."""
     command_id: _builtins.str
+    """A fresh random id (32 hex digits, a UUID4) written by the signer at each signing; equal to security.nonce. Empty on
+    Tolaria's unsigned no-op. Field reports and results refer to the command by it.
+    """
     command_type: _enums_pb2.CommandType.ValueType
+    """What kind of command this is; it decides which payload the executor reads."""
     target_slot_id: _builtins.str
-    """The slot the command acts on (its module path); empty for commands that target no slot."""
+    """The slot the command acts on (its module path); empty for commands that target no slot.
+    Must be a SeedState.slot_id of the state packet; Kasmina refuses a seed operation on an unknown slot as illegal.
+    """
     execution_deadline_ms: _builtins.int
+    """A deadline for applying the command, in milliseconds. Neither set nor enforced by any first-party component
+    (Tolaria applies a command under `tolaria.apply_timeout_s`): leave it 0.
+    """
     issued_by: _builtins.str
+    """Who issued the command: "tamiyo" for every command of Tamiyo's controller (local or `esper serve tamiyo`),
+    "tolaria" for Tolaria's own no-ops and rollback culls.
+    """
     training_run_id: _builtins.str
+    """The run the command is for: the state packet's training_run_id (the controller copies it)."""
     decision_epoch: _builtins.int
+    """The decision point it answers: the state packet's current_epoch (the controller copies it, and
+    FieldReport.decision_epoch copies it from here).
+    """
     decision_step: _builtins.int
+    """See decision_epoch: the state packet's global_step."""
     @_builtins.property
-    def seed_operation(self) -> Global___CommandSeedOperation: ...
+    def seed_operation(self) -> Global___CommandSeedOperation:
+        """Set with COMMAND_SEED (required)."""
+
     @_builtins.property
-    def optimizer_adjustment(self) -> Global___CommandOptimizerAdjustment: ...
+    def optimizer_adjustment(self) -> Global___CommandOptimizerAdjustment:
+        """Set with COMMAND_OPTIMIZER (not carried out by any first-party component)."""
+
     @_builtins.property
-    def circuit_breaker(self) -> Global___CommandCircuitBreaker: ...
+    def circuit_breaker(self) -> Global___CommandCircuitBreaker:
+        """Set with COMMAND_CIRCUIT_BREAKER (required)."""
+
     @_builtins.property
-    def rollback(self) -> Global___CommandRollback: ...
+    def rollback(self) -> Global___CommandRollback:
+        """Set with COMMAND_ROLLBACK (not carried out by any first-party component)."""
+
     @_builtins.property
-    def decision(self) -> Global___DecisionMetadata: ...
+    def decision(self) -> Global___DecisionMetadata:
+        """Why the decision was made; set on every command of Tamiyo's controller and of Tolaria."""
+
     @_builtins.property
-    def security(self) -> Global___CommandSecurity: ...
+    def security(self) -> Global___CommandSecurity:
+        """The signature block, filled by the signer; see CommandSecurity."""
+
     @_builtins.property
     def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Open-ended extras only."""
+        """Open-ended extras only.
+        Covered by the signature. The learned policy writes "learned.feature_schema_digest" (the digest of its feature
+        encoding) and "learned.blueprints" (the JSON list of the blueprint ids it encoded, in order).
+        """
 
     def __init__(
         self,
@@ -432,7 +590,11 @@ Global___AdaptationCommand: _TypeAlias = AdaptationCommand  # noqa: Y015
 
 @_typing.final
 class GateResult(_message.Message):
-    """The measured outcome of one gate check."""
+    """The measured outcome of one gate check.
+
+    Kasmina writes one per check of a gate (G0 to G5) when a seed enters a stage, and for the watchdog's health checks at
+    each decision point; they appear in CommandResult.gates and SeedLifecycleEvent.gates.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -443,12 +605,26 @@ class GateResult(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     gate: _enums_pb2.SeedLifecycleGate.ValueType
+    """The gate the check belongs to (the stage it guards; the watchdog reports G1 and G3 checks)."""
     passed: _builtins.bool
+    """Whether the check passed. A gate passes when all of its checks pass."""
     check: _builtins.str
-    """The check within the gate, e.g. "isolation", "finite_output", "contribution"."""
+    """The check within the gate, e.g. "isolation", "finite_output", "contribution".
+    Kasmina's checks: G0 blueprint_known, tier_allowed, slot_kind, parameter_bounds, parameter_budget, artifact_fetch,
+    probe_forward, output_shape, output_dtype, finite_output; G1 seed_gradient_finite, seed_gradient_nonzero,
+    seed_gradient_bounded, isolation, host_output_unchanged; G2 seed_loss_measured, seed_loss_trend, no_loss_spike;
+    G3 contribution; G4 regression, step_overhead; G5 seed_removed, hook_removed, optimizer_clean. G1, G2 and G3 also
+    run the interface checks (finite_output, output_shape, output_dtype), G1 and G2 the three seed_gradient checks.
+    """
     measured: _builtins.float
+    """The value the check measured (a ratio, a norm, a loss difference: see detail). Absent for yes-or-no checks."""
     threshold: _builtins.float
+    """The bound measured was compared with: an upper bound for most checks, a lower one for seed_gradient_nonzero and
+    contribution; for parameter_bounds the maximum when the value is above it, else the minimum. Absent for
+    yes-or-no checks.
+    """
     detail: _builtins.str
+    """Human-readable context: what was measured, the allowed values, or the error that failed the check."""
     def __init__(
         self,
         *,
@@ -476,7 +652,13 @@ Global___GateResult: _TypeAlias = GateResult  # noqa: Y015
 
 @_typing.final
 class SeedLifecycleEvent(_message.Message):
-    """A lifecycle transition of one slot, with the gate results that allowed or forced it."""
+    """A lifecycle transition of one slot, with the gate results that allowed or forced it.
+
+    Kasmina emits one per transition: when it applies a command, at a decision point (watchdog culls, embargo ends) and
+    when Tolaria culls seeds after a rollback. A cull gives two or more in a row (to CULLED, then EMBARGOED; with no
+    embargo, on through RESETTING to DORMANT). Tolaria records each one and hands it to the
+    `esper_kasmina_seed_transition` hook; CommandResult.transitions holds those a command caused.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -492,18 +674,40 @@ class SeedLifecycleEvent(_message.Message):
     GATES_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     slot_id: _builtins.str
+    """The slot that moved."""
     seed_id: _builtins.str
+    """The seed in it (SeedState.seed_id at the time); empty when the slot holds none (a DORMANT slot, and the
+    RESETTING -> DORMANT step, which comes after the slot was cleared).
+    """
     blueprint_id: _builtins.str
+    """The seed's blueprint; empty when seed_id is."""
     from_stage: _enums_pb2.SeedLifecycleStage.ValueType
+    """The stage before the transition."""
     to_stage: _enums_pb2.SeedLifecycleStage.ValueType
+    """The stage after it."""
     epoch: _builtins.int
+    """The epoch and step of the latest decision point when the transition happened (Kasmina's clock: it moves at each
+    decision point).
+    """
     global_step: _builtins.int
+    """See epoch: the global step of that decision point."""
     reason: _builtins.str
+    """Why, for people: e.g. "germinated <blueprint name>", "start_training", "commanded",
+    "failed G3_INTERFACE/contribution: ...", "watchdog: ...", "embargo over", "reset". Never parse it: gates and
+    command_id are the typed facts.
+    """
     command_id: _builtins.str
+    """The command that caused the transition; empty for transitions Kasmina made on its own (watchdog, embargo, reset)."""
     @_builtins.property
-    def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___GateResult]: ...
+    def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___GateResult]:
+        """The gate checks behind the transition: every check of the entry gate for an advance, a germination or a reset; only
+        the failed checks for a cull that a gate or the watchdog forced; none for a commanded cull.
+        """
+
     @_builtins.property
-    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """Wall-clock time of the transition."""
+
     def __init__(
         self,
         *,
@@ -529,7 +733,12 @@ Global___SeedLifecycleEvent: _TypeAlias = SeedLifecycleEvent  # noqa: Y015
 
 @_typing.final
 class CommandResult(_message.Message):
-    """What the seed executor did with a command."""
+    """What the seed executor did with a command.
+
+    The executor (Kasmina) returns one from apply(command); Tolaria records it, passes it to the controller's
+    observe() and to the `esper_tolaria_decision` hook. A command that is refused changes nothing, except a failed gate
+    on an advance, which culls the seed (see transitions).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -544,17 +753,35 @@ class CommandResult(_message.Message):
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     APPLY_LATENCY_MS_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
+    """The command's command_id; empty for the result of Tolaria's unsigned no-op."""
     status: _enums_pb2.CommandStatus.ValueType
+    """What became of the command. Always set."""
     security_reason: _enums_pb2.SecurityRejectionReason.ValueType
+    """Why verification refused the command; set only with COMMAND_STATUS_REJECTED_SECURITY, UNSPECIFIED otherwise."""
     detail: _builtins.str
+    """A human-readable explanation (the refusal, the failed gate, what was done). For people and logs; never parse it."""
     slot_id: _builtins.str
+    """The command's target_slot_id, copied even when no such slot exists; empty for commands without a slot."""
     stage_before: _enums_pb2.SeedLifecycleStage.ValueType
+    """The slot's stage before the command; set for a seed operation on an existing slot, UNKNOWN otherwise."""
     stage_after: _enums_pb2.SeedLifecycleStage.ValueType
+    """The slot's stage after the command (after a cull: EMBARGOED, or DORMANT without an embargo); set with
+    stage_before.
+    """
     apply_latency_ms: _builtins.float
+    """How long the executor took, verification included, in milliseconds. Absent on the result of Tolaria's unsigned
+    no-op (never handed to the executor).
+    """
     @_builtins.property
-    def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___GateResult]: ...
+    def gates(self) -> _containers.RepeatedCompositeFieldContainer[Global___GateResult]:
+        """Every gate check run for the command (G0 for a germination, the entry gate for an advance); empty for other
+        commands.
+        """
+
     @_builtins.property
-    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeedLifecycleEvent]: ...
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeedLifecycleEvent]:
+        """The lifecycle transitions the command caused, in order; empty when the slot did not move."""
+
     def __init__(
         self,
         *,
@@ -581,6 +808,10 @@ Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
 
 @_typing.final
 class EmergencySignal(_message.Message):
+    """An emergency signal of the original design (Tolaria's emergency ladder). Defined for interoperability: no
+    first-party component publishes or reads it yet.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final

@@ -27,33 +27,94 @@ class _SeedLifecycleStage:
 class _SeedLifecycleStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SeedLifecycleStage.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SEED_STAGE_UNKNOWN: _SeedLifecycleStage.ValueType  # 0
+    """Not set; never the stage of a real slot."""
     SEED_STAGE_DORMANT: _SeedLifecycleStage.ValueType  # 1
+    """An empty slot: the host activation passes untouched, at about zero cost. The only stage a germination starts from."""
     SEED_STAGE_GERMINATED: _SeedLifecycleStage.ValueType  # 2
+    """A seed was built from a blueprint for the slot's shape and passed gate G0; its parameters are in the optimizer (a
+    group of their own) but it is not in the forward pass yet. Next: START_TRAINING.
+    """
     SEED_STAGE_TRAINING: _SeedLifecycleStage.ValueType  # 3
+    """The seed learns from the task loss without changing the host's output in value: it reads the host activation
+    detached, and its output joins through a straight-through path, so no gradient reaches the host through it (G1
+    checked this numerically). alpha is 0; the contribution it would make at alpha 1 is measured. Next:
+    START_GRAFTING.
+    """
     SEED_STAGE_BLENDING: _SeedLifecycleStage.ValueType  # 4
+    """The output is host activation + alpha x seed(detached host activation), alpha ramping from 0 to 1 on the seed's
+    blend_schedule over alpha_total_steps. Next: STABILIZE, once the ramp is complete.
+    """
     SEED_STAGE_SHADOWING: _SeedLifecycleStage.ValueType  # 5
+    """alpha is 1, the seed's input still detached: fully in the forward pass and still removable; its contribution is
+    measured. Next: EVALUATE.
+    """
     SEED_STAGE_PROBATIONARY: _SeedLifecycleStage.ValueType  # 6
+    """Isolation is lifted: the seed reads the host activation with gradients, and host and seed train jointly while the
+    run watches for regression (G4 checked it on entry). Next: FOSSILIZE.
+    """
     SEED_STAGE_FOSSILIZED: _SeedLifecycleStage.ValueType  # 7
+    """Permanent: part of the model, saved with it, trained jointly, no longer measured; it can no longer be culled."""
     SEED_STAGE_CULLED: _SeedLifecycleStage.ValueType  # 8
+    """The seed was removed: out of the forward pass and its parameters out of the optimizer at once. Passes at once to
+    EMBARGOED, so it appears in SeedLifecycleEvent, never in a SeedState.
+    """
     SEED_STAGE_EMBARGOED: _SeedLifecycleStage.ValueType  # 9
+    """The slot may not germinate again for `kasmina.embargo_epochs` decision points (SeedState.embargo_epochs_remaining
+    counts down); then it resets.
+    """
     SEED_STAGE_RESETTING: _SeedLifecycleStage.ValueType  # 10
+    """The slot is cleaned and checked (G5), then DORMANT in the same step: appears only in SeedLifecycleEvent."""
     SEED_STAGE_TERMINATED: _SeedLifecycleStage.ValueType  # 11
+    """The slot is retired for good; no command moves it again. An administrative action on the executor, not a command."""
 
 class SeedLifecycleStage(_SeedLifecycleStage, metaclass=_SeedLifecycleStageEnumTypeWrapper):
-    """The seed lifecycle (ARCHITECTURE.md section 7)."""
+    """The seed lifecycle (ARCHITECTURE.md section 7).
+
+    DORMANT -> GERMINATED -> TRAINING -> BLENDING -> SHADOWING -> PROBATIONARY -> FOSSILIZED; any stage from GERMINATED
+    to PROBATIONARY -> CULLED -> EMBARGOED -> RESETTING -> DORMANT; DORMANT or FOSSILIZED -> TERMINATED. Kasmina refuses
+    every other transition. "Host activation" below is the output of the host module the slot sits on.
+    """
 
 SEED_STAGE_UNKNOWN: SeedLifecycleStage.ValueType  # 0
+"""Not set; never the stage of a real slot."""
 SEED_STAGE_DORMANT: SeedLifecycleStage.ValueType  # 1
+"""An empty slot: the host activation passes untouched, at about zero cost. The only stage a germination starts from."""
 SEED_STAGE_GERMINATED: SeedLifecycleStage.ValueType  # 2
+"""A seed was built from a blueprint for the slot's shape and passed gate G0; its parameters are in the optimizer (a
+group of their own) but it is not in the forward pass yet. Next: START_TRAINING.
+"""
 SEED_STAGE_TRAINING: SeedLifecycleStage.ValueType  # 3
+"""The seed learns from the task loss without changing the host's output in value: it reads the host activation
+detached, and its output joins through a straight-through path, so no gradient reaches the host through it (G1
+checked this numerically). alpha is 0; the contribution it would make at alpha 1 is measured. Next:
+START_GRAFTING.
+"""
 SEED_STAGE_BLENDING: SeedLifecycleStage.ValueType  # 4
+"""The output is host activation + alpha x seed(detached host activation), alpha ramping from 0 to 1 on the seed's
+blend_schedule over alpha_total_steps. Next: STABILIZE, once the ramp is complete.
+"""
 SEED_STAGE_SHADOWING: SeedLifecycleStage.ValueType  # 5
+"""alpha is 1, the seed's input still detached: fully in the forward pass and still removable; its contribution is
+measured. Next: EVALUATE.
+"""
 SEED_STAGE_PROBATIONARY: SeedLifecycleStage.ValueType  # 6
+"""Isolation is lifted: the seed reads the host activation with gradients, and host and seed train jointly while the
+run watches for regression (G4 checked it on entry). Next: FOSSILIZE.
+"""
 SEED_STAGE_FOSSILIZED: SeedLifecycleStage.ValueType  # 7
+"""Permanent: part of the model, saved with it, trained jointly, no longer measured; it can no longer be culled."""
 SEED_STAGE_CULLED: SeedLifecycleStage.ValueType  # 8
+"""The seed was removed: out of the forward pass and its parameters out of the optimizer at once. Passes at once to
+EMBARGOED, so it appears in SeedLifecycleEvent, never in a SeedState.
+"""
 SEED_STAGE_EMBARGOED: SeedLifecycleStage.ValueType  # 9
+"""The slot may not germinate again for `kasmina.embargo_epochs` decision points (SeedState.embargo_epochs_remaining
+counts down); then it resets.
+"""
 SEED_STAGE_RESETTING: SeedLifecycleStage.ValueType  # 10
+"""The slot is cleaned and checked (G5), then DORMANT in the same step: appears only in SeedLifecycleEvent."""
 SEED_STAGE_TERMINATED: SeedLifecycleStage.ValueType  # 11
+"""The slot is retired for good; no command moves it again. An administrative action on the executor, not a command."""
 Global___SeedLifecycleStage: _TypeAlias = SeedLifecycleStage  # noqa: Y015
 
 class _SeedLifecycleGate:
@@ -63,23 +124,64 @@ class _SeedLifecycleGate:
 class _SeedLifecycleGateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SeedLifecycleGate.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SEED_GATE_UNKNOWN: _SeedLifecycleGate.ValueType  # 0
+    """Not set."""
     SEED_GATE_G0_SANITY: _SeedLifecycleGate.ValueType  # 1
+    """Entering GERMINATED: the blueprint is known and its tier allowed, it grows in the slot's kind, the parameters are
+    within bounds and the parameter budget, the artifact was fetched, and the seed maps the host's real activation to
+    its own shape and dtype with finite values.
+    """
     SEED_GATE_G1_GRADIENT_HEALTH: _SeedLifecycleGate.ValueType  # 2
+    """Entering TRAINING: numerical isolation (the host's gradients and output are the same with and without the seed),
+    the seed's gradients finite, non-zero and bounded, its output well formed.
+    """
     SEED_GATE_G2_STABILITY: _SeedLifecycleGate.ValueType  # 3
+    """Entering BLENDING: the seed's validation loss at alpha 1 was measured and has not regressed since training began,
+    no spike in the host's validation loss, output and gradients still healthy.
+    """
     SEED_GATE_G3_INTERFACE: _SeedLifecycleGate.ValueType  # 4
+    """Entering SHADOWING: output finite with the right shape and dtype, and the contribution at least
+    `kasmina.min_contribution` (within `kasmina.contribution_noise_z` standard errors).
+    """
     SEED_GATE_G4_SYSTEM_IMPACT: _SeedLifecycleGate.ValueType  # 5
+    """Entering PROBATIONARY: validation loss not worse than at germination beyond `kasmina.max_regression`, and the
+    training step's overhead with the seed within `kasmina.max_step_overhead`.
+    """
     SEED_GATE_G5_RESET: _SeedLifecycleGate.ValueType  # 6
+    """Entering DORMANT from RESETTING: the seed module, its forward hook and its optimizer group are gone."""
 
 class SeedLifecycleGate(_SeedLifecycleGate, metaclass=_SeedLifecycleGateEnumTypeWrapper):
-    """The gate checked before entering a lifecycle stage."""
+    """The gate checked before entering a lifecycle stage.
+
+    Each gate is a set of checks (GateResult.check); it passes when every check passes. A failed G0 refuses the
+    germination; a failed G1 to G4 culls the seed. The watchdog repeats the G1 and G3 health checks at every decision
+    point for seeds in the forward pass.
+    """
 
 SEED_GATE_UNKNOWN: SeedLifecycleGate.ValueType  # 0
+"""Not set."""
 SEED_GATE_G0_SANITY: SeedLifecycleGate.ValueType  # 1
+"""Entering GERMINATED: the blueprint is known and its tier allowed, it grows in the slot's kind, the parameters are
+within bounds and the parameter budget, the artifact was fetched, and the seed maps the host's real activation to
+its own shape and dtype with finite values.
+"""
 SEED_GATE_G1_GRADIENT_HEALTH: SeedLifecycleGate.ValueType  # 2
+"""Entering TRAINING: numerical isolation (the host's gradients and output are the same with and without the seed),
+the seed's gradients finite, non-zero and bounded, its output well formed.
+"""
 SEED_GATE_G2_STABILITY: SeedLifecycleGate.ValueType  # 3
+"""Entering BLENDING: the seed's validation loss at alpha 1 was measured and has not regressed since training began,
+no spike in the host's validation loss, output and gradients still healthy.
+"""
 SEED_GATE_G3_INTERFACE: SeedLifecycleGate.ValueType  # 4
+"""Entering SHADOWING: output finite with the right shape and dtype, and the contribution at least
+`kasmina.min_contribution` (within `kasmina.contribution_noise_z` standard errors).
+"""
 SEED_GATE_G4_SYSTEM_IMPACT: SeedLifecycleGate.ValueType  # 5
+"""Entering PROBATIONARY: validation loss not worse than at germination beyond `kasmina.max_regression`, and the
+training step's overhead with the seed within `kasmina.max_step_overhead`.
+"""
 SEED_GATE_G5_RESET: SeedLifecycleGate.ValueType  # 6
+"""Entering DORMANT from RESETTING: the seed module, its forward hook and its optimizer group are gone."""
 Global___SeedLifecycleGate: _TypeAlias = SeedLifecycleGate  # noqa: Y015
 
 class _HealthStatus:
@@ -89,18 +191,29 @@ class _HealthStatus:
 class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HEALTH_STATUS_UNKNOWN: _HealthStatus.ValueType  # 0
+    """Not set."""
     HEALTH_STATUS_HEALTHY: _HealthStatus.ValueType  # 1
+    """Working normally; what every packet from the telemetry builder reports unless its emitter says otherwise."""
     HEALTH_STATUS_DEGRADED: _HealthStatus.ValueType  # 2
+    """Working with reduced capacity; Weatherlight reports it when a worker is down or backing off, or errors occurred."""
     HEALTH_STATUS_UNHEALTHY: _HealthStatus.ValueType  # 3
+    """Not doing its job. No first-party emitter reports it today."""
     HEALTH_STATUS_CRITICAL: _HealthStatus.ValueType  # 4
+    """Not doing its job, and operator action is needed now. No first-party emitter reports it today."""
 
-class HealthStatus(_HealthStatus, metaclass=_HealthStatusEnumTypeWrapper): ...
+class HealthStatus(_HealthStatus, metaclass=_HealthStatusEnumTypeWrapper):
+    """How a process judges its own health (SystemHealth.status)."""
 
 HEALTH_STATUS_UNKNOWN: HealthStatus.ValueType  # 0
+"""Not set."""
 HEALTH_STATUS_HEALTHY: HealthStatus.ValueType  # 1
+"""Working normally; what every packet from the telemetry builder reports unless its emitter says otherwise."""
 HEALTH_STATUS_DEGRADED: HealthStatus.ValueType  # 2
+"""Working with reduced capacity; Weatherlight reports it when a worker is down or backing off, or errors occurred."""
 HEALTH_STATUS_UNHEALTHY: HealthStatus.ValueType  # 3
+"""Not doing its job. No first-party emitter reports it today."""
 HEALTH_STATUS_CRITICAL: HealthStatus.ValueType  # 4
+"""Not doing its job, and operator action is needed now. No first-party emitter reports it today."""
 Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
 
 class _CircuitBreakerState:
@@ -110,17 +223,25 @@ class _CircuitBreakerState:
 class _CircuitBreakerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitBreakerState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CIRCUIT_STATE_UNKNOWN: _CircuitBreakerState.ValueType  # 0
+    """Not set."""
     CIRCUIT_STATE_CLOSED: _CircuitBreakerState.ValueType  # 1
+    """Calls pass; `failure_threshold` consecutive failures open the breaker."""
     CIRCUIT_STATE_OPEN: _CircuitBreakerState.ValueType  # 2
+    """Calls are refused until the open timeout has passed."""
     CIRCUIT_STATE_HALF_OPEN: _CircuitBreakerState.ValueType  # 3
+    """After the timeout: calls pass as probes; enough successes close the breaker, a failure opens it again."""
 
 class CircuitBreakerState(_CircuitBreakerState, metaclass=_CircuitBreakerStateEnumTypeWrapper):
     """The state of every circuit breaker (there is exactly one implementation, in esper_core.breaker)."""
 
 CIRCUIT_STATE_UNKNOWN: CircuitBreakerState.ValueType  # 0
+"""Not set."""
 CIRCUIT_STATE_CLOSED: CircuitBreakerState.ValueType  # 1
+"""Calls pass; `failure_threshold` consecutive failures open the breaker."""
 CIRCUIT_STATE_OPEN: CircuitBreakerState.ValueType  # 2
+"""Calls are refused until the open timeout has passed."""
 CIRCUIT_STATE_HALF_OPEN: CircuitBreakerState.ValueType  # 3
+"""After the timeout: calls pass as probes; enough successes close the breaker, a failure opens it again."""
 Global___CircuitBreakerState: _TypeAlias = CircuitBreakerState  # noqa: Y015
 
 class _CommandType:
@@ -130,28 +251,58 @@ class _CommandType:
 class _CommandTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     COMMAND_UNKNOWN: _CommandType.ValueType  # 0
+    """Not set; Kasmina answers UNSUPPORTED."""
     COMMAND_SEED: _CommandType.ValueType  # 1
+    """A lifecycle operation on one slot: seed_operation payload and target_slot_id required."""
     COMMAND_ROLLBACK: _CommandType.ValueType  # 2
+    """Roll the run back to a checkpoint (rollback payload). Not carried out (UNSUPPORTED); Tolaria rolls back on its own
+    when the loss diverges.
+    """
     COMMAND_OPTIMIZER: _CommandType.ValueType  # 3
+    """Adjust the host optimizer's hyperparameters (optimizer_adjustment payload). Not carried out (UNSUPPORTED)."""
     COMMAND_CIRCUIT_BREAKER: _CommandType.ValueType  # 4
+    """Pin the executor's circuit breaker in a state (circuit_breaker payload); Kasmina pins its artifact-fetch breaker."""
     COMMAND_PAUSE: _CommandType.ValueType  # 5
+    """Pause growth. Kasmina treats it as a no-op (COMMAND_STATUS_NOOP)."""
     COMMAND_EMERGENCY: _CommandType.ValueType  # 6
+    """An emergency action. Not carried out (UNSUPPORTED)."""
     COMMAND_STRUCTURAL_PRUNING: _CommandType.ValueType  # 7
+    """Prune structure from the host. Not carried out (UNSUPPORTED)."""
     COMMAND_NOOP: _CommandType.ValueType  # 8
-    """Explicitly "do nothing at this decision point"; what an untrained or cautious policy returns."""
+    """Explicitly "do nothing at this decision point"; what an untrained or cautious policy returns.
+    Also what the risk engine turns a held-back proposal into, and what Tolaria uses when the controller times out,
+    fails or is skipped. Kasmina answers COMMAND_STATUS_NOOP.
+    """
 
-class CommandType(_CommandType, metaclass=_CommandTypeEnumTypeWrapper): ...
+class CommandType(_CommandType, metaclass=_CommandTypeEnumTypeWrapper):
+    """What an AdaptationCommand asks for; it decides which payload the executor reads. Kasmina carries out SEED,
+    CIRCUIT_BREAKER, PAUSE and NOOP; it answers COMMAND_STATUS_UNSUPPORTED to the others, which no first-party
+    component carries out.
+    """
 
 COMMAND_UNKNOWN: CommandType.ValueType  # 0
+"""Not set; Kasmina answers UNSUPPORTED."""
 COMMAND_SEED: CommandType.ValueType  # 1
+"""A lifecycle operation on one slot: seed_operation payload and target_slot_id required."""
 COMMAND_ROLLBACK: CommandType.ValueType  # 2
+"""Roll the run back to a checkpoint (rollback payload). Not carried out (UNSUPPORTED); Tolaria rolls back on its own
+when the loss diverges.
+"""
 COMMAND_OPTIMIZER: CommandType.ValueType  # 3
+"""Adjust the host optimizer's hyperparameters (optimizer_adjustment payload). Not carried out (UNSUPPORTED)."""
 COMMAND_CIRCUIT_BREAKER: CommandType.ValueType  # 4
+"""Pin the executor's circuit breaker in a state (circuit_breaker payload); Kasmina pins its artifact-fetch breaker."""
 COMMAND_PAUSE: CommandType.ValueType  # 5
+"""Pause growth. Kasmina treats it as a no-op (COMMAND_STATUS_NOOP)."""
 COMMAND_EMERGENCY: CommandType.ValueType  # 6
+"""An emergency action. Not carried out (UNSUPPORTED)."""
 COMMAND_STRUCTURAL_PRUNING: CommandType.ValueType  # 7
+"""Prune structure from the host. Not carried out (UNSUPPORTED)."""
 COMMAND_NOOP: CommandType.ValueType  # 8
-"""Explicitly "do nothing at this decision point"; what an untrained or cautious policy returns."""
+"""Explicitly "do nothing at this decision point"; what an untrained or cautious policy returns.
+Also what the risk engine turns a held-back proposal into, and what Tolaria uses when the controller times out,
+fails or is skipped. Kasmina answers COMMAND_STATUS_NOOP.
+"""
 Global___CommandType: _TypeAlias = CommandType  # noqa: Y015
 
 class _SeedOperation:
@@ -161,32 +312,60 @@ class _SeedOperation:
 class _SeedOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SeedOperation.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SEED_OP_UNKNOWN: _SeedOperation.ValueType  # 0
+    """Not set; refused as illegal."""
     SEED_OP_GERMINATE: _SeedOperation.ValueType  # 1
+    """DORMANT -> GERMINATED: build a seed from blueprint_id with parameters (gate G0)."""
     SEED_OP_START_TRAINING: _SeedOperation.ValueType  # 2
+    """GERMINATED -> TRAINING (gate G1)."""
     SEED_OP_START_GRAFTING: _SeedOperation.ValueType  # 3
+    """TRAINING -> BLENDING (gate G2): alpha starts ramping."""
     SEED_OP_STABILIZE: _SeedOperation.ValueType  # 4
+    """BLENDING -> SHADOWING (gate G3); legal only once the alpha ramp is complete."""
     SEED_OP_EVALUATE: _SeedOperation.ValueType  # 5
+    """SHADOWING -> PROBATIONARY (gate G4)."""
     SEED_OP_FINE_TUNE: _SeedOperation.ValueType  # 6
+    """Set the seed's learning rate to the command's learning_rate (required); no stage change. Legal while the slot
+    holds a seed (GERMINATED to FOSSILIZED).
+    """
     SEED_OP_FOSSILIZE: _SeedOperation.ValueType  # 7
+    """PROBATIONARY -> FOSSILIZED: the seed becomes permanent (no gate beyond the fresh measurement)."""
     SEED_OP_CULL: _SeedOperation.ValueType  # 8
+    """Remove the seed: GERMINATED to PROBATIONARY -> CULLED -> EMBARGOED. Never held back by the risk engine."""
     SEED_OP_CANCEL: _SeedOperation.ValueType  # 9
+    """The same as CULL in Kasmina."""
 
 class SeedOperation(_SeedOperation, metaclass=_SeedOperationEnumTypeWrapper):
     """Operations carried by a COMMAND_SEED command. Each advance operation names the stage it moves a seed into:
     START_TRAINING -> TRAINING, START_GRAFTING -> BLENDING, STABILIZE -> SHADOWING, EVALUATE -> PROBATIONARY,
     FOSSILIZE -> FOSSILIZED; CULL and CANCEL remove a seed.
+
+    An operation on a slot in the wrong stage is refused as illegal and changes nothing. An advance out of TRAINING,
+    BLENDING, SHADOWING or PROBATIONARY also needs a decision point's validation since the seed entered its stage
+    (so its contribution is fresh). A failed entry gate culls an advancing seed; a failed G0 refuses a germination.
     """
 
 SEED_OP_UNKNOWN: SeedOperation.ValueType  # 0
+"""Not set; refused as illegal."""
 SEED_OP_GERMINATE: SeedOperation.ValueType  # 1
+"""DORMANT -> GERMINATED: build a seed from blueprint_id with parameters (gate G0)."""
 SEED_OP_START_TRAINING: SeedOperation.ValueType  # 2
+"""GERMINATED -> TRAINING (gate G1)."""
 SEED_OP_START_GRAFTING: SeedOperation.ValueType  # 3
+"""TRAINING -> BLENDING (gate G2): alpha starts ramping."""
 SEED_OP_STABILIZE: SeedOperation.ValueType  # 4
+"""BLENDING -> SHADOWING (gate G3); legal only once the alpha ramp is complete."""
 SEED_OP_EVALUATE: SeedOperation.ValueType  # 5
+"""SHADOWING -> PROBATIONARY (gate G4)."""
 SEED_OP_FINE_TUNE: SeedOperation.ValueType  # 6
+"""Set the seed's learning rate to the command's learning_rate (required); no stage change. Legal while the slot
+holds a seed (GERMINATED to FOSSILIZED).
+"""
 SEED_OP_FOSSILIZE: SeedOperation.ValueType  # 7
+"""PROBATIONARY -> FOSSILIZED: the seed becomes permanent (no gate beyond the fresh measurement)."""
 SEED_OP_CULL: SeedOperation.ValueType  # 8
+"""Remove the seed: GERMINATED to PROBATIONARY -> CULLED -> EMBARGOED. Never held back by the risk engine."""
 SEED_OP_CANCEL: SeedOperation.ValueType  # 9
+"""The same as CULL in Kasmina."""
 Global___SeedOperation: _TypeAlias = SeedOperation  # noqa: Y015
 
 class _MessagePriority:
@@ -196,19 +375,31 @@ class _MessagePriority:
 class _MessagePriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessagePriority.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     MESSAGE_PRIORITY_UNSPECIFIED: _MessagePriority.ValueType  # 0
+    """Not set; routed like NORMAL."""
     MESSAGE_PRIORITY_LOW: _MessagePriority.ValueType  # 1
+    """Routed like NORMAL; the telemetry priority rule never gives it."""
     MESSAGE_PRIORITY_NORMAL: _MessagePriority.ValueType  # 2
+    """The normal stream of the message's kind; the default."""
     MESSAGE_PRIORITY_HIGH: _MessagePriority.ValueType  # 3
+    """Operational trouble an operator must see now: an ERROR, or a WARNING with an operational name."""
     MESSAGE_PRIORITY_CRITICAL: _MessagePriority.ValueType  # 4
+    """Something is CRITICAL."""
 
 class MessagePriority(_MessagePriority, metaclass=_MessagePriorityEnumTypeWrapper):
-    """Routing priority of bus messages and telemetry; HIGH and CRITICAL travel on the emergency stream."""
+    """Routing priority of bus messages and telemetry; HIGH and CRITICAL travel on the emergency stream.
+    (While the emergency stream's rate cap allows; over it they take their normal route, counted, never lost.)
+    """
 
 MESSAGE_PRIORITY_UNSPECIFIED: MessagePriority.ValueType  # 0
+"""Not set; routed like NORMAL."""
 MESSAGE_PRIORITY_LOW: MessagePriority.ValueType  # 1
+"""Routed like NORMAL; the telemetry priority rule never gives it."""
 MESSAGE_PRIORITY_NORMAL: MessagePriority.ValueType  # 2
+"""The normal stream of the message's kind; the default."""
 MESSAGE_PRIORITY_HIGH: MessagePriority.ValueType  # 3
+"""Operational trouble an operator must see now: an ERROR, or a WARNING with an operational name."""
 MESSAGE_PRIORITY_CRITICAL: MessagePriority.ValueType  # 4
+"""Something is CRITICAL."""
 Global___MessagePriority: _TypeAlias = MessagePriority  # noqa: Y015
 
 class _DeliveryGuarantee:
@@ -237,18 +428,35 @@ class _TelemetryLevel:
 class _TelemetryLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TelemetryLevel.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TELEMETRY_LEVEL_UNSPECIFIED: _TelemetryLevel.ValueType  # 0
+    """Not set; the telemetry builder never leaves it."""
     TELEMETRY_LEVEL_INFO: _TelemetryLevel.ValueType  # 1
+    """Normal operation: decisions, transitions, counters."""
     TELEMETRY_LEVEL_WARNING: _TelemetryLevel.ValueType  # 2
+    """Something to look at: a refused command, a failed gate, a risk rule. HIGH priority when the event's name is
+    operational (a timeout, a latency budget, a loss spike, an isolation violation, a quarantined blueprint, device
+    pressure, a rollback, conservative mode entered), NORMAL otherwise.
+    """
     TELEMETRY_LEVEL_ERROR: _TelemetryLevel.ValueType  # 3
+    """A failure: a refused signature, a failing policy, a rollback. HIGH priority."""
     TELEMETRY_LEVEL_CRITICAL: _TelemetryLevel.ValueType  # 4
+    """Operator action is needed now (e.g. a quarantined blueprint proposed). CRITICAL priority."""
 
-class TelemetryLevel(_TelemetryLevel, metaclass=_TelemetryLevelEnumTypeWrapper): ...
+class TelemetryLevel(_TelemetryLevel, metaclass=_TelemetryLevelEnumTypeWrapper):
+    """The severity of a telemetry packet or event; it decides the packet's MessagePriority."""
 
 TELEMETRY_LEVEL_UNSPECIFIED: TelemetryLevel.ValueType  # 0
+"""Not set; the telemetry builder never leaves it."""
 TELEMETRY_LEVEL_INFO: TelemetryLevel.ValueType  # 1
+"""Normal operation: decisions, transitions, counters."""
 TELEMETRY_LEVEL_WARNING: TelemetryLevel.ValueType  # 2
+"""Something to look at: a refused command, a failed gate, a risk rule. HIGH priority when the event's name is
+operational (a timeout, a latency budget, a loss spike, an isolation violation, a quarantined blueprint, device
+pressure, a rollback, conservative mode entered), NORMAL otherwise.
+"""
 TELEMETRY_LEVEL_ERROR: TelemetryLevel.ValueType  # 3
+"""A failure: a refused signature, a failing policy, a rollback. HIGH priority."""
 TELEMETRY_LEVEL_CRITICAL: TelemetryLevel.ValueType  # 4
+"""Operator action is needed now (e.g. a quarantined blueprint proposed). CRITICAL priority."""
 Global___TelemetryLevel: _TypeAlias = TelemetryLevel  # noqa: Y015
 
 class _EmergencyLevel:
@@ -280,18 +488,35 @@ class _FieldReportOutcome:
 class _FieldReportOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FieldReportOutcome.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FIELD_REPORT_OUTCOME_UNSPECIFIED: _FieldReportOutcome.ValueType  # 0
+    """Not set."""
     FIELD_REPORT_OUTCOME_SUCCESS: _FieldReportOutcome.ValueType  # 1
+    """The decision paid off."""
     FIELD_REPORT_OUTCOME_NEUTRAL: _FieldReportOutcome.ValueType  # 2
+    """No measurable effect either way."""
     FIELD_REPORT_OUTCOME_REGRESSION: _FieldReportOutcome.ValueType  # 3
+    """The decision made things worse."""
     FIELD_REPORT_OUTCOME_ABORTED: _FieldReportOutcome.ValueType  # 4
+    """The command was refused, or its seed did not survive the window."""
 
-class FieldReportOutcome(_FieldReportOutcome, metaclass=_FieldReportOutcomeEnumTypeWrapper): ...
+class FieldReportOutcome(_FieldReportOutcome, metaclass=_FieldReportOutcomeEnumTypeWrapper):
+    """The verdict of a field report (Tamiyo's rules, thresholds in `[tamiyo]`):
+    ABORTED when the executor refused the command, or the seed was removed before the window closed (a cull command
+    aside); for a cull, SUCCESS unless validation loss rose by `regression_margin` or more (REGRESSION); otherwise by
+    the seed's contribution when measured (SUCCESS at or above `success_contribution`, REGRESSION at or below its
+    negative, else NEUTRAL), else by the relative change of validation loss (SUCCESS at or below -`success_margin`,
+    REGRESSION at or above `regression_margin`, else NEUTRAL).
+    """
 
 FIELD_REPORT_OUTCOME_UNSPECIFIED: FieldReportOutcome.ValueType  # 0
+"""Not set."""
 FIELD_REPORT_OUTCOME_SUCCESS: FieldReportOutcome.ValueType  # 1
+"""The decision paid off."""
 FIELD_REPORT_OUTCOME_NEUTRAL: FieldReportOutcome.ValueType  # 2
+"""No measurable effect either way."""
 FIELD_REPORT_OUTCOME_REGRESSION: FieldReportOutcome.ValueType  # 3
+"""The decision made things worse."""
 FIELD_REPORT_OUTCOME_ABORTED: FieldReportOutcome.ValueType  # 4
+"""The command was refused, or its seed did not survive the window."""
 Global___FieldReportOutcome: _TypeAlias = FieldReportOutcome  # noqa: Y015
 
 class _BlueprintTier:
@@ -301,19 +526,28 @@ class _BlueprintTier:
 class _BlueprintTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlueprintTier.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BLUEPRINT_TIER_UNSPECIFIED: _BlueprintTier.ValueType  # 0
+    """Not set; never allowed."""
     BLUEPRINT_TIER_SAFE: _BlueprintTier.ValueType  # 1
+    """Chosen by default; Karn's risk at most 0.5."""
     BLUEPRINT_TIER_EXPERIMENTAL: _BlueprintTier.ValueType  # 2
+    """Needs EXPERIMENTAL in `urza.allowed_tiers`; Karn's risk 0.7 to 0.8."""
     BLUEPRINT_TIER_HIGH_RISK: _BlueprintTier.ValueType  # 3
+    """Needs HIGH_RISK in `urza.allowed_tiers`; quarantine-only; Karn's risk 0.9 to 1."""
 
 class BlueprintTier(_BlueprintTier, metaclass=_BlueprintTierEnumTypeWrapper):
     """Blueprint risk tiers: SAFE may be chosen by default, EXPERIMENTAL needs approval, HIGH_RISK is quarantine-only
     (stressors that exist to prove the safety gates work).
+    A run germinates only the tiers listed in `urza.allowed_tiers` (default: SAFE).
     """
 
 BLUEPRINT_TIER_UNSPECIFIED: BlueprintTier.ValueType  # 0
+"""Not set; never allowed."""
 BLUEPRINT_TIER_SAFE: BlueprintTier.ValueType  # 1
+"""Chosen by default; Karn's risk at most 0.5."""
 BLUEPRINT_TIER_EXPERIMENTAL: BlueprintTier.ValueType  # 2
+"""Needs EXPERIMENTAL in `urza.allowed_tiers`; Karn's risk 0.7 to 0.8."""
 BLUEPRINT_TIER_HIGH_RISK: BlueprintTier.ValueType  # 3
+"""Needs HIGH_RISK in `urza.allowed_tiers`; quarantine-only; Karn's risk 0.9 to 1."""
 Global___BlueprintTier: _TypeAlias = BlueprintTier  # noqa: Y015
 
 class _BusMessageType:
@@ -452,23 +686,27 @@ class _SlotKind:
 class _SlotKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SlotKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SLOT_KIND_UNSPECIFIED: _SlotKind.ValueType  # 0
+    """Not set; never the kind of a real slot."""
     SLOT_KIND_CONV2D: _SlotKind.ValueType  # 1
-    """(N, C, H, W)"""
+    """A 4-D activation (N, C, H, W): images or feature maps; slot_shape is (C, H, W)."""
     SLOT_KIND_VECTOR: _SlotKind.ValueType  # 2
-    """(N, D)"""
+    """A 2-D activation (N, D): feature vectors; slot_shape is (D)."""
     SLOT_KIND_SEQUENCE: _SlotKind.ValueType  # 3
-    """(N, L, D)"""
+    """A 3-D activation (N, L, D): sequences of feature vectors; slot_shape is (L, D)."""
 
 class SlotKind(_SlotKind, metaclass=_SlotKindEnumTypeWrapper):
-    """The shape family of a seed slot's activation (batch dimension excluded from the shape)."""
+    """The shape family of a seed slot's activation (batch dimension excluded from the shape).
+    Kasmina derives it from the rank of the activation when it attaches the slots.
+    """
 
 SLOT_KIND_UNSPECIFIED: SlotKind.ValueType  # 0
+"""Not set; never the kind of a real slot."""
 SLOT_KIND_CONV2D: SlotKind.ValueType  # 1
-"""(N, C, H, W)"""
+"""A 4-D activation (N, C, H, W): images or feature maps; slot_shape is (C, H, W)."""
 SLOT_KIND_VECTOR: SlotKind.ValueType  # 2
-"""(N, D)"""
+"""A 2-D activation (N, D): feature vectors; slot_shape is (D)."""
 SLOT_KIND_SEQUENCE: SlotKind.ValueType  # 3
-"""(N, L, D)"""
+"""A 3-D activation (N, L, D): sequences of feature vectors; slot_shape is (L, D)."""
 Global___SlotKind: _TypeAlias = SlotKind  # noqa: Y015
 
 class _BlendSchedule:
@@ -478,19 +716,35 @@ class _BlendSchedule:
 class _BlendScheduleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlendSchedule.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BLEND_SCHEDULE_UNSPECIFIED: _BlendSchedule.ValueType  # 0
+    """Not set: in a germination command, use `kasmina.blend_schedule` (default TANH); in a SeedState, the slot holds
+    no seed.
+    """
     BLEND_SCHEDULE_LINEAR: _BlendSchedule.ValueType  # 1
+    """alpha = t."""
     BLEND_SCHEDULE_COSINE: _BlendSchedule.ValueType  # 2
+    """alpha = (1 - cos(pi t)) / 2: slow at both ends."""
     BLEND_SCHEDULE_TANH: _BlendSchedule.ValueType  # 3
-    """The prototype's ramp: alpha(t) = 1/2 (1 + tanh((t - N/2) / (2 T)))."""
+    """The prototype's ramp, made independent of the ramp's length: alpha = (1 + tanh(5 (t - 1/2))) / 2, 0.5 at mid-ramp
+    and 0.993 at its end (with 20 steps, exactly the prototype's 1/2 (1 + tanh((step - 10) / 4))). The default.
+    """
 
 class BlendSchedule(_BlendSchedule, metaclass=_BlendScheduleEnumTypeWrapper):
-    """How alpha ramps from 0 to 1 while a seed is BLENDING."""
+    """How alpha ramps from 0 to 1 while a seed is BLENDING.
+    With t = alpha_steps / alpha_total_steps, clamped to [0, 1].
+    """
 
 BLEND_SCHEDULE_UNSPECIFIED: BlendSchedule.ValueType  # 0
+"""Not set: in a germination command, use `kasmina.blend_schedule` (default TANH); in a SeedState, the slot holds
+no seed.
+"""
 BLEND_SCHEDULE_LINEAR: BlendSchedule.ValueType  # 1
+"""alpha = t."""
 BLEND_SCHEDULE_COSINE: BlendSchedule.ValueType  # 2
+"""alpha = (1 - cos(pi t)) / 2: slow at both ends."""
 BLEND_SCHEDULE_TANH: BlendSchedule.ValueType  # 3
-"""The prototype's ramp: alpha(t) = 1/2 (1 + tanh((t - N/2) / (2 T)))."""
+"""The prototype's ramp, made independent of the ramp's length: alpha = (1 + tanh(5 (t - 1/2))) / 2, 0.5 at mid-ramp
+and 0.993 at its end (with 20 steps, exactly the prototype's 1/2 (1 + tanh((step - 10) / 4))). The default.
+"""
 Global___BlendSchedule: _TypeAlias = BlendSchedule  # noqa: Y015
 
 class _OptimizerFamily:
@@ -500,22 +754,37 @@ class _OptimizerFamily:
 class _OptimizerFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OptimizerFamily.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OPTIMIZER_FAMILY_UNSPECIFIED: _OptimizerFamily.ValueType  # 0
+    """Not set."""
     OPTIMIZER_FAMILY_SGD: _OptimizerFamily.ValueType  # 1
+    """torch.optim.SGD (`tolaria.optimizer = "sgd"`)."""
     OPTIMIZER_FAMILY_ADAM: _OptimizerFamily.ValueType  # 2
+    """torch.optim.Adam (`tolaria.optimizer = "adam"`, the default)."""
     OPTIMIZER_FAMILY_ADAMW: _OptimizerFamily.ValueType  # 3
+    """torch.optim.AdamW (`tolaria.optimizer = "adamw"`)."""
     OPTIMIZER_FAMILY_RMSPROP: _OptimizerFamily.ValueType  # 4
+    """torch.optim.RMSprop. Tolaria never reports it (it builds only SGD, Adam and AdamW)."""
     OPTIMIZER_FAMILY_ADAGRAD: _OptimizerFamily.ValueType  # 5
+    """torch.optim.Adagrad. Tolaria never reports it."""
     OPTIMIZER_FAMILY_OTHER: _OptimizerFamily.ValueType  # 6
+    """Any other optimizer class."""
 
-class OptimizerFamily(_OptimizerFamily, metaclass=_OptimizerFamilyEnumTypeWrapper): ...
+class OptimizerFamily(_OptimizerFamily, metaclass=_OptimizerFamilyEnumTypeWrapper):
+    """The family of the host's optimizer (TrainingMetrics.optimizer_family), from its class."""
 
 OPTIMIZER_FAMILY_UNSPECIFIED: OptimizerFamily.ValueType  # 0
+"""Not set."""
 OPTIMIZER_FAMILY_SGD: OptimizerFamily.ValueType  # 1
+"""torch.optim.SGD (`tolaria.optimizer = "sgd"`)."""
 OPTIMIZER_FAMILY_ADAM: OptimizerFamily.ValueType  # 2
+"""torch.optim.Adam (`tolaria.optimizer = "adam"`, the default)."""
 OPTIMIZER_FAMILY_ADAMW: OptimizerFamily.ValueType  # 3
+"""torch.optim.AdamW (`tolaria.optimizer = "adamw"`)."""
 OPTIMIZER_FAMILY_RMSPROP: OptimizerFamily.ValueType  # 4
+"""torch.optim.RMSprop. Tolaria never reports it (it builds only SGD, Adam and AdamW)."""
 OPTIMIZER_FAMILY_ADAGRAD: OptimizerFamily.ValueType  # 5
+"""torch.optim.Adagrad. Tolaria never reports it."""
 OPTIMIZER_FAMILY_OTHER: OptimizerFamily.ValueType  # 6
+"""Any other optimizer class."""
 Global___OptimizerFamily: _TypeAlias = OptimizerFamily  # noqa: Y015
 
 class _SecurityRejectionReason:
@@ -525,29 +794,53 @@ class _SecurityRejectionReason:
 class _SecurityRejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SecurityRejectionReason.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SECURITY_REJECTION_UNSPECIFIED: _SecurityRejectionReason.ValueType  # 0
+    """Not refused (CommandResult.security_reason of any result that is not REJECTED_SECURITY)."""
     SECURITY_REJECTION_VERIFIER_UNAVAILABLE: _SecurityRejectionReason.ValueType  # 1
+    """The verifier has no signing key, so it can verify nothing."""
     SECURITY_REJECTION_MISSING_SIGNATURE: _SecurityRejectionReason.ValueType  # 2
+    """CommandSecurity.signature is empty."""
     SECURITY_REJECTION_INVALID_SIGNATURE: _SecurityRejectionReason.ValueType  # 3
+    """The signature does not match: the command was altered after signing, or signed with another secret."""
     SECURITY_REJECTION_MISSING_NONCE: _SecurityRejectionReason.ValueType  # 4
+    """CommandSecurity.nonce is empty."""
     SECURITY_REJECTION_NONCE_REPLAYED: _SecurityRejectionReason.ValueType  # 5
+    """The nonce was already accepted: a replay (or a command applied twice)."""
     SECURITY_REJECTION_MISSING_TIMESTAMP: _SecurityRejectionReason.ValueType  # 6
+    """CommandSecurity.issued_at is absent or zero."""
     SECURITY_REJECTION_ISSUED_IN_FUTURE: _SecurityRejectionReason.ValueType  # 7
+    """issued_at is more than `security.max_future_skew_ms` (default 5000) ahead of the verifier's clock."""
     SECURITY_REJECTION_STALE: _SecurityRejectionReason.ValueType  # 8
+    """issued_at is older than `security.freshness_window_ms` (default 60000), or not after the horizon of a full nonce
+    ledger (a replay could no longer be detected).
+    """
 
 class SecurityRejectionReason(_SecurityRejectionReason, metaclass=_SecurityRejectionReasonEnumTypeWrapper):
     """Why a signed message (command, envelope, policy update) was refused. The values are codes, not the order in which
     esper_core.signing checks them.
+    Below, as the command verifier (`esper_core.signing.CommandVerifier`, used by Kasmina) gives them; the windows are
+    the verifier's `[security]` settings, not the command's.
     """
 
 SECURITY_REJECTION_UNSPECIFIED: SecurityRejectionReason.ValueType  # 0
+"""Not refused (CommandResult.security_reason of any result that is not REJECTED_SECURITY)."""
 SECURITY_REJECTION_VERIFIER_UNAVAILABLE: SecurityRejectionReason.ValueType  # 1
+"""The verifier has no signing key, so it can verify nothing."""
 SECURITY_REJECTION_MISSING_SIGNATURE: SecurityRejectionReason.ValueType  # 2
+"""CommandSecurity.signature is empty."""
 SECURITY_REJECTION_INVALID_SIGNATURE: SecurityRejectionReason.ValueType  # 3
+"""The signature does not match: the command was altered after signing, or signed with another secret."""
 SECURITY_REJECTION_MISSING_NONCE: SecurityRejectionReason.ValueType  # 4
+"""CommandSecurity.nonce is empty."""
 SECURITY_REJECTION_NONCE_REPLAYED: SecurityRejectionReason.ValueType  # 5
+"""The nonce was already accepted: a replay (or a command applied twice)."""
 SECURITY_REJECTION_MISSING_TIMESTAMP: SecurityRejectionReason.ValueType  # 6
+"""CommandSecurity.issued_at is absent or zero."""
 SECURITY_REJECTION_ISSUED_IN_FUTURE: SecurityRejectionReason.ValueType  # 7
+"""issued_at is more than `security.max_future_skew_ms` (default 5000) ahead of the verifier's clock."""
 SECURITY_REJECTION_STALE: SecurityRejectionReason.ValueType  # 8
+"""issued_at is older than `security.freshness_window_ms` (default 60000), or not after the horizon of a full nonce
+ledger (a replay could no longer be detected).
+"""
 Global___SecurityRejectionReason: _TypeAlias = SecurityRejectionReason  # noqa: Y015
 
 class _CommandStatus:
@@ -557,25 +850,55 @@ class _CommandStatus:
 class _CommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     COMMAND_STATUS_UNSPECIFIED: _CommandStatus.ValueType  # 0
+    """Not set; an executor always sets a status."""
     COMMAND_STATUS_APPLIED: _CommandStatus.ValueType  # 1
+    """Carried out: the seed moved (see transitions), its learning rate changed (FINE_TUNE), or the breaker was pinned."""
     COMMAND_STATUS_NOOP: _CommandStatus.ValueType  # 2
+    """Nothing to do: a COMMAND_NOOP or COMMAND_PAUSE (also Tolaria's own unsigned no-op, which it answers itself)."""
     COMMAND_STATUS_REJECTED_SECURITY: _CommandStatus.ValueType  # 3
+    """Verification failed (security_reason says why); nothing changed."""
     COMMAND_STATUS_REJECTED_ILLEGAL: _CommandStatus.ValueType  # 4
+    """Not legal now: an unknown slot, the wrong stage, no fresh measurement, an unfinished ramp, a missing parameter
+    (detail says which); nothing changed.
+    """
     COMMAND_STATUS_REJECTED_GATE: _CommandStatus.ValueType  # 5
+    """A gate check failed (gates say which): a germination is refused and the slot stays DORMANT; a failed advance culls
+    the seed.
+    """
     COMMAND_STATUS_UNSUPPORTED: _CommandStatus.ValueType  # 6
+    """The executor does not carry out this command type (or the command lacks its payload); nothing changed."""
     COMMAND_STATUS_FAILED: _CommandStatus.ValueType  # 7
+    """The executor failed while carrying the command out. Kasmina does not produce it today."""
     COMMAND_STATUS_TIMED_OUT: _CommandStatus.ValueType  # 8
+    """The executor gave up on the command for lack of time. Kasmina does not produce it today (Tolaria counts a slow
+    application as a decision failure but keeps the executor's status).
+    """
 
 class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper):
     """What became of a command handed to the seed executor."""
 
 COMMAND_STATUS_UNSPECIFIED: CommandStatus.ValueType  # 0
+"""Not set; an executor always sets a status."""
 COMMAND_STATUS_APPLIED: CommandStatus.ValueType  # 1
+"""Carried out: the seed moved (see transitions), its learning rate changed (FINE_TUNE), or the breaker was pinned."""
 COMMAND_STATUS_NOOP: CommandStatus.ValueType  # 2
+"""Nothing to do: a COMMAND_NOOP or COMMAND_PAUSE (also Tolaria's own unsigned no-op, which it answers itself)."""
 COMMAND_STATUS_REJECTED_SECURITY: CommandStatus.ValueType  # 3
+"""Verification failed (security_reason says why); nothing changed."""
 COMMAND_STATUS_REJECTED_ILLEGAL: CommandStatus.ValueType  # 4
+"""Not legal now: an unknown slot, the wrong stage, no fresh measurement, an unfinished ramp, a missing parameter
+(detail says which); nothing changed.
+"""
 COMMAND_STATUS_REJECTED_GATE: CommandStatus.ValueType  # 5
+"""A gate check failed (gates say which): a germination is refused and the slot stays DORMANT; a failed advance culls
+the seed.
+"""
 COMMAND_STATUS_UNSUPPORTED: CommandStatus.ValueType  # 6
+"""The executor does not carry out this command type (or the command lacks its payload); nothing changed."""
 COMMAND_STATUS_FAILED: CommandStatus.ValueType  # 7
+"""The executor failed while carrying the command out. Kasmina does not produce it today."""
 COMMAND_STATUS_TIMED_OUT: CommandStatus.ValueType  # 8
+"""The executor gave up on the command for lack of time. Kasmina does not produce it today (Tolaria counts a slow
+application as a decision failure but keeps the executor's status).
+"""
 Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015

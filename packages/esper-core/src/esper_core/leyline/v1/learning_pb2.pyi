@@ -24,12 +24,18 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class MitigationAction(_message.Message):
+    """A follow-up attached to a field report. Tamiyo adds one to an ABORTED report when the judged command's
+    CommandResult had a detail (a refused command always has one).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTION_TYPE_FIELD_NUMBER: _builtins.int
     RATIONALE_FIELD_NUMBER: _builtins.int
     action_type: _builtins.str
+    """What was done or should be done; Tamiyo writes "seed_removed"."""
     rationale: _builtins.str
+    """Why: the CommandResult.detail of the command the report judges."""
     def __init__(
         self,
         *,
@@ -46,7 +52,11 @@ Global___MitigationAction: _TypeAlias = MitigationAction  # noqa: Y015
 
 @_typing.final
 class FieldReportDelta(_message.Message):
-    """Measured change over a field report's observation window."""
+    """Measured change over a field report's observation window.
+
+    "Before" is the state packet of the decision; "after" is the state packet of the decision point at which the window
+    closed. A value is absent when either packet lacked what it needs. Loss and accuracy units are the task's.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -62,16 +72,31 @@ class FieldReportDelta(_message.Message):
     CONTRIBUTION_FIELD_NUMBER: _builtins.int
     EPOCHS_OBSERVED_FIELD_NUMBER: _builtins.int
     val_loss_before: _builtins.float
+    """TrainingMetrics.val_loss of the decision's state packet."""
     val_loss_after: _builtins.float
+    """TrainingMetrics.val_loss when the window closed."""
     val_loss_delta: _builtins.float
+    """val_loss_after minus val_loss_before (negative: validation improved)."""
     val_accuracy_before: _builtins.float
+    """TrainingMetrics.val_accuracy of the decision's state packet."""
     val_accuracy_after: _builtins.float
+    """TrainingMetrics.val_accuracy when the window closed."""
     val_accuracy_delta: _builtins.float
+    """val_accuracy_after minus val_accuracy_before (positive: validation improved)."""
     train_loss_delta: _builtins.float
+    """TrainingMetrics.train_loss when the window closed minus at the decision; absent when either is (a mid-epoch
+    decision point has none).
+    """
     parameters_added: _builtins.int
+    """TrainingMetrics.parameter_count when the window closed minus at the decision; negative when seeds were removed."""
     final_stage: _enums_pb2.SeedLifecycleStage.ValueType
+    """The stage of the command's slot when the window closed; UNKNOWN if the slot is not in the packet."""
     contribution: _builtins.float
+    """The seed's SeedState.contribution when the window closed, if it was measured and the slot still holds the same
+    seed.
+    """
     epochs_observed: _builtins.int
+    """Decision points observed after the decision; 0 for a report written at once (a refused command)."""
     def __init__(
         self,
         *,
@@ -128,6 +153,14 @@ Global___FieldReportDelta: _TypeAlias = FieldReportDelta  # noqa: Y015
 
 @_typing.final
 class FieldReport(_message.Message):
+    """The judged outcome of one seed-affecting decision: the experience Simic learns from.
+
+    Tamiyo's controller writes one per COMMAND_SEED command: at once (ABORTED) when the executor refused it, otherwise
+    when its observation window closes, after `tamiyo.observation_window` decision points or sooner when the seed is
+    fossilized or removed. Reports go to an append-only log in the run directory, on the bus and to the
+    `esper_tamiyo_field_report` hook. A resumed run may announce a report again; its report_id stays the same.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -170,32 +203,59 @@ class FieldReport(_message.Message):
     DECISION_EPOCH_FIELD_NUMBER: _builtins.int
     EXTRAS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    """Format version; Tamiyo writes 1."""
     report_id: _builtins.str
+    """"fr-<command_id>": deterministic, so a report announced twice is recognisably the same report."""
     command_id: _builtins.str
+    """The command judged (AdaptationCommand.command_id)."""
     training_run_id: _builtins.str
+    """The run the decision was made in."""
     slot_id: _builtins.str
+    """The command's target slot."""
     seed_id: _builtins.str
+    """The seed the command acted on: the slot's seed at the decision, or the seed a germination created."""
     blueprint_id: _builtins.str
+    """The command's blueprint_id, else the slot's blueprint at the decision; empty when neither has one."""
     outcome: _enums_pb2.FieldReportOutcome.ValueType
+    """The verdict. See FieldReportOutcome for the rules."""
     observation_window_epochs: _builtins.int
+    """Decision points the window lasted; equal to delta.epochs_observed."""
     policy_name: _builtins.str
+    """The command's DecisionMetadata.policy_name."""
     policy_version: _builtins.str
+    """The command's DecisionMetadata.policy_version: the policy version that decided."""
     notes: _builtins.str
+    """The decision's rationale and the executor's detail, joined with "; ". For people; never parse it."""
     decision_epoch: _builtins.int
+    """The epoch of the decision (AdaptationCommand.decision_epoch)."""
     @_builtins.property
-    def delta(self) -> Global___FieldReportDelta: ...
-    @_builtins.property
-    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def follow_up_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MitigationAction]: ...
-    @_builtins.property
-    def decision_state(self) -> _state_pb2.SystemStatePacket:
-        """The decision this report judges, whole, so that a report is a self-contained experience for Simic."""
+    def delta(self) -> Global___FieldReportDelta:
+        """What changed over the window; always set."""
 
     @_builtins.property
-    def command(self) -> _control_pb2.AdaptationCommand: ...
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the report was written (wall clock)."""
+
     @_builtins.property
-    def extras(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def follow_up_actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MitigationAction]:
+        """Follow-ups: one "seed_removed" action on an ABORTED report whose command's result had a detail; otherwise
+        empty.
+        """
+
+    @_builtins.property
+    def decision_state(self) -> _state_pb2.SystemStatePacket:
+        """The decision this report judges, whole, so that a report is a self-contained experience for Simic: here the
+        SystemStatePacket the controller decided on, and in command the command it decided.
+        """
+
+    @_builtins.property
+    def command(self) -> _control_pb2.AdaptationCommand:
+        """The signed AdaptationCommand that was decided (after the risk engine's review)."""
+
+    @_builtins.property
+    def extras(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Open-ended extras, by name; Tamiyo leaves it empty."""
+
     def __init__(
         self,
         *,
@@ -229,7 +289,13 @@ Global___FieldReport: _TypeAlias = FieldReport  # noqa: Y015
 
 @_typing.final
 class PolicyUpdate(_message.Message):
-    """New weights for a learned Tamiyo policy."""
+    """New weights for a learned Tamiyo policy.
+
+    Built by `esper_tamiyo.learned.make_update` (or LearnedPolicy.export_update) and published on the bus's policy
+    stream; Tamiyo's controller hands each one to its policy between decisions. The learned policy checks, in order,
+    policy_name, the two digests, payload_sha256, the signature (when it has a key), then the payload, and swaps the
+    weights in only if everything passes; a rejected update changes nothing.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -266,23 +332,47 @@ class PolicyUpdate(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     TRAINING_METRICS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    """Format version; make_update writes 1."""
     policy_id: _builtins.str
+    """The producer's id for this update (free-form; may be empty)."""
     training_run_id: _builtins.str
+    """The run whose experience trained it, if any."""
     tamiyo_policy_version: _builtins.str
+    """The version the policy reports once the update is live (DecisionMetadata.policy_version); empty uses
+    "sha256-<first 12 hex digits of payload_sha256>".
+    """
     payload: _builtins.bytes
-    """A state_dict saved with torch.save; loaded with weights_only=True, never unpickled as objects."""
+    """A state_dict saved with torch.save; loaded with weights_only=True, never unpickled as objects.
+    A plain mapping of parameter names to floating-point tensors matching the live network's names and shapes, all
+    finite; at most `tamiyo.learned.max_update_bytes` (64 MiB by default).
+    """
     feature_schema_digest: _builtins.str
-    """Digests that must match the live policy's feature encoding and network architecture."""
+    """Digests that must match the live policy's feature encoding and network architecture. This one: the SHA-256 (hex)
+    of the feature schema's canonical JSON (`esper_tamiyo.learned.features`).
+    """
     architecture_digest: _builtins.str
+    """Must match the live policy's network architecture: the SHA-256 (hex) of its name, version, configuration and every
+    parameter's name, shape and dtype (LearnedPolicy.architecture_digest).
+    """
     payload_sha256: _builtins.str
-    """SHA-256 of payload, checked before loading."""
+    """SHA-256 of payload, checked before loading.
+    As 64 lower-case hex digits.
+    """
     policy_name: _builtins.str
+    """The policy the update is for; the learned policy accepts only "learned"."""
     signature: _builtins.bytes
-    """HMAC-SHA256 over the update's deterministic serialization with this field cleared."""
+    """HMAC-SHA256 over the update's deterministic serialization with this field cleared.
+    With the shared secret; required when the receiving policy has a signing key, which is always the case inside a
+    run.
+    """
     @_builtins.property
-    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the update was made (wall clock)."""
+
     @_builtins.property
-    def training_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def training_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The trainer's own metrics of this update, by name (e.g. losses), for records; not read by the policy."""
+
     def __init__(
         self,
         *,

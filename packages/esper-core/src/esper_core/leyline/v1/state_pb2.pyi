@@ -22,6 +22,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class HardwareContext(_message.Message):
+    """The machine the run trains on, as Tolaria sees it when it assembles a state packet. Tolaria fills device_type,
+    device_id and the two memory fields; the other fields are for a replacement of Tolaria or a future probe, and
+    Tolaria leaves them absent.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICE_TYPE_FIELD_NUMBER: _builtins.int
@@ -33,14 +38,31 @@ class HardwareContext(_message.Message):
     COMPUTE_CAPABILITY_FIELD_NUMBER: _builtins.int
     CPU_UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
     device_type: _builtins.str
-    """"cuda", "cpu", ..."""
+    """The torch device type of the run: "cuda" or "cpu" (another torch device type if `run.device` names one)."""
     device_id: _builtins.str
+    """The device index as a decimal string; "0" when torch gives no index (always on the CPU)."""
     total_memory_gb: _builtins.float
+    """Memory of the device in GiB (2^30 bytes, despite the name): on CUDA the device total from
+    `torch.cuda.mem_get_info`, on the CPU MemTotal of /proc/meminfo. 0 means unknown (/proc/meminfo unreadable);
+    a consumer must then ignore both memory fields, as the risk engine does.
+    """
     available_memory_gb: _builtins.float
+    """Free memory in GiB, read at each decision point: free device memory on CUDA, MemAvailable of /proc/meminfo on the
+    CPU; 0 when unknown. The risk engine pauses growth below `tamiyo.risk.min_free_memory_gb` when total_memory_gb
+    is known.
+    """
     temperature_celsius: _builtins.float
+    """Device temperature in degrees Celsius. Tolaria does not measure it: absent."""
     utilization_percent: _builtins.float
+    """Accelerator utilization in percent (0-100). Tolaria does not measure it: absent. The learned policy encodes it
+    with a presence flag.
+    """
     compute_capability: _builtins.str
+    """The accelerator's compute capability, e.g. "9.0". Tolaria does not fill it: empty."""
     cpu_utilization_percent: _builtins.float
+    """Host CPU utilization in percent (0-100). Tolaria does not measure it: absent. When present, the risk engine
+    downgrades growth at or above `tamiyo.risk.max_cpu_percent`.
+    """
     def __init__(
         self,
         *,
@@ -74,7 +96,13 @@ Global___HardwareContext: _TypeAlias = HardwareContext  # noqa: Y015
 
 @_typing.final
 class TrainingMetrics(_message.Message):
-    """Typed training metrics of a decision point. Optional fields are absent when not measured, never zero-filled."""
+    """Typed training metrics of a decision point. Optional fields are absent when not measured, never zero-filled.
+
+    Tolaria fills them at every decision point; the fields it never measures are said so below, and stay absent. Losses
+    and accuracies are the task's own (`Task.loss`, `Task.correct`); "validation" is the run's validation split (at most
+    `tolaria.max_validation_samples` examples). Epoch-end decision points are one per epoch; a run with
+    `tolaria.decision_every_steps` also has mid-epoch ones, whose training-loss fields are absent.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -107,35 +135,99 @@ class TrainingMetrics(_message.Message):
     GRADIENT_CONFLICT_RATE_FIELD_NUMBER: _builtins.int
     ROLLBACKS_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
+    """The epoch this decision point belongs to, counted from 1 (the one that just ended, or the one in progress at a
+    mid-epoch decision point). Equal to SystemStatePacket.current_epoch.
+    """
     global_step: _builtins.int
+    """Optimizer steps (training batches) since the run started, across epochs. A resumed or rolled-back run continues
+    from its checkpoint's count.
+    """
     epochs_total: _builtins.int
+    """The number of epochs the run is configured for (`run.epochs`). Always set by Tolaria; policies use
+    epochs_total - epoch as the epochs left.
+    """
     train_loss: _builtins.float
+    """Mean task loss over the epoch's training samples, as measured during training (the model kept changing while it
+    was summed). Set at epoch-end decision points; absent at mid-epoch ones.
+    """
     train_accuracy: _builtins.float
+    """Fraction of the epoch's training samples counted correct by the task, in [0, 1]. Set with train_loss."""
     val_loss: _builtins.float
+    """Mean task loss on the validation split, of the model as it is (every seed at its current alpha). Always set."""
     val_accuracy: _builtins.float
+    """Fraction of the validation split counted correct, in [0, 1], of the model as it is. Always set."""
     best_val_loss: _builtins.float
+    """The lowest val_loss so far: over this run's epoch-end decision points and this one. Always set."""
     loss_delta: _builtins.float
-    """val_loss minus the previous decision point's val_loss."""
+    """val_loss minus the val_loss of the previous epoch-end decision point (positive: validation got worse). Absent at
+    the first decision point.
+    """
     loss_ewma: _builtins.float
+    """Exponentially weighted moving average of the epoch-end val_loss values, this one included (weight 0.3 on the
+    newest). Always set.
+    """
     loss_volatility: _builtins.float
+    """Coefficient of variation (standard deviation over mean) of the last four epoch-end val_loss values, this one
+    included; dimensionless. Absent at the first decision point. The risk engine downgrades growth above
+    `tamiyo.risk.max_loss_volatility`.
+    """
     gradient_norm: _builtins.float
+    """L2 norm of the host's gradient. Tolaria does not measure it: absent."""
     gradient_norm_ewma: _builtins.float
+    """Moving average of gradient_norm. Tolaria does not measure it: absent."""
     gradient_variance: _builtins.float
+    """Variance of the gradient across batches. Tolaria does not measure it: absent. When present, the risk engine
+    downgrades growth above `tamiyo.risk.max_gradient_variance`.
+    """
     learning_rate: _builtins.float
+    """Learning rate of the optimizer's first parameter group (the host's), at this decision point. Always set."""
     momentum: _builtins.float
+    """The optimizer's momentum. Tolaria does not fill it: absent."""
     optimizer_family: _enums_pb2.OptimizerFamily.ValueType
+    """The host optimizer's family, from its class (SGD, Adam, AdamW; OTHER for any other class). Always set by Tolaria."""
     samples_per_second: _builtins.float
+    """Training samples per second over the epoch so far (samples seen over the training loop's wall time). Absent when
+    no time was measured.
+    """
     epoch_duration_ms: _builtins.float
+    """Wall time of the epoch's training loop so far, in milliseconds (any mid-epoch decision points included; the
+    epoch-end decision point excluded). Absent when no time was measured.
+    """
     step_latency_ms: _builtins.float
+    """Mean wall time of one training step, in milliseconds: epoch_duration_ms over the steps taken (no per-step timing
+    is done). The risk engine pauses growth above `tamiyo.risk.step_budget_ms`.
+    """
     hook_latency_ms: _builtins.float
-    """The previous decision point's own work (state packet, decision, command, reports), validation excluded."""
+    """The previous decision point's own work (state packet, decision, command, reports), validation excluded.
+    In milliseconds; absent at the run's first decision point. The risk engine pauses growth above
+    `tamiyo.risk.hook_budget_ms`.
+    """
     tamiyo_latency_ms: _builtins.float
+    """How long the controller took to decide at the previous decision point, in milliseconds, as Tolaria measured the
+    call (a remote controller's round trip included). Absent at the first decision point and after a decision that
+    timed out, failed or was skipped in conservative mode.
+    """
     kasmina_apply_ms: _builtins.float
+    """How long the seed executor took to apply the previous decision point's command, in milliseconds. Absent at the
+    first decision point and after an unsigned no-op (which Tolaria answers itself). The risk engine downgrades
+    growth above `tamiyo.risk.apply_budget_ms`.
+    """
     input_wait_ms: _builtins.float
+    """Time the training loop waited for input data. Tolaria does not measure it: absent."""
     isolation_violations: _builtins.int
+    """The run's isolation violations so far: the sum of SeedState.isolation_violations over every slot. Only grows; the
+    risk engine pauses growth when it rises.
+    """
     parameter_count: _builtins.int
+    """Trainable parameters of the model now: the host's (counted once, at the start) plus those of every seed module in
+    a slot (GERMINATED to FOSSILIZED).
+    """
     gradient_conflict_rate: _builtins.float
+    """Fraction of conflicting gradient directions, in [0, 1]. Tolaria does not measure it: absent. When present, the
+    risk engine downgrades growth above `tamiyo.risk.max_gradient_conflict_rate`.
+    """
     rollbacks: _builtins.int
+    """Times this run rolled back to a checkpoint after a diverging loss (at most `tolaria.max_rollbacks`)."""
     def __init__(
         self,
         *,
@@ -265,7 +357,12 @@ Global___TrainingMetrics: _TypeAlias = TrainingMetrics  # noqa: Y015
 
 @_typing.final
 class SeedState(_message.Message):
-    """The state of one seed slot. Dormant slots are exported too, so a policy always has somewhere to grow."""
+    """The state of one seed slot. Dormant slots are exported too, so a policy always has somewhere to grow.
+
+    Kasmina fills one per slot at every decision point, after that decision point's validation (which measures the
+    contributions) and bookkeeping (ages, embargoes, watchdog gates, slot statistics). Measurements of a seed keep their
+    last value after the seed leaves the stages where they are taken, until its slot resets to DORMANT.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -337,53 +434,117 @@ class SeedState(_message.Message):
     EXTRAS_FIELD_NUMBER: _builtins.int
     CONTRIBUTION_STDERR_FIELD_NUMBER: _builtins.int
     slot_id: _builtins.str
-    """The slot's module path in the host, e.g. "features.3" or "blocks.1.mlp"."""
+    """The slot's module path in the host, e.g. "features.3" or "blocks.1.mlp".
+    Fixed for the run; the value a command's target_slot_id names.
+    """
     seed_id: _builtins.str
-    """The identity of the seed currently in the slot; empty while DORMANT."""
+    """The identity of the seed currently in the slot; empty while DORMANT.
+    Kasmina writes "<slot_id>#<n>", n counting the slot's germinations; it stays set through CULLED and EMBARGOED
+    and is cleared when the slot resets.
+    """
     stage: _enums_pb2.SeedLifecycleStage.ValueType
+    """The slot's lifecycle stage. A SeedState is never CULLED or RESETTING: those stages pass within one command."""
     blueprint_id: _builtins.str
+    """The blueprint the seed was germinated from (BlueprintDescriptor.blueprint_id); empty while DORMANT. Stays set
+    through the embargo after a cull.
+    """
     slot_kind: _enums_pb2.SlotKind.ValueType
+    """The shape family of the slot's activation, from its rank. Fixed for the run."""
     layer_depth: _builtins.int
+    """The slot's position in the host's forward pass among the slots, from 0 (the first slot to run). Packets list
+    the slots in this order.
+    """
     alpha: _builtins.float
+    """The seed's blend weight now, in [0, 1]: 0 without a seed and in GERMINATED and TRAINING (the host's output is
+    unchanged in value); the schedule's value while BLENDING; 1 in SHADOWING, PROBATIONARY and FOSSILIZED.
+    """
     alpha_steps: _builtins.int
+    """Progress of the alpha ramp, in the unit of alpha_total_steps: counted while BLENDING, then kept. 0 when the
+    slot holds no seed module.
+    """
     alpha_total_steps: _builtins.int
+    """Length of the seed's alpha ramp, set at germination (the command's alpha_total_steps, else `kasmina.blend_steps`),
+    in the unit of `kasmina.alpha_unit`: training steps ("step", the default) or decision points ("epoch"). 0 in a
+    slot that never held a seed or has reset. The ramp is complete (STABILIZE is legal) when
+    alpha_steps >= alpha_total_steps.
+    """
     blend_schedule: _enums_pb2.BlendSchedule.ValueType
+    """The schedule of the seed's alpha ramp, fixed at germination; UNSPECIFIED when the slot holds no seed module."""
     gradient_norm: _builtins.float
+    """L2 norm of the seed's parameter gradients under the task loss on the probe batch, measured at each decision point
+    while the seed is in the forward pass and not fossilized (TRAINING to PROBATIONARY). Absent until first measured.
+    """
     learning_rate: _builtins.float
+    """Learning rate of the seed's own optimizer parameter group (set at germination, changed by FINE_TUNE). Set while
+    the slot holds a seed module; absent otherwise.
+    """
     age_epochs: _builtins.int
-    """Decision points since germination, and since entering the current stage (epochs, with the default of one
-    decision point per epoch).
+    """Decision points since germination (epochs, with the default of one decision point per epoch). Counts only while
+    the slot holds a seed module; restarts at 0 with each germination.
     """
     stage_epochs: _builtins.int
+    """Decision points since entering the current stage, i.e. since the slot's last lifecycle transition (counted for
+    every slot, DORMANT ones too); 0 right after a transition.
+    """
     risk_score: _builtins.float
+    """The seed's blueprint risk (BlueprintDescriptor.risk, in [0, 1]), copied at germination; 0 in a slot that never
+    held a seed or has reset.
+    """
     parameter_count: _builtins.int
+    """Trainable parameters of the seed module; 0 when the slot holds none (a cull sets it to 0 at once)."""
     contribution: _builtins.float
     """Counterfactual contribution: validation loss with the seed's alpha forced to 0 minus with its alpha forced to 1
     (positive means the seed helps, or would help at full strength while it is still TRAINING or BLENDING).
     Absent until measured.
+    In the task's loss units. Measured in the validation pass of every decision point while the seed is TRAINING,
+    BLENDING, SHADOWING or PROBATIONARY (the other seeds at their current alpha).
     """
     contribution_accuracy: _builtins.float
+    """Validation accuracy with the seed's alpha forced to 1 minus with it forced to 0 (a fraction; positive means the
+    seed helps). Measured with contribution.
+    """
     isolation_violations: _builtins.int
+    """Times this slot's seeds failed the isolation check of gate G1 on entering TRAINING, over the whole run (kept
+    across culls and resets).
+    """
     embargo_epochs_remaining: _builtins.int
+    """Decision points left before an EMBARGOED slot resets to DORMANT and may germinate again; 0 in every other stage.
+    A policy must not germinate into a slot while it is above 0.
+    """
     activation_rms: _builtins.float
-    """Cheap host statistics at the slot, accumulated on the device between decision points."""
+    """The root mean square of the host's activation at the slot, before any seed adds to it: a cheap host statistic,
+    measured for every slot at every decision point on the fixed probe batch (eval mode).
+    """
     host_gradient_norm: _builtins.float
+    """L2 norm of the gradient of the probe batch's loss with respect to the host's activation at the slot, measured with
+    activation_rms. Their product is the heuristic policy's saliency of a slot.
+    """
     seed_loss_delta: _builtins.float
     """Change since the previous decision point of the validation loss with this seed at alpha 1 (negative means the
     seed is improving).
+    Absent until the seed has been measured twice.
     """
     contribution_stderr: _builtins.float
     """Standard error of `contribution`, from the spread of its per-batch paired differences (off minus on, on the
     same batch): a contribution within about two standard errors of 0 cannot be told from noise.
+    Absent when the validation pass had fewer than two batches.
     """
     @_builtins.property
-    def blueprint_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
-    @_builtins.property
-    def slot_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Activation shape without the batch dimension: (C, H, W), (D) or (L, D)."""
+    def blueprint_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The blueprint parameters of the germination command, as given; empty while DORMANT. A parameter the command left
+        out is not listed (Urza's artifact store built the seed with its bound's default_value).
+        """
 
     @_builtins.property
-    def extras(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def slot_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Activation shape without the batch dimension: (C, H, W), (D) or (L, D).
+        Measured once, when the slots are attached; fixed for the run.
+        """
+
+    @_builtins.property
+    def extras(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Open-ended extras, by name; Kasmina leaves it empty. Never rely on a key a producer does not document."""
+
     def __init__(
         self,
         *,
@@ -456,6 +617,12 @@ Global___SeedState: _TypeAlias = SeedState  # noqa: Y015
 
 @_typing.final
 class SystemStatePacket(_message.Message):
+    """What Tolaria tells the controller at a decision point: the run's identity, its training metrics, the hardware and
+    every slot. Tolaria builds one per decision point (at each epoch's end, and every `tolaria.decision_every_steps`
+    steps when set) and hands it to the controller's decide() (a remote controller sends it on the bus's `decisions`
+    stream); after the decision Tolaria also publishes it on the bus. A policy must treat it as read-only.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -491,23 +658,45 @@ class SystemStatePacket(_message.Message):
     SEEDS_FIELD_NUMBER: _builtins.int
     EXTRAS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    """Format version of the packet; Tolaria writes 1."""
     packet_id: _builtins.str
+    """Names the decision point: Tolaria writes "<training_run_id>-epoch-<epoch>-step-<global_step>" (a mid-epoch
+    decision point run again after a rollback repeats its id). The remote controller uses it as the correlation id of
+    the reply, and `esper serve tamiyo` answers a packet id it has seen with the command it already decided.
+    """
     training_run_id: _builtins.str
+    """The run's id (the name of its run directory). Commands and field reports carry it back."""
     experiment_name: _builtins.str
+    """A name grouping several runs. Tolaria leaves it empty."""
     source_subsystem: _builtins.str
+    """Who assembled the packet: "tolaria"."""
     current_epoch: _builtins.int
+    """The epoch of this decision point, from 1; the same as metrics.epoch."""
     global_step: _builtins.int
+    """Optimizer steps since the run started; the same as metrics.global_step."""
     @_builtins.property
-    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """Wall-clock time at which the packet was assembled."""
+
     @_builtins.property
-    def metrics(self) -> Global___TrainingMetrics: ...
+    def metrics(self) -> Global___TrainingMetrics:
+        """The typed training metrics; always set by Tolaria."""
+
     @_builtins.property
-    def hardware(self) -> Global___HardwareContext: ...
+    def hardware(self) -> Global___HardwareContext:
+        """The machine; always set by Tolaria."""
+
     @_builtins.property
-    def seeds(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeedState]: ...
+    def seeds(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeedState]:
+        """One entry per seed slot of the host, DORMANT ones included, in forward order (SeedState.layer_depth). A command
+        may target only a slot listed here.
+        """
+
     @_builtins.property
     def extras(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Open-ended extras only; everything the controller relies on has a typed field."""
+        """Open-ended extras only; everything the controller relies on has a typed field.
+        Tolaria leaves it empty.
+        """
 
     def __init__(
         self,

@@ -22,6 +22,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class MetricPoint(_message.Message):
+    """One measurement in a telemetry packet. Built by `esper_core.telemetry.build_telemetry_packet` from Metric objects;
+    a sink may rely on name and value and must tolerate names it does not know.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -49,11 +53,22 @@ class MetricPoint(_message.Message):
     UNIT_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Dotted: <subsystem>.<area>.<name>"""
+    """Dotted, <subsystem>.<area>.<name>: it begins with the emitting subsystem, e.g. "kasmina.seeds.active",
+    "tolaria.validation.loss", "tamiyo.decision.latency_ms"; a few have two parts ("tolaria.rollbacks"). Stable:
+    sinks and alert rules key on it.
+    """
     value: _builtins.float
+    """The value. Counts and flags (0 or 1) are floats too."""
     unit: _builtins.str
+    """The unit, when there is one: "ms", "s", ...; empty for counts, ratios, flags and task-defined values (losses,
+    accuracies).
+    """
     @_builtins.property
-    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels that tell series of the same name apart, e.g. {"worker": "tamiyo"} on Weatherlight's per-worker metrics.
+        Usually empty.
+        """
+
     def __init__(
         self,
         *,
@@ -72,6 +87,10 @@ Global___MetricPoint: _TypeAlias = MetricPoint  # noqa: Y015
 
 @_typing.final
 class TelemetryEvent(_message.Message):
+    """Something that happened, in a telemetry packet: a lifecycle transition, a refused command, a gate failure, a risk
+    rule that fired, a rollback. Its level (and, for WARNING, its name) decides the packet's priority.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -100,12 +119,26 @@ class TelemetryEvent(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
+    """"evt-1", "evt-2", ... in the packet's order; unique only within its packet."""
     description: _builtins.str
+    """Human-readable detail with the numbers (e.g. "features.3: TRAINING -> BLENDING (start_grafting)"). For people;
+    never parse it.
+    """
     level: _enums_pb2.TelemetryLevel.ValueType
+    """How serious it is; never UNSPECIFIED in a packet from the builder."""
     name: _builtins.str
-    """The event's kind from a fixed vocabulary, e.g. "gate_failure", "command_rejected"."""
+    """The event's kind from a fixed vocabulary, e.g. "gate_failure", "command_rejected".
+    Kasmina: seed_transition, gate_failure, command_rejected. Tamiyo: decision, decision_over_budget, policy_error,
+    policy_update_applied, policy_update_rejected, conservative_mode_entered, conservative_mode_exited and the name of
+    every risk rule that fires. Tolaria: decision_failed, conservative_mode_entered, rollback. Urza and Weatherlight
+    have their own (timeout_urza, artifact_build_failed, worker_crashed, ...). A consumer must tolerate new names.
+    """
     @_builtins.property
-    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Typed context as strings, per event name: e.g. "slot", "stage", "gate", "check", "command_id", "reason",
+        "operation", "action", "held".
+        """
+
     def __init__(
         self,
         *,
@@ -125,6 +158,8 @@ Global___TelemetryEvent: _TypeAlias = TelemetryEvent  # noqa: Y015
 
 @_typing.final
 class TraceSpan(_message.Message):
+    """A span of a distributed trace. No first-party component records spans yet: TelemetryPacket.spans is empty."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -155,15 +190,25 @@ class TraceSpan(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     trace_id: _builtins.str
+    """The trace the span belongs to."""
     span_id: _builtins.str
+    """The span's own id, unique within its trace."""
     parent_span_id: _builtins.str
+    """The enclosing span's id; empty for a root span."""
     name: _builtins.str
+    """What the span measured, e.g. an operation's name."""
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the span began."""
+
     @_builtins.property
-    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
     @_builtins.property
-    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels of the span."""
+
     def __init__(
         self,
         *,
@@ -185,6 +230,10 @@ Global___TraceSpan: _TypeAlias = TraceSpan  # noqa: Y015
 
 @_typing.final
 class SystemHealth(_message.Message):
+    """The health of the emitting process, as it judges itself. Every packet from the builder carries one: HEALTHY with an
+    empty summary unless the emitter says otherwise (Weatherlight reports DEGRADED with the reason).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -211,9 +260,13 @@ class SystemHealth(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     INDICATORS_FIELD_NUMBER: _builtins.int
     status: _enums_pb2.HealthStatus.ValueType
+    """The emitter's health."""
     summary: _builtins.str
+    """A short reason, e.g. Weatherlight's "steady", "recent_error" or "backoff: <workers>"; often empty."""
     @_builtins.property
-    def indicators(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def indicators(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Named health indicators as strings, e.g. Weatherlight's "system_mode", "workers_running", "workers_total"."""
+
     def __init__(
         self,
         *,
@@ -231,6 +284,12 @@ Global___SystemHealth: _TypeAlias = SystemHealth  # noqa: Y015
 
 @_typing.final
 class TelemetryPacket(_message.Message):
+    """The unit of telemetry: the metrics and events of one subsystem at one moment. Every subsystem builds them with the
+    one builder, `esper_core.telemetry.build_telemetry_packet`, at decision points (services: periodically; never per
+    batch) and publishes them on the bus; Tolaria relays them to the configured sinks (`TelemetrySink.emit`). A sink
+    must accept any valid packet.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PACKET_ID_FIELD_NUMBER: _builtins.int
@@ -246,23 +305,48 @@ class TelemetryPacket(_message.Message):
     SPANS_FIELD_NUMBER: _builtins.int
     SYSTEM_HEALTH_FIELD_NUMBER: _builtins.int
     packet_id: _builtins.str
+    """Unique per packet: the builder writes "<source_subsystem>-<epoch>-<global_step>-<nanoseconds>"."""
     source_subsystem: _builtins.str
+    """The emitter: "tolaria", "kasmina", "tamiyo", "urza", "weatherlight", "tamiyo-service", "urza-service", or a
+    plugin's own name.
+    """
     level: _enums_pb2.TelemetryLevel.ValueType
+    """The packet's level: by default the highest level of its events, INFO when it has none."""
     training_run_id: _builtins.str
+    """The run the packet belongs to; empty for packets of long-lived services (Weatherlight, `esper serve ...`)."""
     priority: _enums_pb2.MessagePriority.ValueType
-    """Routing priority, decided once by esper_core.telemetry's priority rule."""
+    """Routing priority, decided once by esper_core.telemetry's priority rule.
+    CRITICAL if the packet or an event is CRITICAL; HIGH if one is ERROR, or an event is WARNING with an operational
+    name (timeouts, latency budgets, loss spikes, isolation violations, quarantined blueprints, device pressure,
+    rollbacks, conservative mode entered); NORMAL otherwise. HIGH and CRITICAL packets travel on the bus's emergency
+    stream.
+    """
     epoch: _builtins.int
+    """The run's epoch and global step when the packet was built (the emitter's latest decision point); 0 for packets
+    outside a run.
+    """
     global_step: _builtins.int
+    """See epoch."""
     @_builtins.property
-    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When the packet was built (wall clock)."""
+
     @_builtins.property
-    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]: ...
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]:
+        """The measurements, in the emitter's order."""
+
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TelemetryEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TelemetryEvent]:
+        """The events, in the order they happened."""
+
     @_builtins.property
-    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceSpan]: ...
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceSpan]:
+        """Trace spans; empty (see TraceSpan)."""
+
     @_builtins.property
-    def system_health(self) -> Global___SystemHealth: ...
+    def system_health(self) -> Global___SystemHealth:
+        """The emitter's health; always set by the builder."""
+
     def __init__(
         self,
         *,
@@ -289,7 +373,11 @@ Global___TelemetryPacket: _TypeAlias = TelemetryPacket  # noqa: Y015
 
 @_typing.final
 class BusEnvelope(_message.Message):
-    """What the bus carries: one typed payload. The signature travels beside the envelope, computed over its bytes."""
+    """What the bus carries: one typed payload. The signature travels beside the envelope, computed over its bytes.
+
+    Oona builds, signs and verifies envelopes (`esper_core.oona.Oona`); a bus backend plugin stores the signed bytes
+    without reading them, and an application sees the decoded payload.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -323,17 +411,33 @@ class BusEnvelope(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     message_type: _enums_pb2.BusMessageType.ValueType
+    """The payload's Leyline type, from the message's class; a consumer decodes payload with it. An entry of an unknown
+    type is dead-lettered.
+    """
     payload: _builtins.bytes
+    """The payload message's serialization."""
     priority: _enums_pb2.MessagePriority.ValueType
+    """The priority the publisher gave (NORMAL by default); HIGH and CRITICAL route the envelope to the emergency stream."""
     attempt: _builtins.int
-    """Delivery attempts so far; a message is dead-lettered once this reaches the configured maximum."""
+    """Delivery attempts so far; a message is dead-lettered once this reaches the configured maximum.
+    0 when first published; a retry republishes the envelope with the attempts made (`oona.max_attempts`).
+    """
     source: _builtins.str
+    """The publishing client's name, e.g. "tolaria", "tamiyo"."""
     message_id: _builtins.str
+    """An id of the message. Oona leaves it empty: the backend's entry id identifies an entry."""
     correlation_id: _builtins.str
+    """Pairs a reply with its request: the remote controller and `esper serve tamiyo` use the state packet's packet_id.
+    Empty otherwise.
+    """
     @_builtins.property
-    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels of the envelope. Oona leaves it empty."""
+
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the envelope was built (wall clock)."""
+
     def __init__(
         self,
         *,
