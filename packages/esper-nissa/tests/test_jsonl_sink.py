@@ -12,7 +12,7 @@ from google.protobuf.json_format import MessageToDict
 from esper_core.errors import ConfigError
 from esper_core.leyline import TelemetryPacket
 from esper_core.plugins import Registry
-from esper_core.protocols import TelemetrySink
+from esper_core.protocols import ResumableSink, TelemetrySink
 from esper_core.telemetry import Event, build_telemetry_packet
 from esper_core.testing.conformance import TelemetrySinkConformance
 from esper_nissa.sinks import JsonlError, JsonlSink, read_jsonl, read_packets
@@ -98,6 +98,30 @@ def test_appends_to_an_existing_file(tmp_path: Path) -> None:
         with JsonlSink(path, fsync=False) as sink:
             sink.emit(packet)
     assert read_packets(path) == sent
+
+
+def test_resuming_from_a_checkpoint_forgets_what_was_written_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "telemetry.jsonl"
+    sent = packets(5)
+    with JsonlSink(path) as sink:
+        assert isinstance(sink, ResumableSink)
+        for packet in sent[:2]:
+            sink.emit(packet)
+        checkpoint = sink.state_dict()
+        for packet in sent[2:4]:
+            sink.emit(packet)  # written, then the run is killed before its next checkpoint
+    with JsonlSink(path) as resumed:  # the resumed run reopens the file and goes back to the checkpoint
+        resumed.load_state_dict(checkpoint)
+        resumed.emit(sent[4])
+    assert read_packets(path) == [*sent[:2], sent[4]]
+
+
+def test_a_checkpoint_beyond_the_end_of_the_file_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "telemetry.jsonl"
+    with JsonlSink(path) as sink:
+        sink.emit(packets(1)[0])
+        sink.load_state_dict({"bytes": 10**9})
+    assert len(read_packets(path)) == 1
 
 
 def test_close_is_idempotent_and_emit_after_close_is_refused(tmp_path: Path) -> None:

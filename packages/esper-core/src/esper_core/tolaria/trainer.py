@@ -60,8 +60,11 @@ StepCallback = Callable[[int, int], None]
 
 
 class Trainer:
-    def __init__(self, run: Run) -> None:
+    """Trains one assembled run; ``clock`` (``time.monotonic`` by default) measures the run's running time."""
+
+    def __init__(self, run: Run, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.run = run
+        self.clock = clock
         self.history = History()
         self.history.host_parameters = sum(p.numel() for p in run.executor.host_parameters())
         self.signer = CommandSigner(run.signing_key, issuer="tolaria")
@@ -69,7 +72,7 @@ class Trainer:
         self.run.bus.subscribe([run.bus.streams.telemetry, run.bus.streams.emergency])
         self.recorder = RunRecorder(run)
         #: Where the current stretch of running began (``time.monotonic()``); see ``History.wall_seconds``.
-        self._running_since = time.monotonic()
+        self._running_since = self.clock()
         self.on_epoch: EpochCallback | None = None
         self.on_step: StepCallback | None = None
 
@@ -266,7 +269,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         run = self.run
-        now = time.monotonic()
+        now = self.clock()
         self.history.wall_seconds += now - self._running_since
         self._running_since = now
         state = {
@@ -304,7 +307,7 @@ class Trainer:
             state.get("recorder") or {"decisions": state["decisions"], "culled": state["culled"]}
         )
         run.record.truncate(int(state["record_length"]))
-        self._running_since = time.monotonic()
+        self._running_since = self.clock()
 
     # -- the end ----------------------------------------------------------------------------------------------
     def finish(self) -> Summary:
@@ -327,7 +330,7 @@ class Trainer:
             fossilized=sum(s.stage == lifecycle.FOSSILIZED for s in seeds),
             culled=self.recorder.culled,
             rollbacks=self.history.rollbacks,
-            wall_seconds=self.history.wall_seconds + time.monotonic() - self._running_since,
+            wall_seconds=self.history.wall_seconds + self.clock() - self._running_since,
             train_seconds=self.history.train_seconds,
             decisions=dict(self.recorder.decisions),
         )
