@@ -20,7 +20,7 @@ $(STAMP): requirements/*.txt $(foreach p,$(PACKAGES),packages/esper-$(p)/pyproje
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(CONSTRAINTS) torch==2.13.0 numpy
-	$(PIP) install --quiet $(CONSTRAINTS) -r requirements/dev.txt $(EDITABLE) -e 'packages/esper-core[testing,redis]'
+	$(PIP) install --quiet $(CONSTRAINTS) -r requirements/dev.txt $(EDITABLE) -e 'packages/esper-core[testing,redis,train]'
 	touch $(STAMP)
 
 venv: $(STAMP)

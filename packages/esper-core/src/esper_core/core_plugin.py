@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from esper_core.extras import require
 from esper_core.plugins.descriptors import BuildContext, BusBackendSpec, ControllerSpec, TaskSpec
 from esper_core.plugins.markers import hookimpl
 
@@ -52,12 +53,14 @@ def esper_oona_bus_backends() -> Iterator[BusBackendSpec]:
 
 
 def _fashion_mnist(context: BuildContext) -> object:
+    require("torch", "the fashion-mnist task")
     from esper_core.tasks.fashion_mnist import FashionMnistTask
 
     return FashionMnistTask(context.options)
 
 
 def _synthetic(context: BuildContext) -> object:
+    require("torch", "the synthetic task")
     from esper_core.tasks.synthetic import SyntheticTask
 
     return SyntheticTask(context.options)

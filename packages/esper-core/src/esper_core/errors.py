@@ -43,3 +43,7 @@ class UnknownComponentError(PluginError):
 
 class SecurityError(EsperError):
     """A signing secret is missing or unusable where one is required."""
+
+
+class MissingDependencyError(EsperError):
+    """An optional dependency a feature needs is not installed; the message names the extra that installs it."""

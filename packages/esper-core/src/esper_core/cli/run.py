@@ -35,6 +35,10 @@ def add_parser(subcommands: argparse._SubParsersAction, registry: Registry) -> N
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from esper_core.extras import require
+
+    require("torch", "esper run")
+
     from esper_core.tolaria.assembly import RunError, reopen_run, start_run
     from esper_core.tolaria.console import RunDisplay, print_summary
     from esper_core.tolaria.trainer import Trainer

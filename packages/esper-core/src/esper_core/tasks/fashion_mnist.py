@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import numpy as np
 
 from esper_core.config import section
 from esper_core.protocols import TaskData
@@ -83,6 +82,7 @@ class FashionMnistTask:
         return list(self.build_model().slot_points())
 
     def data(self) -> TaskData:
+        import numpy as np
         import torch
 
         from esper_core.tasks.idx import read_idx
