@@ -24,16 +24,15 @@ import torch
 
 from esper_core.leyline import (
     BlueprintDescriptor,
-    SeedLifecycleStage,
     SeedState,
     SlotKind,
     SystemStatePacket,
     TrainingMetrics,
+    lifecycle,
 )
 from esper_core.plugins import Registry
 from esper_core.signing import SigningKey
 
-S = SeedLifecycleStage
 SLOTS = 8
 BLUEPRINTS = 20
 
@@ -45,10 +44,10 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 def state_packet(epoch: int) -> SystemStatePacket:
     """A mid-run packet: dormant slots, seeds training, blending and on probation, every metric filled."""
-    stages = [S.SEED_STAGE_DORMANT] * 4 + [S.SEED_STAGE_TRAINING, S.SEED_STAGE_BLENDING, S.SEED_STAGE_PROBATIONARY]
+    stages = [lifecycle.DORMANT] * 4 + [lifecycle.TRAINING, lifecycle.BLENDING, lifecycle.PROBATIONARY]
     seeds = []
     for index in range(SLOTS):
-        stage = stages[index] if index < len(stages) else S.SEED_STAGE_DORMANT
+        stage = stages[index] if index < len(stages) else lifecycle.DORMANT
         vector = index == SLOTS - 1
         seed = SeedState(
             slot_id=f"slot{index}",
@@ -59,7 +58,7 @@ def state_packet(epoch: int) -> SystemStatePacket:
             host_gradient_norm=0.1 * (index + 1),
             activation_rms=1.0,
         )
-        if stage != S.SEED_STAGE_DORMANT:
+        if stage != lifecycle.DORMANT:
             seed.seed_id, seed.blueprint_id, seed.parameter_count = f"slot{index}#1", "BP056", 4000
             seed.stage_epochs, seed.age_epochs = 1, 3
             seed.contribution, seed.contribution_stderr = 0.01, 0.002

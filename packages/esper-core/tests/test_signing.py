@@ -23,7 +23,6 @@ from esper_core.signing import (
 )
 from esper_core.testing.clock import FakeClock
 
-R = SecurityRejectionReason
 T0 = 1_700_000_000.0
 SECRET = "a-test-secret-of-sufficient-length"
 
@@ -63,8 +62,10 @@ def resign(key: SigningKey, command: AdaptationCommand) -> AdaptationCommand:
 
 def assert_refused(verdict: Verdict, reason: int) -> None:
     assert not verdict.accepted
-    assert verdict.reason == reason, f"expected {R.Name(reason)}, got {verdict.reason_name}: {verdict.detail}"
-    assert verdict.reason_name == R.Name(reason)
+    assert verdict.reason == reason, (
+        f"expected {SecurityRejectionReason.Name(reason)}, got {verdict.reason_name}: {verdict.detail}"
+    )
+    assert verdict.reason_name == SecurityRejectionReason.Name(reason)
     assert verdict.detail, "every refusal must explain itself"
 
 
@@ -75,7 +76,7 @@ def test_signed_command_is_accepted(key, clock):
     verifier = CommandVerifier(key, clock=clock)
     verdict = verifier.verify(signed(key, clock))
     assert verdict.accepted
-    assert verdict.reason == R.SECURITY_REJECTION_UNSPECIFIED
+    assert verdict.reason == SecurityRejectionReason.SECURITY_REJECTION_UNSPECIFIED
     assert verifier.rejections == {}
 
 
@@ -119,13 +120,16 @@ def test_command_survives_the_wire(key, clock):
 
 def test_no_key_refuses_everything(key, clock):
     verifier = CommandVerifier(None, clock=clock)
-    assert_refused(verifier.verify(signed(key, clock)), R.SECURITY_REJECTION_VERIFIER_UNAVAILABLE)
-    assert R.SECURITY_REJECTION_VERIFIER_UNAVAILABLE == 1
+    assert_refused(verifier.verify(signed(key, clock)), SecurityRejectionReason.SECURITY_REJECTION_VERIFIER_UNAVAILABLE)
+    assert SecurityRejectionReason.SECURITY_REJECTION_VERIFIER_UNAVAILABLE == 1
 
 
 def test_unsigned_command_is_refused(key, clock):
-    assert_refused(CommandVerifier(key, clock=clock).verify(make_command()), R.SECURITY_REJECTION_MISSING_SIGNATURE)
-    assert R.SECURITY_REJECTION_MISSING_SIGNATURE == 2
+    assert_refused(
+        CommandVerifier(key, clock=clock).verify(make_command()),
+        SecurityRejectionReason.SECURITY_REJECTION_MISSING_SIGNATURE,
+    )
+    assert SecurityRejectionReason.SECURITY_REJECTION_MISSING_SIGNATURE == 2
 
 
 @pytest.mark.parametrize(
@@ -144,29 +148,37 @@ def test_unsigned_command_is_refused(key, clock):
 def test_tampered_command_is_refused(key, clock, tamper):
     command = signed(key, clock)
     tamper(command)
-    assert_refused(CommandVerifier(key, clock=clock).verify(command), R.SECURITY_REJECTION_INVALID_SIGNATURE)
-    assert R.SECURITY_REJECTION_INVALID_SIGNATURE == 3
+    assert_refused(
+        CommandVerifier(key, clock=clock).verify(command), SecurityRejectionReason.SECURITY_REJECTION_INVALID_SIGNATURE
+    )
+    assert SecurityRejectionReason.SECURITY_REJECTION_INVALID_SIGNATURE == 3
 
 
 def test_command_signed_with_another_key_is_refused(key, clock):
     other = SigningKey.from_secret("a-different-secret-entirely")
     command = signed(other, clock)
-    assert_refused(CommandVerifier(key, clock=clock).verify(command), R.SECURITY_REJECTION_INVALID_SIGNATURE)
+    assert_refused(
+        CommandVerifier(key, clock=clock).verify(command), SecurityRejectionReason.SECURITY_REJECTION_INVALID_SIGNATURE
+    )
     assert CommandVerifier(other, clock=clock).verify(command).accepted
 
 
 def test_truncated_signature_is_refused(key, clock):
     command = signed(key, clock)
     command.security.signature = command.security.signature[:16]
-    assert_refused(CommandVerifier(key, clock=clock).verify(command), R.SECURITY_REJECTION_INVALID_SIGNATURE)
+    assert_refused(
+        CommandVerifier(key, clock=clock).verify(command), SecurityRejectionReason.SECURITY_REJECTION_INVALID_SIGNATURE
+    )
 
 
 def test_missing_nonce_is_refused(key, clock):
     command = signed(key, clock)
     command.security.nonce = ""
     resign(key, command)
-    assert_refused(CommandVerifier(key, clock=clock).verify(command), R.SECURITY_REJECTION_MISSING_NONCE)
-    assert R.SECURITY_REJECTION_MISSING_NONCE == 4
+    assert_refused(
+        CommandVerifier(key, clock=clock).verify(command), SecurityRejectionReason.SECURITY_REJECTION_MISSING_NONCE
+    )
+    assert SecurityRejectionReason.SECURITY_REJECTION_MISSING_NONCE == 4
 
 
 @pytest.mark.parametrize("how", ["cleared", "zero"])
@@ -177,15 +189,19 @@ def test_missing_timestamp_is_refused(key, clock, how):
     else:
         command.security.issued_at.FromNanoseconds(0)
     resign(key, command)
-    assert_refused(CommandVerifier(key, clock=clock).verify(command), R.SECURITY_REJECTION_MISSING_TIMESTAMP)
-    assert R.SECURITY_REJECTION_MISSING_TIMESTAMP == 6
+    assert_refused(
+        CommandVerifier(key, clock=clock).verify(command), SecurityRejectionReason.SECURITY_REJECTION_MISSING_TIMESTAMP
+    )
+    assert SecurityRejectionReason.SECURITY_REJECTION_MISSING_TIMESTAMP == 6
 
 
 def test_command_from_the_future_is_refused(key, clock):
     signer_clock = FakeClock(T0 + 5.1)
     verifier = CommandVerifier(key, max_future_skew_ms=5_000, clock=clock)
-    assert_refused(verifier.verify(signed(key, signer_clock)), R.SECURITY_REJECTION_ISSUED_IN_FUTURE)
-    assert R.SECURITY_REJECTION_ISSUED_IN_FUTURE == 7
+    assert_refused(
+        verifier.verify(signed(key, signer_clock)), SecurityRejectionReason.SECURITY_REJECTION_ISSUED_IN_FUTURE
+    )
+    assert SecurityRejectionReason.SECURITY_REJECTION_ISSUED_IN_FUTURE == 7
 
 
 def test_small_clock_skew_is_tolerated(key, clock):
@@ -197,8 +213,8 @@ def test_stale_command_is_refused(key, clock):
     command = signed(key, clock)
     clock.advance(60.1)
     verifier = CommandVerifier(key, freshness_window_ms=60_000, clock=clock)
-    assert_refused(verifier.verify(command), R.SECURITY_REJECTION_STALE)
-    assert R.SECURITY_REJECTION_STALE == 8
+    assert_refused(verifier.verify(command), SecurityRejectionReason.SECURITY_REJECTION_STALE)
+    assert SecurityRejectionReason.SECURITY_REJECTION_STALE == 8
 
 
 def test_command_just_inside_the_window_is_accepted(key, clock):
@@ -212,8 +228,8 @@ def test_replayed_command_is_refused(key, clock):
     command = signed(key, clock)
     assert verifier.verify(command).accepted
     clock.advance(1.0)
-    assert_refused(verifier.verify(command), R.SECURITY_REJECTION_NONCE_REPLAYED)
-    assert R.SECURITY_REJECTION_NONCE_REPLAYED == 5
+    assert_refused(verifier.verify(command), SecurityRejectionReason.SECURITY_REJECTION_NONCE_REPLAYED)
+    assert SecurityRejectionReason.SECURITY_REJECTION_NONCE_REPLAYED == 5
 
 
 def test_replay_with_a_recomputed_signature_is_refused(key, clock):
@@ -223,7 +239,7 @@ def test_replay_with_a_recomputed_signature_is_refused(key, clock):
     assert verifier.verify(command).accepted
     command.target_slot_id = "decoder.layer9"
     resign(key, command)
-    assert_refused(verifier.verify(command), R.SECURITY_REJECTION_NONCE_REPLAYED)
+    assert_refused(verifier.verify(command), SecurityRejectionReason.SECURITY_REJECTION_NONCE_REPLAYED)
 
 
 def test_rejections_are_counted_by_reason(key, clock):
@@ -251,10 +267,10 @@ def test_full_ledger_never_lets_a_replay_through(key, clock):
     assert verifier.ledger.evictions == 1
     assert commands[0].security.nonce not in verifier.ledger
 
-    assert_refused(verifier.verify(commands[0]), R.SECURITY_REJECTION_STALE)
+    assert_refused(verifier.verify(commands[0]), SecurityRejectionReason.SECURITY_REJECTION_STALE)
     assert "horizon" in verifier.verify(commands[0]).detail
-    assert_refused(verifier.verify(commands[1]), R.SECURITY_REJECTION_NONCE_REPLAYED)
-    assert_refused(verifier.verify(commands[2]), R.SECURITY_REJECTION_NONCE_REPLAYED)
+    assert_refused(verifier.verify(commands[1]), SecurityRejectionReason.SECURITY_REJECTION_NONCE_REPLAYED)
+    assert_refused(verifier.verify(commands[2]), SecurityRejectionReason.SECURITY_REJECTION_NONCE_REPLAYED)
     # A command issued after the horizon is still accepted.
     assert verifier.verify(signed(key, clock)).accepted
 
@@ -266,20 +282,20 @@ def test_horizon_never_moves_back_with_out_of_order_issue_times(key, clock):
     for command in (a, b, c, d):  # c evicts a (horizon T0+4), d evicts b (issued T0+1)
         assert verifier.verify(command).accepted
     assert verifier.ledger.horizon == pytest.approx(T0 + 4.0)
-    assert_refused(verifier.verify(a), R.SECURITY_REJECTION_STALE)
-    assert_refused(verifier.verify(b), R.SECURITY_REJECTION_STALE)
+    assert_refused(verifier.verify(a), SecurityRejectionReason.SECURITY_REJECTION_STALE)
+    assert_refused(verifier.verify(b), SecurityRejectionReason.SECURITY_REJECTION_STALE)
 
 
 def test_only_accepted_commands_record_their_nonce(key, clock):
     verifier = CommandVerifier(key, clock=clock)
     stale = signed(key, clock)
     clock.advance(61.0)
-    assert_refused(verifier.verify(stale), R.SECURITY_REJECTION_STALE)
+    assert_refused(verifier.verify(stale), SecurityRejectionReason.SECURITY_REJECTION_STALE)
     assert stale.security.nonce not in verifier.ledger
     assert len(verifier.ledger) == 0
 
     forged = signed(SigningKey.from_secret("a-different-secret-entirely"), clock)
-    assert_refused(verifier.verify(forged), R.SECURITY_REJECTION_INVALID_SIGNATURE)
+    assert_refused(verifier.verify(forged), SecurityRejectionReason.SECURITY_REJECTION_INVALID_SIGNATURE)
     assert forged.security.nonce not in verifier.ledger
 
     good = signed(key, clock)

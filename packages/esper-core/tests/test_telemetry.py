@@ -25,7 +25,6 @@ from esper_core.telemetry import (
     priority_for,
 )
 
-P = MessagePriority
 TS = 1_700_000_000_123_456_789
 
 
@@ -76,7 +75,7 @@ def test_builder_fills_every_field():
     assert dict(health.indicators) == {"gpu": "ok", "queue": "long"}
 
     assert packet.level == WARNING
-    assert packet.priority == P.MESSAGE_PRIORITY_NORMAL
+    assert packet.priority == MessagePriority.MESSAGE_PRIORITY_NORMAL
 
 
 def test_minimal_packet_defaults():
@@ -86,7 +85,7 @@ def test_minimal_packet_defaults():
     assert before <= packet.timestamp.ToNanoseconds() <= after
     assert packet.packet_id.startswith("tamiyo-0-0-")
     assert packet.level == INFO
-    assert packet.priority == P.MESSAGE_PRIORITY_NORMAL
+    assert packet.priority == MessagePriority.MESSAGE_PRIORITY_NORMAL
     assert packet.system_health.status == HealthStatus.HEALTH_STATUS_HEALTHY
     assert list(packet.metrics) == [] and list(packet.events) == []
 
@@ -123,7 +122,7 @@ def test_default_level_is_the_highest_event_level(levels, expected):
 def test_explicit_level_is_kept_but_events_still_set_priority():
     packet = build_telemetry_packet(source="x", level=INFO, events=[Event("crash", level=ERROR)])
     assert packet.level == INFO
-    assert packet.priority == P.MESSAGE_PRIORITY_HIGH
+    assert packet.priority == MessagePriority.MESSAGE_PRIORITY_HIGH
 
 
 # --- the priority rule -----------------------------------------------------------------------------------------
@@ -132,18 +131,18 @@ def test_explicit_level_is_kept_but_events_still_set_priority():
 @pytest.mark.parametrize(
     ("level", "events", "expected"),
     [
-        (CRITICAL, [], P.MESSAGE_PRIORITY_CRITICAL),
-        (INFO, [Event("oom", level=CRITICAL)], P.MESSAGE_PRIORITY_CRITICAL),
-        (ERROR, [Event("loss_spike", level=WARNING)], P.MESSAGE_PRIORITY_HIGH),
-        (ERROR, [], P.MESSAGE_PRIORITY_HIGH),
-        (INFO, [Event("x", level=INFO), Event("crash", level=ERROR)], P.MESSAGE_PRIORITY_HIGH),
-        (WARNING, [Event("loss_spike", level=WARNING)], P.MESSAGE_PRIORITY_HIGH),
-        (INFO, [Event("timeout_urza", level=WARNING)], P.MESSAGE_PRIORITY_HIGH),
-        (WARNING, [Event("gate_failure", level=WARNING)], P.MESSAGE_PRIORITY_NORMAL),
-        (WARNING, [], P.MESSAGE_PRIORITY_NORMAL),
-        (INFO, [Event("loss_spike", level=INFO)], P.MESSAGE_PRIORITY_NORMAL),
-        (INFO, [Event("seed_germinated")], P.MESSAGE_PRIORITY_NORMAL),
-        (INFO, [], P.MESSAGE_PRIORITY_NORMAL),
+        (CRITICAL, [], MessagePriority.MESSAGE_PRIORITY_CRITICAL),
+        (INFO, [Event("oom", level=CRITICAL)], MessagePriority.MESSAGE_PRIORITY_CRITICAL),
+        (ERROR, [Event("loss_spike", level=WARNING)], MessagePriority.MESSAGE_PRIORITY_HIGH),
+        (ERROR, [], MessagePriority.MESSAGE_PRIORITY_HIGH),
+        (INFO, [Event("x", level=INFO), Event("crash", level=ERROR)], MessagePriority.MESSAGE_PRIORITY_HIGH),
+        (WARNING, [Event("loss_spike", level=WARNING)], MessagePriority.MESSAGE_PRIORITY_HIGH),
+        (INFO, [Event("timeout_urza", level=WARNING)], MessagePriority.MESSAGE_PRIORITY_HIGH),
+        (WARNING, [Event("gate_failure", level=WARNING)], MessagePriority.MESSAGE_PRIORITY_NORMAL),
+        (WARNING, [], MessagePriority.MESSAGE_PRIORITY_NORMAL),
+        (INFO, [Event("loss_spike", level=INFO)], MessagePriority.MESSAGE_PRIORITY_NORMAL),
+        (INFO, [Event("seed_germinated")], MessagePriority.MESSAGE_PRIORITY_NORMAL),
+        (INFO, [], MessagePriority.MESSAGE_PRIORITY_NORMAL),
     ],
     ids=[
         "critical-packet",
@@ -168,19 +167,19 @@ def test_priority_rule(level, events, expected):
 
 @pytest.mark.parametrize("name", sorted(OPERATIONAL_EVENTS))
 def test_every_operational_warning_is_high(name):
-    assert priority_for(INFO, [Event(name, level=WARNING)]) == P.MESSAGE_PRIORITY_HIGH
+    assert priority_for(INFO, [Event(name, level=WARNING)]) == MessagePriority.MESSAGE_PRIORITY_HIGH
 
 
 def test_priority_rule_accepts_leyline_events():
     events = [TelemetryEvent(name="isolation_violation", level=TelemetryLevel.TELEMETRY_LEVEL_WARNING)]
-    assert priority_for(INFO, events) == P.MESSAGE_PRIORITY_HIGH
+    assert priority_for(INFO, events) == MessagePriority.MESSAGE_PRIORITY_HIGH
 
 
-@pytest.mark.parametrize("priority", [P.MESSAGE_PRIORITY_LOW, P.MESSAGE_PRIORITY_CRITICAL])
+@pytest.mark.parametrize("priority", [MessagePriority.MESSAGE_PRIORITY_LOW, MessagePriority.MESSAGE_PRIORITY_CRITICAL])
 def test_explicit_priority_wins(priority):
     packet = build_telemetry_packet(
         source="x",
-        events=[Event("oom", level=CRITICAL) if priority == P.MESSAGE_PRIORITY_LOW else Event("ok")],
+        events=[Event("oom", level=CRITICAL) if priority == MessagePriority.MESSAGE_PRIORITY_LOW else Event("ok")],
         priority=priority,
     )
     assert packet.priority == priority

@@ -23,7 +23,6 @@ from esper_core.testing.clock import FakeClock
 
 from kasmina_rig import Rig
 
-OP = SeedOperation
 REJECTED = SecurityRejectionReason
 
 
@@ -32,7 +31,7 @@ def germinate(slot: str = "1", blueprint: str = "BP901", **parameters: float) ->
         command_type=CommandType.COMMAND_SEED,
         target_slot_id=slot,
         seed_operation=CommandSeedOperation(
-            operation=OP.SEED_OP_GERMINATE, blueprint_id=blueprint, parameters=parameters
+            operation=SeedOperation.SEED_OP_GERMINATE, blueprint_id=blueprint, parameters=parameters
         ),
     )
 

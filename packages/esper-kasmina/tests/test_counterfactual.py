@@ -13,21 +13,21 @@ from esper_core.leyline import CommandStatus, SeedOperation, lifecycle
 
 from kasmina_rig import Rig, correct, lenient
 
-OP = SeedOperation
-
 
 def prepared(rig_factory: Callable[..., Rig]) -> Rig:
     """A conv rig with one seed TRAINING (features.2) and one BLENDING mid-ramp (head.2), both with real weights."""
     rig = rig_factory("conv", options=lenient(blend_steps=10))
     rig.decide()
     for slot in ("features.2", "head.2"):
-        assert rig.command(OP.SEED_OP_GERMINATE, slot, "BP901").status == CommandStatus.COMMAND_STATUS_APPLIED
+        assert (
+            rig.command(SeedOperation.SEED_OP_GERMINATE, slot, "BP901").status == CommandStatus.COMMAND_STATUS_APPLIED
+        )
     rig.decide()
     for slot in ("features.2", "head.2"):
-        rig.command(OP.SEED_OP_START_TRAINING, slot)
+        rig.command(SeedOperation.SEED_OP_START_TRAINING, slot)
     rig.train(3)
     rig.decide()
-    rig.command(OP.SEED_OP_START_GRAFTING, "head.2")
+    rig.command(SeedOperation.SEED_OP_START_GRAFTING, "head.2")
     rig.train(4)
     return rig
 
@@ -124,9 +124,12 @@ def test_a_host_that_is_not_batch_agnostic_is_measured_variant_by_variant(rig_fa
     finally:
         del HOSTS["fixed"]
     rig.decide()
-    assert rig.command(OP.SEED_OP_GERMINATE, "act", "BP901", hidden=2).status == CommandStatus.COMMAND_STATUS_APPLIED
+    assert (
+        rig.command(SeedOperation.SEED_OP_GERMINATE, "act", "BP901", hidden=2).status
+        == CommandStatus.COMMAND_STATUS_APPLIED
+    )
     rig.decide()
-    assert rig.command(OP.SEED_OP_START_TRAINING, "act").status == CommandStatus.COMMAND_STATUS_APPLIED
+    assert rig.command(SeedOperation.SEED_OP_START_TRAINING, "act").status == CommandStatus.COMMAND_STATUS_APPLIED
     rig.train(3)
     evaluation = rig.kasmina.evaluate([(rig.inputs, rig.targets)], nn.functional.cross_entropy, correct)
     assert not evaluation.fused and evaluation.variants == 2

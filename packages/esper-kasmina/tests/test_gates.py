@@ -9,15 +9,13 @@ from esper_core.leyline import CommandStatus, SeedLifecycleStage, SeedOperation
 
 from kasmina_rig import Rig, lenient
 
-OP = SeedOperation
-
 
 def training(rig_factory: Callable[..., Rig], **strict: float) -> Rig:
     rig = rig_factory("vector", options=lenient(**strict))
     rig.decide()
-    rig.command(OP.SEED_OP_GERMINATE, "1", "BP901")
+    rig.command(SeedOperation.SEED_OP_GERMINATE, "1", "BP901")
     rig.decide()
-    rig.command(OP.SEED_OP_START_TRAINING, "1")
+    rig.command(SeedOperation.SEED_OP_START_TRAINING, "1")
     rig.train(3)
     rig.decide()
     return rig
@@ -37,40 +35,40 @@ def test_g2_refuses_a_seed_whose_loss_got_worse_while_training(rig_factory: Call
     rig = training(rig_factory, max_seed_loss_regression=0.01)
     slot = rig.kasmina.bank.get("1")  # type: ignore[union-attr]
     slot.record.seed_loss_at_training_start = slot.record.seed_loss * 0.5  # it was much better when it began
-    refused(rig, OP.SEED_OP_START_GRAFTING, "seed_loss_trend")
+    refused(rig, SeedOperation.SEED_OP_START_GRAFTING, "seed_loss_trend")
 
 
 def test_g2_refuses_to_blend_during_a_loss_spike(rig_factory: Callable[..., Rig]) -> None:
     rig = training(rig_factory, max_loss_spike=0.05)
     rig.kasmina.previous_loss = rig.kasmina.last_evaluation.loss / 1.5  # type: ignore[union-attr]
-    refused(rig, OP.SEED_OP_START_GRAFTING, "no_loss_spike")
+    refused(rig, SeedOperation.SEED_OP_START_GRAFTING, "no_loss_spike")
 
 
 def test_g3_refuses_a_seed_below_the_contribution_threshold(rig_factory: Callable[..., Rig]) -> None:
     rig = training(rig_factory, min_contribution=0.5, blend_steps=2)
-    rig.command(OP.SEED_OP_START_GRAFTING, "1")
+    rig.command(SeedOperation.SEED_OP_START_GRAFTING, "1")
     rig.train(2)
     rig.decide()
-    refused(rig, OP.SEED_OP_STABILIZE, "contribution")
+    refused(rig, SeedOperation.SEED_OP_STABILIZE, "contribution")
 
 
 def test_g4_refuses_a_seed_that_made_validation_worse(rig_factory: Callable[..., Rig]) -> None:
     rig = training(rig_factory, max_regression=0.0, blend_steps=2)
-    rig.command(OP.SEED_OP_START_GRAFTING, "1")
+    rig.command(SeedOperation.SEED_OP_START_GRAFTING, "1")
     rig.train(2)
     rig.decide()
-    rig.command(OP.SEED_OP_STABILIZE, "1")
+    rig.command(SeedOperation.SEED_OP_STABILIZE, "1")
     rig.decide()
     slot = rig.kasmina.bank.get("1")  # type: ignore[union-attr]
     slot.record.val_loss_at_germination = rig.kasmina.last_evaluation.loss * 0.5  # type: ignore[union-attr]
-    refused(rig, OP.SEED_OP_EVALUATE, "regression")
+    refused(rig, SeedOperation.SEED_OP_EVALUATE, "regression")
 
 
 def test_g4_refuses_a_seed_that_slows_the_step_too_much(rig_factory: Callable[..., Rig]) -> None:
     rig = training(rig_factory, max_step_overhead=0.0, blend_steps=2)  # any measurable overhead fails
-    rig.command(OP.SEED_OP_START_GRAFTING, "1")
+    rig.command(SeedOperation.SEED_OP_START_GRAFTING, "1")
     rig.train(2)
     rig.decide()
-    rig.command(OP.SEED_OP_STABILIZE, "1")
+    rig.command(SeedOperation.SEED_OP_STABILIZE, "1")
     rig.decide()
-    refused(rig, OP.SEED_OP_EVALUATE, "step_overhead")
+    refused(rig, SeedOperation.SEED_OP_EVALUATE, "step_overhead")

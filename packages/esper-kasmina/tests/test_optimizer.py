@@ -13,8 +13,6 @@ from esper_kasmina.optimizer import SLOT_KEY
 
 from kasmina_rig import Rig, lenient
 
-OP = SeedOperation
-
 
 def host_state(rig: Rig) -> list[tuple[int, dict[str, torch.Tensor]]]:
     state = rig.optimizer.state
@@ -35,7 +33,10 @@ def test_a_germinated_seed_gets_its_own_group_and_a_cull_removes_it(rig_factory:
     rig.decide()
     host_group = rig.optimizer.param_groups[0]
     before = host_state(rig)
-    assert rig.command(OP.SEED_OP_GERMINATE, "features.5", "BP901").status == CommandStatus.COMMAND_STATUS_APPLIED
+    assert (
+        rig.command(SeedOperation.SEED_OP_GERMINATE, "features.5", "BP901").status
+        == CommandStatus.COMMAND_STATUS_APPLIED
+    )
     seed_group = rig.optimizer.param_groups[1]
     slot = rig.kasmina.bank.get("features.5")  # type: ignore[union-attr]
     assert seed_group[SLOT_KEY] == "features.5"
@@ -44,12 +45,12 @@ def test_a_germinated_seed_gets_its_own_group_and_a_cull_removes_it(rig_factory:
     assert rig.optimizer.param_groups[0] is host_group
     assert_same_state(host_state(rig), before)
     rig.decide()
-    rig.command(OP.SEED_OP_START_TRAINING, "features.5")
+    rig.command(SeedOperation.SEED_OP_START_TRAINING, "features.5")
     rig.train(2)
     seed_parameters = slot.seed_parameters()
     assert all(p in rig.optimizer.state for p in seed_parameters)
     kept = host_state(rig)
-    assert rig.command(OP.SEED_OP_CULL, "features.5").status == CommandStatus.COMMAND_STATUS_APPLIED
+    assert rig.command(SeedOperation.SEED_OP_CULL, "features.5").status == CommandStatus.COMMAND_STATUS_APPLIED
     assert len(rig.optimizer.param_groups) == 1 and rig.optimizer.param_groups[0] is host_group
     assert not any(p in rig.optimizer.state for p in seed_parameters)
     assert_same_state(host_state(rig), kept)
@@ -58,19 +59,21 @@ def test_a_germinated_seed_gets_its_own_group_and_a_cull_removes_it(rig_factory:
 def test_the_seed_learning_rate_defaults_to_the_hosts_and_a_command_can_set_it(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory("vector")
     rig.decide()
-    rig.command(OP.SEED_OP_GERMINATE, "1", "BP901")
+    rig.command(SeedOperation.SEED_OP_GERMINATE, "1", "BP901")
     assert rig.optimizer.param_groups[-1]["lr"] == pytest.approx(1e-2)
     command = AdaptationCommand(
         command_type=CommandType.COMMAND_SEED,
         target_slot_id="3",
-        seed_operation=CommandSeedOperation(operation=OP.SEED_OP_GERMINATE, blueprint_id="BP901", learning_rate=0.3),
+        seed_operation=CommandSeedOperation(
+            operation=SeedOperation.SEED_OP_GERMINATE, blueprint_id="BP901", learning_rate=0.3
+        ),
     )
     rig.kasmina.apply(rig.signer.sign(command))
     assert rig.optimizer.param_groups[-1]["lr"] == pytest.approx(0.3)
     fine_tune = AdaptationCommand(
         command_type=CommandType.COMMAND_SEED,
         target_slot_id="3",
-        seed_operation=CommandSeedOperation(operation=OP.SEED_OP_FINE_TUNE, learning_rate=0.01),
+        seed_operation=CommandSeedOperation(operation=SeedOperation.SEED_OP_FINE_TUNE, learning_rate=0.01),
     )
     assert rig.kasmina.apply(rig.signer.sign(fine_tune)).status == CommandStatus.COMMAND_STATUS_APPLIED
     assert rig.optimizer.param_groups[-1]["lr"] == pytest.approx(0.01)

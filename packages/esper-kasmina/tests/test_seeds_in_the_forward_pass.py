@@ -14,7 +14,6 @@ from esper_kasmina import schedules
 
 from kasmina_rig import Rig, lenient
 
-OP = SeedOperation
 APPLIED = CommandStatus.COMMAND_STATUS_APPLIED
 
 
@@ -27,12 +26,12 @@ def host_gradients(rig: Rig) -> list[torch.Tensor]:
 def into(rig: Rig, stage: SeedLifecycleStage.ValueType, slot: str = "features.5") -> None:
     """Drive ``slot`` of a fresh rig to ``stage`` with real commands."""
     rig.decide()
-    assert rig.command(OP.SEED_OP_GERMINATE, slot, "BP901").status == APPLIED
+    assert rig.command(SeedOperation.SEED_OP_GERMINATE, slot, "BP901").status == APPLIED
     path = [
-        (OP.SEED_OP_START_TRAINING, SeedLifecycleStage.SEED_STAGE_TRAINING),
-        (OP.SEED_OP_START_GRAFTING, SeedLifecycleStage.SEED_STAGE_BLENDING),
-        (OP.SEED_OP_STABILIZE, SeedLifecycleStage.SEED_STAGE_SHADOWING),
-        (OP.SEED_OP_EVALUATE, SeedLifecycleStage.SEED_STAGE_PROBATIONARY),
+        (SeedOperation.SEED_OP_START_TRAINING, SeedLifecycleStage.SEED_STAGE_TRAINING),
+        (SeedOperation.SEED_OP_START_GRAFTING, SeedLifecycleStage.SEED_STAGE_BLENDING),
+        (SeedOperation.SEED_OP_STABILIZE, SeedLifecycleStage.SEED_STAGE_SHADOWING),
+        (SeedOperation.SEED_OP_EVALUATE, SeedLifecycleStage.SEED_STAGE_PROBATIONARY),
     ]
     for operation, reached in path:
         if rig.stage(slot) == stage:
@@ -50,11 +49,11 @@ def test_training_leaves_host_outputs_and_gradients_unchanged_while_the_seed_lea
 ) -> None:
     rig = rig_factory("conv")
     rig.decide()
-    rig.command(OP.SEED_OP_GERMINATE, "features.5", "BP901")
+    rig.command(SeedOperation.SEED_OP_GERMINATE, "features.5", "BP901")
     rig.model.eval()
     before_output = rig.model(rig.inputs).detach()
     before_gradients = host_gradients(rig)
-    assert rig.command(OP.SEED_OP_START_TRAINING, "features.5").status == APPLIED
+    assert rig.command(SeedOperation.SEED_OP_START_TRAINING, "features.5").status == APPLIED
     rig.model.eval()
     assert torch.equal(rig.model(rig.inputs), before_output)
     for a, b in zip(host_gradients(rig), before_gradients, strict=True):
@@ -68,8 +67,8 @@ def test_training_leaves_host_outputs_and_gradients_unchanged_while_the_seed_lea
 def test_the_training_gate_measures_isolation_numerically(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory("conv")
     rig.decide()
-    rig.command(OP.SEED_OP_GERMINATE, "features.5", "BP901")
-    result = rig.command(OP.SEED_OP_START_TRAINING, "features.5")
+    rig.command(SeedOperation.SEED_OP_GERMINATE, "features.5", "BP901")
+    result = rig.command(SeedOperation.SEED_OP_START_TRAINING, "features.5")
     isolation = next(gate for gate in result.gates if gate.check == "isolation")
     assert isolation.passed and isolation.measured <= 1e-6 and isolation.threshold == 1e-6
 
@@ -96,8 +95,8 @@ def test_a_seed_that_leaks_gradient_into_the_host_fails_isolation_and_is_culled(
 
     catalog.build = leaky  # type: ignore[attr-defined]
     rig.decide()
-    assert rig.command(OP.SEED_OP_GERMINATE, "1", "BP901").status == APPLIED
-    result = rig.command(OP.SEED_OP_START_TRAINING, "1")
+    assert rig.command(SeedOperation.SEED_OP_GERMINATE, "1", "BP901").status == APPLIED
+    result = rig.command(SeedOperation.SEED_OP_START_TRAINING, "1")
     assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_GATE
     failed = next(gate for gate in result.gates if not gate.passed)
     assert (failed.check, failed.gate) == ("isolation", 2)
@@ -172,7 +171,7 @@ def test_probation_lifts_isolation(rig_factory: Callable[..., Rig]) -> None:
     nn.init.normal_(slot.seed.outer.weight)  # type: ignore[union-attr]
     shadowing = host_gradients(rig)
     rig.decide()
-    assert rig.command(OP.SEED_OP_EVALUATE, "features.5").status == APPLIED
+    assert rig.command(SeedOperation.SEED_OP_EVALUATE, "features.5").status == APPLIED
     probation = host_gradients(rig)
     earlier = list(rig.kasmina.host_parameters())
     changed = [not torch.allclose(a, b) for a, b in zip(shadowing, probation, strict=True)]

@@ -13,35 +13,35 @@ from esper_core.leyline import CommandStatus, SeedLifecycleStage, SeedOperation
 
 from kasmina_rig import HOSTS, Rig, lenient, make_rig
 
-OP = SeedOperation
-
 
 def busy_rig(rig_factory: Callable[..., Rig]) -> Rig:
     """Slots in three different stages: BLENDING mid-ramp, FOSSILIZED, EMBARGOED."""
     rig = rig_factory("conv", options=lenient(blend_steps=20))
     rig.decide()
     for slot in ("features.2", "features.5", "head.2"):
-        assert rig.command(OP.SEED_OP_GERMINATE, slot, "BP901").status == CommandStatus.COMMAND_STATUS_APPLIED
+        assert (
+            rig.command(SeedOperation.SEED_OP_GERMINATE, slot, "BP901").status == CommandStatus.COMMAND_STATUS_APPLIED
+        )
     rig.decide()
     for slot in ("features.2", "features.5"):
-        rig.command(OP.SEED_OP_START_TRAINING, slot)
-    rig.command(OP.SEED_OP_CULL, "head.2")
+        rig.command(SeedOperation.SEED_OP_START_TRAINING, slot)
+    rig.command(SeedOperation.SEED_OP_CULL, "head.2")
     rig.train(3)
     rig.decide()
-    rig.command(OP.SEED_OP_START_GRAFTING, "features.2")
-    rig.command(OP.SEED_OP_START_GRAFTING, "features.5")
+    rig.command(SeedOperation.SEED_OP_START_GRAFTING, "features.2")
+    rig.command(SeedOperation.SEED_OP_START_GRAFTING, "features.5")
     rig.train(20)
     rig.decide()
-    for operation in (OP.SEED_OP_STABILIZE, OP.SEED_OP_EVALUATE, OP.SEED_OP_FOSSILIZE):
+    for operation in (SeedOperation.SEED_OP_STABILIZE, SeedOperation.SEED_OP_EVALUATE, SeedOperation.SEED_OP_FOSSILIZE):
         assert rig.command(operation, "features.5").status == CommandStatus.COMMAND_STATUS_APPLIED
         rig.decide()
-    rig.command(OP.SEED_OP_CULL, "features.2")
+    rig.command(SeedOperation.SEED_OP_CULL, "features.2")
     rig.decide()
-    rig.command(OP.SEED_OP_GERMINATE, "features.2", "BP901", hidden=3)
+    rig.command(SeedOperation.SEED_OP_GERMINATE, "features.2", "BP901", hidden=3)
     rig.decide()
-    rig.command(OP.SEED_OP_START_TRAINING, "features.2")
+    rig.command(SeedOperation.SEED_OP_START_TRAINING, "features.2")
     rig.decide()
-    rig.command(OP.SEED_OP_START_GRAFTING, "features.2")
+    rig.command(SeedOperation.SEED_OP_START_GRAFTING, "features.2")
     rig.train(7)
     return rig
 

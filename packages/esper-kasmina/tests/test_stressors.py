@@ -11,7 +11,6 @@ from esper_core.leyline import CommandStatus, SeedLifecycleStage, SeedOperation
 
 from kasmina_rig import Rig
 
-OP = SeedOperation
 QUARANTINE = ("SAFE", "EXPERIMENTAL", "HIGH_RISK")
 
 
@@ -28,10 +27,11 @@ def test_a_nan_emitting_seed_is_culled_by_the_training_gate(rig_factory: Callabl
     rig = rig_factory("conv", allowed=QUARANTINE)
     rig.decide()
     assert (
-        rig.command(OP.SEED_OP_GERMINATE, "features.5", "BP990", delay=1).status == CommandStatus.COMMAND_STATUS_APPLIED
+        rig.command(SeedOperation.SEED_OP_GERMINATE, "features.5", "BP990", delay=1).status
+        == CommandStatus.COMMAND_STATUS_APPLIED
     )
     before = host_weights(rig)
-    result = rig.command(OP.SEED_OP_START_TRAINING, "features.5")
+    result = rig.command(SeedOperation.SEED_OP_START_TRAINING, "features.5")
     assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_GATE
     failure = next(gate for gate in result.gates if not gate.passed)
     assert (failure.gate, failure.check) == (2, "finite_output")
@@ -46,9 +46,12 @@ def test_a_nan_emitting_seed_is_culled_by_the_training_gate(rig_factory: Callabl
 def test_a_seed_with_exploding_gradients_is_culled_by_the_training_gate(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory("vector", allowed=QUARANTINE)
     rig.decide()
-    assert rig.command(OP.SEED_OP_GERMINATE, "1", "BP991", scale=1e9).status == CommandStatus.COMMAND_STATUS_APPLIED
+    assert (
+        rig.command(SeedOperation.SEED_OP_GERMINATE, "1", "BP991", scale=1e9).status
+        == CommandStatus.COMMAND_STATUS_APPLIED
+    )
     before = host_weights(rig)
-    result = rig.command(OP.SEED_OP_START_TRAINING, "1")
+    result = rig.command(SeedOperation.SEED_OP_START_TRAINING, "1")
     failure = next(gate for gate in result.gates if not gate.passed)
     assert (failure.check, failure.gate) == ("seed_gradient_bounded", 2)
     assert failure.measured > failure.threshold == 1e3
@@ -59,8 +62,10 @@ def test_a_seed_with_exploding_gradients_is_culled_by_the_training_gate(rig_fact
 def test_a_seed_that_turns_bad_later_is_culled_by_the_watchdog(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory("conv", allowed=QUARANTINE)
     rig.decide()
-    rig.command(OP.SEED_OP_GERMINATE, "features.5", "BP990", delay=100)  # healthy through G0 and G1
-    assert rig.command(OP.SEED_OP_START_TRAINING, "features.5").status == CommandStatus.COMMAND_STATUS_APPLIED
+    rig.command(SeedOperation.SEED_OP_GERMINATE, "features.5", "BP990", delay=100)  # healthy through G0 and G1
+    assert (
+        rig.command(SeedOperation.SEED_OP_START_TRAINING, "features.5").status == CommandStatus.COMMAND_STATUS_APPLIED
+    )
     rig.kasmina.bank.get("features.5").seed.delay = 0  # type: ignore[union-attr]  # ...and now it turns bad
     before = host_weights(rig)
     rig.epoch += 1
@@ -73,6 +78,6 @@ def test_a_seed_that_turns_bad_later_is_culled_by_the_watchdog(rig_factory: Call
 def test_stressors_are_quarantined_unless_high_risk_is_allowed(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory("vector")
     rig.decide()
-    result = rig.command(OP.SEED_OP_GERMINATE, "1", "BP991")
+    result = rig.command(SeedOperation.SEED_OP_GERMINATE, "1", "BP991")
     assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_GATE
     assert next(g for g in result.gates if not g.passed).check == "tier_allowed"

@@ -9,15 +9,14 @@ from esper_core.leyline import (
     BlueprintDescriptor,
     BlueprintParameterBounds,
     BlueprintTier,
-    SeedLifecycleStage,
     SeedState,
     SlotKind,
     SystemStatePacket,
     TrainingMetrics,
+    lifecycle,
 )
 from esper_core.protocols import SlotShape
 
-S = SeedLifecycleStage
 CONV, VECTOR = SlotKind.SLOT_KIND_CONV2D, SlotKind.SLOT_KIND_VECTOR
 
 
@@ -68,7 +67,7 @@ class CountingCatalog:
 
 def slot(
     slot_id: str,
-    stage: int = S.SEED_STAGE_DORMANT,
+    stage: int = lifecycle.DORMANT,
     *,
     kind: int = CONV,
     shape: Sequence[int] = (16, 14, 14),
@@ -78,7 +77,7 @@ def slot(
 ) -> SeedState:
     state = SeedState(slot_id=slot_id, stage=stage, slot_kind=kind, slot_shape=list(shape), layer_depth=depth)
     state.host_gradient_norm, state.activation_rms = saliency
-    if stage not in (S.SEED_STAGE_DORMANT, S.SEED_STAGE_EMBARGOED, S.SEED_STAGE_RESETTING):
+    if stage not in (lifecycle.DORMANT, lifecycle.EMBARGOED, lifecycle.RESETTING):
         state.seed_id = f"{slot_id}#1"
         state.blueprint_id = fields.pop("blueprint_id", "BP101")
         state.parameter_count = fields.pop("parameter_count", 640)

@@ -22,6 +22,7 @@ from esper_core.leyline import (
     PolicyUpdate,
     SeedOperation,
     SystemStatePacket,
+    lifecycle,
 )
 from esper_core.oona import MemoryBackend, Oona
 from esper_core.plugins import Registry
@@ -31,9 +32,8 @@ from esper_tamiyo.commands import noop, seed_command
 from esper_tamiyo.controller import TamiyoController, offered_blueprints
 from esper_tamiyo.options import TamiyoOptions
 
-from tamiyo_scenarios import CONV, VECTOR, CountingCatalog, S, blueprint, packet, slot
+from tamiyo_scenarios import CONV, VECTOR, CountingCatalog, blueprint, packet, slot
 
-OP = SeedOperation
 BLUEPRINTS = [blueprint("BP101", kinds=[CONV, VECTOR, 3])]
 
 
@@ -72,7 +72,7 @@ def controller(policy: Any, **kwargs: Any) -> tuple[TamiyoController, SigningKey
 
 
 def test_a_decision_is_reviewed_signed_and_explained() -> None:
-    proposal = seed_command(OP.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
+    proposal = seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
     tamiyo, key = controller(Scripted(proposal))
     command = tamiyo.decide(packet(4, 0.5, [slot("a")]))
     assert CommandVerifier(key).verify(command).accepted
@@ -93,7 +93,7 @@ def test_a_failing_policy_yields_a_signed_no_op_with_the_reason() -> None:
 
 
 def test_a_slow_decision_is_reported_and_makes_the_next_one_cautious() -> None:
-    proposal = seed_command(OP.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
+    proposal = seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
     bus = Oona(MemoryBackend(), signing_key=SigningKey.generate())
     tamiyo, _ = controller(Scripted(proposal, delay=0.03), options=TamiyoOptions(decision_budget_ms=5), bus=bus)
     first = tamiyo.decide(packet(4, 0.5, [slot("a")]))
@@ -111,14 +111,14 @@ def test_outcomes_become_field_reports_on_the_bus_and_in_the_log(tmp_path: Path)
 
     options = TamiyoOptions(observation_window=1)
     bus = Oona(MemoryBackend(), signing_key=SigningKey.generate())
-    proposal = seed_command(OP.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
+    proposal = seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
     tamiyo, _ = controller(
         Scripted(proposal), options=options, bus=bus, reports=FieldReports(options, tmp_path / "reports.log", "run")
     )
     state = packet(4, 0.5, [slot("a")])
     command = tamiyo.decide(state)
     assert tamiyo.observe(state, command, CommandResult(status=CommandStatus.COMMAND_STATUS_APPLIED)) == []
-    later = packet(5, 0.45, [slot("a", S.SEED_STAGE_GERMINATED, seed_id="")])
+    later = packet(5, 0.45, [slot("a", lifecycle.GERMINATED, seed_id="")])
     waiting = noop("wait", "scripted")
     (report,) = tamiyo.observe(later, waiting, CommandResult(status=CommandStatus.COMMAND_STATUS_NOOP))
     assert report.command_id == command.command_id

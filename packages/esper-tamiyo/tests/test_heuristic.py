@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from esper_core.leyline import CommandType, SeedOperation
+from esper_core.leyline import CommandType, SeedOperation, lifecycle
 from esper_core.testing.conformance import TamiyoPolicyConformance
 from esper_tamiyo.options import HeuristicOptions
 from esper_tamiyo.policies.heuristic import HeuristicPolicy
 
-from tamiyo_scenarios import VECTOR, CountingCatalog, S, blueprint, packet, slot
+from tamiyo_scenarios import VECTOR, CountingCatalog, blueprint, packet, slot
 
-OP = SeedOperation
 BLUEPRINTS = [blueprint("BP101"), blueprint("BP201", risk=0.1), blueprint("BP102", kinds=[VECTOR])]
 
 
@@ -42,7 +41,7 @@ def test_it_germinates_on_a_plateau_in_the_most_sensitive_slot_with_the_best_blu
     command = run(policy(), [1.0, 0.6, 0.5, 0.499, 0.498], seeds)
     assert command.command_type == CommandType.COMMAND_SEED  # type: ignore[attr-defined]
     operation = command.seed_operation  # type: ignore[attr-defined]
-    assert (operation.operation, command.target_slot_id) == (OP.SEED_OP_GERMINATE, "late")  # type: ignore[attr-defined]
+    assert (operation.operation, command.target_slot_id) == (SeedOperation.SEED_OP_GERMINATE, "late")  # type: ignore[attr-defined]
     # a fair share of the budget is 0.5 x 20 000 / 2 seeds = 5 000: BP201 (6 400) is closer than BP101 (640)
     assert operation.blueprint_id == "BP201"
     assert dict(operation.parameters) == {"width": 4.0}
@@ -71,8 +70,8 @@ def test_the_parameter_budget_limits_the_choice() -> None:
 
 def test_occupied_and_embargoed_slots_are_never_targeted() -> None:
     seeds = [
-        slot("busy", S.SEED_STAGE_FOSSILIZED, saliency=(9, 9)),
-        slot("cooling", S.SEED_STAGE_EMBARGOED, saliency=(9, 9), embargo_epochs_remaining=1),
+        slot("busy", lifecycle.FOSSILIZED, saliency=(9, 9)),
+        slot("cooling", lifecycle.EMBARGOED, saliency=(9, 9), embargo_epochs_remaining=1),
         slot("free", saliency=(0.1, 0.1)),
     ]
     command = run(policy(), [1.0, 0.9, 0.9, 0.9], seeds)
@@ -80,38 +79,38 @@ def test_occupied_and_embargoed_slots_are_never_targeted() -> None:
 
 
 def test_it_respects_the_number_of_seeds_in_flight() -> None:
-    seeds = [slot("a", S.SEED_STAGE_TRAINING, stage_epochs=0), slot("b")]
+    seeds = [slot("a", lifecycle.TRAINING, stage_epochs=0), slot("b")]
     command = run(policy(max_concurrent_seeds=1), [1.0, 0.9, 0.9, 0.9], seeds)
     assert command.command_type == CommandType.COMMAND_NOOP  # type: ignore[attr-defined]
     assert "in flight" in command.decision.rationale  # type: ignore[attr-defined]
 
 
 def test_a_seed_that_hurts_is_culled() -> None:
-    seeds = [slot("a", S.SEED_STAGE_SHADOWING, stage_epochs=1, contribution=-0.02), slot("b")]
+    seeds = [slot("a", lifecycle.SHADOWING, stage_epochs=1, contribution=-0.02), slot("b")]
     command = policy().decide(packet(6, 0.5, seeds), BLUEPRINTS)
-    assert (command.seed_operation.operation, command.target_slot_id) == (OP.SEED_OP_CULL, "a")
+    assert (command.seed_operation.operation, command.target_slot_id) == (SeedOperation.SEED_OP_CULL, "a")
     assert "hurts" in command.decision.rationale and "-0.02" in command.decision.rationale
 
 
 def test_a_seed_that_never_becomes_useful_in_training_is_culled() -> None:
-    seeds = [slot("a", S.SEED_STAGE_TRAINING, stage_epochs=3, contribution=-0.01)]
+    seeds = [slot("a", lifecycle.TRAINING, stage_epochs=3, contribution=-0.01)]
     command = policy(training_patience=3).decide(packet(6, 0.5, seeds), BLUEPRINTS)
-    assert command.seed_operation.operation == OP.SEED_OP_CULL
+    assert command.seed_operation.operation == SeedOperation.SEED_OP_CULL
     assert "after 3 epochs of training" in command.decision.rationale
 
 
 def test_a_helpful_seed_is_advanced_and_fossilized() -> None:
     p = policy()
     steps = [
-        (S.SEED_STAGE_GERMINATED, {}, OP.SEED_OP_START_TRAINING),
-        (S.SEED_STAGE_TRAINING, {"stage_epochs": 1, "contribution": 0.01}, OP.SEED_OP_START_GRAFTING),
+        (lifecycle.GERMINATED, {}, SeedOperation.SEED_OP_START_TRAINING),
+        (lifecycle.TRAINING, {"stage_epochs": 1, "contribution": 0.01}, SeedOperation.SEED_OP_START_GRAFTING),
         (
-            S.SEED_STAGE_BLENDING,
+            lifecycle.BLENDING,
             {"alpha_steps": 300, "alpha_total_steps": 300, "contribution": 0.01},
-            OP.SEED_OP_STABILIZE,
+            SeedOperation.SEED_OP_STABILIZE,
         ),
-        (S.SEED_STAGE_SHADOWING, {"stage_epochs": 1, "contribution": 0.01}, OP.SEED_OP_EVALUATE),
-        (S.SEED_STAGE_PROBATIONARY, {"stage_epochs": 1, "contribution": 0.01}, OP.SEED_OP_FOSSILIZE),
+        (lifecycle.SHADOWING, {"stage_epochs": 1, "contribution": 0.01}, SeedOperation.SEED_OP_EVALUATE),
+        (lifecycle.PROBATIONARY, {"stage_epochs": 1, "contribution": 0.01}, SeedOperation.SEED_OP_FOSSILIZE),
     ]
     for stage, fields, expected in steps:
         command = p.decide(packet(5, 0.5, [slot("a", stage, **fields)]), BLUEPRINTS)
@@ -121,8 +120,8 @@ def test_a_helpful_seed_is_advanced_and_fossilized() -> None:
 def test_a_seed_waits_in_a_stage_until_its_measurements_allow_moving_on() -> None:
     p = policy()
     waiting = [
-        slot("a", S.SEED_STAGE_TRAINING, stage_epochs=1, contribution=-0.005),
-        slot("b", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=0.01),
+        slot("a", lifecycle.TRAINING, stage_epochs=1, contribution=-0.005),
+        slot("b", lifecycle.BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=0.01),
     ]
     command = p.decide(packet(5, 0.5, waiting), BLUEPRINTS)
     assert command.command_type == CommandType.COMMAND_NOOP
@@ -130,17 +129,17 @@ def test_a_seed_waits_in_a_stage_until_its_measurements_allow_moving_on() -> Non
 
 def test_later_stages_are_advanced_first() -> None:
     seeds = [
-        slot("young", S.SEED_STAGE_GERMINATED),
-        slot("old", S.SEED_STAGE_PROBATIONARY, stage_epochs=1, contribution=0.01),
+        slot("young", lifecycle.GERMINATED),
+        slot("old", lifecycle.PROBATIONARY, stage_epochs=1, contribution=0.01),
     ]
     command = policy().decide(packet(5, 0.5, seeds), BLUEPRINTS)
-    assert (command.seed_operation.operation, command.target_slot_id) == (OP.SEED_OP_FOSSILIZE, "old")
+    assert (command.seed_operation.operation, command.target_slot_id) == (SeedOperation.SEED_OP_FOSSILIZE, "old")
 
 
 def test_fates_of_seeds_steer_the_blueprint_choice() -> None:
     p = policy(history_weight=5.0)
-    p.decide(packet(0, 1.0, [slot("a", S.SEED_STAGE_PROBATIONARY, blueprint_id="BP201")]), BLUEPRINTS)
-    p.decide(packet(1, 0.9, [slot("a", S.SEED_STAGE_FOSSILIZED, blueprint_id="BP201")]), BLUEPRINTS)
+    p.decide(packet(0, 1.0, [slot("a", lifecycle.PROBATIONARY, blueprint_id="BP201")]), BLUEPRINTS)
+    p.decide(packet(1, 0.9, [slot("a", lifecycle.FOSSILIZED, blueprint_id="BP201")]), BLUEPRINTS)
     assert p.record == {"BP201": 1}
     ranked = p.rank_blueprints(slot("b"), BLUEPRINTS, budget=100_000)
     assert ranked[0].descriptor.blueprint_id == "BP201"
@@ -172,7 +171,7 @@ def test_a_host_that_underfits_grows_before_its_loss_flattens() -> None:
         command = fitting.decide(packet(epoch, loss, [slot("a")], train_loss=0.8 * loss), BLUEPRINTS)
         grown = underfitting.decide(packet(epoch, loss, [slot("a")], train_loss=1.02 * loss), BLUEPRINTS)
     assert command.command_type == CommandType.COMMAND_NOOP and "still improving" in command.decision.rationale
-    assert grown.seed_operation.operation == OP.SEED_OP_GERMINATE
+    assert grown.seed_operation.operation == SeedOperation.SEED_OP_GERMINATE
     assert "the host underfits: training / validation loss 1.02, 1.02" in grown.decision.rationale
     once = policy()  # one underfitting epoch is not enough: plateau_window (2) of them are
     for epoch, loss in enumerate(losses):
@@ -193,13 +192,16 @@ def test_no_germination_too_late_for_a_seed_to_pay() -> None:
 
 def test_noisy_contributions_are_judged_with_their_standard_error() -> None:
     p = policy(hurt_threshold=0.002, noise_z=2.0)
-    noisy = slot("a", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=-0.004,
+    noisy = slot("a", lifecycle.BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=-0.004,
                  contribution_stderr=0.003)  # fmt: skip
     assert p.decide(packet(5, 0.5, [noisy]), BLUEPRINTS).command_type == CommandType.COMMAND_NOOP  # -0.004 > -0.006
-    precise = slot("a", S.SEED_STAGE_BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=-0.004,
+    precise = slot("a", lifecycle.BLENDING, alpha_steps=10, alpha_total_steps=300, contribution=-0.004,
                    contribution_stderr=0.0005)  # fmt: skip
     command = p.decide(packet(5, 0.5, [precise]), BLUEPRINTS)
-    assert command.seed_operation.operation == OP.SEED_OP_CULL and "-0.004 < -0.002" in command.decision.rationale
+    assert (
+        command.seed_operation.operation == SeedOperation.SEED_OP_CULL
+        and "-0.004 < -0.002" in command.decision.rationale
+    )
 
 
 def test_a_slot_that_takes_a_much_better_blueprint_wins_over_a_slightly_more_salient_one() -> None:

@@ -10,25 +10,33 @@ import sys
 import time
 from pathlib import Path
 
-from esper_core.leyline import CommandResult, CommandStatus, FieldReportOutcome, SeedLifecycleEvent, SeedOperation
+from esper_core.leyline import (
+    CommandResult,
+    CommandStatus,
+    FieldReportOutcome,
+    SeedLifecycleEvent,
+    SeedOperation,
+    lifecycle,
+)
 from esper_core.signing import CommandSigner, SigningKey
 from esper_tamiyo.commands import seed_command
 from esper_tamiyo.options import TamiyoOptions
 from esper_tamiyo.reports import FieldReports
 
-from tamiyo_scenarios import S, packet, slot
+from tamiyo_scenarios import packet, slot
 
-OP = SeedOperation
 OUTCOME = FieldReportOutcome
 SIGNER = CommandSigner(SigningKey.generate())
 APPLIED = CommandResult(status=CommandStatus.COMMAND_STATUS_APPLIED)
 
 
 def germinated(reports: FieldReports, epoch: int = 3, loss: float = 0.5) -> str:
-    command = SIGNER.sign(seed_command(OP.SEED_OP_GERMINATE, "a", "plateau", policy="heuristic", blueprint_id="BP101"))
+    command = SIGNER.sign(
+        seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "plateau", policy="heuristic", blueprint_id="BP101")
+    )
     result = CommandResult(
         status=CommandStatus.COMMAND_STATUS_APPLIED,
-        transitions=[SeedLifecycleEvent(slot_id="a", seed_id="a#1", to_stage=S.SEED_STAGE_GERMINATED)],
+        transitions=[SeedLifecycleEvent(slot_id="a", seed_id="a#1", to_stage=lifecycle.GERMINATED)],
     )
     assert reports.opened(packet(epoch, loss, [slot("a")]), command, result) == []
     return command.command_id
@@ -44,7 +52,7 @@ def close(reports: FieldReports, loss: float, **seed_fields: object) -> list[obj
                 [
                     slot(
                         "a",
-                        seed_fields.get("stage", S.SEED_STAGE_TRAINING),
+                        seed_fields.get("stage", lifecycle.TRAINING),
                         **{k: v for k, v in seed_fields.items() if k != "stage"},
                     )
                 ],
@@ -72,7 +80,7 @@ def test_outcomes_follow_the_measurements(tmp_path: Path) -> None:
         ({"contribution": 0.0}, 0.5, OUTCOME.FIELD_REPORT_OUTCOME_NEUTRAL),
         ({}, 0.45, OUTCOME.FIELD_REPORT_OUTCOME_SUCCESS),  # no contribution yet: validation loss fell 10%
         ({}, 0.6, OUTCOME.FIELD_REPORT_OUTCOME_REGRESSION),
-        ({"stage": S.SEED_STAGE_EMBARGOED}, 0.4, OUTCOME.FIELD_REPORT_OUTCOME_ABORTED),  # culled in the window
+        ({"stage": lifecycle.EMBARGOED}, 0.4, OUTCOME.FIELD_REPORT_OUTCOME_ABORTED),  # culled in the window
     ]
     for fields, loss, expected in cases:
         reports = FieldReports(TamiyoOptions(observation_window=2))
@@ -84,16 +92,16 @@ def test_outcomes_follow_the_measurements(tmp_path: Path) -> None:
 def test_a_window_closes_early_when_the_seed_is_fossilized() -> None:
     reports = FieldReports(TamiyoOptions(observation_window=5))
     germinated(reports)
-    written = reports.advance(packet(4, 0.48, [slot("a", S.SEED_STAGE_FOSSILIZED, contribution=0.01)]))
+    written = reports.advance(packet(4, 0.48, [slot("a", lifecycle.FOSSILIZED, contribution=0.01)]))
     assert [r.outcome for r in written] == [OUTCOME.FIELD_REPORT_OUTCOME_SUCCESS]
-    assert written[0].delta.final_stage == S.SEED_STAGE_FOSSILIZED and written[0].delta.epochs_observed == 1
+    assert written[0].delta.final_stage == lifecycle.FOSSILIZED and written[0].delta.epochs_observed == 1
 
 
 def test_a_refused_command_is_reported_aborted_at_once() -> None:
     reports = FieldReports(TamiyoOptions())
-    command = SIGNER.sign(seed_command(OP.SEED_OP_START_TRAINING, "a", "go", policy="heuristic"))
+    command = SIGNER.sign(seed_command(SeedOperation.SEED_OP_START_TRAINING, "a", "go", policy="heuristic"))
     refused = CommandResult(status=CommandStatus.COMMAND_STATUS_REJECTED_GATE, detail="G1/finite_output")
-    (report,) = reports.opened(packet(5, 0.5, [slot("a", S.SEED_STAGE_GERMINATED)]), command, refused)
+    (report,) = reports.opened(packet(5, 0.5, [slot("a", lifecycle.GERMINATED)]), command, refused)
     assert report.outcome == OUTCOME.FIELD_REPORT_OUTCOME_ABORTED
     assert report.follow_up_actions[0].rationale == "G1/finite_output"
     assert reports.open == {}
@@ -101,9 +109,9 @@ def test_a_refused_command_is_reported_aborted_at_once() -> None:
 
 def test_a_cull_that_does_not_hurt_is_a_success() -> None:
     reports = FieldReports(TamiyoOptions(observation_window=1))
-    command = SIGNER.sign(seed_command(OP.SEED_OP_CULL, "a", "it hurts", policy="heuristic"))
-    reports.opened(packet(5, 0.5, [slot("a", S.SEED_STAGE_BLENDING, contribution=-0.03)]), command, APPLIED)
-    (report,) = reports.advance(packet(6, 0.49, [slot("a", S.SEED_STAGE_EMBARGOED)]))
+    command = SIGNER.sign(seed_command(SeedOperation.SEED_OP_CULL, "a", "it hurts", policy="heuristic"))
+    reports.opened(packet(5, 0.5, [slot("a", lifecycle.BLENDING, contribution=-0.03)]), command, APPLIED)
+    (report,) = reports.advance(packet(6, 0.49, [slot("a", lifecycle.EMBARGOED)]))
     assert report.outcome == OUTCOME.FIELD_REPORT_OUTCOME_SUCCESS
 
 
@@ -123,17 +131,17 @@ def test_a_restored_window_does_not_log_its_report_twice(tmp_path: Path) -> None
 WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
-from esper_core.leyline import CommandResult, CommandStatus, SeedOperation
+from esper_core.leyline import CommandResult, CommandStatus, SeedOperation, lifecycle
 from esper_core.signing import CommandSigner, SigningKey
 from esper_tamiyo.commands import seed_command
 from esper_tamiyo.options import TamiyoOptions
 from esper_tamiyo.reports import FieldReports
-from tamiyo_scenarios import S, packet, slot
+from tamiyo_scenarios import packet, slot
 reports = FieldReports(TamiyoOptions(observation_window=1), {log!r})
 signer = CommandSigner(SigningKey.generate())
 for epoch in range(100000):
     command = signer.sign(seed_command(SeedOperation.SEED_OP_CULL, "a", "x", policy="p"))
-    reports.opened(packet(epoch, 0.5, [slot("a", S.SEED_STAGE_TRAINING)]), command,
+    reports.opened(packet(epoch, 0.5, [slot("a", lifecycle.TRAINING)]), command,
                    CommandResult(status=CommandStatus.COMMAND_STATUS_APPLIED))
     for report in reports.advance(packet(epoch + 1, 0.5, [slot("a")])):
         print(report.report_id, flush=True)

@@ -7,14 +7,13 @@ from typing import Any
 
 import pytest
 
-from esper_core.leyline import AdaptationCommand, CommandType, HardwareContext, SeedOperation
+from esper_core.leyline import AdaptationCommand, CommandType, HardwareContext, SeedOperation, lifecycle
 from esper_tamiyo.commands import noop, seed_command
 from esper_tamiyo.options import RiskOptions
 from esper_tamiyo.risk import RiskEngine
 
-from tamiyo_scenarios import S, blueprint, packet, slot
+from tamiyo_scenarios import blueprint, packet, slot
 
-OP = SeedOperation
 BLUEPRINTS = {
     "BP101": blueprint("BP101", risk=0.2),
     "BP150": blueprint("BP150", risk=0.65),
@@ -24,7 +23,7 @@ BLUEPRINTS = {
 
 
 def germinate(blueprint_id: str = "BP101") -> AdaptationCommand:
-    return seed_command(OP.SEED_OP_GERMINATE, "a", "proposed", policy="test", blueprint_id=blueprint_id)
+    return seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "proposed", policy="test", blueprint_id=blueprint_id)
 
 
 def calm_state(**metrics: Any) -> Any:
@@ -89,10 +88,10 @@ def test_device_pressure_rules() -> None:
 def test_culls_and_waiting_always_pass() -> None:
     risk = RiskEngine()
     risk.conservative = True
-    spiking = packet(5, 0.9, [slot("a", S.SEED_STAGE_BLENDING)], loss_delta=0.5)
-    cull = seed_command(OP.SEED_OP_CULL, "a", "it hurts", policy="test")
-    assert risk.review(cull, spiking, BLUEPRINTS).command.seed_operation.operation == OP.SEED_OP_CULL
-    start = seed_command(OP.SEED_OP_START_TRAINING, "a", "go", policy="test")
+    spiking = packet(5, 0.9, [slot("a", lifecycle.BLENDING)], loss_delta=0.5)
+    cull = seed_command(SeedOperation.SEED_OP_CULL, "a", "it hurts", policy="test")
+    assert risk.review(cull, spiking, BLUEPRINTS).command.seed_operation.operation == SeedOperation.SEED_OP_CULL
+    start = seed_command(SeedOperation.SEED_OP_START_TRAINING, "a", "go", policy="test")
     assert risk.review(start, spiking, BLUEPRINTS).command.command_type == CommandType.COMMAND_SEED
     assert risk.review(noop("wait"), spiking, BLUEPRINTS).command.command_type == CommandType.COMMAND_NOOP
 

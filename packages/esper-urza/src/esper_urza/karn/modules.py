@@ -15,8 +15,8 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import functional
 
 
 def zero_(layer: nn.Module) -> nn.Module:
@@ -67,7 +67,9 @@ class FeatureLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(features))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(_channels_last(x, self.conv), (self.weight.numel(),), self.weight, self.bias, self.epsilon)
+        y = functional.layer_norm(
+            _channels_last(x, self.conv), (self.weight.numel(),), self.weight, self.bias, self.epsilon
+        )
         return _channels_first(y, self.conv)
 
 
@@ -140,7 +142,7 @@ class GroupedConv(nn.Module):
         self.mix = zero_(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mix(F.relu(self.grouped(x)))
+        return self.mix(functional.relu(self.grouped(x)))
 
 
 class DepthwiseSeparable(nn.Module):
@@ -153,7 +155,7 @@ class DepthwiseSeparable(nn.Module):
         self.pointwise = zero_(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pointwise(F.gelu(self.depthwise(x)))
+        return self.pointwise(functional.gelu(self.depthwise(x)))
 
 
 class InvertedResidual(nn.Module):
@@ -166,7 +168,7 @@ class InvertedResidual(nn.Module):
         self.project = zero_(nn.Conv2d(expanded, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(F.relu6(self.depthwise(F.relu6(self.expand(x)))))
+        return self.project(functional.relu6(self.depthwise(functional.relu6(self.expand(x)))))
 
 
 class WideResidual(nn.Module):
@@ -179,7 +181,7 @@ class WideResidual(nn.Module):
         self.project = zero_(nn.Conv2d(width, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(F.relu(self.widen(x)))
+        return self.project(functional.relu(self.widen(x)))
 
 
 class Bottleneck(nn.Module):
@@ -192,7 +194,7 @@ class Bottleneck(nn.Module):
         self.expand = zero_(nn.Conv2d(inner, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.expand(F.relu(self.conv(F.relu(self.reduce(x)))))
+        return self.expand(functional.relu(self.conv(functional.relu(self.reduce(x)))))
 
 
 class DilatedConv(nn.Module):
@@ -204,7 +206,7 @@ class DilatedConv(nn.Module):
         self.mix = zero_(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mix(F.relu(self.dilated(x)))
+        return self.mix(functional.relu(self.dilated(x)))
 
 
 class SqueezeExcitation(nn.Module):
@@ -219,7 +221,7 @@ class SqueezeExcitation(nn.Module):
         self.expand = zero_(nn.Linear(hidden, channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = torch.tanh(self.expand(F.relu(self.reduce(x.mean(dim=(2, 3))))))
+        gate = torch.tanh(self.expand(functional.relu(self.reduce(x.mean(dim=(2, 3))))))
         return x * gate[:, :, None, None]
 
 
@@ -265,7 +267,7 @@ class DynamicConv(nn.Module):
         mixture = torch.softmax(self.router(x.mean(dim=(2, 3))), dim=-1)  # (N, E)
         kernels = torch.einsum("ne,eoikl->noikl", mixture, self.weight).reshape(batch * channels, channels, 3, 3)
         bias = (mixture @ self.bias).reshape(batch * channels)
-        out = F.conv2d(x.reshape(1, batch * channels, height, width), kernels, bias, padding=1, groups=batch)
+        out = functional.conv2d(x.reshape(1, batch * channels, height, width), kernels, bias, padding=1, groups=batch)
         return out.view(batch, channels, height, width)
 
 
@@ -281,9 +283,9 @@ class PooledContext(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
-        pooled = F.adaptive_avg_pool2d(x, (min(self.size, height), min(self.size, width)))
-        context = self.out(F.relu(self.hidden(pooled)))
-        return F.interpolate(context, size=(height, width), mode="bilinear", align_corners=False)
+        pooled = functional.adaptive_avg_pool2d(x, (min(self.size, height), min(self.size, width)))
+        context = self.out(functional.relu(self.hidden(pooled)))
+        return functional.interpolate(context, size=(height, width), mode="bilinear", align_corners=False)
 
 
 class DenseConnection(nn.Module):
@@ -297,9 +299,9 @@ class DenseConnection(nn.Module):
         self.fuse = zero_(nn.Conv2d(channels + 2 * growth, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        first = F.relu(self.first(x))
+        first = functional.relu(self.first(x))
         features = torch.cat((x, first), dim=1)
-        second = F.relu(self.second(features))
+        second = functional.relu(self.second(features))
         return self.fuse(torch.cat((features, second), dim=1))
 
 
@@ -319,7 +321,7 @@ class NonLocalBlock(nn.Module):
         query = self.theta(x).flatten(2).transpose(1, 2)  # (N, HW, m)
         key = self.phi(x).flatten(2).transpose(1, 2)
         value = self.g(x).flatten(2).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(query, key, value)  # (N, HW, m)
+        attended = functional.scaled_dot_product_attention(query, key, value)  # (N, HW, m)
         return self.out(attended.transpose(1, 2).reshape(batch, -1, height, width))
 
 
@@ -343,10 +345,10 @@ class MixedOperation(nn.Module):
             self.conv3(x),
             self.depthwise5(x),
             self.dilated3(x),
-            F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False),
+            functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False),
         )
         mixed = (weights.view(-1, 1, 1, 1, 1) * torch.stack(candidates)).sum(dim=0)
-        return self.project(F.relu(mixed))
+        return self.project(functional.relu(mixed))
 
 
 # -- vector and sequence slots --------------------------------------------------------------------------------------
@@ -359,7 +361,7 @@ class ResidualMLP(nn.Module):
         self.fc2 = zero_(nn.Linear(hidden, features))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(functional.gelu(self.fc1(x)))
 
 
 class GatedFeedForward(nn.Module):
@@ -372,7 +374,7 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate, value = self.gate_value(x).chunk(2, dim=-1)
-        return self.out(F.silu(gate) * value)
+        return self.out(functional.silu(gate) * value)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -387,7 +389,7 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, length, features = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.heads, features // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, L, d)
+        attended = functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, L, d)
         return self.out(attended.transpose(1, 2).reshape(batch, length, features))
 
 
@@ -402,7 +404,7 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: Tensor, delta: Tensor) -> Tensor:
         delta = delta + self.attention(self.norm1(x + delta))
-        return delta + self.fc2(F.gelu(self.fc1(self.norm2(x + delta))))
+        return delta + self.fc2(functional.gelu(self.fc1(self.norm2(x + delta))))
 
 
 class TransformerBlock(nn.Module):
@@ -431,8 +433,8 @@ class CausalTemporalConv(nn.Module):
         self.mix = zero_(nn.Linear(features, features))
 
     def forward(self, x: Tensor) -> Tensor:
-        sequence = F.pad(x.transpose(1, 2), (2 * self.dilation, 0))
-        return self.mix(F.gelu(self.temporal(sequence).transpose(1, 2)))
+        sequence = functional.pad(x.transpose(1, 2), (2 * self.dilation, 0))
+        return self.mix(functional.gelu(self.temporal(sequence).transpose(1, 2)))
 
 
 class TokenMixingMLP(nn.Module):
@@ -444,7 +446,7 @@ class TokenMixingMLP(nn.Module):
         self.fc2 = zero_(nn.Linear(hidden, length))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x.transpose(1, 2)))).transpose(1, 2)
+        return self.fc2(functional.gelu(self.fc1(x.transpose(1, 2)))).transpose(1, 2)
 
 
 class LearnedPositional(nn.Module):
@@ -477,7 +479,7 @@ class MixtureOfExperts(nn.Module):
         logits = self.router(tokens)
         chosen, index = logits.topk(self.top_k, dim=-1)
         weights = torch.zeros_like(logits).scatter(-1, index, torch.softmax(chosen, dim=-1))
-        hidden = F.gelu(torch.einsum("tf,efh->teh", tokens, self.w1) + self.b1)
+        hidden = functional.gelu(torch.einsum("tf,efh->teh", tokens, self.w1) + self.b1)
         outputs = torch.einsum("teh,ehf->tef", hidden, self.w2) + self.b2
         return torch.einsum("te,tef->tf", weights, outputs).reshape(x.shape)
 
