@@ -144,6 +144,18 @@ def test_waiting_and_unsupported_commands(rig: Rig) -> None:
         assert rig.kasmina.apply(rig.signer.sign(AdaptationCommand(command_type=kind))).status == status
 
 
+def test_values_from_a_newer_leyline_are_refused_with_a_result_not_an_exception(rig: Rig) -> None:
+    """A remote controller on a newer Leyline may send an operation or command type this Kasmina does not know."""
+    before = snapshot(rig)
+    unknown_operation = germinate()
+    unknown_operation.seed_operation.operation = 77  # type: ignore[assignment]
+    result = rig.kasmina.apply(rig.signer.sign(unknown_operation))
+    assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_ILLEGAL and "UNKNOWN(77)" in result.detail
+    unknown_type = rig.kasmina.apply(rig.signer.sign(AdaptationCommand(command_type=55)))  # type: ignore[arg-type]
+    assert unknown_type.status == CommandStatus.COMMAND_STATUS_UNSUPPORTED and "UNKNOWN(55)" in unknown_type.detail
+    assert snapshot(rig) == before
+
+
 def test_an_open_fetch_breaker_refuses_germination_until_closed(rig: Rig) -> None:
     breaker = AdaptationCommand(
         command_type=CommandType.COMMAND_CIRCUIT_BREAKER,
