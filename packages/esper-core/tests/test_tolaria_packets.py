@@ -51,6 +51,12 @@ def test_the_identity_of_a_decision_point() -> None:
     assert state.timestamp.seconds > 0
 
 
+def test_a_decision_point_repeated_after_a_rollback_has_an_identity_of_its_own() -> None:
+    first = packet(history=History(epoch=2, global_step=300, rollbacks=0))
+    again = packet(history=History(epoch=2, global_step=300, rollbacks=1))
+    assert again.packet_id != first.packet_id and again.packet_id.startswith(first.packet_id)
+
+
 def test_training_and_validation_metrics_and_throughput() -> None:
     metrics = packet().metrics
     assert metrics.train_loss == pytest.approx(0.6) and metrics.train_accuracy == pytest.approx(0.75)

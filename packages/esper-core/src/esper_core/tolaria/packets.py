@@ -94,7 +94,7 @@ def build_state_packet(
             setattr(metrics, name, value)
     state = SystemStatePacket(
         version=1,
-        packet_id=f"{run_id}-epoch-{epoch}-step-{history.global_step}",
+        packet_id=packet_id(run_id, epoch, history),
         training_run_id=run_id,
         source_subsystem="tolaria",
         current_epoch=epoch,
@@ -105,6 +105,13 @@ def build_state_packet(
     )
     state.timestamp.GetCurrentTime()
     return state
+
+
+def packet_id(run_id: str, epoch: int, history: History) -> str:
+    """A decision point's identity: unique within the run, even when a rollback repeats an epoch (a remote
+    controller answers a packet id it has seen with the command it remembers, whose nonce is then spent)."""
+    identity = f"{run_id}-epoch-{epoch}-step-{history.global_step}"
+    return f"{identity}-after-rollback-{history.rollbacks}" if history.rollbacks else identity
 
 
 def seed_parameters(seeds: list[SeedState]) -> int:
