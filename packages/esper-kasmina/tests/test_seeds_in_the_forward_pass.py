@@ -105,6 +105,38 @@ def test_a_seed_that_leaks_gradient_into_the_host_fails_isolation_and_is_culled(
     assert next(s for s in rig.kasmina.export_seed_states() if s.slot_id == "1").isolation_violations == 1
 
 
+def test_a_seed_that_starts_leaking_later_is_culled_by_the_watchdog_and_counted(
+    rig_factory: Callable[..., Rig], catalog: object
+) -> None:
+    rig = rig_factory("vector")
+    host_weight = rig.model[0].weight  # type: ignore[index]
+    build = catalog.build  # type: ignore[attr-defined]
+    leaking = {"now": False}
+
+    def turns_leaky(blueprint_id: str, slot: object, parameters: dict[str, float]) -> nn.Module:
+        module = build(blueprint_id, slot, parameters)
+
+        class LeaksLater(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = module
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                out = self.inner(x)
+                return out + 1e-3 * host_weight.mean() if leaking["now"] else out
+
+        return LeaksLater()
+
+    catalog.build = turns_leaky  # type: ignore[attr-defined]
+    rig.decide()
+    assert rig.command(SeedOperation.SEED_OP_GERMINATE, "1", "BP901").status == APPLIED
+    assert rig.command(SeedOperation.SEED_OP_START_TRAINING, "1").status == APPLIED  # isolated at G1
+    leaking["now"] = True
+    rig.decide()  # the watchdog repeats the isolation check at the decision point
+    assert rig.stage("1") == SeedLifecycleStage.SEED_STAGE_EMBARGOED
+    assert next(s for s in rig.kasmina.export_seed_states() if s.slot_id == "1").isolation_violations == 1
+
+
 @pytest.mark.parametrize(
     ("step", "expected"),
     [(0, 0.0067), (1, 0.011), (5, 0.076), (8, 0.27), (10, 0.5), (12, 0.73), (15, 0.92), (20, 0.993)],

@@ -191,6 +191,7 @@ class KasminaSeedExecutor:
                     self._reset(slot, reason="embargo over")
             elif slot.stage in lifecycle.IN_FLIGHT and slot.hooked:
                 results = self.gates.watchdog(model, slot, host, probe)
+                _count_isolation_failures(slot, results)
                 if not passed(results):
                     failure = first_failure(results)
                     assert failure is not None
@@ -438,8 +439,7 @@ class KasminaSeedExecutor:
         if target == lifecycle.TRAINING:
             with probes.as_stage(slot, lifecycle.TRAINING):
                 results = self.gates.training_entry(model, slot, host, probe)
-            if any(r.check == "isolation" and not r.passed for r in results):
-                slot.record.isolation_violations += 1
+            _count_isolation_failures(slot, results)
             return results
         if target == lifecycle.BLENDING:
             loss = self.last_evaluation.loss if self.last_evaluation else None
@@ -596,6 +596,13 @@ class KasminaSeedExecutor:
             if slot is None or slot.seed is None:
                 raise KasminaError(f"the checkpoint has a parameter group for slot {slot_id!r}, which has no seed")
             self.groups.add(slot_id, slot.seed_parameters(), slot.record.learning_rate, self.options.seed_weight_decay)
+
+
+def _count_isolation_failures(slot: SeedSlot, results: list[GateResult]) -> None:
+    """Count a failed isolation check on the slot (``SeedState.isolation_violations``, read by the risk engine),
+    whether G1 found it on entry to TRAINING or the watchdog at a later decision point."""
+    if any(result.check == "isolation" and not result.passed for result in results):
+        slot.record.isolation_violations += 1
 
 
 def _fetch_failure(error: Exception) -> GateResult:
