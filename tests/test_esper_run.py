@@ -7,9 +7,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from esper_core.cli.main import main
 from esper_core.plugins import Registry
 from esper_core.tasks.fashion_mnist import DataMissingError
+from esper_core.testing.processes import Child
 from esper_core.tolaria.assembly import RunError, start_run
 from esper_core.tolaria.record import read_record
 from esper_core.tolaria.trainer import Summary, Trainer
@@ -87,6 +86,39 @@ def test_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
 
 
 KILLABLE = [*BASE, "run.synthetic.samples=40000", "run.epochs=7", *schedule(2, 3)]
+#: Where the killed run stops: halfway through epoch 5 (313 steps of 128 samples), after checkpoint 4, with the two
+#: seeds germinated at epochs 2 and 3 in flight.
+HOLD_EPOCH, HOLD_STEP = 5, 157
+
+#: ``esper run`` in a child that, at step HOLD_STEP of epoch HOLD_EPOCH, says so and waits to be killed (stdin is
+#: never written; its end means the test is gone). The pause is a trainer step callback, so the run computes exactly
+#: what an unpaused run computes up to that step.
+_HELD_RUN = """
+import os, sys
+from esper_core.cli.main import main
+from esper_core.tolaria.trainer import Trainer
+
+arguments, hold_epoch, hold_step = {arguments!r}, {hold_epoch!r}, {hold_step!r}
+train_epoch = Trainer.train_epoch
+
+def held_train_epoch(self, epoch):
+    if epoch == hold_epoch:
+        chained = self.on_step
+
+        def on_step(step, steps):
+            if chained is not None:
+                chained(step, steps)
+            if step == hold_step:
+                print("holding mid-epoch", flush=True)
+                sys.stdin.read()
+                os._exit(3)
+
+        self.on_step = on_step
+    return train_epoch(self, epoch)
+
+Trainer.train_epoch = held_train_epoch
+sys.exit(main(arguments))
+"""
 
 
 def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path) -> None:
@@ -94,25 +126,14 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(tmp_
     _, whole_dir = train(uninterrupted, "run.synthetic.samples=40000", "run.epochs=7", *schedule(2, 3), "run.name=run")
     killed = tmp_path / "killed"
     arguments = ["run", "--quiet", *(f"--set={item}" for item in (*KILLABLE, f"run.runs_dir={killed}", "run.name=run"))]
-    script = f"import sys; from esper_core.cli.main import main; sys.exit(main({arguments!r}))"
-    for attempt in range(3):  # the kill must land mid-epoch: after checkpoint 4, before checkpoint 5
-        run_dir = killed / "run"
-        environment = {**os.environ, "ESPER_DISABLE_PLUGIN_AUTOLOAD": ""}
-        process = subprocess.Popen([sys.executable, "-c", script], env=environment)
-        deadline = time.monotonic() + 300
-        while not (run_dir / "checkpoints" / "epoch-0004.pt").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "the run ended before checkpoint 4"
-            time.sleep(0.02)
-        time.sleep(0.15 + 0.1 * attempt)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        if not (run_dir / "checkpoints" / "epoch-0005.pt").exists():
-            break
-        import shutil
-
-        shutil.rmtree(killed)
-    else:
-        pytest.fail("could not kill the run mid-epoch")
+    script = _HELD_RUN.format(arguments=arguments, hold_epoch=HOLD_EPOCH, hold_step=HOLD_STEP)
+    run_dir = killed / "run"
+    environment = {**os.environ, "ESPER_DISABLE_PLUGIN_AUTOLOAD": ""}
+    with Child([sys.executable, "-c", script], env=environment) as process:
+        process.wait_for("holding mid-epoch", deadline_s=600)
+        assert process.kill() == -signal.SIGKILL
+    checkpoints = sorted(path.name for path in (run_dir / "checkpoints").glob("*.pt"))
+    assert checkpoints[-1] == "epoch-0004.pt", f"the kill must land in epoch 5, after checkpoint 4: {checkpoints}"
     assert main(["run", "--quiet", "--resume", str(run_dir)]) == 0
     expected, resumed = final_weights(whole_dir), final_weights(run_dir)
     assert expected.keys() == resumed.keys()

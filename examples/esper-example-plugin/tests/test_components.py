@@ -168,7 +168,12 @@ def test_the_policy_builds_from_a_valid_configuration(registry: Registry) -> Non
     [
         ("tamiyo.example-greedy.cull_below=0.01", "cull_below must be negative"),
         ("tamiyo.example-greedy.max_probation_epochs=0", "max_probation_epochs must be at least 1"),
-        ("tamiyo.example-greedy.probation_epochs=4", r"max_probation_epochs \(3\) must be at least probation_epochs"),
+        (
+            "tamiyo.example-greedy.probation_epochs=4",
+            r"max_probation_epochs \(3\) must be at least probation_epochs \(4\) \("
+            r"tamiyo\.example-greedy\.max_probation_epochs: default; "
+            r"tamiyo\.example-greedy\.probation_epochs: from --set tamiyo\.example-greedy\.probation_epochs=4\)",
+        ),
         ("tamiyo.example-greedy.blend_schedul=linear", "blend_schedul"),
     ],
 )

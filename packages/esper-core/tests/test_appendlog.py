@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import sys
 import time
 import zlib
@@ -13,6 +12,7 @@ import pytest
 
 from esper_core.storage import AppendOnlyLog, LogScan, appendlog, read_records
 from esper_core.storage.appendlog import HEADER_SIZE, MAGIC, MAX_RECORD_BYTES, encode_record, scan
+from esper_core.testing.processes import Child
 
 PAYLOADS = [
     b"first record",
@@ -221,6 +221,9 @@ def payload(i):
 
 log = AppendOnlyLog(sys.argv[1], sync=sys.argv[2] == "1")
 i = log.record_count
+log.append(payload(i))
+i += 1
+print("ready", flush=True)  # reopened (any torn tail cut) and one more record written: progress is certain
 while True:
     log.append(payload(i))
     i += 1
@@ -238,18 +241,10 @@ def test_killed_writer_leaves_an_in_order_prefix(tmp_path):
     path = tmp_path / "crash.log"
     recovered = 0
     for run in range(6):
-        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(run % 2)])
-        try:
-            deadline = time.monotonic() + 20.0
-            initial = path.stat().st_size if path.exists() else 0
-            while not path.exists() or path.stat().st_size <= initial + 50_000:
-                assert writer.poll() is None, "the writer died on its own"
-                assert time.monotonic() < deadline, "the writer never wrote"
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.1))
-        finally:
-            writer.send_signal(signal.SIGKILL)
-            writer.wait()
+        with Child([sys.executable, "-c", _WRITER, str(path), str(run % 2)]) as writer:
+            writer.wait_for("ready")
+            time.sleep(rng.uniform(0.0, 0.1))  # not synchronisation: the random moment of the kill is the test
+            assert writer.kill() == -signal.SIGKILL, "the writer died on its own"
         records = read_records(path)
         assert records == [expected_payload(i) for i in range(len(records))]
         assert len(records) > recovered, "the writer made progress and lost nothing already written"

@@ -6,13 +6,13 @@ import os
 import random
 import signal
 import stat
-import subprocess
 import sys
 import time
 
 import pytest
 
 from esper_core.storage import atomic_write_bytes, atomic_write_text
+from esper_core.testing.processes import Child
 
 
 def test_writes_a_new_file(tmp_path):
@@ -97,7 +97,9 @@ import sys
 from esper_core.storage import atomic_write_bytes
 
 path, size, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-number = start
+number = start + 1
+atomic_write_bytes(path, b"%012d" % number * (size // 12))
+print("ready", flush=True)  # one payload of this run is in place: the file must never go back before it
 while True:
     number += 1
     atomic_write_bytes(path, b"%012d" % number * (size // 12))
@@ -114,28 +116,25 @@ def _check_whole(data: bytes) -> int:
 
 
 def test_killed_writer_leaves_one_complete_payload(tmp_path):
-    """SIGKILL a process that keeps rewriting a file: after each kill the file is one whole payload."""
+    """SIGKILL a process that keeps rewriting a file: while it runs a reader sees one whole payload, and after each
+    kill the file is one whole payload, never older than what the killed run had already written."""
     rng = random.Random(1234)
     target = tmp_path / "target.bin"
-    previous = 0
-    atomic_write_bytes(target, b"%012d" % previous * (_SIZE // 12))
+    atomic_write_bytes(target, b"%012d" % 0 * (_SIZE // 12))
     for run in range(5):
         start = (run + 1) * 1_000_000
-        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), str(_SIZE), str(start)])
-        try:
-            deadline = time.monotonic() + 20.0
-            while _check_whole(target.read_bytes()) <= previous:
-                assert writer.poll() is None, "the writer died on its own"
-                assert time.monotonic() < deadline, "the writer never wrote"
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.15))
-        finally:
-            writer.send_signal(signal.SIGKILL)
-            writer.wait()
-        assert writer.returncode == -signal.SIGKILL
+        with Child([sys.executable, "-c", _WRITER, str(target), str(_SIZE), str(start)]) as writer:
+            writer.wait_for("ready")
+            # The random moment of the kill is the test; meanwhile, read as a concurrent reader would.
+            kill_at = time.monotonic() + rng.uniform(0.0, 0.15)
+            seen = start + 1
+            while time.monotonic() < kill_at:
+                number = _check_whole(target.read_bytes())
+                assert number >= seen, "a reader saw the file go back to an older payload"
+                seen = number
+            assert writer.kill() == -signal.SIGKILL, "the writer died on its own"
         number = _check_whole(target.read_bytes())
-        assert start < number, "the file went back to an older payload"
-        previous = number
+        assert number >= seen, "the file went back to an older payload"
         leftovers = [p for p in tmp_path.iterdir() if p != target]
         assert len(leftovers) <= 1, f"temporary files accumulate: {leftovers}"
         for leftover in leftovers:
@@ -143,18 +142,44 @@ def test_killed_writer_leaves_one_complete_payload(tmp_path):
             leftover.unlink()
 
 
-def test_kill_before_the_first_write_completes_leaves_no_target(tmp_path):
-    """A crash during the very first write must not leave a partial target file."""
+# The child stops inside its very first atomic_write_bytes at a chosen step, says so, and waits to be killed
+# (stdin is never written; its end means the test is gone).
+_HELD_WRITER = """
+import os, sys
+from esper_core.storage import atomic, atomic_write_bytes
+
+def hold(*_args, **_kwargs):
+    print("holding", flush=True)
+    sys.stdin.read()
+    os._exit(3)
+
+step = sys.argv[3]
+if step == "fsync-data":
+    os.fsync = hold  # the data is written to the temporary file, not yet flushed to disk nor renamed
+elif step == "rename":
+    os.replace = hold  # the temporary file is complete and synced, about to be renamed over the target
+else:
+    atomic.fsync_directory = hold  # renamed, the directory not yet synced
+atomic_write_bytes(sys.argv[1], b"%012d" % 1 * (int(sys.argv[2]) // 12))
+"""
+
+
+@pytest.mark.parametrize(
+    ("step", "target_exists"), [("fsync-data", False), ("rename", False), ("fsync-directory", True)]
+)
+def test_kill_during_the_first_write_leaves_no_target_or_a_whole_one(tmp_path, step, target_exists):
+    """A crash at each step of the very first write: before the rename there is no target at all (only a
+    temporary file, which later writes do not read), after it the target is the whole payload."""
     target = tmp_path / "fresh.bin"
-    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), str(_SIZE), "0"])
-    try:
-        deadline = time.monotonic() + 20.0
-        while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()) and not target.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-    finally:
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
-    if target.exists():
-        _check_whole(target.read_bytes())
-    assert all(p == target or p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    with Child([sys.executable, "-c", _HELD_WRITER, str(target), str(_SIZE), step]) as writer:
+        writer.wait_for("holding")
+        assert writer.kill() == -signal.SIGKILL
+    assert target.exists() is target_exists
+    if target_exists:
+        assert _check_whole(target.read_bytes()) == 1
+    temporaries = [p for p in tmp_path.iterdir() if p != target]
+    assert len(temporaries) == (0 if target_exists else 1)
+    for temporary in temporaries:
+        assert temporary.name.startswith(".fresh.bin.") and temporary.name.endswith(".tmp")
+        if step == "rename":
+            assert _check_whole(temporary.read_bytes()) == 1

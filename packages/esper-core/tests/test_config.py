@@ -61,6 +61,28 @@ class Required:
     name: str
 
 
+@section("window")
+@attrs.frozen
+class Window:
+    """A cross-field check in ``__attrs_post_init__``, as plugins write them (the example plugin's probation)."""
+
+    low: int = 1
+    high: int = 3
+    max_low: int = 100
+
+    def __attrs_post_init__(self) -> None:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be at least low ({self.low})")
+        if self.max_low < self.low:
+            raise ValueError(f"the bound on low (max_low = {self.max_low}) is below low ({self.low})")
+
+
+@section("nest")
+@attrs.frozen
+class Nest:
+    window: Window = attrs.field(factory=Window)
+
+
 SECTIONS = [Demo, Child]
 
 
@@ -306,6 +328,64 @@ def test_validator_failure_names_the_key_and_the_source(kwargs, source):
     message = config_error(**kwargs)
     assert "demo." in message and "ratio" in message
     assert source in message
+
+
+# --- cross-field checks: each key the message names, with its own source ---------------------------------------
+
+
+def cross_field_error(**kwargs) -> str:
+    return config_error(sections=[Window], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "low_source"),
+    [
+        ({"text": "[window]\nlow = 5\n"}, "from <text>"),
+        ({"env": {"ESPER_WINDOW__LOW": "5"}}, "from environment variable ESPER_WINDOW__LOW"),
+        ({"overrides": ["window.low=5"]}, "from --set window.low=5"),
+    ],
+)
+def test_cross_field_error_names_the_source_of_each_key(kwargs, low_source):
+    """The user set low; the error must not blame the default high it conflicts with as the only source."""
+    message = cross_field_error(**kwargs)
+    assert message == f"window.high (3) must be at least low (5) (window.high: default; window.low: {low_source})"
+
+
+def test_cross_field_error_from_a_file_names_the_file_and_the_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[window]\nhigh = 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, sections=[Window], env={}, overrides=["window.low=4"])
+    assert str(excinfo.value).endswith(f"(window.high: from {path}; window.low: from --set window.low=4)")
+
+
+def test_cross_field_error_with_both_keys_from_the_environment():
+    message = cross_field_error(env={"ESPER_WINDOW__LOW": "5", "ESPER_WINDOW__HIGH": "2"})
+    assert "window.high: from environment variable ESPER_WINDOW__HIGH" in message
+    assert "window.low: from environment variable ESPER_WINDOW__LOW" in message
+    assert "default" not in message
+
+
+def test_cross_field_error_that_does_not_start_with_a_key_still_names_the_sources():
+    message = cross_field_error(text="[window]\nhigh = 200\nlow = 150\n")
+    assert message == (
+        "[window]: the bound on low (max_low = 100) is below low (150) "
+        "(window.low: from <text>; window.max_low: default)"
+    )
+
+
+def test_cross_field_error_inside_a_nested_table_names_the_full_keys():
+    message = config_error(sections=[Nest], text="[nest.window]\nhigh = 0\n", env={"ESPER_NEST__WINDOW__LOW": "2"})
+    assert message == (
+        "nest.window.high (0) must be at least low (2) "
+        "(nest.window.high: from <text>; nest.window.low: from environment variable ESPER_NEST__WINDOW__LOW)"
+    )
+
+
+def test_a_key_named_inside_another_is_not_mistaken_for_it():
+    """low is a word of max_low's name but not the key max_low: only whole names count."""
+    message = cross_field_error(overrides=["window.max_low=0"])
+    assert message.endswith("(window.low: default; window.max_low: from --set window.max_low=0)")
 
 
 def test_missing_required_key():

@@ -223,6 +223,56 @@ def test_command_just_inside_the_window_is_accepted(key, clock):
     assert CommandVerifier(key, freshness_window_ms=60_000, clock=clock).verify(command).accepted
 
 
+def test_command_stale_by_its_own_window_is_refused(key, clock):
+    """A signer may ask for a shorter life: stale by the command's 5 s window, though fresh by the verifier's 60 s."""
+    command = CommandSigner(key, freshness_window_ms=5_000, clock=clock).sign(make_command())
+    verifier = CommandVerifier(key, freshness_window_ms=60_000, clock=clock)
+    assert verifier.window_ms(command) == 5_000
+    clock.advance(5.1)
+    verdict = verifier.verify(command)
+    assert_refused(verdict, SecurityRejectionReason.SECURITY_REJECTION_STALE)
+    assert "5000 ms, the command's own" in verdict.detail
+    assert command.security.nonce not in verifier.ledger
+
+
+def test_command_inside_its_own_window_is_accepted(key, clock):
+    command = CommandSigner(key, freshness_window_ms=5_000, clock=clock).sign(make_command())
+    clock.advance(4.9)
+    assert CommandVerifier(key, freshness_window_ms=60_000, clock=clock).verify(command).accepted
+
+
+def test_command_window_larger_than_the_verifiers_does_not_extend_it(key, clock):
+    """A command cannot outlive the receiver's window (its replay protection is sized for it) by asking to."""
+    command = CommandSigner(key, freshness_window_ms=600_000, clock=clock).sign(make_command())
+    verifier = CommandVerifier(key, freshness_window_ms=60_000, clock=clock)
+    assert verifier.window_ms(command) == 60_000
+    clock.advance(60.1)
+    verdict = verifier.verify(command)
+    assert_refused(verdict, SecurityRejectionReason.SECURITY_REJECTION_STALE)
+    assert "60000 ms, the verifier's" in verdict.detail
+
+
+@pytest.mark.parametrize("how", ["zero", "unset"])
+def test_command_without_a_window_gets_the_verifiers(key, clock, how):
+    def without_window() -> AdaptationCommand:
+        command = signed(key, FakeClock(T0))
+        if how == "zero":
+            command.security.freshness_window_ms = 0
+        else:
+            command.security.ClearField("freshness_window_ms")
+        return resign(key, command)
+
+    verifier = CommandVerifier(key, freshness_window_ms=60_000, clock=clock)
+    fresh, late = without_window(), without_window()
+    assert verifier.window_ms(fresh) == 60_000
+    clock.advance(59.9)
+    assert verifier.verify(fresh).accepted
+    clock.advance(0.2)
+    verdict = verifier.verify(late)
+    assert_refused(verdict, SecurityRejectionReason.SECURITY_REJECTION_STALE)
+    assert "60000 ms, the verifier's" in verdict.detail
+
+
 def test_replayed_command_is_refused(key, clock):
     verifier = CommandVerifier(key, clock=clock)
     command = signed(key, clock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -29,6 +31,7 @@ from esper_core.testing.conformance import (
 )
 from esper_core.testing.conformance.catalog import check_blueprint
 from esper_core.testing.conformance.policy import check_command
+from esper_core.testing.processes import Child
 
 
 def test_register_plugin_always_unregisters_even_when_the_test_fails(pytester: pytest.Pytester) -> None:
@@ -225,3 +228,48 @@ def test_the_catalog_kit_catches_a_blueprint_that_jolts_the_host() -> None:
 
 def test_exempt_properties_are_not_checked() -> None:
     check_blueprint(TinyCatalog(init_scale=0.5), DESCRIPTOR, SLOT, {"rank": 2}, exempt=frozenset({"near_zero"}))
+
+
+# --- child processes that say when they are ready --------------------------------------------------------------
+
+_SAYS_READY = """
+import sys
+print("starting", flush=True)
+print("ready", flush=True)
+sys.stdin.read()  # hold until killed; the end of stdin means the test is gone
+print("released", flush=True)
+"""
+
+
+def test_a_child_is_waited_for_until_its_marker_and_killed_there() -> None:
+    with Child([sys.executable, "-c", _SAYS_READY]) as child:
+        assert child.wait_for("ready") == ["starting"]
+        assert child.process.poll() is None, "still holding: nothing ever writes to its stdin"
+        assert child.kill() == -signal.SIGKILL
+    assert child.lines == ["starting", "ready"]
+
+
+def test_a_child_that_exits_before_its_marker_fails_the_wait_with_its_status() -> None:
+    with Child([sys.executable, "-c", "print('partial', flush=True); raise SystemExit(4)"]) as child:
+        with pytest.raises(AssertionError, match=r"waiting for 'ready'.*exited with status 4 after printing 1 line\b"):
+            child.wait_for("ready")
+        assert child.lines == ["partial"]
+        assert child.kill() == 4
+
+
+def test_a_stuck_child_fails_the_wait_at_the_deadline() -> None:
+    stuck = pytest.raises(AssertionError, match=r"waiting for 'ready'.*printed nothing more within")
+    with Child([sys.executable, "-c", "import sys; sys.stdin.read()"]) as child, stuck:
+        child.wait_for("ready", deadline_s=0.5)
+    assert child.process.returncode == -signal.SIGKILL, "leaving the block kills it"
+
+
+def test_kill_collects_what_the_child_printed_after_the_last_wait() -> None:
+    script = "import sys\nfor i in range(3): print(i, flush=True)\nsys.stdin.read()"
+    with Child([sys.executable, "-c", script]) as child:
+        assert child.next_line() == "0"
+        assert child.next_line() == "1"
+        assert child.next_line() == "2"
+        child.kill()
+        child.kill()  # twice is harmless
+    assert child.lines == ["0", "1", "2"]

@@ -3,11 +3,8 @@ appended to a crash-safe log and never written twice."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from esper_core.leyline import (
@@ -19,6 +16,7 @@ from esper_core.leyline import (
     lifecycle,
 )
 from esper_core.signing import CommandSigner, SigningKey
+from esper_core.testing.processes import Child
 from esper_tamiyo.commands import seed_command
 from esper_tamiyo.options import TamiyoOptions
 from esper_tamiyo.reports import FieldReports
@@ -149,19 +147,18 @@ for epoch in range(100000):
 
 
 def test_reports_written_before_a_crash_are_all_there_after_it(tmp_path: Path) -> None:
+    """The writer prints each report id once ``advance`` has returned it (so once it is logged); after a SIGKILL at
+    any moment, every id it printed is in the log, and so is every id of the runs killed before (each run reopens
+    the log the last one was killed writing). The kills come after 1, 50 and 200 reports of each run."""
     log = tmp_path / "reports.log"
     tests = str(Path(__file__).parent)
-    for kill_after in (0.3, 0.6, 0.9):
-        process = subprocess.Popen(
-            [sys.executable, "-c", WRITER.format(tests=tests, log=str(log))],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        time.sleep(kill_after + 1.0)  # imports take about a second
-        os.kill(process.pid, signal.SIGKILL)
-        printed, _ = process.communicate()
-        announced = set(printed.split())
-        assert announced, "the writer wrote nothing before it was killed"
+    announced: set[str] = set()
+    for reports_before_kill in (1, 50, 200):
+        with Child([sys.executable, "-c", WRITER.format(tests=tests, log=str(log))]) as writer:
+            for _ in range(reports_before_kill):
+                writer.next_line()
+            assert writer.kill() == -signal.SIGKILL, "the writer stopped on its own"
+        assert len(writer.lines) >= reports_before_kill
+        announced |= set(writer.lines)
         recovered = {report.report_id for report in FieldReports(TamiyoOptions(), log).all_reports()}
         assert announced <= recovered

@@ -167,7 +167,11 @@ class NonceLedger:
 
 
 class CommandSigner:
-    """Signs ``AdaptationCommand``s: a fresh command id as nonce, the issue time, then the HMAC."""
+    """Signs ``AdaptationCommand``s: a fresh command id as nonce, the issue time, then the HMAC.
+
+    ``freshness_window_ms`` is stamped on each command (and covered by the signature); a verifier refuses the
+    command once it is older than this or than its own window, whichever is smaller.
+    """
 
     def __init__(
         self,
@@ -201,9 +205,15 @@ class CommandVerifier:
     """Verifies signature, nonce and freshness of commands; each refusal names its reason.
 
     The checks run in this order: a key is configured; a signature is present; it is valid; a nonce is present; an
-    issue time is present; it is not further in the future than ``max_future_skew_ms``; it is not older than
-    ``freshness_window_ms`` (nor at or before the ledger's horizon); the nonce has not been seen. Only a command
-    that passes everything has its nonce recorded.
+    issue time is present; it is not further in the future than ``max_future_skew_ms``; it is not older than its
+    freshness window (see :meth:`window_ms`), nor at or before the ledger's horizon; the nonce has not been seen.
+    Only a command that passes everything has its nonce recorded.
+
+    The freshness window of a command is the *smaller* of the verifier's ``freshness_window_ms`` and the command's
+    own non-zero ``security.freshness_window_ms``. A signer may ask for its command to expire sooner than the
+    receiver would allow (the field is covered by the signature, so only a key holder can shorten it), but never to
+    live longer: the receiver's window is the bound its replay protection is sized for (the nonce ledger forgets a
+    nonce once no window could still accept its command), so a longer window would let a replay through.
     """
 
     def __init__(
@@ -223,6 +233,11 @@ class CommandVerifier:
             nonce_capacity, ttl_s=(freshness_window_ms + max_future_skew_ms) / 1000.0, clock=clock
         )
         self.rejections: dict[str, int] = {}
+
+    def window_ms(self, command: AdaptationCommand) -> int:
+        """The freshness window that applies to ``command``: its own when non-zero and smaller, else the verifier's."""
+        own = command.security.freshness_window_ms
+        return min(own, self.freshness_window_ms) if own > 0 else self.freshness_window_ms
 
     def verify(self, command: AdaptationCommand) -> Verdict:
         verdict = self._check(command)
@@ -257,10 +272,12 @@ class CommandVerifier:
                 SecurityRejectionReason.SECURITY_REJECTION_ISSUED_IN_FUTURE,
                 f"issued {issued - now:.3f} s in the future (allowed skew {self.max_future_skew_ms} ms)",
             )
-        if issued < now - self.freshness_window_ms / 1000.0:
+        window_ms = self.window_ms(command)
+        if issued < now - window_ms / 1000.0:
+            whose = "the command's own" if window_ms < self.freshness_window_ms else "the verifier's"
             return _refuse(
                 SecurityRejectionReason.SECURITY_REJECTION_STALE,
-                f"issued {now - issued:.3f} s ago (freshness window {self.freshness_window_ms} ms)",
+                f"issued {now - issued:.3f} s ago (freshness window {window_ms} ms, {whose})",
             )
         if issued <= self.ledger.horizon:
             return _refuse(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -195,12 +196,39 @@ def build_attrs(cls: type, table: Mapping[str, Any], prefix: str, source_of: typ
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        text = str(error)
-        culprit = next((name for name in fields if text.startswith((f"{name} ", f"'{name}' "))), None)
-        if culprit is not None:
-            detail = text.removeprefix(f"'{culprit}'").removeprefix(culprit)
-            raise ConfigError(f"{_join(prefix, culprit)}{detail} ({source_of(culprit)})") from error
-        raise ConfigError(f"[{prefix}]: {text}") from error
+        raise _construction_error(str(error), list(fields), prefix, source_of) from error
+
+
+def _construction_error(
+    text: str, fields: list[str], prefix: str, source_of: typing.Callable[[str], str]
+) -> ConfigError:
+    """The error for a section whose validators or ``__attrs_post_init__`` refused its values.
+
+    A validator of one key names that key first (``ratio must be ...``); its source follows the message, as for a
+    type error. A cross-field check (``max_probation_epochs (2) must be at least probation_epochs (5)``) names
+    several keys, and any of them may be the one the user set: the message then lists where each named key came
+    from, so a value given in the file, the environment or ``--set`` is never blamed on a default it conflicts with.
+    """
+    culprit = next((name for name in fields if text.startswith((f"{name} ", f"'{name}' "))), None)
+    named = _fields_named_in(text, fields)
+    if culprit is not None:
+        detail = text.removeprefix(f"'{culprit}'").removeprefix(culprit)
+        head = f"{_join(prefix, culprit)}{detail}"
+        named = [culprit, *(name for name in named if name != culprit)]
+    else:
+        head = f"[{prefix}]: {text}"
+    if culprit is not None and len(named) == 1:
+        return ConfigError(f"{head} ({source_of(culprit)})")
+    if not named:
+        return ConfigError(head)
+    return ConfigError(f"{head} ({'; '.join(f'{_join(prefix, name)}: {source_of(name)}' for name in named)})")
+
+
+def _fields_named_in(text: str, fields: typing.Iterable[str]) -> list[str]:
+    """The fields a message mentions, as whole identifiers (``probation_epochs`` is not in
+    ``max_probation_epochs``), in order of first mention."""
+    known = set(fields)
+    return list(dict.fromkeys(word for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text) if word in known))
 
 
 def _nested_source(source_of: typing.Callable[[str], str], name: str) -> typing.Callable[[str], str]:

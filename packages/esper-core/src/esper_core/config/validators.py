@@ -12,6 +12,10 @@ Use them as attrs validators in a section class (core's and every plugin's)::
 The loader turns the ``ValueError`` into a :class:`~esper_core.errors.ConfigError` that names the key, the value
 and where it came from (file, environment or ``--set``). NaN is refused by every check: each is written so that a
 comparison with NaN, which is always false, fails it.
+
+A check that compares two keys belongs in ``__attrs_post_init__``; write each key by its field name in the message
+(``f"high ({self.high}) must be at least low ({self.low})"``) and the loader adds where each named key came from,
+so the user sees which of the two they set and which is a default.
 """
 
 from __future__ import annotations

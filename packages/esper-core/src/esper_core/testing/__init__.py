@@ -5,4 +5,6 @@
 - :mod:`esper_core.testing.strategies`: hypothesis strategies for every Leyline message.
 - :mod:`esper_core.testing.conformance`: base classes per plugin point; subclass one and provide its fixture to
   check that your plugin keeps the contract. Install ``esper-core[testing]`` for hypothesis.
+- :mod:`esper_core.testing.processes`: a child process that prints a marker when it is ready and a test that waits
+  for it, for crash tests that kill a writer at a known moment instead of sleeping "long enough".
 """

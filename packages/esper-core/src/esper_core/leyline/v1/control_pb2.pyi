@@ -420,8 +420,9 @@ class CommandSecurity(_message.Message):
     Required (MISSING_NONCE otherwise).
     """
     freshness_window_ms: _builtins.int
-    """The freshness window the signer assumed, in milliseconds (`security.freshness_window_ms`, default 60000).
-    Informational: the verifier applies its own configured window, not this value.
+    """The freshness window the signer asks for, in milliseconds (`security.freshness_window_ms`, default 60000).
+    The verifier applies the smaller of this value and its own window; 0 means the verifier's. A command may ask to
+    expire sooner than the receiver allows, never to live longer.
     """
     key_id: _builtins.str
     """Identifies the secret used, for rotation.

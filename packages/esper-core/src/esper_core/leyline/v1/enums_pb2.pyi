@@ -810,8 +810,9 @@ class _SecurityRejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrappe
     SECURITY_REJECTION_ISSUED_IN_FUTURE: _SecurityRejectionReason.ValueType  # 7
     """issued_at is more than `security.max_future_skew_ms` (default 5000) ahead of the verifier's clock."""
     SECURITY_REJECTION_STALE: _SecurityRejectionReason.ValueType  # 8
-    """issued_at is older than `security.freshness_window_ms` (default 60000), or not after the horizon of a full nonce
-    ledger (a replay could no longer be detected).
+    """issued_at is older than the freshness window (the smaller of the verifier's `security.freshness_window_ms`,
+    default 60000, and the command's own non-zero CommandSecurity.freshness_window_ms), or not after the horizon of a
+    full nonce ledger (a replay could no longer be detected).
     """
 
 class SecurityRejectionReason(_SecurityRejectionReason, metaclass=_SecurityRejectionReasonEnumTypeWrapper):
@@ -838,8 +839,9 @@ SECURITY_REJECTION_MISSING_TIMESTAMP: SecurityRejectionReason.ValueType  # 6
 SECURITY_REJECTION_ISSUED_IN_FUTURE: SecurityRejectionReason.ValueType  # 7
 """issued_at is more than `security.max_future_skew_ms` (default 5000) ahead of the verifier's clock."""
 SECURITY_REJECTION_STALE: SecurityRejectionReason.ValueType  # 8
-"""issued_at is older than `security.freshness_window_ms` (default 60000), or not after the horizon of a full nonce
-ledger (a replay could no longer be detected).
+"""issued_at is older than the freshness window (the smaller of the verifier's `security.freshness_window_ms`,
+default 60000, and the command's own non-zero CommandSecurity.freshness_window_ms), or not after the horizon of a
+full nonce ledger (a replay could no longer be detected).
 """
 Global___SecurityRejectionReason: _TypeAlias = SecurityRejectionReason  # noqa: Y015
 
