@@ -43,6 +43,7 @@ from esper_core.leyline import (
     lifecycle,
 )
 from esper_core.plugins.runinfo import RunInfo
+from esper_core.security_options import SecurityOptions
 from esper_core.signing import CommandSigner
 from esper_core.telemetry import ERROR, WARNING, Event
 from esper_core.tolaria.assembly import Run, RunError
@@ -67,7 +68,8 @@ class Trainer:
         self.clock = clock
         self.history = History()
         self.history.host_parameters = sum(p.numel() for p in run.executor.host_parameters())
-        self.signer = CommandSigner(run.signing_key, issuer="tolaria")
+        window = run.config.get(SecurityOptions).freshness_window_ms
+        self.signer = CommandSigner(run.signing_key, issuer="tolaria", freshness_window_ms=window)
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="esper-decide")
         self.run.bus.subscribe([run.bus.streams.telemetry, run.bus.streams.emergency])
         self.recorder = RunRecorder(run)
