@@ -14,17 +14,16 @@ any service ever started is a timeout, counted like any other.
 Delivery is at least once, so handling is idempotent: a state packet seen before (redelivered after a crash, or
 sent twice) is answered with the command already decided for it, never decided anew — the same command, the same
 nonce, which Kasmina would refuse to apply twice anyway. A message is acknowledged only after its reply is
-published (by the service's next read, in the same round trip); a service killed mid-message leaves it pending,
-and the next consumer claims it. One killed between its reply and its next read leaves the answered message
-pending too: it is answered again, and its run, which has its command already, counts the second one as stale.
+published; both go out with the service's next read, in one round trip (see :meth:`TamiyoService.run`). A service
+killed mid-message leaves it pending, and the next consumer claims it and answers it.
 
 Nothing a controller does waits on the bus while its run waits for the command. A run's controller is given a bus
 of its own inside the service (:class:`RunBus`): what it publishes (its telemetry, its field reports on the normal
-stream) is sent after the command, with the service's next read, in the same round trip; and it does not read the
-policy stream at each decision itself (a round trip per decision, and with one consumer group for every run, an
-update would reach only one of them): the service reads ``policy`` together with ``decisions``, in the same blocking
-read, and hands each ``PolicyUpdate`` to every run's controller, which applies it before its next decision. A run
-seen for the first time after an update does not get it.
+stream) is sent after the command, in the same round trip; and it does not read the policy stream at each decision
+itself (a round trip per decision, and with one consumer group for every run, an update would reach only one of
+them): the service reads ``policy`` together with ``decisions``, in the same blocking read, and hands each
+``PolicyUpdate`` to every run's controller, which applies it before its next decision. A run seen for the first time
+after an update does not get it.
 
 Field-report logs go under ``[tamiyo.service] data_dir``, one directory per run.
 """
@@ -70,7 +69,7 @@ class RunBus(Oona):
     """The bus a run's controller sees inside the service: the service's own client, except that
 
     - what the controller publishes is held in :attr:`outbox` until the service sends it, after the reply the run
-      is waiting for, with its next read (:meth:`TamiyoService.run`);
+      is waiting for (:meth:`TamiyoService.run`);
     - its reads of the policy stream are answered from :attr:`inbox`, which the service fills with every
       ``PolicyUpdate`` it reads, already acknowledged: no round trip per decision, and every run gets each update.
     """
@@ -148,7 +147,7 @@ class TamiyoService:
         self.bus: Oona = bus
         self.controllers: OrderedDict[str, Any] = OrderedDict()
         self.run_buses: dict[str, RunBus] = {}
-        #: Field reports for runs, sent with the next read.
+        #: Replies to runs (commands, field reports), sent with the next read ahead of everything else.
         self.outbox: list[Outgoing] = []
         self.decided: OrderedDict[str, _Decided] = OrderedDict()
         self.counters = {
@@ -170,17 +169,20 @@ class TamiyoService:
     def run(self, stop: threading.Event) -> None:
         """Answer until ``stop`` is set.
 
-        Each read also carries, in the same round trip, what the previous batch left to send (the controllers'
-        telemetry, field reports) and the acknowledgement of the messages it handled (:meth:`Oona.poll` with
-        ``publish`` and ``ack``): answering a run costs one round trip, its command's XADD. A message that cannot
-        be handled is retried, then dead-lettered (:meth:`Oona.fail`), as ``Oona.consume`` would."""
+        Replies go out with the next read, in one pipelined round trip (:meth:`Oona.poll` with ``publish`` and
+        ``ack``): the commands first (the runs are waiting for them), then what else the batch caused (the
+        controllers' telemetry, their field reports), then the acknowledgements of what was handled, then the read
+        that waits for the next packet. So the service is already waiting again when a run gets its command, and
+        answering costs one round trip. In a batch of several messages, the replies to all but the last go out as
+        soon as they are decided, so that no run waits for another's decision. A message that cannot be handled is
+        retried, then dead-lettered (:meth:`Oona.fail`), as ``Oona.consume`` would."""
         next_telemetry = time.monotonic() + self.options.telemetry_interval_s
         handled: list[BusMessage] = []
         try:
             while not stop.is_set():
                 messages = self.bus.poll(self.streams, block_ms=POLL_MS, ack=handled, publish=self._take_outbox())
                 handled = []
-                for message in messages:
+                for index, message in enumerate(messages):
                     try:
                         self.handle(message)
                     except Exception as error:  # noqa: BLE001 - one bad message must not stop the service
@@ -188,19 +190,21 @@ class TamiyoService:
                         self.bus.fail(message, f"{type(error).__name__}: {error}")
                     else:
                         handled.append(message)
+                    if index < len(messages) - 1 and self.outbox:  # others in the batch wait: reply now
+                        self.bus.publish_batch(self._take_outbox())
                 if time.monotonic() >= next_telemetry:
                     next_telemetry = time.monotonic() + self.options.telemetry_interval_s
                     self._publish_telemetry()
         finally:
-            try:  # done, even when the service stops or crashes right after
+            try:  # answered and done, even when the service stops or crashes right after
                 self.bus.publish_batch(self._take_outbox())
                 self.bus.ack_many(handled)
             except EsperError as error:  # the bus may be why it stops; what stays pending is answered again
-                log.warning("could not acknowledge %d handled messages: %s", len(handled), error)
+                log.warning("could not send the replies to %d handled messages: %s", len(handled), error)
             self.close()
 
     def handle(self, message: BusMessage) -> None:
-        """Answer one message. The run's command goes out at once; what else it causes is sent with the next read."""
+        """Handle one message; its replies wait in :attr:`outbox` (see :meth:`run`)."""
         payload = message.payload
         correlation = message.envelope.correlation_id
         if isinstance(payload, SystemStatePacket):
@@ -223,7 +227,7 @@ class TamiyoService:
             self.counters["decisions"] += 1
         else:
             self.counters["repeated"] += 1
-        self.bus.publish(decided.command, stream=self.bus.streams.commands, correlation_id=key)
+        self.outbox.append(Outgoing(decided.command, stream=self.bus.streams.commands, correlation_id=key))
 
     def _observe(self, packet_id: str, result: CommandResult) -> None:
         decided = self.decided.get(packet_id)
