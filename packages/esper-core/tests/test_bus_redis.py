@@ -181,7 +181,7 @@ def test_a_wait_longer_than_the_socket_timeout_is_split(redis_server: RedisServe
         backend.ensure_group(names.normal, "g")
         start = time.monotonic()
         assert backend.read([names.normal], "g", "c", count=1, block_ms=1_500) == []
-        assert time.monotonic() - start >= 1.5  # it waited the whole time asked for...
+        assert time.monotonic() - start >= 1.4  # it waited (about) the whole time asked for...
         assert backend.counters["retries"] == 0  # ...in slices: no socket timeout was hit
     finally:
         backend.close()
