@@ -20,10 +20,10 @@ import attrs
 import pytest
 
 from esper_core.errors import EsperError
-from esper_core.oona import StreamEntry
+from esper_core.oona import StreamEntry, StreamNames
 from esper_core.plugins import Registry
 from esper_core.signing import SECRET_ENV_VAR
-from esper_core.testing.servers import RedisServer
+from esper_core.testing.servers import RedisServer, wait_until
 from esper_core.tolaria.assembly import start_run
 from esper_core.tolaria.record import read_record
 from esper_core.tolaria.trainer import Summary, Trainer
@@ -33,14 +33,12 @@ from tolaria_runs import BASE, schedule
 pytestmark = pytest.mark.slow
 
 SECRET = "remote-tamiyo-test-secret-0123456789"
-STREAMS = ("normal", "emergency", "telemetry", "policy", "kernel_requests", "kernel_ready", "kernel_errors",
-           "dead_letter", "decisions", "commands")  # fmt: skip
 
 
 def bus_settings(url: str) -> list[str]:
     """The bus of one test: the shared Redis, streams of its own (the server lives for the whole session)."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    return [f"oona.backend={url}", "oona.claim_idle_ms=500", *(f"oona.streams.{s}={prefix}.{s}" for s in STREAMS)]
+    streams = StreamNames.prefixed(f"t{uuid.uuid4().hex[:8]}")
+    return [f"oona.backend={url}", "oona.claim_idle_ms=500", *streams.as_overrides()]
 
 
 def service_settings(tmp_path: Path) -> list[str]:
@@ -76,26 +74,40 @@ def services() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def wait_for_service(url: str, bus: Sequence[str], after_ns: int, timeout_s: float = 60.0) -> None:
-    """Block until a Weatherlight health packet newer than ``after_ns`` is on the bus: a service process is up."""
+    """Block until a service process is up and reading: a Weatherlight health packet newer than ``after_ns`` is on
+    the bus, and the service's consumer group exists on ``decisions`` (made when the service is built: from then
+    on, a state packet waits for it on the stream)."""
     from esper_core.leyline import TelemetryPacket
-    from esper_core.oona import Oona, OonaOptions, StreamNames
+    from esper_core.oona import Oona, OonaOptions
     from esper_core.oona.redis_backend import RedisBackend
     from esper_core.signing import SigningKey
 
-    streams = StreamNames(telemetry=stream_of(bus, "telemetry"))
+    streams = StreamNames(telemetry=stream_of(bus, "telemetry"), decisions=stream_of(bus, "decisions"))
     watcher = Oona(RedisBackend(url), signing_key=SigningKey.from_secret(SECRET), options=OonaOptions(streams=streams),
                    group=f"watch-{uuid.uuid4().hex[:8]}", consumer="watch")  # fmt: skip
-    deadline = time.monotonic() + timeout_s
+    watcher.subscribe([streams.telemetry], from_start=True)  # a packet sent before the watch began counts too
+
+    def healthy() -> bool:
+        for message in watcher.poll([streams.telemetry], count=100, block_ms=200):
+            payload = message.payload
+            fresh = message.envelope.created_at.ToNanoseconds() > after_ns
+            if isinstance(payload, TelemetryPacket) and payload.source_subsystem == "weatherlight" and fresh:
+                return True
+        return False
+
+    def reading() -> bool:
+        try:
+            watcher.backend.pending_count(streams.decisions, "tamiyo")
+        except LookupError:
+            return False
+        return True
+
     try:
-        while time.monotonic() < deadline:
-            for message in watcher.poll([streams.telemetry], count=100, block_ms=200):
-                payload = message.payload
-                fresh = message.envelope.created_at.ToNanoseconds() > after_ns
-                if isinstance(payload, TelemetryPacket) and payload.source_subsystem == "weatherlight" and fresh:
-                    return
+        wait_until(healthy, what="a health packet from the Tamiyo service", timeout_s=timeout_s)
+        wait_until(reading, what="the Tamiyo service's group on the decisions stream", timeout_s=timeout_s)
     finally:
+        watcher.destroy_group([streams.telemetry])
         watcher.close()
-    raise AssertionError(f"no Tamiyo service reported its health within {timeout_s} s")
 
 
 def stream_of(bus: Sequence[str], name: str) -> str:
@@ -189,13 +201,19 @@ class FlakyReads:
         self.inner = inner
         self.armed = threading.Event()
 
-    def read(
-        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
-    ) -> list[StreamEntry]:
+    def _lose_the_connection_once(self) -> None:
         if self.armed.is_set():
             self.armed.clear()
             raise ConnectionError("injected: connection lost")
-        result: list[StreamEntry] = self.inner.read(streams, group, consumer, count=count, block_ms=block_ms)
+
+    def read(self, *args: Any, **kwargs: Any) -> list[StreamEntry]:
+        self._lose_the_connection_once()
+        result: list[StreamEntry] = self.inner.read(*args, **kwargs)
+        return result
+
+    def request(self, *args: Any, **kwargs: Any) -> tuple[list[str], list[StreamEntry]]:
+        self._lose_the_connection_once()
+        result: tuple[list[str], list[StreamEntry]] = self.inner.request(*args, **kwargs)
         return result
 
     def __getattr__(self, name: str) -> Any:
@@ -223,9 +241,7 @@ def test_a_crashed_service_is_rebuilt_by_weatherlight_and_decisions_resume(
         def on_epoch(epoch: int, *_: object) -> None:
             if epoch == 3:  # the service's next read loses its connection: it crashes, Weatherlight rebuilds it
                 flaky.armed.set()
-                deadline = time.monotonic() + 10
-                while weatherlight.health().workers[0].restart_count == 0 and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                wait_until(lambda: weatherlight.health().workers[0].restart_count > 0, what="the service rebuilt")
 
         trainer.on_epoch = on_epoch
         summary = fit(trainer)

@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
+import uuid
 from pathlib import Path
 
+import attrs
 import pytest
 
 from esper_core.cli.serve import split_targets
@@ -20,7 +20,7 @@ from esper_core.leyline import TelemetryPacket
 from esper_core.oona import Oona, OonaOptions, StreamNames
 from esper_core.oona.redis_backend import RedisBackend
 from esper_core.signing import SECRET_ENV_VAR, SigningKey
-from esper_core.testing.servers import RedisServer, require_module
+from esper_core.testing.servers import RedisServer, require_module, wait_until
 
 SECRET = "serve-test-secret-0123456789abcdef"
 
@@ -86,14 +86,14 @@ def esper(*args: str) -> list[str]:
     return [sys.executable, "-m", "esper_core.cli.main", *args]
 
 
-def wait_for_file(path: Path, process: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
+def wait_for_file(path: Path, process: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
+    def appeared() -> bool:
         if process.poll() is not None:
             _, err = process.communicate()
             pytest.fail(f"esper serve exited with {process.returncode} before {path.name}:\n{err}")
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.05)
+        return path.exists()
+
+    wait_until(appeared, what=f"{path.name} written by the service", timeout_s=timeout_s, interval_s=0.05)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -101,21 +101,20 @@ def test_serve_runs_a_plugin_service_over_redis_and_stops_cleanly_on_a_signal(
     plugin_path: Path, marks: Path, redis_server: RedisServer, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     require_module("redis", "pip install 'esper-core[redis]'")
-    prefix = f"serve.{stop_signal.name}.{time.time_ns()}"
+    streams = StreamNames.prefixed(f"serve.{stop_signal.name}.{uuid.uuid4().hex[:10]}")
+    names = "\n".join(f'{field.name} = "{getattr(streams, field.name)}"' for field in attrs.fields(StreamNames))
     config = tmp_path / "serve.toml"
     config.write_text(
-        textwrap.dedent(
-            f"""
-            [oona]
-            backend = "{redis_server.url}"
-            [oona.streams]
-            telemetry = "{prefix}.telemetry"
-            emergency = "{prefix}.emergency"
-            [weatherlight]
-            health_interval_s = 0.2
-            """
-        )
+        f'[oona]\nbackend = "{redis_server.url}"\n[oona.streams]\n{names}\n[weatherlight]\nhealth_interval_s = 0.2\n'
     )
+    # Health is watched from the moment the service can publish it: a group made later would start after it.
+    observer = Oona(
+        RedisBackend(redis_server.url),
+        signing_key=SigningKey.from_secret(SECRET),
+        options=OonaOptions(streams=streams),
+        group="observer",
+    )
+    observer.subscribe([streams.telemetry])
     process = subprocess.Popen(
         esper("serve", "sleepy", str(config), "--set", "weatherlight.shutdown_timeout_s=10"),
         env=serve_env(plugin_path, marks),
@@ -129,27 +128,22 @@ def test_serve_runs_a_plugin_service_over_redis_and_stops_cleanly_on_a_signal(
         assert int(pid) == process.pid and group == "sleepy" and consumer.startswith("sleepy-")
 
         # Health arrives over Redis, signed with the shared secret, from another process.
-        streams = StreamNames(telemetry=f"{prefix}.telemetry", emergency=f"{prefix}.emergency")
-        observer = Oona(
-            RedisBackend(redis_server.url),
-            signing_key=SigningKey.from_secret(SECRET),
-            options=OonaOptions(streams=streams),
-            group="observer",
-        )
         packets: list[TelemetryPacket] = []
-        deadline = time.monotonic() + 20
-        while not packets:
-            assert time.monotonic() < deadline, "no health packet arrived"
+
+        def health_arrived() -> bool:
             for message in observer.poll([streams.telemetry], block_ms=200):
                 assert isinstance(message.payload, TelemetryPacket)
                 packets.append(message.payload)
-        observer.close()
+            return bool(packets)
+
+        wait_until(health_arrived, what="a health packet from esper serve", timeout_s=60)
         assert packets[0].source_subsystem == "weatherlight"
         assert packets[0].system_health.indicators["system_mode"] == "operational"
 
         process.send_signal(stop_signal)
         _, err = process.communicate(timeout=30)
     finally:
+        observer.close()
         if process.poll() is None:
             process.kill()
             process.communicate()

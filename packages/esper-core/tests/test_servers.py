@@ -1,4 +1,5 @@
-"""The test-server kit: loopback only, stopped by pid, and a missing binary fails under CI but skips elsewhere."""
+"""The test-server kit: loopback only, stopped by pid, a missing binary fails under CI but skips elsewhere, and waiting
+for a condition has a deadline that names what never came."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from esper_core.testing.servers import LOOPBACK, RedisServer, free_port, redis_ping, require_binary
+from esper_core.testing.servers import LOOPBACK, RedisServer, free_port, redis_ping, require_binary, wait_until
 
 
 def alive(pid: int) -> bool:
@@ -59,3 +60,15 @@ def test_a_missing_binary_fails_under_ci_and_skips_elsewhere(
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="apt-get install -y esper-no-such-package"):
         require_binary("esper-no-such-binary", "esper-no-such-package")
+
+
+def test_wait_until_returns_what_the_condition_found_or_fails_naming_what_never_came() -> None:
+    calls: list[int] = []
+
+    def third_time() -> list[int] | None:
+        calls.append(1)
+        return calls if len(calls) == 3 else None
+
+    assert wait_until(third_time, what="the third call", interval_s=0) == [1, 1, 1]
+    with pytest.raises(AssertionError, match=r"the impossible: not reached within 0\.05 s"):
+        wait_until(lambda: False, what="the impossible", timeout_s=0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
-import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,12 +13,12 @@ import pytest
 from esper_core import hookimpl
 from esper_core.errors import EsperError
 from esper_core.leyline import FieldReport, HealthStatus, MessagePriority, TelemetryPacket
-from esper_core.oona import BusMessage, MemoryBackend, Oona, OonaOptions
+from esper_core.oona import BusMessage, MemoryBackend, Oona, OonaOptions, StreamNames
 from esper_core.oona.redis_backend import RedisBackend
 from esper_core.plugins import BuildContext, Registry, ServiceSpec
 from esper_core.signing import SECRET_ENV_VAR, SigningKey
 from esper_core.telemetry import ERROR
-from esper_core.testing.servers import RedisServer, free_port, require_module
+from esper_core.testing.servers import RedisServer, free_port, require_module, wait_until
 from esper_core.weatherlight import (
     DEGRADED,
     OPERATIONAL,
@@ -34,11 +34,9 @@ SECRET = "weatherlight-test-secret-0123456789"
 QUICK = WeatherlightOptions(backoff_initial_s=0.01, backoff_max_s=0.05, backoff_jitter=0.0, shutdown_timeout_s=5.0)
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+def wait_for(condition: Callable[[], bool], what: str = "the condition") -> None:
+    """Poll ``condition`` until it holds (a generous deadline fails only a test that would otherwise hang)."""
+    wait_until(condition, what=what)
 
 
 class Flaky:
@@ -116,6 +114,7 @@ def test_a_crashed_service_is_rebuilt_and_restarted_with_backoff(
 
 def test_a_service_backing_off_makes_the_system_degraded_and_its_crash_an_urgent_event() -> None:
     bus = Oona(MemoryBackend(), signing_key=SigningKey.generate(), group="ops", consumer="ops-1")
+    bus.subscribe([bus.streams.emergency])  # before the health packet is published: a new group starts at the end
 
     class Broken:
         name = "broken"
@@ -181,12 +180,23 @@ def test_a_service_that_returns_on_its_own_is_not_restarted() -> None:
         def run(self, stop: threading.Event) -> None:
             return None
 
-    supervisor = Weatherlight({"quitter": Quitter, "idle": Idle}, options=QUICK)
+    builds: list[Quitter] = []
+
+    def build() -> Quitter:
+        builds.append(Quitter())
+        return builds[-1]
+
+    supervisor = Weatherlight({"quitter": build, "idle": Idle}, options=QUICK)
     supervisor.start()
     try:
         wait_for(lambda: supervisor.statuses()["quitter"].state == "finished")
-        time.sleep(0.05)
-        assert supervisor.statuses()["quitter"].restart_count == 0
+        # Its worker thread ends, while the supervisor runs on: nothing is left that could restart it.
+        wait_for(
+            lambda: not any(thread.name == "weatherlight-quitter" for thread in threading.enumerate()),
+            "the quitter's worker thread ended",
+        )
+        assert not supervisor.stop_event.is_set()
+        assert len(builds) == 1 and supervisor.statuses()["quitter"].restart_count == 0
         assert supervisor.health().system_mode == DEGRADED
         assert [event.name for event in supervisor.health_packet().events] == ["worker_finished"]
     finally:
@@ -195,24 +205,31 @@ def test_a_service_that_returns_on_its_own_is_not_restarted() -> None:
 
 def test_shutdown_is_bounded_and_names_a_service_that_ignores_the_stop_event() -> None:
     release = threading.Event()
+    running = threading.Event()
 
     class Stubborn:
         name = "stubborn"
 
         def run(self, stop: threading.Event) -> None:
-            release.wait(30)
+            running.set()
+            release.wait(60)
 
     supervisor = Weatherlight({"stubborn": Stubborn}, options=WeatherlightOptions(shutdown_timeout_s=0.2))
     stop = threading.Event()
-    timer = threading.Timer(0.1, stop.set)
-    timer.start()
+
+    def stop_once_running() -> None:  # asked to stop only once the service is in its run()
+        running.wait(60)
+        stop.set()
+
+    stopper = threading.Thread(target=stop_once_running, daemon=True)
+    stopper.start()
     try:
         with pytest.raises(EsperError, match=r"stubborn did not stop within 0\.2 s"):
             supervisor.run(stop)
         assert supervisor.statuses()["stubborn"].state == "running"
     finally:
-        timer.cancel()
         release.set()
+        stop.set()
 
 
 def test_a_service_is_closed_after_each_run() -> None:
@@ -310,6 +327,7 @@ def test_services_on_redis_hand_over_in_flight_work_on_shutdown(
     require_module("redis", "pip install 'esper-core[redis]'")
     handled: list[str] = []
     contexts: list[BuildContext] = []
+    tenth = threading.Event()
 
     class Worker:
         name = "worker"
@@ -320,8 +338,10 @@ def test_services_on_redis_hand_over_in_flight_work_on_shutdown(
 
         def run(self, stop: threading.Event) -> None:
             def handle(message: BusMessage) -> None:
-                time.sleep(0.01)
                 handled.append(message.payload.report_id)  # type: ignore[attr-defined]
+                if len(handled) == 10:  # the shutdown arrives in the middle of a batch
+                    tenth.set()
+                    stop.wait(60)
 
             while not stop.is_set():
                 self.bus.consume([self.bus.streams.normal], handle, count=4, block_ms=100)
@@ -335,38 +355,35 @@ def test_services_on_redis_hand_over_in_flight_work_on_shutdown(
             return [ServiceSpec(name="worker", factory=Worker), ServiceSpec(name="idle", factory=lambda c: Idle())]
 
     register_plugin(Plugin())
-    prefix = f"serve.{time.time_ns()}"
+    streams = StreamNames.prefixed(f"serve.{uuid.uuid4().hex[:10]}")
     config = esper_registry.load_config(
         env={},
-        overrides=[
-            f"oona.backend={redis_server.url}",
-            *(f"oona.streams.{kind}={prefix}.{kind}" for kind in ("normal", "telemetry", "emergency")),
-            "weatherlight.health_interval_s=0.05",
-        ],
+        overrides=[f"oona.backend={redis_server.url}", *streams.as_overrides(), "weatherlight.health_interval_s=0.05"],
     )
     prepared = preflight(esper_registry, config, ["worker", "idle"], env={SECRET_ENV_VAR: SECRET})
     producer = Oona(prepared.backend, signing_key=prepared.signing_key, options=config.get(OonaOptions))
-    producer.subscribe([producer.streams.normal])
-    producer.backend.ensure_group(producer.streams.normal, "worker")
+    # The service's group, made before the work is published (a group made later would start after it).
+    producer.backend.ensure_group(streams.normal, "worker")
     total = 60
     producer.publish_many([FieldReport(report_id=str(i)) for i in range(total)])
     supervisor = build_weatherlight(esper_registry, config, prepared)
     stop = supervisor_thread(supervisor)
-    wait_for(lambda: len(handled) >= 10)
+    wait_for(tenth.is_set, "the tenth message in hand")
+    wait_for(lambda: prepared.backend.length(streams.telemetry) >= 1, "a health packet over Redis")
     stop.set()
-    wait_for(lambda: all(s.state == "stopped" for s in supervisor.statuses().values()))
+    wait_for(lambda: all(s.state == "stopped" for s in supervisor.statuses().values()), "every worker stopped")
     try:
         assert contexts[0].bus.group == "worker" and contexts[0].bus.consumer.startswith("worker-")
         assert contexts[0].signing_key == prepared.signing_key
-        assert len(handled) == len(set(handled)) < total
+        # The batch in hand (8-11, read four at a time) was finished; nothing after it was taken.
+        assert handled == [str(i) for i in range(12)]
         backend = prepared.backend
-        assert backend.pending_count(producer.streams.normal, "worker") == 0  # in-flight work was acknowledged
+        assert backend.pending_count(streams.normal, "worker") == 0  # in-flight work was acknowledged
         successor = Oona(
             backend, signing_key=prepared.signing_key, options=config.get(OonaOptions), group="worker", consumer="next"
         )
-        rest = [m.payload.report_id for m in successor.poll([producer.streams.normal], count=total)]  # type: ignore[attr-defined]
+        rest = [m.payload.report_id for m in successor.poll([streams.normal], count=total)]  # type: ignore[attr-defined]
         assert sorted(handled + rest, key=int) == [str(i) for i in range(total)]  # the rest waits for the next one
-        assert backend.length(producer.streams.telemetry) >= 1  # health went out over Redis
         assert isinstance(backend, RedisBackend)
         backend.ping()  # the shared backend is still open after the service closed its client
     finally:

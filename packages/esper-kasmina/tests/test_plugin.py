@@ -26,6 +26,7 @@ def registry() -> Registry:
 def build(registry: Registry, **overrides: str) -> tuple[KasminaSeedExecutor, SigningKey, Oona]:
     key = SigningKey.generate()
     bus = Oona(MemoryBackend(), signing_key=key)
+    bus.subscribe([bus.streams.telemetry, bus.streams.emergency])  # before Kasmina publishes on them
     config = registry.load_config(env={}, overrides=[f"{k}={v}" for k, v in overrides.items()])
     catalog = SmallCatalog()
     kasmina = registry.build(

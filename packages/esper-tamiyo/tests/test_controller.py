@@ -95,6 +95,7 @@ def test_a_failing_policy_yields_a_signed_no_op_with_the_reason() -> None:
 def test_a_slow_decision_is_reported_and_makes_the_next_one_cautious() -> None:
     proposal = seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
     bus = Oona(MemoryBackend(), signing_key=SigningKey.generate())
+    bus.subscribe([bus.streams.telemetry, bus.streams.emergency])  # before anything is published on them
     tamiyo, _ = controller(Scripted(proposal, delay=0.03), options=TamiyoOptions(decision_budget_ms=5), bus=bus)
     first = tamiyo.decide(packet(4, 0.5, [slot("a")]))
     second = tamiyo.decide(packet(5, 0.5, [slot("a")]))
@@ -111,6 +112,7 @@ def test_outcomes_become_field_reports_on_the_bus_and_in_the_log(tmp_path: Path)
 
     options = TamiyoOptions(observation_window=1)
     bus = Oona(MemoryBackend(), signing_key=SigningKey.generate())
+    bus.subscribe([bus.streams.normal])  # before anything is published on it
     proposal = seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "plateau", policy="scripted", blueprint_id="BP101")
     tamiyo, _ = controller(
         Scripted(proposal), options=options, bus=bus, reports=FieldReports(options, tmp_path / "reports.log", "run")
@@ -130,6 +132,7 @@ def test_outcomes_become_field_reports_on_the_bus_and_in_the_log(tmp_path: Path)
 def test_policy_updates_arrive_between_decisions() -> None:
     key = SigningKey.generate()
     bus = Oona(MemoryBackend(), signing_key=key)
+    bus.subscribe([bus.streams.telemetry])  # before anything is published on it
     policy = Scripted(noop("wait", "scripted"))
     tamiyo, _ = controller(policy, bus=bus)
     bus.publish(PolicyUpdate(policy_id="u1", policy_name="scripted"))

@@ -7,10 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import uuid
 from pathlib import Path
 
-import attrs
 import pytest
 import torch
 
@@ -71,11 +70,10 @@ def test_serve_urza_answers_a_prefetch_store_over_redis_and_stops_on_sigterm(
     require_module("redis", "pip install 'esper-core[redis]'")
     from esper_core.oona.redis_backend import RedisBackend
 
-    prefix = f"serve-urza.{time.time_ns()}"
-    streams = StreamNames(**{field.name: f"{prefix}.{field.name}" for field in attrs.fields(StreamNames)})
+    streams = StreamNames.prefixed(f"serve-urza.{uuid.uuid4().hex[:10]}")
     root = tmp_path / "urza"
     overrides = [f"oona.backend={redis_server.url}", f"urza.root={root}", "weatherlight.health_interval_s=1"]
-    overrides += [f"oona.streams.{field.name}={getattr(streams, field.name)}" for field in attrs.fields(StreamNames)]
+    overrides += streams.as_overrides()
     env = {key: value for key, value in os.environ.items() if not key.startswith("ESPER_")}
     env[SECRET_ENV_VAR] = SECRET
     command = [sys.executable, "-m", "esper_core.cli.main", "serve", "urza"]
@@ -88,7 +86,8 @@ def test_serve_urza_answers_a_prefetch_store_over_redis_and_stops_on_sigterm(
             backend, signing_key=SigningKey.from_secret(SECRET), options=OonaOptions(streams=streams), group="trainer"
         )
         slot = SlotShape(SlotKind.SLOT_KIND_SEQUENCE, (4, 8))
-        # The service may still be importing torch: the request waits on the stream until it reads it.
+        # The service may still be importing torch: the request waits on the stream until it reads it (the
+        # service's group, new, is made with the stream's history).
         with PrefetchStore(bus, UrzaLibrary(root, [KarnCatalog()]), timeout_s=60) as store:
             fetched = store.fetch("BP023", slot, {"heads": 2})
             again = store.fetch("BP023", slot, {"heads": 2})

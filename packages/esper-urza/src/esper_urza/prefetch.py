@@ -20,6 +20,7 @@ start the service.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -42,10 +43,10 @@ if TYPE_CHECKING:
     from esper_core.plugins import BuildContext
     from esper_urza.library import UrzaLibrary
 
+log = logging.getLogger("esper.urza.prefetch")
+
 #: The longest single blocking read while waiting (the wait is a loop of these until the deadline).
 POLL_MS = 1000
-#: Entries read per call when skipping the reply streams' history.
-_BACKLOG_BATCH = 512
 
 
 def _redacted(url: str) -> str:
@@ -87,16 +88,9 @@ class PrefetchStore:
         self._lock = threading.Lock()
         self._closed = False
         self._streams = [bus.streams.kernel_ready, bus.streams.kernel_errors]
-        self._skip_history()
-
-    def _skip_history(self) -> None:
-        """Create the group and acknowledge what the streams already hold: a new group starts at the beginning of
-        the retained history, none of which can answer a request this store has yet to make."""
-        while True:
-            messages = self.bus.poll(self._streams, count=_BACKLOG_BATCH, block_ms=0)
-            if not messages:
-                return
-            self.bus.ack_many(messages)
+        # The group starts at the streams' end: nothing already there can answer a request this store has yet to
+        # make, and it exists before the first request goes out, so no reply can slip past it.
+        self.bus.subscribe(self._streams)
 
     def fetch(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> FetchedSeed:
         """Ask the service for the artifact, wait for its answer, and open the artifact from the shared library."""
@@ -166,12 +160,18 @@ class PrefetchStore:
         )
 
     def close(self) -> None:
-        """Close the library this store opened (the bus's backend belongs to the run)."""
+        """Close the library this store opened, and delete the store's consumer group (its own: nobody reads it
+        again, and Redis would keep it forever). The bus's backend belongs to the run."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self.library.close()
+            try:
+                self.bus.destroy_group(self._streams)
+            except EsperError as error:  # the bus may be down; a leftover group costs nothing but its name
+                log.warning("could not delete the prefetch store's group %s: %s", self.bus.group, error)
+            finally:
+                self.library.close()
 
     def __enter__(self) -> PrefetchStore:
         return self

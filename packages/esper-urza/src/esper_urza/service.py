@@ -1,8 +1,10 @@
 """``esper serve urza``: builds and stores artifacts for training processes that ask for them over Oona.
 
 A training run whose store is ``urza-prefetch`` (:mod:`esper_urza.prefetch`) does not build seed artifacts itself: it
-publishes a ``KernelPrefetchRequest`` and this service answers. For each request, read from
-``oona.streams.kernel_requests`` with the consumer group ``urza`` (so several service processes share the work):
+publishes a ``KernelPrefetchRequest`` and this service answers. It reads ``oona.streams.kernel_requests`` with the
+consumer group ``urza`` (so several service processes share the work).
+The group is created with the stream's history (requests published before the first service started are answered
+too); a group that exists already keeps its position. For each request:
 
 1. fetch the artifact through the :class:`~esper_urza.library.UrzaLibrary` at ``urza.root``: warm from memory or
    disk, or built by Tezzeret on a miss and saved durably before the fetch returns;
@@ -101,7 +103,11 @@ class UrzaService:
         first. Raises (to be rebuilt) when the bus fails or the library fails in a way no request explains."""
         streams = [self.bus.streams.kernel_requests]
         try:
-            self.bus.subscribe(streams)
+            # With the history: when the group is new (the first service on this bus), requests published before it
+            # started (by a run whose service was still starting) are answered, not lost. Answering a request its
+            # requester stopped waiting for is harmless and still useful: the artifact is built and stored for the
+            # next fetch. An existing group keeps its position and its pending requests.
+            self.bus.subscribe(streams, from_start=True)
             while not stop.is_set():
                 # One at a time: on a stop, nothing beyond the request in hand has been taken from the stream.
                 for message in self.bus.poll(streams, count=1, block_ms=POLL_MS):

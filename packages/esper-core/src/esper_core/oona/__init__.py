@@ -5,7 +5,7 @@ The in-process :class:`MemoryBackend` is the embedded default; other backends (R
 """
 
 from esper_core.oona.backend import BusBackend, BusUnavailableError, StreamEntry
-from esper_core.oona.bus import BusMessage, ConsumeReport, Oona, route_for
+from esper_core.oona.bus import BusMessage, ConsumeReport, Oona, Outgoing, route_for
 from esper_core.oona.memory import MemoryBackend
 from esper_core.oona.options import OonaOptions, StreamNames
 
@@ -17,6 +17,7 @@ __all__ = [
     "MemoryBackend",
     "Oona",
     "OonaOptions",
+    "Outgoing",
     "StreamEntry",
     "StreamNames",
     "route_for",

@@ -3,9 +3,15 @@
 A backend stores entries (a mapping of field name to bytes) in named streams, with ids that increase within a
 stream (``"<milliseconds>-<sequence>"``). Consumer groups each see every entry of a stream; within a group each
 entry goes to one consumer and stays *pending* until acknowledged. Pending entries idle longer than a timeout can
-be claimed by another consumer, which increments their delivery count. Everything above that (signing, envelopes,
+be claimed by another consumer, which increments their delivery count. A group starts at the stream's end unless
+asked to read its history (``ensure_group(..., from_start=True)``). Everything above that (signing, envelopes,
 routing, retries, dead letters) lives in :class:`esper_core.oona.Oona`, so every backend behaves the same; the
 conformance suite in :mod:`esper_core.testing.conformance.bus` checks it.
+
+A backend may also offer ``request(entries, *, maxlen, streams, group, consumer, count, block_ms, ack)``: publish
+``entries`` then ``read`` in one round trip, returning ``(entry ids, entries read)``. :meth:`Oona.request
+<esper_core.oona.Oona.request>` uses it when it is there (the Redis backend pipelines the XADD with the blocking
+XREADGROUP), and publishes then reads when it is not.
 """
 
 from __future__ import annotations
@@ -50,14 +56,32 @@ class BusBackend(Protocol):
     ) -> list[str]:
         """Append several entries in one round trip where the backend can; return their ids in order."""
 
-    def ensure_group(self, stream: str, group: str) -> None:
-        """Create ``group`` on ``stream`` (and the stream) if missing; a new group sees the stream's backlog."""
+    def ensure_group(self, stream: str, group: str, *, from_start: bool = False) -> None:
+        """Create ``group`` on ``stream`` (and the stream) if missing; an existing group is left as it is.
+
+        A new group starts at the stream's end (``$``): it is delivered only entries appended after its creation.
+        With ``from_start`` it starts before the first entry (``0``) and is delivered the retained history too."""
+
+    def destroy_group(self, stream: str, group: str) -> bool:
+        """Delete ``group`` from ``stream`` with its position and pending entries (other groups and the entries
+        themselves are untouched); return whether it existed. Creating it again starts afresh."""
 
     def read(
-        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
+        self,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None = None,
     ) -> list[StreamEntry]:
         """Deliver up to ``count`` never-delivered entries per stream to ``consumer``, waiting up to ``block_ms``
-        (0: do not wait) for one to arrive; delivered entries become pending."""
+        (0: do not wait) for one to arrive; delivered entries become pending.
+
+        ``ack`` (entry ids per stream) is acknowledged in ``group`` first, in the same round trip where the backend
+        can: a consumer that reads again right after handling a batch pays no extra round trip for acknowledging
+        it."""
 
     def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
         """Transfer up to ``count`` entries pending longer than ``min_idle_ms`` to ``consumer`` and deliver them

@@ -5,12 +5,17 @@ it to the stream for its kind (telemetry, policy updates, kernel prefetch, ...).
 emergency stream while its rate cap allows; over the cap they take their normal route (counted, never lost).
 Optional depth thresholds reroute or drop normal-priority traffic under backpressure, with counts.
 
-Consuming verifies each entry's signature (a missing or bad one is acknowledged, dropped and counted), decodes the
-envelope and payload, and hands a :class:`BusMessage` to the handler. A handler that raises makes the message
-retry: it is republished with ``attempt + 1`` and the original acknowledged; once a message has been attempted
-``max_attempts`` times it goes to the dead-letter stream instead. Entries left pending by a crashed consumer are
-claimed after ``claim_idle_ms`` and count their deliveries towards the same limit. Delivery is at-least-once:
-handlers must be idempotent (commands carry nonces for exactly this reason).
+Consuming is done by consumer groups (see :meth:`Oona.subscribe`: a new group starts at the stream's end unless asked
+for the history). It verifies each entry's signature (a missing or bad one is acknowledged, dropped and counted),
+decodes the envelope and payload, and hands a :class:`BusMessage` to the handler, acknowledging it when the handler
+returns. A handler that raises makes the message retry: it is republished with ``attempt + 1`` and the original
+acknowledged; once a message has been attempted ``max_attempts`` times it goes to the dead-letter stream instead.
+Entries left pending by a crashed consumer are claimed after ``claim_idle_ms`` and count their deliveries towards the
+same limit. Delivery is at-least-once: handlers must be idempotent (commands carry nonces for exactly this reason).
+
+Round trips: a consumer that reads again right after handling can send its replies and acknowledgements with that
+read (:meth:`Oona.poll` with ``publish`` and ``ack``), and a requester can send its request with the read that waits
+for the reply (:meth:`Oona.request`): one pipelined round trip each on Redis.
 """
 
 from __future__ import annotations
@@ -53,6 +58,17 @@ class BusMessage:
     def attempts(self) -> int:
         """Delivery attempts including this one."""
         return self.envelope.attempt + self.delivery_count
+
+
+@attrs.frozen
+class Outgoing:
+    """A message to publish with :meth:`Oona.publish_batch`, with the options :meth:`Oona.publish` takes."""
+
+    message: Message
+    priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL
+    #: The stream, when not the message kind's own (see :func:`route_for`).
+    stream: str | None = None
+    correlation_id: str = ""
 
 
 @attrs.define
@@ -121,6 +137,8 @@ class Oona:
         self.source = source
         self._clock = clock
         self._emergency_bucket = _TokenBucket(self.options.emergency_max_per_minute, clock)
+        # route_for, looked up once per message type instead of walked for every message.
+        self._routes = {kind: route_for(kind, self.streams) for kind in BusMessageType.values()}
         self._groups_ready: set[str] = set()
         self._last_claim: dict[str, float] = {}
         self.counters: dict[str, int] = {
@@ -145,6 +163,7 @@ class Oona:
         priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL,
         correlation_id: str = "",
     ) -> BusEnvelope:
+        now_ns = time.time_ns()
         envelope = BusEnvelope(
             message_type=bus_message_type_of(message),
             payload=message.SerializeToString(),
@@ -152,7 +171,8 @@ class Oona:
             source=self.source,
             correlation_id=correlation_id,
         )
-        envelope.created_at.FromNanoseconds(time.time_ns())
+        created = envelope.created_at  # set field by field: Timestamp.FromNanoseconds costs as much again
+        created.seconds, created.nanos = divmod(now_ns, 1_000_000_000)
         return envelope
 
     def _fields(self, envelope: BusEnvelope) -> dict[str, bytes]:
@@ -161,7 +181,7 @@ class Oona:
 
     def choose_stream(self, envelope: BusEnvelope, stream: str | None = None) -> str | None:
         """The stream for ``envelope`` after priority routing and backpressure; None means drop."""
-        target = stream or route_for(envelope.message_type, self.streams)
+        target = stream or self._routes.get(envelope.message_type) or route_for(envelope.message_type, self.streams)
         if envelope.priority in _URGENT and target != self.streams.emergency:
             if self._emergency_bucket.take():
                 self.counters["published_emergency"] += 1
@@ -200,47 +220,175 @@ class Oona:
         self, messages: Iterable[Message], *, priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL
     ) -> list[str | None]:
         """Publish several messages in one backend round trip (pipelined on Redis)."""
-        batch: list[tuple[str, dict[str, bytes]]] = []
+        return self.publish_batch([Outgoing(message, priority=priority) for message in messages])
+
+    def publish_batch(self, batch: Iterable[Outgoing]) -> list[str | None]:
+        """Publish several messages, each routed as :meth:`publish` would route it, in one backend round trip
+        (pipelined on Redis, in order: the first is stored, and wakes its readers, first). Returns the entry ids,
+        None for a message that backpressure dropped."""
+        entries, positions = self._prepare(batch)
+        ids = self.backend.publish_many(entries, maxlen=self.options.max_stream_length) if entries else []
+        self.counters["published"] += len(ids)
+        return self._placed(ids, positions)
+
+    def _prepare(self, batch: Iterable[Outgoing]) -> tuple[list[tuple[str, dict[str, bytes]]], list[int | None]]:
+        """The signed entries of ``batch`` and, for each message, its index among them (None: dropped)."""
+        entries: list[tuple[str, dict[str, bytes]]] = []
         positions: list[int | None] = []
-        for message in messages:
-            envelope = self.envelope_for(message, priority=priority)
-            target = self.choose_stream(envelope)
+        for item in batch:
+            envelope = self.envelope_for(item.message, priority=item.priority, correlation_id=item.correlation_id)
+            target = self.choose_stream(envelope, item.stream)
             if target is None:
                 positions.append(None)
             else:
-                positions.append(len(batch))
-                batch.append((target, self._fields(envelope)))
-        ids = self.backend.publish_many(batch, maxlen=self.options.max_stream_length) if batch else []
-        self.counters["published"] += len(ids)
+                positions.append(len(entries))
+                entries.append((target, self._fields(envelope)))
+        return entries, positions
+
+    @staticmethod
+    def _placed(ids: Sequence[str], positions: Sequence[int | None]) -> list[str | None]:
         return [None if position is None else ids[position] for position in positions]
 
     # -- consuming --------------------------------------------------------------------------------------------
-    def subscribe(self, streams: Sequence[str]) -> None:
-        """Create this bus's consumer group on ``streams`` (idempotent)."""
+    def subscribe(self, streams: Sequence[str], *, from_start: bool = False) -> None:
+        """Create this bus's consumer group on ``streams`` where it is missing (idempotent).
+
+        A new group is delivered only what is published after this call; with ``from_start`` it is delivered the
+        streams' retained history too. A group that already exists (made by another process of the same service, or
+        by this one before a restart) keeps its position either way: ``from_start`` only decides where a new group
+        begins. :meth:`poll` subscribes implicitly, so subscribe *before* the traffic a consumer must not miss.
+        """
         for stream in streams:
             if stream not in self._groups_ready:
-                self.backend.ensure_group(stream, self.group)
+                self.backend.ensure_group(stream, self.group, from_start=from_start)
                 self._groups_ready.add(stream)
 
-    def poll(self, streams: Sequence[str], *, count: int = 32, block_ms: int = 0) -> list[BusMessage]:
+    def destroy_group(self, streams: Sequence[str]) -> int:
+        """Delete this bus's consumer group from ``streams``, with its pending entries; return how many existed.
+
+        For a group nobody will read again (a client with a group of its own, at its end), so that Redis does not
+        keep it forever. Other groups and the entries are untouched; a later :meth:`subscribe` starts afresh."""
+        destroyed = 0
+        for stream in streams:
+            self._groups_ready.discard(stream)
+            self._last_claim.pop(stream, None)
+            destroyed += self.backend.destroy_group(stream, self.group)
+        return destroyed
+
+    def poll(
+        self,
+        streams: Sequence[str],
+        *,
+        count: int = 32,
+        block_ms: int = 0,
+        ack: Sequence[BusMessage] = (),
+        publish: Sequence[Outgoing] = (),
+    ) -> list[BusMessage]:
         """Verified, decoded messages for this consumer: idle claims first, then new entries.
 
         The caller must :meth:`ack` or :meth:`fail` each one (``consume`` does both for a handler).
+
+        ``ack`` and ``publish`` let a consumer that reads again right after handling a batch fold its outgoing
+        traffic into the read's round trip (where the backend can: one pipeline on Redis, in this order):
+        ``publish`` is published as :meth:`publish_batch` would, then ``ack`` (messages already handled) is
+        acknowledged, then the read waits. Those messages stay pending until this poll, so after a crash they are
+        delivered again; pass only messages whose second delivery is harmless (to an idempotent handler, or to a
+        client that matches replies to its requests and ignores stale ones).
         """
+        return self._exchange(publish, streams, count=count, block_ms=block_ms, ack=ack)[1]
+
+    def request(
+        self,
+        message: Message,
+        *,
+        reply_streams: Sequence[str],
+        stream: str | None = None,
+        correlation_id: str = "",
+        priority: Priority = MessagePriority.MESSAGE_PRIORITY_NORMAL,
+        count: int = 32,
+        block_ms: int = 0,
+        ack: Sequence[BusMessage] = (),
+    ) -> tuple[str | None, list[BusMessage]]:
+        """Publish ``message`` (as :meth:`publish`) and :meth:`poll` ``reply_streams`` for what comes back, in one
+        round trip where the backend can (Redis: the XADD and the blocking XREADGROUP pipelined on one connection).
+
+        For request-reply: the requester is waiting for the reply from the moment its request is sent, instead of
+        a round trip later. Returns the request's entry id (None if backpressure dropped it) and the messages read.
+        If the round trip fails and is retried, the request may be stored twice: the replier must be idempotent,
+        as every Oona consumer must be.
+        """
+        outgoing = Outgoing(message, priority=priority, stream=stream, correlation_id=correlation_id)
+        ids, messages = self._exchange([outgoing], reply_streams, count=count, block_ms=block_ms, ack=ack)
+        return ids[0], messages
+
+    def _exchange(
+        self,
+        publish: Sequence[Outgoing],
+        streams: Sequence[str],
+        *,
+        count: int,
+        block_ms: int,
+        ack: Sequence[BusMessage],
+    ) -> tuple[list[str | None], list[BusMessage]]:
+        """Publish, acknowledge and read, in one round trip where the backend can."""
         self.subscribe(streams)
-        entries: list[StreamEntry] = []
+        entries, positions = self._prepare(publish)
+        due = self._claims_due(streams)
+        send = getattr(self.backend, "request", None) if entries else None
+        ids: list[str] = []
+        if entries and (due or not callable(send)):  # claims to make (rare), or a backend without request()
+            ids = self.backend.publish_many(entries, maxlen=self.options.max_stream_length)
+            entries = []
+        claimed: list[StreamEntry] = []
+        if due:
+            if ack:  # acknowledged before claiming, or a claim could hand them back
+                self.ack_many(ack)
+                ack = ()
+            claimed = self._claim(due, count)
+        if claimed:
+            read = claimed
+        elif entries:
+            assert callable(send)
+            ids, read = send(
+                entries,
+                maxlen=self.options.max_stream_length,
+                streams=streams,
+                group=self.group,
+                consumer=self.consumer,
+                count=count,
+                block_ms=block_ms,
+                ack=self._ids_by_stream(ack) or None,
+            )
+            self.counters["handled"] += len(ack)
+        elif ack:
+            read = self.backend.read(
+                streams, self.group, self.consumer, count=count, block_ms=block_ms, ack=self._ids_by_stream(ack)
+            )
+            self.counters["handled"] += len(ack)
+        else:  # no ``ack=`` keyword: a backend written before it existed still serves other callers
+            read = self.backend.read(streams, self.group, self.consumer, count=count, block_ms=block_ms)
+        self.counters["published"] += len(ids)
+        return self._placed(ids, positions), self._open_all(read)
+
+    def _claims_due(self, streams: Sequence[str]) -> list[str]:
+        """The streams whose idle entries it is time to claim (every ``claim_idle_ms / 2``)."""
         now = self._clock()
         claim_every = self.options.claim_idle_ms / 2000.0
+        return [stream for stream in streams if now - self._last_claim.get(stream, float("-inf")) >= claim_every]
+
+    def _claim(self, streams: Sequence[str], count: int) -> list[StreamEntry]:
+        now = self._clock()
+        entries: list[StreamEntry] = []
         for stream in streams:
-            if now - self._last_claim.get(stream, float("-inf")) >= claim_every:
-                self._last_claim[stream] = now
-                entries.extend(
-                    self.backend.claim_idle(
-                        stream, self.group, self.consumer, min_idle_ms=self.options.claim_idle_ms, count=count
-                    )
+            self._last_claim[stream] = now
+            entries.extend(
+                self.backend.claim_idle(
+                    stream, self.group, self.consumer, min_idle_ms=self.options.claim_idle_ms, count=count
                 )
-        if not entries:
-            entries = self.backend.read(streams, self.group, self.consumer, count=count, block_ms=block_ms)
+            )
+        return entries
+
+    def _open_all(self, entries: Sequence[StreamEntry]) -> list[BusMessage]:
         messages = []
         for entry in entries:
             message = self._open(entry)
@@ -282,12 +430,16 @@ class Oona:
 
     def ack_many(self, messages: Sequence[BusMessage]) -> None:
         """Acknowledge several messages with one round trip per stream."""
+        for stream, entry_ids in self._ids_by_stream(messages).items():
+            self.backend.ack(stream, self.group, entry_ids)
+        self.counters["handled"] += len(messages)
+
+    @staticmethod
+    def _ids_by_stream(messages: Sequence[BusMessage]) -> dict[str, list[str]]:
         by_stream: dict[str, list[str]] = {}
         for message in messages:
             by_stream.setdefault(message.stream, []).append(message.entry_id)
-        for stream, entry_ids in by_stream.items():
-            self.backend.ack(stream, self.group, entry_ids)
-        self.counters["handled"] += len(messages)
+        return by_stream
 
     def fail(self, message: BusMessage, reason: str) -> bool:
         """Record a failed attempt: republish for retry, or dead-letter at the limit. True if dead-lettered."""
@@ -308,26 +460,25 @@ class Oona:
     def consume(
         self, streams: Sequence[str], handler: Callable[[BusMessage], Any], *, count: int = 32, block_ms: int = 0
     ) -> ConsumeReport:
-        """Poll once and hand every message to ``handler``; acknowledge on return (in one round trip per stream
-        for the batch), retry on exception."""
+        """Poll once and hand every message to ``handler``: each is acknowledged as soon as its handler returns,
+        or retried (:meth:`fail`) as soon as it raises an ``Exception``.
+
+        Acknowledging one by one is what makes a crash cheap: a process that dies in the middle of a batch (or a
+        handler that raises a ``BaseException``, which propagates) leaves pending only the messages not yet
+        handled, so only those are delivered again, never the ones before them."""
         dropped_before = self.counters["dropped_bad_signature"]
         dead_before = self.counters["dead_lettered"]
         report = ConsumeReport()
-        handled: list[BusMessage] = []
-        try:
-            for message in self.poll(streams, count=count, block_ms=block_ms):
-                report.delivered += 1
-                try:
-                    handler(message)
-                except Exception as error:  # noqa: BLE001 - a failing handler must not stop the consumer
-                    report.failed += 1
-                    self.fail(message, f"{type(error).__name__}: {error}")
-                else:
-                    handled.append(message)
-                    report.handled += 1
-        finally:
-            if handled:  # acknowledged even if a later handler raised something fatal
-                self.ack_many(handled)
+        for message in self.poll(streams, count=count, block_ms=block_ms):
+            report.delivered += 1
+            try:
+                handler(message)
+            except Exception as error:  # noqa: BLE001 - a failing handler must not stop the consumer
+                report.failed += 1
+                self.fail(message, f"{type(error).__name__}: {error}")
+            else:
+                self.ack(message)
+                report.handled += 1
         report.dropped_bad_signature = self.counters["dropped_bad_signature"] - dropped_before
         report.dead_lettered = self.counters["dead_lettered"] - dead_before
         return report
@@ -367,4 +518,4 @@ class Oona:
         self.backend.close()
 
 
-__all__ = ["BusMessage", "ConsumeReport", "Oona", "parse_entry_id", "route_for"]
+__all__ = ["BusMessage", "ConsumeReport", "Oona", "Outgoing", "parse_entry_id", "route_for"]

@@ -72,9 +72,17 @@ class MemoryBackend:
         return entry_id
 
     # -- groups -----------------------------------------------------------------------------------------------
-    def ensure_group(self, stream: str, group: str) -> None:
+    def ensure_group(self, stream: str, group: str, *, from_start: bool = False) -> None:
         with self._lock:
-            self._streams.setdefault(stream, _Stream()).groups.setdefault(group, _Group())
+            data = self._streams.setdefault(stream, _Stream())
+            if group not in data.groups:
+                # "$" is the last id the stream ever gave out (trimmed entries included), as in Redis.
+                data.groups[group] = _Group(last_delivered=(0, 0) if from_start else data.last_id)
+
+    def destroy_group(self, stream: str, group: str) -> bool:
+        with self._lock:
+            data = self._streams.get(stream)
+            return data is not None and data.groups.pop(group, None) is not None
 
     def _group(self, stream: str, group: str) -> tuple[_Stream, _Group]:
         data = self._streams.get(stream)
@@ -83,8 +91,17 @@ class MemoryBackend:
         return data, data.groups[group]
 
     def read(
-        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
+        self,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None = None,
     ) -> list[StreamEntry]:
+        for stream, entry_ids in (ack or {}).items():
+            self.ack(stream, group, entry_ids)
         deadline = time.monotonic() + block_ms / 1000.0
         with self._arrived:
             while True:
@@ -93,6 +110,22 @@ class MemoryBackend:
                 if delivered or block_ms <= 0 or remaining <= 0 or self._closed:
                     return delivered
                 self._arrived.wait(remaining)
+
+    def request(
+        self,
+        entries: Sequence[tuple[str, Mapping[str, bytes]]],
+        *,
+        maxlen: int | None = None,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None = None,
+    ) -> tuple[list[str], list[StreamEntry]]:
+        """Publish ``entries``, then :meth:`read` (there is no round trip to save in memory)."""
+        ids = self.publish_many(entries, maxlen=maxlen)
+        return ids, self.read(streams, group, consumer, count=count, block_ms=block_ms, ack=ack)
 
     def _deliver_new(self, streams: Sequence[str], group: str, consumer: str, count: int) -> list[StreamEntry]:
         delivered: list[StreamEntry] = []

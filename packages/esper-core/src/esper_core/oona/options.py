@@ -27,6 +27,20 @@ class StreamNames:
     def all(self) -> list[str]:
         return [getattr(self, field.name) for field in attrs.fields(StreamNames)]
 
+    @classmethod
+    def prefixed(cls, prefix: str) -> StreamNames:
+        """Every stream named ``<prefix>.<key>`` (``t1.normal``, ..., ``t1.commands``): streams of one's own on a
+        shared server, for a test or a benchmark. Built from the class's fields, so a stream added later is
+        prefixed too and can never leak onto the default names."""
+        if not prefix or prefix != prefix.strip():
+            raise ValueError(f"a stream prefix must be non-empty text without surrounding spaces, got {prefix!r}")
+        return cls(**{field.name: f"{prefix}.{field.name}" for field in attrs.fields(cls)})
+
+    def as_overrides(self) -> list[str]:
+        """These names as configuration overrides (``oona.streams.<key>=<name>``, one per stream), for
+        ``Registry.load_config(overrides=...)`` or ``--set`` on the command line of another process."""
+        return [f"oona.streams.{field.name}={getattr(self, field.name)}" for field in attrs.fields(StreamNames)]
+
 
 def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:

@@ -1,4 +1,4 @@
-"""Oona on Redis Streams: a :class:`~esper_core.oona.BusBackend` over redis-py (sync client, one connection pool).
+"""Oona on Redis Streams: a :class:`~esper_core.oona.BusBackend` over redis-py (sync client).
 
 Selected by URL: ``oona.backend = "redis://127.0.0.1:6379/0"`` (also ``rediss://`` and ``unix://``). The mapping
 onto Redis is direct:
@@ -6,8 +6,12 @@ onto Redis is direct:
 ========================  ==========================================================================================
 ``publish``               ``XADD stream MAXLEN ~ n * field value ...``
 ``publish_many``          the same XADDs in one pipeline (no transaction), in chunks
-``ensure_group``          ``XGROUP CREATE stream group 0 MKSTREAM``; an existing group (BUSYGROUP) is fine
-``read``                  ``XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS s1 s2 ... > > ...``
+``ensure_group``          ``XGROUP CREATE stream group $ MKSTREAM`` (``0`` with ``from_start``); an existing
+                          group (BUSYGROUP) is left as it is
+``destroy_group``         ``XGROUP DESTROY stream group``
+``read``                  ``XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS s1 s2 ... > > ...``, preceded in the
+                          same round trip by an ``XACK`` per stream of ``ack``, if any
+``request``               the XADDs, the XACKs and the XREADGROUP of ``read``, in one pipeline (one round trip)
 ``claim_idle``            ``XPENDING stream group IDLE ms - + n`` (delivery counts), then ``XCLAIM`` of those ids;
                           pending entries whose data was trimmed away are dropped from the group
 ``ack``                   ``XACK``
@@ -24,12 +28,17 @@ URL: a publish is never dropped silently. A command whose reply was lost is retr
 twice (at-least-once; consumers are idempotent by design), and entries a lost ``XREADGROUP`` reply delivered stay
 pending and come back through ``claim_idle``: nothing is lost, and nothing acknowledged is delivered again.
 
+The commands of the hot path (XADD, XREADGROUP, XACK, XLEN) are written on redis-py connections directly, from a
+pool of the backend's own, and their raw replies parsed here; the rest go through the redis-py client. Both share
+the URL, timeouts and TLS settings; see :meth:`RedisBackend._execute` for why.
+
 redis-py is imported only when a backend is created, so installing Esper without the ``redis`` extra costs nothing.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import random
 import threading
 import time
@@ -78,7 +87,8 @@ class RedisOptions:
     socket_timeout_s: float = attrs.field(default=5.0, validator=_positive)
     #: Seconds to wait for a connection to open.
     connect_timeout_s: float = attrs.field(default=2.0, validator=_positive)
-    #: Connections in the pool (shared by every thread of the process that uses this backend).
+    #: Connections per pool, shared by every thread of the process that uses this backend (there are two pools: one
+    #: for publishing, reading and acknowledging, one for the rest).
     max_connections: int = attrs.field(default=64, validator=_positive)
     #: Retries of a command after a connection error or timeout, with exponential backoff between them.
     retries: int = attrs.field(default=5, validator=_not_negative)
@@ -128,6 +138,23 @@ def _key(raw: bytes | str) -> str:
     return name
 
 
+def _pack(command: Sequence[Any]) -> bytes:
+    """``command`` in the Redis protocol (an array of bulk strings), as one buffer: a third of what redis-py's
+    general packer costs, and one ``sendall`` per round trip. Arguments are ``bytes``, ``str`` (UTF-8) or ``int``."""
+    parts = [b"*%d\r\n" % len(command)]
+    for argument in command:
+        if isinstance(argument, bytes):
+            data = argument
+        elif isinstance(argument, str):
+            data = argument.encode("utf-8")
+        elif isinstance(argument, int):
+            data = b"%d" % argument
+        else:
+            raise TypeError(f"a Redis command argument must be bytes, str or int, not {type(argument).__name__}")
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
 def _text(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8")
 
@@ -144,6 +171,48 @@ def _entries(stream: str, items: Sequence[Any], delivery_count: int | Mapping[st
         count = delivery_count if isinstance(delivery_count, int) else delivery_count[entry_id]
         append(StreamEntry(stream, entry_id, {known(k) or _key(k): v for k, v in item[1].items()}, count))
     return out
+
+
+class _Connections:
+    """The hot path's connections (publish, read, ack): redis-py connections made as the client's pool makes them
+    (same class, same URL, timeouts and TLS), kept in a list. A connection is always returned with nothing left to
+    read, or disconnected, so unlike redis-py's pool this one needs no check of the socket on each checkout."""
+
+    def __init__(self, pool: Any, limit: int, too_many: type[Exception]) -> None:
+        self._pool = pool
+        self._limit = limit
+        self._too_many = too_many
+        self._idle: list[Any] = []
+        self._made = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+
+    def take(self) -> Any:
+        if self._pid != os.getpid():  # a forked child must not share its parent's sockets
+            self._idle, self._made, self._pid = [], 0, os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            with self._lock:
+                if self._made >= self._limit:
+                    raise self._too_many(
+                        f"all {self._limit} connections are in use (oona.redis.max_connections)"
+                    ) from None
+                self._made += 1
+            return self._pool.connection_class(**self._pool.connection_kwargs)
+
+    def give_back(self, connection: Any) -> None:
+        if self._closed:
+            connection.disconnect()
+        else:
+            self._idle.append(connection)
+
+    def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.disconnect()
 
 
 class RedisBackend:
@@ -183,6 +252,9 @@ class RedisBackend:
             )
         except ValueError as error:
             raise ConfigError(f"oona.backend = {redact_url(url)!r} is not a usable Redis URL: {error}") from error
+        self._connections = _Connections(
+            self.client.connection_pool, self.options.max_connections, self._redis.exceptions.ConnectionError
+        )
         self.breaker = CircuitBreaker(
             f"oona.redis {redact_url(url)}",
             failure_threshold=self.options.breaker_failure_threshold,
@@ -251,80 +323,217 @@ class RedisBackend:
         """Check that Redis answers, with one attempt and no retries; raise :class:`BusUnavailableError` if not."""
         self._call("PING", self.client.ping, retries=0)
 
+    # -- the hot path: one pooled connection, no per-command layers --------------------------------------------
+    def _execute(self, *command: Any) -> Any:
+        """Send ``command`` and read its raw reply, on a connection of the hot path's own pool.
+
+        ``client.xadd(...)`` and its kin pass through redis-py's per-command machinery (its retry wrapper, which is
+        switched off here, observability hooks, reply callbacks, a pool that polls each connection's socket on
+        every checkout) that costs about a fifth of a loopback round trip and does nothing this backend needs:
+        :meth:`_call` does the retries, replies are parsed here, and every reply is read before a connection goes
+        back (or the connection is disconnected). The connections and the wire protocol are redis-py's own. A
+        connection that failed is disconnected before it goes back (the next user reconnects it), as redis-py does
+        itself."""
+        connections = self._connections
+        connection = connections.take()
+        try:
+            connection.send_packed_command([_pack(command)])
+            return connection.read_response()
+        except self._transient:
+            connection.disconnect()
+            raise
+        finally:
+            connections.give_back(connection)
+
+    def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` in one round trip (no transaction) and read their raw replies in order; an error reply
+        is returned in its place (as the ``ResponseError``), so that every reply is read and the connection stays
+        in step with the server."""
+        connections = self._connections
+        connection = connections.take()
+        try:
+            connection.send_packed_command([b"".join(_pack(command) for command in commands)])
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except self._response_error as error:
+                    replies.append(error)
+            return replies
+        except self._transient:
+            connection.disconnect()
+            raise
+        finally:
+            connections.give_back(connection)
+
+    @staticmethod
+    def _xadd(stream: str, fields: Mapping[str, bytes], maxlen: int | None) -> list[Any]:
+        if not fields:
+            raise ValueError(f"an entry for {stream!r} needs at least one field")
+        command: list[Any] = (
+            ["XADD", stream, "MAXLEN", "~", maxlen, "*"] if maxlen is not None else ["XADD", stream, "*"]
+        )
+        for name, value in fields.items():
+            command += (name, value)
+        return command
+
     # -- writing ----------------------------------------------------------------------------------------------
     def publish(self, stream: str, fields: Mapping[str, bytes], *, maxlen: int | None = None) -> str:
-        client = self.client
-        raw = self._call(
-            "XADD",
-            lambda: client.xadd(stream, dict(fields), maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
-        )
-        return _text(raw)
+        command = self._xadd(stream, fields, maxlen)
+        return _text(self._call("XADD", functools.partial(self._execute, *command)))
 
     def publish_many(
         self, entries: Sequence[tuple[str, Mapping[str, bytes]]], *, maxlen: int | None = None
     ) -> list[str]:
         ids: list[str] = []
         for start in range(0, len(entries), PIPELINE_CHUNK):
-            chunk = entries[start : start + PIPELINE_CHUNK]
-
-            def send(chunk: Sequence[tuple[str, Mapping[str, bytes]]] = chunk) -> list[Any]:
-                pipe = self.client.pipeline(transaction=False)
-                for stream, fields in chunk:
-                    pipe.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-                return pipe.execute()
-
-            ids.extend(_text(raw) for raw in self._call("XADD (pipelined)", send))
+            commands = [
+                self._xadd(stream, fields, maxlen) for stream, fields in entries[start : start + PIPELINE_CHUNK]
+            ]
+            replies = self._call("XADD (pipelined)", functools.partial(self._pipeline, commands))
+            for (stream, _), reply in zip(entries[start : start + PIPELINE_CHUNK], replies, strict=True):
+                if isinstance(reply, self._response_error):
+                    raise EsperError(f"Redis refused an entry for stream {stream!r}: {reply}")
+                ids.append(_text(reply))
         return ids
 
     # -- groups -----------------------------------------------------------------------------------------------
-    def ensure_group(self, stream: str, group: str) -> None:
+    def ensure_group(self, stream: str, group: str, *, from_start: bool = False) -> None:
+        start = "0" if from_start else "$"
+
         def create() -> None:
             try:
-                self.client.xgroup_create(stream, group, id="0", mkstream=True)
+                self.client.xgroup_create(stream, group, id=start, mkstream=True)
             except self._response_error as error:
                 if "BUSYGROUP" not in str(error):
                     raise EsperError(f"Redis refused to create group {group!r} on {stream!r}: {error}") from error
 
         self._call("XGROUP CREATE", create)
 
+    def destroy_group(self, stream: str, group: str) -> bool:
+        def destroy() -> bool:
+            try:
+                return bool(self.client.xgroup_destroy(stream, group))
+            except self._response_error as error:
+                if "requires the key to exist" in str(error) or "no such key" in str(error).lower():
+                    return False  # no stream, so no group
+                raise EsperError(f"Redis refused to destroy group {group!r} on {stream!r}: {error}") from error
+
+        return self._call("XGROUP DESTROY", destroy)
+
     def read(
-        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
+        self,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None = None,
     ) -> list[StreamEntry]:
+        return self._read_after([], streams, group, consumer, count=count, block_ms=block_ms, ack=ack)[1]
+
+    def request(
+        self,
+        entries: Sequence[tuple[str, Mapping[str, bytes]]],
+        *,
+        maxlen: int | None = None,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None = None,
+    ) -> tuple[list[str], list[StreamEntry]]:
+        """Publish ``entries``, then :meth:`read` (with ``ack``), all pipelined in one round trip: a request and
+        the start of the wait for its reply. Returns the entries' ids and what was read."""
+        xadds = [self._xadd(stream, fields, maxlen) for stream, fields in entries]
+        return self._read_after(xadds, streams, group, consumer, count=count, block_ms=block_ms, ack=ack)
+
+    def _read_after(
+        self,
+        xadds: list[list[Any]],
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None,
+    ) -> tuple[list[str], list[StreamEntry]]:
+        """XADDs, then XACKs, then XREADGROUP, the first two sent with the read's first wait (one round trip)."""
+        acks = [["XACK", stream, group, *entry_ids] for stream, entry_ids in (ack or {}).items() if entry_ids]
+        leading = [*xadds, *acks]
+        published: list[str] = []
         if not streams:
-            return []
-        keys: dict[Any, Any] = dict.fromkeys(streams, ">")
-        client = self.client
+            if leading:
+                self._call(
+                    "XADD/XACK (pipelined)",
+                    functools.partial(self._send_leading, leading, len(xadds), published, group),
+                )
+            return published, []
+        head = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        tail = ["STREAMS", *streams, *(">" for _ in streams)]
 
         def xreadgroup(block: int | None) -> Any:
-            try:
-                return client.xreadgroup(group, consumer, keys, count=count, block=block)
-            except self._response_error as error:
-                raise self._no_group(error, ",".join(streams), group) from error
+            command = [*head, "BLOCK", block, *tail] if block is not None else [*head, *tail]
+            if leading:  # in the same round trip, ahead of the read
+                reply = self._send_leading([*leading, command], len(xadds), published, group)
+                leading.clear()  # sent: a later slice of a long wait does not send them again
+            else:
+                try:
+                    reply = self._execute(*command)
+                except self._response_error as error:
+                    reply = error
+            if isinstance(reply, self._response_error):
+                raise self._no_group(reply, ",".join(streams), group) from reply
+            return reply
 
         if block_ms <= 0:
-            reply = self._call("XREADGROUP", lambda: xreadgroup(None))
+            reply = self._call("XREADGROUP", functools.partial(xreadgroup, None))
         else:
             # BLOCK 0 would wait forever, and a wait longer than the socket timeout would look like a dead server:
             # wait in slices until something arrives or block_ms has passed.
             deadline = time.monotonic() + block_ms / 1000.0
             while True:
                 if self._closed:
-                    return []
+                    return published, []
                 remaining = int((deadline - time.monotonic()) * 1000)
                 if remaining <= 0:
-                    return []
-                block = min(remaining, self._max_block_ms)
+                    if not leading:
+                        return published, []
+                    remaining = 0  # what must be sent still is, with a read that does not wait
+                block = min(remaining, self._max_block_ms) or None
                 reply = self._call("XREADGROUP", functools.partial(xreadgroup, block))
-                if reply:
+                if reply or block is None:
                     break
-        return self._parse_read(reply)
+        return published, self._parse_read(reply)
+
+    def _send_leading(self, commands: list[list[Any]], xadds: int, published: list[str], group: str) -> Any:
+        """Pipeline ``commands`` (``xadds`` XADDs, then XACKs, then possibly a read); record the XADDs' ids in
+        ``published``, raise for a refused one, and return the last reply (the read's, or an XACK's)."""
+        replies = self._pipeline(commands)
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, self._response_error) and command[0] != "XREADGROUP":
+                if command[0] == "XACK":
+                    raise self._no_group(reply, command[1], group) from reply
+                raise EsperError(f"Redis refused an entry for stream {command[1]!r}: {reply}") from reply
+        published[:] = [_text(reply) for reply in replies[:xadds]]
+        return replies[-1]
 
     @staticmethod
     def _parse_read(reply: Any) -> list[StreamEntry]:
-        """Entries from a RESP2 XREADGROUP reply: ``[[stream, [(id, {field: value}), ...]], ...]``."""
+        """Entries from a raw RESP2 XREADGROUP reply: ``[[stream, [[id, [field, value, ...]], ...]], ...]``."""
         delivered: list[StreamEntry] = []
+        append = delivered.append
+        known = _keys.get
         for raw_stream, items in reply or ():
-            delivered.extend(_entries(_text(raw_stream), items, 1))
+            stream = _text(raw_stream)
+            for entry_id, flat in items:
+                if flat is None:  # deleted since it was delivered (only when re-reading pending entries)
+                    continue
+                names = [known(name) or _key(name) for name in flat[::2]]
+                append(StreamEntry(stream, _text(entry_id), dict(zip(names, flat[1::2], strict=True)), 1))
         return delivered
 
     def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
@@ -366,12 +575,11 @@ class RedisBackend:
     def ack(self, stream: str, group: str, entry_ids: Sequence[str]) -> int:
         if not entry_ids:
             return 0
-        ids = list(entry_ids)
-        return int(self._call("XACK", lambda: self.client.xack(stream, group, *ids)))
+        return int(self._call("XACK", functools.partial(self._execute, "XACK", stream, group, *entry_ids)))
 
     # -- inspection and housekeeping --------------------------------------------------------------------------
     def length(self, stream: str) -> int:
-        return int(self._call("XLEN", lambda: self.client.xlen(stream)))
+        return int(self._call("XLEN", functools.partial(self._execute, "XLEN", stream)))
 
     def pending_count(self, stream: str, group: str) -> int:
         def summary() -> Any:
@@ -403,6 +611,7 @@ class RedisBackend:
 
     def close(self) -> None:
         self._closed = True
+        self._connections.close()
         self.client.close()
         self.client.connection_pool.disconnect()
 

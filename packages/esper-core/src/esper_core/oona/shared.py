@@ -25,13 +25,45 @@ class SharedBackend:
     ) -> list[str]:
         return self.inner.publish_many(entries, maxlen=maxlen)
 
-    def ensure_group(self, stream: str, group: str) -> None:
-        self.inner.ensure_group(stream, group)
+    def ensure_group(self, stream: str, group: str, *, from_start: bool = False) -> None:
+        self.inner.ensure_group(stream, group, from_start=from_start)
+
+    def destroy_group(self, stream: str, group: str) -> bool:
+        return self.inner.destroy_group(stream, group)
 
     def read(
-        self, streams: Sequence[str], group: str, consumer: str, *, count: int, block_ms: int
+        self,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None = None,
     ) -> list[StreamEntry]:
-        return self.inner.read(streams, group, consumer, count=count, block_ms=block_ms)
+        return self.inner.read(streams, group, consumer, count=count, block_ms=block_ms, ack=ack)
+
+    def request(
+        self,
+        entries: Sequence[tuple[str, Mapping[str, bytes]]],
+        *,
+        maxlen: int | None = None,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        count: int,
+        block_ms: int,
+        ack: Mapping[str, Sequence[str]] | None = None,
+    ) -> tuple[list[str], list[StreamEntry]]:
+        request = getattr(self.inner, "request", None)
+        if request is None:  # a backend without it: the same, in two round trips
+            ids = self.inner.publish_many(entries, maxlen=maxlen)
+            return ids, self.inner.read(streams, group, consumer, count=count, block_ms=block_ms, ack=ack)
+        result: tuple[list[str], list[StreamEntry]] = request(
+            entries, maxlen=maxlen, streams=streams, group=group, consumer=consumer, count=count, block_ms=block_ms,
+            ack=ack,
+        )  # fmt: skip
+        return result
 
     def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
         return self.inner.claim_idle(stream, group, consumer, min_idle_ms=min_idle_ms, count=count)

@@ -30,11 +30,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypeVar
 
 LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
 
 
 class ServerUnavailableError(RuntimeError):
@@ -302,6 +304,23 @@ class RedisServer(ManagedServer):
         return redis_ping(self.host, self.port)
 
 
+def wait_until(condition: Callable[[], T | None], *, what: str, timeout_s: float = 30.0, interval_s: float = 0.01) -> T:
+    """Call ``condition`` until it returns something truthy, and return that; raise ``AssertionError`` naming
+    ``what`` if ``timeout_s`` passes first.
+
+    For tests that wait for something to happen (a server ready, an entry idle long enough to claim, a thread
+    done): the deadline is generous and only ever fails a test that would otherwise hang, never a slow machine's.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not reached within {timeout_s:g} s")
+        time.sleep(interval_s)
+
+
 def redis_ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
     """Whether a Redis server answers PING at ``host:port`` (no redis-py needed)."""
     try:
@@ -324,4 +343,5 @@ __all__ = [
     "redis_ping",
     "require_binary",
     "require_module",
+    "wait_until",
 ]

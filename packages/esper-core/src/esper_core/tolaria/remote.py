@@ -11,9 +11,16 @@
    service's controller can judge the decision and write field reports, which come back on ``commands`` and are
    handed to Tolaria at the next decision point.
 
+Round trips per decision point: one for the decision (the state packet's XADD pipelined with the blocking read that
+brings the command back, which also acknowledges what the previous read brought: :meth:`Oona.request`), then the
+result's XADD and one read for field reports. The
+service is not kept waiting either: its group on ``decisions`` exists from the moment it is built, and its blocking
+read wakes as soon as the packet lands.
+
 Replies that arrive after their decision point timed out (a service that was down or slow, a redelivered state
 packet) carry an old correlation id: they are acknowledged and counted as stale, never applied. A command is applied
-at most once anyway: Kasmina refuses a replayed nonce.
+at most once anyway: Kasmina refuses a replayed nonce. The client's group starts at the end of the ``commands``
+stream (created before its first packet goes out) and is deleted when the controller closes.
 
 The commands are signed by the service with the shared secret, so a remote controller needs
 ``ESPER_LEYLINE_SECRET`` (``security.secret_env``); a run without it stops at setup with that message. The policy's
@@ -23,6 +30,7 @@ controller, a remote one does not resume bit-exactly.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,12 +38,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from esper_core.config import section
-from esper_core.errors import ConfigError
+from esper_core.errors import ConfigError, EsperError
 from esper_core.leyline import AdaptationCommand, CommandResult, FieldReport, SystemStatePacket
-from esper_core.oona import Oona
+from esper_core.oona import BusMessage, Oona
 
 if TYPE_CHECKING:
     from esper_core.plugins import BuildContext
+
+logger = logging.getLogger("esper.tolaria.remote")
 
 #: How long one poll of the commands stream blocks (the wait is a loop of these until the deadline).
 POLL_MS = 100
@@ -62,15 +72,30 @@ class RemoteController:
         self.stale_replies = 0
         self.decisions = 0
         self._reports: list[FieldReport] = []
+        # Read and sorted, acknowledged by the next read in the same round trip: the command a decision waits for
+        # costs no XACK of its own before decide() returns. Delivered again only after a crash, when it is stale.
+        self._handled: list[BusMessage] = []
         # A decision that timed out may still be polling in Tolaria's worker thread while the main thread observes.
         self._lock = threading.Lock()
+        # Before the first state packet goes out, so no reply can be published before the group exists; at the
+        # stream's end, since nothing already there answers this client's packets.
         self.bus.subscribe([bus.streams.commands])
 
     def decide(self, state: SystemStatePacket) -> AdaptationCommand:
         streams = self.bus.streams
-        self.bus.publish(state, stream=streams.decisions, correlation_id=state.packet_id)
         deadline = time.monotonic() + self.timeout_s
-        while True:
+        with self._lock:  # the packet out and the wait for its command begun in one round trip
+            _, messages = self.bus.request(
+                state,
+                stream=streams.decisions,
+                correlation_id=state.packet_id,
+                reply_streams=[streams.commands],
+                block_ms=min(int(self.timeout_s * 1000), POLL_MS),
+                ack=self._handled,
+            )
+            self._handled = messages
+            command = self._sort(messages, state.packet_id)
+        while command is None:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 raise RemoteDecisionTimeout(
@@ -78,20 +103,17 @@ class RemoteController:
                     "(is `esper serve tamiyo` running on the same bus, with the same ESPER_LEYLINE_SECRET?)"
                 )
             command = self._collect(state.packet_id, block_ms=min(remaining_ms, POLL_MS))
-            if command is not None:
-                self.decisions += 1
-                return command
+        self.decisions += 1
+        return command
 
     def _collect(self, packet_id: str, *, block_ms: int) -> AdaptationCommand | None:
         """Read the commands stream once: keep this run's field reports, return the awaited command if it came."""
         with self._lock:
-            messages = self.bus.poll([self.bus.streams.commands], count=32, block_ms=block_ms)
-            found = self._sort(messages, packet_id)
-            if messages:
-                self.bus.ack_many(messages)
-        return found
+            messages = self.bus.poll([self.bus.streams.commands], count=32, block_ms=block_ms, ack=self._handled)
+            self._handled = messages
+            return self._sort(messages, packet_id)
 
-    def _sort(self, messages: list[Any], packet_id: str) -> AdaptationCommand | None:
+    def _sort(self, messages: list[BusMessage], packet_id: str) -> AdaptationCommand | None:
         """Keep this run's field reports; count replies to decision points that gave up; return the awaited one."""
         found = None
         for message in messages:
@@ -127,6 +149,12 @@ class RemoteController:
         self.stale_replies = int(state.get("stale_replies", 0))
 
     def close(self) -> None:
+        """Delete this client's consumer group (it is the run's own; nobody reads it after the run) and close the
+        bus client (not the backend, which belongs to the run)."""
+        try:
+            self.bus.destroy_group([self.bus.streams.commands])
+        except EsperError as error:  # the bus may be why the run is closing; a leftover group is harmless
+            logger.warning("could not delete the remote controller's group %s: %s", self.bus.group, error)
         self.bus.close()
 
 
