@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,14 +31,15 @@ from esper_core.leyline import (
 )
 from esper_core.plugins import Registry
 from esper_core.signing import SigningKey
+from esper_core.stats import percentile
 
 SLOTS = 8
 BLUEPRINTS = 20
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    """p50 and p95, nearest rank (esper_core.stats): what the services report, computed the same way."""
+    return percentile(samples, 0.5), percentile(samples, 0.95)
 
 
 def state_packet(epoch: int) -> SystemStatePacket:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from torch import nn
 
 from esper_core.leyline import SlotKind
 from esper_core.protocols import SlotShape
+from esper_core.stats import percentile
 from esper_urza.karn import KarnCatalog
 from esper_urza.library import UrzaLibrary
 
@@ -36,8 +36,8 @@ PARAMETERS = {"depth": 2.0}
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    """p50 and p95, nearest rank (esper_core.stats): what the services report, computed the same way."""
+    return percentile(samples, 0.5), percentile(samples, 0.95)
 
 
 def timed(function: Callable[[], Any], samples: int, before: Callable[[], Any] | None = None) -> list[float]:

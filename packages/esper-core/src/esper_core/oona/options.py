@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from esper_core.config import section
+from esper_core.config.validators import at_least, not_negative
 
 
 @attrs.frozen
@@ -42,16 +43,6 @@ class StreamNames:
         return [f"oona.streams.{field.name}={getattr(self, field.name)}" for field in attrs.fields(StreamNames)]
 
 
-def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
-
-
-def _not_negative(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
-
-
 @section("oona")
 @attrs.frozen
 class OonaOptions:
@@ -59,16 +50,16 @@ class OonaOptions:
     backend: str = "memory"
     streams: StreamNames = StreamNames()
     #: Streams are trimmed to about this many entries on publish.
-    max_stream_length: int = attrs.field(default=10_000, validator=_positive)
+    max_stream_length: int = attrs.field(default=10_000, validator=at_least(1))
     #: A delivered entry not acknowledged for this long is redelivered to another consumer.
-    claim_idle_ms: int = attrs.field(default=60_000, validator=_positive)
+    claim_idle_ms: int = attrs.field(default=60_000, validator=at_least(1))
     #: Delivery attempts before a message goes to the dead-letter stream.
-    max_attempts: int = attrs.field(default=5, validator=_positive)
+    max_attempts: int = attrs.field(default=5, validator=at_least(1))
     #: Entries older than this are trimmed by housekeeping (0 keeps them until max_stream_length).
-    message_ttl_ms: int = attrs.field(default=900_000, validator=_not_negative)
+    message_ttl_ms: int = attrs.field(default=900_000, validator=not_negative)
     #: HIGH and CRITICAL messages per minute allowed onto the emergency stream; the rest take their normal route.
-    emergency_max_per_minute: int = attrs.field(default=120, validator=_positive)
+    emergency_max_per_minute: int = attrs.field(default=120, validator=at_least(1))
     #: At this depth of its stream a normal-priority message is rerouted to the emergency stream (0 disables).
-    reroute_depth: int = attrs.field(default=0, validator=_not_negative)
+    reroute_depth: int = attrs.field(default=0, validator=not_negative)
     #: At this depth a low or normal priority message is dropped and counted (0 disables).
-    drop_depth: int = attrs.field(default=0, validator=_not_negative)
+    drop_depth: int = attrs.field(default=0, validator=not_negative)

@@ -50,7 +50,9 @@ import attrs
 
 from esper_core.breaker import CircuitBreaker
 from esper_core.config import section
+from esper_core.config.validators import not_negative, positive
 from esper_core.errors import ConfigError, EsperError
+from esper_core.extras import install_hint, require
 from esper_core.leyline import CircuitBreakerState
 from esper_core.oona.backend import BusUnavailableError, StreamEntry
 
@@ -60,22 +62,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 URL_SCHEMES = ("redis", "rediss", "unix")
-INSTALL_HINT = "pip install 'esper-core[redis]'"
+INSTALL_HINT = install_hint("redis")
 #: XADDs sent per pipeline round trip by ``publish_many``.
 PIPELINE_CHUNK = 500
 #: A blocking XREADGROUP waits at most this much less than the socket timeout (or half of it, if that is longer), so
 #: that the socket never times out under it.
 _BLOCK_MARGIN_MS = 1_000
-
-
-def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
-
-
-def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative, got {value}")
 
 
 @section("oona.redis")
@@ -84,21 +76,21 @@ class RedisOptions:
     """Connection handling of the Redis backend (``[oona.redis]``); the URL itself is ``oona.backend``."""
 
     #: Seconds to wait for a reply (blocking reads are split into waits shorter than this).
-    socket_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    socket_timeout_s: float = attrs.field(default=5.0, validator=positive)
     #: Seconds to wait for a connection to open.
-    connect_timeout_s: float = attrs.field(default=2.0, validator=_positive)
+    connect_timeout_s: float = attrs.field(default=2.0, validator=positive)
     #: Connections per pool, shared by every thread of the process that uses this backend (there are two pools: one
     #: for publishing, reading and acknowledging, one for the rest).
-    max_connections: int = attrs.field(default=64, validator=_positive)
+    max_connections: int = attrs.field(default=64, validator=positive)
     #: Retries of a command after a connection error or timeout, with exponential backoff between them.
-    retries: int = attrs.field(default=5, validator=_not_negative)
+    retries: int = attrs.field(default=5, validator=not_negative)
     #: The first backoff; it doubles after each failed attempt, up to ``backoff_max_s`` (plus up to 25 % jitter).
-    backoff_initial_s: float = attrs.field(default=0.05, validator=_positive)
-    backoff_max_s: float = attrs.field(default=2.0, validator=_positive)
+    backoff_initial_s: float = attrs.field(default=0.05, validator=positive)
+    backoff_max_s: float = attrs.field(default=2.0, validator=positive)
     #: Consecutive failed attempts (across all commands) that open the backend's circuit breaker.
-    breaker_failure_threshold: int = attrs.field(default=10, validator=_positive)
+    breaker_failure_threshold: int = attrs.field(default=10, validator=positive)
     #: While open, the breaker refuses commands at once; after this many seconds one command probes Redis again.
-    breaker_open_s: float = attrs.field(default=5.0, validator=_not_negative)
+    breaker_open_s: float = attrs.field(default=5.0, validator=not_negative)
 
 
 def redact_url(url: str) -> str:
@@ -114,13 +106,7 @@ def redact_url(url: str) -> str:
 
 
 def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError as error:
-        raise EsperError(
-            f"the Redis bus backend needs redis-py, which is not installed ({error}). Install it with: {INSTALL_HINT}"
-        ) from error
-    return redis
+    return require("redis", "the Redis bus backend")
 
 
 _keys: dict[bytes, str] = {}
