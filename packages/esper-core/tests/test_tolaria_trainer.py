@@ -159,3 +159,12 @@ def test_the_time_a_run_was_down_is_not_running_time(tmp_path: Path) -> None:
         assert trainer.finish().wall_seconds == pytest.approx(7.0)
     finally:
         trainer.close()
+
+
+def test_each_run_reads_the_bus_in_a_group_of_its_own_and_leaves_it_when_done(trainer: Trainer) -> None:
+    """Runs sharing a Redis each receive every telemetry packet and policy update; a finished run's group goes."""
+    bus = trainer.run.bus
+    assert bus.group == f"tolaria-{trainer.run.run_id}"
+    assert bus.streams.telemetry in bus.subscriptions
+    trainer.finish()
+    assert bus.subscriptions == []

@@ -263,6 +263,11 @@ class Oona:
                 self.backend.ensure_group(stream, self.group, from_start=from_start)
                 self._groups_ready.add(stream)
 
+    @property
+    def subscriptions(self) -> list[str]:
+        """The streams this bus's group is subscribed to (in this process)."""
+        return sorted(self._groups_ready)
+
     def destroy_group(self, streams: Sequence[str]) -> int:
         """Delete this bus's consumer group from ``streams``, with its pending entries; return how many existed.
 

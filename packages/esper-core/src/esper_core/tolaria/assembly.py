@@ -164,7 +164,8 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     shared_bus = oona.backend != "memory"
     key = SigningKey.resolve(required=security.require_secret or shared_bus, var=security.secret_env)
     backend = registry.build(registry.bus_backend(oona.backend), config=config)
-    bus = Oona(backend, signing_key=key, options=oona, group="tolaria", consumer=run_id, source="tolaria")
+    # A group of its own: runs sharing a Redis must each receive every telemetry packet and policy update.
+    bus = Oona(backend, signing_key=key, options=oona, group=f"tolaria-{run_id}", consumer=run_id, source="tolaria")
     selection = config.get(UrzaSelection)
     catalogs = [registry.build(registry.blueprint_catalog(name), config=config) for name in selection.catalogs]
     store = registry.build(

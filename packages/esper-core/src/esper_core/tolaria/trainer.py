@@ -342,6 +342,7 @@ class Trainer:
             {k: v for k, v in summary.as_dict().items() if isinstance(v, (int, float))},
         )
         self.recorder.relay()
+        run.bus.destroy_group(run.bus.subscriptions)  # nobody reads this run's group again (Redis would keep it)
         return summary
 
     def close(self) -> None:
