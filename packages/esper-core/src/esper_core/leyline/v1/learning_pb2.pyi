@@ -348,7 +348,7 @@ class PolicyUpdate(_message.Message):
     """
     feature_schema_digest: _builtins.str
     """Digests that must match the live policy's feature encoding and network architecture. This one: the SHA-256 (hex)
-    of the feature schema's canonical JSON (`esper_tamiyo.learned.features`).
+    of the feature schema's canonical JSON (`esper_tamiyo.learned.schema`).
     """
     architecture_digest: _builtins.str
     """Must match the live policy's network architecture: the SHA-256 (hex) of its name, version, configuration and every
