@@ -30,7 +30,7 @@ from esper_core.testing.conformance import (
     TelemetrySinkConformance,
 )
 from esper_core.testing.conformance.catalog import check_blueprint
-from esper_core.testing.conformance.policy import check_command
+from esper_core.testing.conformance.policy import check_command, decide_read_only
 from esper_core.testing.processes import Child
 
 
@@ -174,6 +174,115 @@ def test_the_policy_kit_catches_illegal_commands(
 ) -> None:
     with pytest.raises(AssertionError, match=complaint):
         check_command(command, _state(stage), [DESCRIPTOR])
+
+
+class SortsSlotsInPlace:
+    """Ranks the slots by sorting the packet's own list: an innocent-looking change to the packet it was given."""
+
+    name = "sorts-in-place"
+
+    def decide(self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]) -> AdaptationCommand:
+        state.seeds.sort(key=lambda seed: seed.slot_id, reverse=True)
+        return AdaptationCommand(command_type=CommandType.COMMAND_NOOP)
+
+
+class LowersRisk:
+    """'Rescues' every blueprint from the risk engine by lowering its risk in the offered descriptors."""
+
+    name = "lowers-risk"
+
+    def decide(self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]) -> AdaptationCommand:
+        for descriptor in blueprints:
+            descriptor.risk = 0.0
+        return AdaptationCommand(command_type=CommandType.COMMAND_NOOP)
+
+
+def _offered() -> list[BlueprintDescriptor]:
+    """A fresh copy of DESCRIPTOR, which a mutating policy may change without spoiling other tests."""
+    copy = BlueprintDescriptor()
+    copy.CopyFrom(DESCRIPTOR)
+    return [copy]
+
+
+def test_the_policy_kit_names_what_a_policy_changed_in_its_packet() -> None:
+    state = SystemStatePacket(seeds=[SeedState(slot_id="a"), SeedState(slot_id="b")])
+    with pytest.raises(
+        AssertionError,
+        match=r"policy 'sorts-in-place' changed the SystemStatePacket it was given "
+        r"\(seeds\[0\]\.slot_id, seeds\[1\]\.slot_id\)\. The packet is read-only",
+    ):
+        decide_read_only(SortsSlotsInPlace(), state, _offered())
+
+
+def test_the_policy_kit_names_what_a_policy_changed_in_a_descriptor() -> None:
+    with pytest.raises(
+        AssertionError, match=r"policy 'lowers-risk' changed the blueprint descriptors it was offered \(BP900: risk\)"
+    ):
+        decide_read_only(LowersRisk(), _state(SeedLifecycleStage.SEED_STAGE_DORMANT), _offered())
+
+
+def test_a_policy_that_leaves_its_inputs_alone_passes_the_read_only_check() -> None:
+    state = _state(SeedLifecycleStage.SEED_STAGE_DORMANT)
+    command = decide_read_only(GerminateFirstDormant(), state, _offered())
+    assert command.seed_operation.operation == SeedOperation.SEED_OP_GERMINATE
+    assert state == _state(SeedLifecycleStage.SEED_STAGE_DORMANT)
+
+
+@pytest.mark.slow  # a few seconds: Hypothesis shrinks and explains each of the two failures
+def test_the_policy_suite_fails_a_policy_that_changes_its_inputs(pytester: pytest.Pytester) -> None:
+    """The suite, subclassed as a plugin's tests subclass it, fails a policy that changes the packet or the offered
+    descriptors, and says what changed."""
+    pytester.makepyfile(
+        """
+        import pytest
+        from esper_core.leyline import (
+            AdaptationCommand, BlueprintDescriptor, BlueprintTier, CommandType, SlotKind,
+        )
+        from esper_core.testing.conformance import TamiyoPolicyConformance
+
+        NOOP = AdaptationCommand(command_type=CommandType.COMMAND_NOOP)
+
+        class KeepsNotesInThePacket:
+            name = "keeps-notes"
+
+            def decide(self, state, blueprints):
+                state.extras["keeps-notes.seen"] = 1.0
+                return NOOP
+
+        class LowersRisk:
+            name = "lowers-risk"
+
+            def decide(self, state, blueprints):
+                for descriptor in blueprints:
+                    descriptor.risk = 0.0
+                return NOOP
+
+        class Suite(TamiyoPolicyConformance):
+            @pytest.fixture
+            def blueprints(self):
+                return [BlueprintDescriptor(blueprint_id="BP900", tier=BlueprintTier.BLUEPRINT_TIER_SAFE, risk=0.7,
+                                            slot_kinds=[SlotKind.SLOT_KIND_VECTOR])]
+
+        class TestKeepsNotes(Suite):
+            @pytest.fixture
+            def policy(self):
+                return KeepsNotesInThePacket()
+
+        class TestLowersRisk(Suite):
+            @pytest.fixture
+            def policy(self):
+                return LowersRisk()
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*policy 'keeps-notes' changed the SystemStatePacket it was given (extras). The packet is read-only*",
+            "*policy 'lowers-risk' changed the blueprint descriptors it was offered (BP900: risk). They are read-only*",
+        ],
+        consecutive=False,
+    )
 
 
 # -- blueprint catalogs ----------------------------------------------------------------------------------------
