@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from esper_core.leyline import BlueprintDescriptor, BlueprintParameterBounds, BlueprintTier, SlotKind
 from esper_core.protocols import SlotShape
@@ -51,6 +51,25 @@ def tier_from_name(name: str | int) -> BlueprintTier.ValueType:
         return BlueprintTier.Value("BLUEPRINT_TIER_" + name.strip().upper())
     except ValueError:
         raise ValueError(f"unknown blueprint tier {name!r}; known: SAFE, EXPERIMENTAL, HIGH_RISK") from None
+
+
+def select_descriptors(
+    descriptors: Iterable[BlueprintDescriptor],
+    *,
+    tiers: Iterable[str | BlueprintTier.ValueType] | None = None,
+    slot_kind: SlotKind.ValueType | None = None,
+    max_risk: float | None = None,
+) -> list[BlueprintDescriptor]:
+    """The descriptors in one of ``tiers`` (names or enum values), growing in ``slot_kind``, no riskier than
+    ``max_risk``; a filter left as ``None`` passes everything. Catalogs and the library query with it."""
+    wanted = None if tiers is None else {tier_from_name(tier) for tier in tiers}
+    return [
+        descriptor
+        for descriptor in descriptors
+        if (wanted is None or descriptor.tier in wanted)
+        and (slot_kind is None or slot_kind in descriptor.slot_kinds)
+        and (max_risk is None or descriptor.risk <= max_risk)
+    ]
 
 
 def describe_blueprint(descriptor: BlueprintDescriptor) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from esper_core.leyline import BlueprintDescriptor, BlueprintTier, SlotKind
 from esper_core.protocols import SlotShape
 from esper_urza.karn.table import Blueprint, default_blueprints
-from esper_urza.parameters import check_slot, resolve_parameters, tier_from_name
+from esper_urza.parameters import check_slot, resolve_parameters, select_descriptors
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,14 +62,7 @@ class KarnCatalog:
         max_risk: float | None = None,
     ) -> list[BlueprintDescriptor]:
         """Descriptors filtered by tier (names or enum values), slot kind and maximum risk."""
-        wanted = None if tiers is None else {tier_from_name(tier) for tier in tiers}
-        return [
-            descriptor
-            for descriptor in self.descriptors()
-            if (wanted is None or descriptor.tier in wanted)
-            and (slot_kind is None or slot_kind in descriptor.slot_kinds)
-            and (max_risk is None or descriptor.risk <= max_risk)
-        ]
+        return select_descriptors(self.descriptors(), tiers=tiers, slot_kind=slot_kind, max_risk=max_risk)
 
     def resolve(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> dict[str, float]:
         """The full, checked parameter set for building ``blueprint_id`` at ``slot`` (raises like ``build``)."""

@@ -33,7 +33,13 @@ from esper_urza.library.loading import ArtifactLoader
 from esper_urza.library.locking import LibraryLock
 from esper_urza.library.metrics import LibraryMetrics
 from esper_urza.options import UrzaOptions
-from esper_urza.parameters import artifact_key, check_slot, kind_name, resolve_parameters, tier_from_name
+from esper_urza.parameters import (
+    artifact_key,
+    check_slot,
+    kind_name,
+    resolve_parameters,
+    select_descriptors,
+)
 from esper_urza.records import ArtifactRecord, BuiltArtifact
 
 if TYPE_CHECKING:
@@ -290,18 +296,12 @@ class UrzaLibrary:
         max_risk: float | None = None,
     ) -> list[BlueprintDescriptor]:
         """Descriptors the library's catalogs offer, filtered by tier, slot kind and maximum risk."""
-        wanted = None if tiers is None else {tier_from_name(tier) for tier in tiers}
+        offered = [self._catalogs[blueprint_id][1] for blueprint_id in sorted(self._catalogs)]
         found = []
-        for blueprint_id in sorted(self._catalogs):
-            descriptor = self._catalogs[blueprint_id][1]
-            if (
-                (wanted is None or descriptor.tier in wanted)
-                and (slot_kind is None or slot_kind in descriptor.slot_kinds)
-                and (max_risk is None or descriptor.risk <= max_risk)
-            ):
-                copied = BlueprintDescriptor()
-                copied.CopyFrom(descriptor)
-                found.append(copied)
+        for descriptor in select_descriptors(offered, tiers=tiers, slot_kind=slot_kind, max_risk=max_risk):
+            copied = BlueprintDescriptor()
+            copied.CopyFrom(descriptor)
+            found.append(copied)
         return found
 
     def verify(self) -> list[tuple[str, str]]:
