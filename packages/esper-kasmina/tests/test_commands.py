@@ -150,7 +150,7 @@ def test_values_from_a_newer_leyline_are_refused_with_a_result_not_an_exception(
     unknown_operation = germinate()
     unknown_operation.seed_operation.operation = 77  # type: ignore[assignment]
     result = rig.kasmina.apply(rig.signer.sign(unknown_operation))
-    assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_ILLEGAL and "UNKNOWN(77)" in result.detail
+    assert result.status == CommandStatus.COMMAND_STATUS_UNSUPPORTED and "UNKNOWN(77)" in result.detail
     unknown_type = rig.kasmina.apply(rig.signer.sign(AdaptationCommand(command_type=55)))  # type: ignore[arg-type]
     assert unknown_type.status == CommandStatus.COMMAND_STATUS_UNSUPPORTED and "UNKNOWN(55)" in unknown_type.detail
     assert snapshot(rig) == before

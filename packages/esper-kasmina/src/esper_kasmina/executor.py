@@ -325,9 +325,9 @@ class KasminaSeedExecutor:
         elif operation == SeedOperation.SEED_OP_FINE_TUNE:
             self._fine_tune(slot, command, result)
         else:
-            self._illegal(
-                result, f"SEED_OP_{lifecycle.operation_name(operation)} is not a seed operation Kasmina carries out"
-            )
+            # An operation this Kasmina does not carry out, or a value from a newer Leyline it does not know.
+            result.status = CommandStatus.COMMAND_STATUS_UNSUPPORTED
+            result.detail = f"SEED_OP_{lifecycle.operation_name(operation)} is not a seed operation Kasmina carries out"
         result.stage_after = slot.stage
         result.transitions.extend(self._events[before:])
 
