@@ -157,9 +157,9 @@ class PoisonedTask:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from esper_core.tolaria.checkpoint import latest_checkpoint, load_checkpoint
+    from esper_core.tolaria.checkpoint import load_newest
 
-    path = latest_checkpoint(run_dir)
-    assert path is not None
-    model: dict[str, torch.Tensor] = load_checkpoint(path)["model"]
+    loaded = load_newest(run_dir)
+    assert loaded is not None and not loaded.skipped
+    model: dict[str, torch.Tensor] = loaded.state["model"]
     return {key: value for key, value in model.items() if isinstance(value, torch.Tensor)}

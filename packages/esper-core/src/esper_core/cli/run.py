@@ -50,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
             raise RunError("a resumed run keeps the configuration it recorded; give only --resume RUN_DIR")
         assembled = reopen_run(registry, args.resume)
         trainer = Trainer(assembled)
-        if trainer.restore_latest() is None:
+        loaded = trainer.restore_latest()
+        if loaded is None:
             raise RunError(f"{args.resume} has no checkpoint yet (it stopped during its first epoch); start it again")
+        for skipped in loaded.skipped:
+            console.print(f"[yellow]warning:[/] skipped checkpoint {skipped.path.name}: {skipped.reason}")
         console.print(f"resuming {assembled.run_dir} after epoch {trainer.history.epoch}", highlight=False)
     else:
         config = registry.load_config(args.config, overrides=args.overrides)

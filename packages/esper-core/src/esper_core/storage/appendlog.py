@@ -51,6 +51,13 @@ class LogScan:
     records: list[bytes]
     end_of_last_record: int
     skipped_bytes: int
+    #: Where the first unreadable byte is (``None`` when every byte belongs to an intact record).
+    first_damage: int | None = None
+
+    @property
+    def intact_prefix(self) -> int:
+        """How many bytes from the start are whole, intact records (up to the first damage)."""
+        return self.end_of_last_record if self.first_damage is None else self.first_damage
 
 
 def _header_at(data: bytes, offset: int) -> tuple[int, int] | None:
@@ -72,6 +79,7 @@ def scan(data: bytes) -> LogScan:
     offset = 0
     end_of_last = 0
     skipped = 0
+    first_damage: int | None = None
     while offset < len(data):
         header = _header_at(data, offset)
         if header is not None:
@@ -83,11 +91,13 @@ def scan(data: bytes) -> LogScan:
                 offset = start + length
                 end_of_last = offset
                 continue
+        if first_damage is None:
+            first_damage = offset
         next_magic = data.find(MAGIC, offset + 1)
         resume = len(data) if next_magic < 0 else next_magic
         skipped += resume - offset
         offset = resume
-    return LogScan(records, end_of_last, skipped)
+    return LogScan(records, end_of_last, skipped, first_damage)
 
 
 def read_records(path: str | Path) -> list[bytes]:
@@ -112,6 +122,8 @@ class AppendOnlyLog:
         #: Bytes of a torn tail that were cut off when the log was opened.
         self.repaired_bytes = len(data) - found.end_of_last_record
         self.record_count = len(found.records)
+        #: The byte offset where the next record will start (a position that survives damage before it).
+        self.end_offset = found.end_of_last_record
         self._handle: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - held open for the log's lifetime
         if self.repaired_bytes:
             self._handle.truncate(found.end_of_last_record)
@@ -120,11 +132,13 @@ class AppendOnlyLog:
             fsync_directory(self.path.parent)
 
     def append(self, payload: bytes) -> None:
-        self._handle.write(encode_record(payload))
+        encoded = encode_record(payload)
+        self._handle.write(encoded)
         self._handle.flush()
         if self.sync:
             self._fsync()
         self.record_count += 1
+        self.end_offset += len(encoded)
 
     def records(self) -> Iterator[bytes]:
         yield from read_records(self.path)

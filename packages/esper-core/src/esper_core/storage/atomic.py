@@ -23,7 +23,8 @@ def fsync_directory(directory: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    prefix, suffix = temporary_name_pattern(target.name).split("*")
+    fd, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -36,6 +37,26 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> N
             os.unlink(temporary)
         raise
     fsync_directory(target.parent)
+
+
+def temporary_name_pattern(target_name: str = "*") -> str:
+    """The glob that matches :func:`atomic_write_bytes`'s temporary files for ``target_name``."""
+    return f".{target_name}.*.tmp"
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files that atomic writes killed mid-way left in ``directory``; return them.
+
+    Only call it where no atomic write can be under way (a run directory while its one writer is starting): the
+    files it removes are the ones :func:`atomic_write_bytes` names, and nothing else.
+    """
+    removed = []
+    for stale in Path(directory).glob(temporary_name_pattern()):
+        if stale.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                removed.append(stale)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str, *, mode: int = 0o644) -> None:

@@ -24,8 +24,9 @@ from esper_core.plugins.selectors import NissaSelection, UrzaSelection
 from esper_core.protocols import Controller, SeedExecutor, Task, TaskData, TelemetrySink
 from esper_core.security_options import SecurityOptions
 from esper_core.signing import SigningKey
-from esper_core.storage import atomic_write_text
+from esper_core.storage import atomic_write_text, remove_stale_temporaries
 from esper_core.tasks.reference import is_reference, load_reference
+from esper_core.tolaria.checkpoint import DIRECTORY
 from esper_core.tolaria.options import RunOptions, TolariaOptions
 from esper_core.tolaria.record import RECORD_FILE, RunRecord
 
@@ -237,4 +238,7 @@ def reopen_run(registry: Registry, run_dir: Path) -> Run:
             f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); give the directory `esper run` made"
         )
     config = registry.load_config(file, env={})
+    # Only this process writes the run directory now: a temporary file there was left by a kill mid-write.
+    for directory in (run_dir, run_dir / DIRECTORY):
+        remove_stale_temporaries(directory)
     return assemble(registry, config, run_dir, run_dir.name)

@@ -2,7 +2,11 @@
 results, every field report, rollback and the final summary, as JSON objects in the core append-only log.
 
 A resumed run cuts the record back to what its checkpoint had seen, so an interrupted run and an uninterrupted one
-end with the same record. ``esper report`` and :func:`read_record` read it.
+end with the same record. Checkpoints remember the record's position as a byte offset (not a count of entries, which
+a damaged entry would shift), and a resume checks that everything before that offset is intact
+(:meth:`RunRecord.check_before`): a damaged tail sends the resume to an older checkpoint the record still agrees
+with; damage with intact entries after it is an error naming the offset. ``esper report`` and :func:`read_record`
+read it.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from esper_core.errors import EsperError
 from esper_core.storage import AppendOnlyLog, atomic_write_bytes, read_records
-from esper_core.storage.appendlog import encode_record
+from esper_core.storage.appendlog import encode_record, scan
 
 RECORD_FILE = "record.log"
 
@@ -34,6 +39,11 @@ class RunRecord:
     def __len__(self) -> int:
         return self.log.record_count
 
+    @property
+    def end_offset(self) -> int:
+        """Where the next entry will start: the position a checkpoint remembers."""
+        return self.log.end_offset
+
     def append(self, kind: str, **fields: Any) -> None:
         entry = {"kind": kind, **fields}
         self.log.append(json.dumps(entry, sort_keys=True, default=_plain).encode("utf-8"))
@@ -41,8 +51,35 @@ class RunRecord:
     def entries(self) -> list[dict[str, Any]]:
         return read_record(self.path)
 
+    def check_before(self, offset: int) -> str | None:
+        """``None`` when the first ``offset`` bytes are whole, intact entries; otherwise why they are not.
+
+        :raises RecordDamaged: when entries are damaged and intact ones follow (the middle of the record, which no
+            checkpoint can recover from).
+        """
+        found = scan(self.path.read_bytes() if self.path.exists() else b"")
+        if found.first_damage is not None and found.end_of_last_record > found.first_damage:
+            raise RecordDamaged(
+                f"the run record {self.path} is damaged at byte {found.first_damage}, with intact entries after it; "
+                "the run cannot be resumed consistently. Restore the file from a backup, or start the run again "
+                "under another name (--set run.name=...)"
+            )
+        if found.intact_prefix < offset:
+            return (
+                f"the run record is intact only up to byte {found.intact_prefix}, but this checkpoint was taken at "
+                f"byte {offset}"
+            )
+        return None
+
+    def cut_to(self, offset: int) -> None:
+        """Keep only the entries before byte ``offset`` (rewritten atomically), e.g. back to a checkpoint."""
+        self.log.close()
+        data = self.path.read_bytes() if self.path.exists() else b""
+        atomic_write_bytes(self.path, data[:offset])
+        self.log = AppendOnlyLog(self.path)
+
     def truncate(self, count: int) -> None:
-        """Keep only the first ``count`` entries (rewritten atomically), e.g. back to a checkpoint."""
+        """Keep only the first ``count`` entries (checkpoints written before positions were byte offsets)."""
         self.log.close()
         kept = read_records(self.path)[:count]
         atomic_write_bytes(self.path, b"".join(encode_record(record) for record in kept))
@@ -50,6 +87,10 @@ class RunRecord:
 
     def close(self) -> None:
         self.log.close()
+
+
+class RecordDamaged(EsperError):
+    """A run record damaged where no checkpoint can recover from it."""
 
 
 def _plain(value: Any) -> Any:

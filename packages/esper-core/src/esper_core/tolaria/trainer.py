@@ -47,7 +47,7 @@ from esper_core.security_options import SecurityOptions
 from esper_core.signing import CommandSigner
 from esper_core.telemetry import ERROR, WARNING, Event
 from esper_core.tolaria.assembly import Run, RunError
-from esper_core.tolaria.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from esper_core.tolaria.checkpoint import Loaded, load_newest, restore_rng, rng_state, save_checkpoint
 from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
 from esper_core.tolaria.recording import RunRecorder
@@ -241,8 +241,7 @@ class Trainer:
                 f"epoch {epoch}: {reason}, and the run has already rolled back {self.history.rollbacks} "
                 "times; it stops here (raise tolaria.max_rollbacks, or lower the learning rate)"
             )
-        path = self.restore_latest()
-        if path is None:
+        if self.restore_latest() is None:
             raise RunError(f"epoch {epoch}: {reason}, and there is no checkpoint to roll back to")
         history = self.history  # the restored one: restore replaces the object
         history.rollbacks += 1  # the count the latest checkpoint holds: every rollback re-saves it (below)
@@ -283,18 +282,27 @@ class Trainer:
             "rng": rng_state(),
             "history": attrs.asdict(self.history),
             "recorder": self.recorder.state_dict(),
-            "record_length": len(run.record),
+            "record_bytes": run.record.end_offset,
         }
         save_checkpoint(run.run_dir, self.history.epoch, state, run.tolaria.keep_checkpoints)
 
-    def restore_latest(self) -> Any:
-        from esper_core.tolaria.checkpoint import latest_checkpoint
+    def restore_latest(self) -> Loaded | None:
+        """Go back to the newest checkpoint that is intact and that the run record agrees with.
 
-        path = latest_checkpoint(self.run.run_dir)
-        if path is None:
-            return None
-        self.restore(load_checkpoint(path))
-        return path
+        Returns what was loaded, with the newer checkpoints that had to be skipped and why (``None``: the run has no
+        checkpoint yet). Raises :class:`~esper_core.tolaria.checkpoint.DamagedCheckpoint` when none is usable, and
+        :class:`~esper_core.tolaria.record.RecordDamaged` when the record is damaged beyond any checkpoint.
+        """
+        record = self.run.record
+
+        def record_agrees(state: dict[str, Any]) -> str | None:
+            offset = state.get("record_bytes")
+            return None if offset is None else record.check_before(int(offset))
+
+        loaded = load_newest(self.run.run_dir, accept=record_agrees)
+        if loaded is not None:
+            self.restore(loaded.state)
+        return loaded
 
     def restore(self, state: dict[str, Any]) -> None:
         run = self.run
@@ -308,7 +316,10 @@ class Trainer:
         self.recorder.load_state_dict(
             state.get("recorder") or {"decisions": state["decisions"], "culled": state["culled"]}
         )
-        run.record.truncate(int(state["record_length"]))
+        if "record_bytes" in state:
+            run.record.cut_to(int(state["record_bytes"]))
+        else:  # written before positions were byte offsets
+            run.record.truncate(int(state["record_length"]))
         self._running_since = self.clock()
 
     # -- the end ----------------------------------------------------------------------------------------------
