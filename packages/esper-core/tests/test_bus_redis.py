@@ -187,6 +187,98 @@ def test_a_wait_longer_than_the_socket_timeout_is_split(redis_server: RedisServe
         backend.close()
 
 
+# -- bad entries written behind the bus's back ----------------------------------------------------------------
+def test_a_field_name_that_is_not_utf8_written_with_redis_py_does_not_block_a_consumer(
+    redis_server: RedisServer, shared_backend: RedisBackend, names: StreamNames
+) -> None:
+    """The reproduction of issue #11: ``XADD stream * "\\xff" x`` by anyone who can reach Redis (no secret) made
+    every consume raise UnicodeDecodeError, and the signed messages behind it were never handled. Now it is
+    acknowledged, dropped and counted, and the message published after it is handled, on the first consume."""
+    import redis
+
+    bus = Oona(shared_backend, signing_key=SigningKey.generate(), options=OonaOptions(streams=names), group="g")
+    bus.subscribe([names.normal])
+    raw = redis.Redis.from_url(redis_server.url, protocol=2)
+    try:
+        raw.xadd(names.normal, {b"\xff": b"x"})
+    finally:
+        raw.close()
+    bus.publish(FieldReport(report_id="valid"))
+    handled: list[Any] = []
+    report = bus.consume([names.normal], handled.append)
+    assert report_ids(handled) == ["valid"]
+    assert (report.dropped_malformed, report.dropped_bad_signature, report.dead_lettered) == (1, 0, 0)
+    assert bus.metrics()["oona.dropped_malformed"] == 1.0
+    assert shared_backend.pending_count(names.normal, "g") == 0  # the poison is acknowledged away, not left pending
+
+
+def test_a_poison_entry_left_pending_does_not_block_the_claims(
+    redis_server: RedisServer, shared_backend: RedisBackend, names: StreamNames
+) -> None:
+    """The same entry taken by a consumer that then died (read with raw redis-py, never acknowledged): the claims
+    that hand it to another consumer go through another reply parser (XCLAIM's), which must not raise either."""
+    import redis
+
+    bus = Oona(
+        shared_backend,
+        signing_key=SigningKey.generate(),
+        options=OonaOptions(streams=names, claim_idle_ms=20),
+        group="g",
+        consumer="rescuer",
+    )
+    bus.subscribe([names.normal])
+    raw = redis.Redis.from_url(redis_server.url, protocol=2)
+    try:
+        raw.xadd(names.normal, {b"\xff": b"x"})
+        bus.publish(FieldReport(report_id="valid"))
+        taken = raw.xreadgroup("g", "crashed", {names.normal: ">"}, count=10)
+        assert len(taken[0][1]) == 2
+    finally:
+        raw.close()
+    (message,) = wait_until(lambda: bus.poll([names.normal]), what="the claimed entries")
+    assert report_ids([message]) == ["valid"] and message.delivery_count == 2
+    bus.ack(message)
+    assert bus.counters["dropped_malformed"] == 1
+    assert shared_backend.pending_count(names.normal, "g") == 0
+
+
+def test_a_dead_letter_keeps_field_names_that_are_not_utf8_byte_for_byte(
+    redis_server: RedisServer, shared_backend: RedisBackend, names: StreamNames
+) -> None:
+    """A signed entry that cannot be decoded is dead-lettered with all its fields: a name that is not UTF-8 is
+    written back as the bytes it was (not refused by the encoder, which would stop the consumer again)."""
+    import redis
+
+    key = SigningKey.generate()
+    bus = Oona(shared_backend, signing_key=key, options=OonaOptions(streams=names), group="g")
+    bus.subscribe([names.normal])
+    raw = redis.Redis.from_url(redis_server.url, protocol=2)
+    try:
+        garbage = b"\x0a\x05ab"  # a length-delimited field cut short: no decoder reads past it
+        raw.xadd(names.normal, {b"envelope": garbage, b"signature": key.sign(garbage), b"\xfe\xff": b"junk"})
+        bus.publish(FieldReport(report_id="valid"))
+        handled: list[Any] = []
+        assert bus.consume([names.normal], handled.append).dead_lettered == 1
+        assert report_ids(handled) == ["valid"]
+        ((_, letter),) = raw.xrange(names.dead_letter)
+    finally:
+        raw.close()
+    assert letter[b"\xfe\xff"] == b"junk" and letter[b"envelope"] == garbage
+    assert letter[b"reason"] == b"the envelope cannot be decoded"
+
+
+def test_long_field_names_are_not_cached(shared_backend: RedisBackend, names: StreamNames) -> None:
+    """Field names are cached decoded, for speed: not junk ones of any length, whose memory the process would keep."""
+    from esper_core.oona import redis_backend
+
+    long_name = "n" * 1_000
+    shared_backend.ensure_group(names.normal, "g")
+    shared_backend.publish(names.normal, {long_name: b"1"})
+    (entry,) = shared_backend.read([names.normal], "g", "c", count=10, block_ms=0)
+    assert dict(entry.fields) == {long_name: b"1"}
+    assert long_name.encode() not in redis_backend._keys
+
+
 # -- connection loss and restarts ----------------------------------------------------------------------------
 def test_publishing_to_a_lost_server_fails_loudly_then_the_breaker_fails_fast(
     redis_server_factory: Callable[..., RedisServer], names: StreamNames

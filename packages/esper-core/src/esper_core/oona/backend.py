@@ -12,6 +12,13 @@ A backend may also offer ``request(entries, *, maxlen, streams, group, consumer,
 ``entries`` then ``read`` in one round trip, returning ``(entry ids, entries read)``. :meth:`Oona.request
 <esper_core.oona.Oona.request>` uses it when it is there (the Redis backend pipelines the XADD with the blocking
 XREADGROUP), and publishes then reads when it is not.
+
+Reading never fails because of what an entry holds: anyone who can write to the streams can write anything there,
+and an entry that made ``read`` or ``claim_idle`` raise would stop every consumer of its stream (it stays pending and
+comes back on every claim). A backend hands every entry over as it is, for the bus to judge (:class:`Oona
+<esper_core.oona.Oona>` drops what is not a signed envelope). Field names are ``str``; a name stored as bytes that
+are not UTF-8 is given with those bytes as lone surrogates (``bytes.decode("utf-8", "surrogateescape")``), and a
+name given that way to ``publish`` is stored as those bytes again.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class BusUnavailableError(EsperError):
 
 @attrs.frozen
 class StreamEntry:
+    """An entry as stored: whatever its writer put there, which the bus checks before it trusts any of it."""
+
     stream: str
     entry_id: str
     fields: Mapping[str, bytes]

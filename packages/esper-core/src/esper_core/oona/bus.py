@@ -6,10 +6,12 @@ emergency stream while its rate cap allows; over the cap they take their normal 
 Optional depth thresholds reroute or drop normal-priority traffic under backpressure, with counts.
 
 Consuming is done by consumer groups (see :meth:`Oona.subscribe`: a new group starts at the stream's end unless asked
-for the history). It verifies each entry's signature (a missing or bad one is acknowledged, dropped and counted),
-decodes the envelope and payload, and hands a :class:`BusMessage` to the handler, acknowledging it when the handler
-returns. A handler that raises makes the message retry: it is republished with ``attempt + 1`` and the original
-acknowledged; once a message has been attempted ``max_attempts`` times it goes to the dead-letter stream instead.
+for the history). It checks each entry before trusting anything in it: one that is not a bus entry, or whose
+signature is missing or wrong, is acknowledged, dropped and counted; no entry can make a read raise (see
+:meth:`Oona._open`). It then decodes the envelope and payload (a signed entry that cannot be decoded is
+dead-lettered) and hands a :class:`BusMessage` to the handler, acknowledging it when the handler returns. A handler
+that raises makes the message retry: it is republished with ``attempt + 1`` and the original acknowledged; once a
+message has been attempted ``max_attempts`` times it goes to the dead-letter stream instead.
 Entries left pending by a crashed consumer are claimed after ``claim_idle_ms`` and count their deliveries towards the
 same limit. Delivery is at-least-once: handlers must be idempotent (commands carry nonces for exactly this reason).
 
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 import attrs
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from esper_core.leyline import (
     PAYLOAD_TYPES,
@@ -77,7 +79,10 @@ class ConsumeReport:
     handled: int = 0
     failed: int = 0
     dead_lettered: int = 0
+    #: Entries whose signature was missing or wrong: acknowledged and dropped.
     dropped_bad_signature: int = 0
+    #: Entries that were not bus entries at all (no envelope, fields of the wrong type): acknowledged and dropped.
+    dropped_malformed: int = 0
 
 
 class _TokenBucket:
@@ -152,6 +157,7 @@ class Oona:
             "retried": 0,
             "dead_lettered": 0,
             "dropped_bad_signature": 0,
+            "dropped_malformed": 0,
             "trimmed": 0,
         }
 
@@ -395,23 +401,44 @@ class Oona:
 
     def _open_all(self, entries: Sequence[StreamEntry]) -> list[BusMessage]:
         messages = []
+        dropped: dict[str, list[str]] = {}
         for entry in entries:
-            message = self._open(entry)
+            message = self._open(entry, dropped)
             if message is not None:
                 messages.append(message)
+        # One acknowledgement per stream for everything dropped, however many bad entries a writer put there. Were
+        # the process to die first, they would come back through a claim and be dropped again: harmless.
+        for stream, entry_ids in dropped.items():
+            self.backend.ack(stream, self.group, entry_ids)
         self.counters["delivered"] += len(messages)
         return messages
 
-    def _open(self, entry: StreamEntry) -> BusMessage | None:
-        data = entry.fields.get(ENVELOPE_FIELD)
-        signature = entry.fields.get(SIGNATURE_FIELD, b"")
-        if data is None or not self.key.verify(data, signature):
-            self.backend.ack(entry.stream, self.group, [entry.entry_id])
+    def _open(self, entry: StreamEntry, dropped: dict[str, list[str]]) -> BusMessage | None:
+        """The message in ``entry``, or None for a bad entry, which is dealt with here and never raises.
+
+        Anyone who can write to the streams can write anything there, so nothing is trusted before the signature
+        is checked, and nothing before that can fail: an entry that is not a bus entry at all (no ``envelope`` of
+        bytes, a ``signature`` that is not bytes, an empty entry, odd field names) is dropped as malformed, one
+        whose signature is missing or wrong as badly signed, both acknowledged (in ``dropped``) and counted, never
+        dead-lettered (the dead-letter stream would become anyone's to fill, a copy per consumer group). A signed
+        entry that cannot be decoded was written by a process holding the secret, so it is a bug worth keeping:
+        it is dead-lettered with the reason."""
+        fields = entry.fields
+        data = fields.get(ENVELOPE_FIELD)
+        signature = fields.get(SIGNATURE_FIELD, b"")
+        if not isinstance(data, bytes) or not isinstance(signature, bytes):
+            dropped.setdefault(entry.stream, []).append(entry.entry_id)
+            self.counters["dropped_malformed"] += 1
+            return None
+        if not self.key.verify(data, signature):
+            dropped.setdefault(entry.stream, []).append(entry.entry_id)
             self.counters["dropped_bad_signature"] += 1
             return None
+        # Decoding failures: DecodeError from upb, UnicodeDecodeError from the pure-Python protobuf (for a string
+        # that is not UTF-8); any of them must dead-letter the entry, not stop the consumer.
         try:
             envelope = BusEnvelope.FromString(data)
-        except DecodeError:
+        except Exception:  # noqa: BLE001 - whatever a protobuf implementation raises on bad bytes
             self._dead_letter(entry, "the envelope cannot be decoded")
             return None
         if envelope.attempt + entry.delivery_count > self.options.max_attempts:
@@ -425,7 +452,7 @@ class Oona:
             return None
         try:
             payload = payload_type.FromString(envelope.payload)
-        except DecodeError:
+        except Exception:  # noqa: BLE001 - as above: a payload that cannot be decoded must not stop the consumer
             self._dead_letter(entry, f"the {payload_type.__name__} payload cannot be decoded")
             return None
         return BusMessage(entry.stream, entry.entry_id, envelope, payload, entry.delivery_count)
@@ -471,8 +498,9 @@ class Oona:
         Acknowledging one by one is what makes a crash cheap: a process that dies in the middle of a batch (or a
         handler that raises a ``BaseException``, which propagates) leaves pending only the messages not yet
         handled, so only those are delivered again, never the ones before them."""
-        dropped_before = self.counters["dropped_bad_signature"]
-        dead_before = self.counters["dead_lettered"]
+        counters = self.counters
+        dropped_before, malformed_before = counters["dropped_bad_signature"], counters["dropped_malformed"]
+        dead_before = counters["dead_lettered"]
         report = ConsumeReport()
         for message in self.poll(streams, count=count, block_ms=block_ms):
             report.delivered += 1
@@ -484,8 +512,9 @@ class Oona:
             else:
                 self.ack(message)
                 report.handled += 1
-        report.dropped_bad_signature = self.counters["dropped_bad_signature"] - dropped_before
-        report.dead_lettered = self.counters["dead_lettered"] - dead_before
+        report.dropped_bad_signature = counters["dropped_bad_signature"] - dropped_before
+        report.dropped_malformed = counters["dropped_malformed"] - malformed_before
+        report.dead_lettered = counters["dead_lettered"] - dead_before
         return report
 
     def _dead_letter(self, entry: StreamEntry, reason: str) -> None:

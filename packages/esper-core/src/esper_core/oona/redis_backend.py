@@ -110,29 +110,38 @@ def _import_redis() -> Any:
 
 
 _keys: dict[bytes, str] = {}
+#: Field names up to this long are cached decoded. The bus's names are short; long ones can only be junk that anyone
+#: able to write to Redis put there, and caching them would hold their memory for the life of the process.
+_KEY_CACHE_MAX_BYTES = 64
 
 
 def _key(raw: bytes | str) -> str:
-    """A field name as ``str`` (field names are few, so their decoding is cached)."""
+    """A field name as ``str`` (field names are few, so their decoding is cached).
+
+    Never raises: a name that is not UTF-8 (anyone who can reach Redis can write one: ``redis-cli XADD s "*"
+    $'\\xff' x``) is decoded with its undecodable bytes as lone surrogates (``surrogateescape``), so that the entry
+    reaches the bus, which drops it as malformed, instead of stopping every read of the stream. Such a name equals no
+    name the bus uses, and :func:`_pack` writes it back as the same bytes (a dead letter copies an entry's fields)."""
     if isinstance(raw, str):
         return raw
     name = _keys.get(raw)
     if name is None:
-        name = raw.decode("utf-8")
-        if len(_keys) < 4096:
+        name = raw.decode("utf-8", "surrogateescape")
+        if len(raw) <= _KEY_CACHE_MAX_BYTES and len(_keys) < 4096:
             _keys[raw] = name
     return name
 
 
 def _pack(command: Sequence[Any]) -> bytes:
     """``command`` in the Redis protocol (an array of bulk strings), as one buffer: a third of what redis-py's
-    general packer costs, and one ``sendall`` per round trip. Arguments are ``bytes``, ``str`` (UTF-8) or ``int``."""
+    general packer costs, and one ``sendall`` per round trip. Arguments are ``bytes``, ``str`` (UTF-8; lone surrogates
+    from :func:`_key` become the bytes they stand for) or ``int``."""
     parts = [b"*%d\r\n" % len(command)]
     for argument in command:
         if isinstance(argument, bytes):
             data = argument
         elif isinstance(argument, str):
-            data = argument.encode("utf-8")
+            data = argument.encode("utf-8", "surrogateescape")
         elif isinstance(argument, int):
             data = b"%d" % argument
         else:

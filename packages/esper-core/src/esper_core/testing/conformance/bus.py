@@ -9,6 +9,14 @@ Timing: idle timeouts here are tens of milliseconds, so the suite runs in second
 fixed time: a test that needs an entry to become idle polls until it can be claimed (with a generous deadline that
 only fails a test that would otherwise hang), and "nothing else comes back" is shown by the backend's own pending
 counts or by a sentinel published afterwards being the only thing delivered.
+
+Bad entries: anyone who can write to a stream can write anything there, without the secret. The suite writes every
+kind it knows (:mod:`esper_core.testing.bad_entries`: field names that are not UTF-8, no envelope, garbage, damaged
+or foreign-signed envelopes, huge fields, signed entries that cannot be decoded) through the backend, and checks
+that each is dropped or dead-lettered as documented, that no consumer path raises (poll, consume, request, a poll
+that acknowledges or publishes, a claim of entries a crashed consumer left pending), and that the valid message
+behind them is handled. A backend that raised while reading such an entry would let anyone stop every consumer of a
+stream: the suite is where a new backend learns that.
 """
 
 from __future__ import annotations
@@ -16,9 +24,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from esper_core.leyline import (
     AdaptationCommand,
@@ -34,6 +45,8 @@ from esper_core.leyline import (
 from esper_core.oona import BusBackend, BusMessage, Oona, OonaOptions, Outgoing, StreamEntry, StreamNames
 from esper_core.oona.backend import parse_entry_id
 from esper_core.signing import SigningKey
+from esper_core.testing.bad_entries import COUNTER, BadEntry, bad_entries, poison_corpus, write
+from esper_core.testing.conformance.properties import SHARED_ACROSS_SUBCLASSES
 from esper_core.testing.servers import wait_until
 
 IDLE_MS = 60
@@ -51,6 +64,10 @@ def _numbers(entries: list[StreamEntry]) -> list[int]:
 
 def _report_ids(messages: list[BusMessage]) -> list[str]:
     return [message.payload.report_id for message in messages]  # type: ignore[attr-defined]
+
+
+#: Consumer paths of the bus that the bad-entry property test drives (each reads through the backend differently).
+CONSUMER_PATHS = ("poll", "consume", "request", "poll, acknowledging", "poll, publishing", "claim")
 
 
 class _Crash(BaseException):
@@ -603,3 +620,115 @@ class BusBackendConformance:
         ids = bus.publish_many([FieldReport(report_id=str(i)) for i in range(10)])
         assert all(ids)
         assert _report_ids(bus.poll([streams.normal], count=20)) == [str(i) for i in range(10)]
+
+    # -- bad entries: nothing anyone writes on a stream stops its consumers -------------------------------------
+    def test_a_field_name_that_is_not_utf8_is_read_and_claimed_never_raised(
+        self, backend: BusBackend, prefix: str
+    ) -> None:
+        """What ``redis-cli XADD s '*' $'\\xff' x`` writes: the backend hands it over (its name surrogate-escaped)
+        for the bus to judge, on a read and on a claim, and the entry behind it comes too."""
+        stream = f"{prefix}.s"
+        backend.ensure_group(stream, "g")
+        odd = b"\xff\xfe".decode("utf-8", "surrogateescape")
+        backend.publish(stream, {odd: b"\xff", "n": b"1"})
+        backend.publish(stream, _fields(2))
+        read = backend.read([stream], "g", "crashed", count=10, block_ms=0)
+        assert [dict(entry.fields) for entry in read] == [{odd: b"\xff", "n": b"1"}, {"n": b"2"}]
+        claimed = self.claim_when_idle(backend, stream, "g", "rescuer")
+        assert [dict(entry.fields) for entry in claimed] == [{odd: b"\xff", "n": b"1"}, {"n": b"2"}]
+
+    def test_every_kind_of_bad_entry_is_dropped_or_dead_lettered_and_the_next_message_handled(
+        self, backend: BusBackend, make_bus: Callable[..., Oona], streams: StreamNames, key: SigningKey
+    ) -> None:
+        """One of each kind, each followed by a valid message: the bad entry is counted as what it is (malformed or
+        badly signed: acknowledged and dropped; signed but undecodable: dead-lettered), nothing raises, the valid
+        message is handled, and nothing stays pending."""
+        bus = make_bus()
+        dead_letters = 0
+        for index, entry in enumerate(poison_corpus(key)):
+            if not write(backend, streams.normal, entry):
+                continue
+            bus.publish(FieldReport(report_id=str(index)))
+            before = dict(bus.counters)
+            handled: list[BusMessage] = []
+            bus.consume([streams.normal], handled.append)
+            assert _report_ids(handled) == [str(index)], entry.kind
+            changed = {name: bus.counters[name] - before[name] for name in COUNTER.values()}
+            assert changed == {name: int(name == COUNTER[entry.fate]) for name in COUNTER.values()}, entry.kind
+            assert backend.pending_count(streams.normal, "g") == 0, entry.kind
+            dead_letters += entry.fate == "dead_letter"
+            assert backend.length(streams.dead_letter) == dead_letters, entry.kind
+        letters = backend.read([streams.dead_letter], "g", "auditor", count=100, block_ms=0)
+        assert all(letter.fields["source_stream"] == streams.normal.encode() for letter in letters)
+        assert all(letter.fields["reason"] for letter in letters)
+
+    def test_bad_entries_left_pending_by_a_crashed_consumer_are_dropped_when_claimed(
+        self, backend: BusBackend, make_bus: Callable[..., Oona], streams: StreamNames, key: SigningKey
+    ) -> None:
+        rescuer = make_bus(consumer="rescuer")
+        stored = [entry for entry in poison_corpus(key) if write(backend, streams.normal, entry)]
+        rescuer.publish(FieldReport(report_id="valid"))
+        taken = backend.read([streams.normal], "g", "crashed", count=100, block_ms=0)  # and never acknowledged
+        assert len(taken) == len(stored) + 1
+        assert rescuer.poll([streams.normal]) == []  # nothing new; the claims are not due yet
+        (message,) = self.poll_until(rescuer, streams.normal, count=100)
+        assert message.payload.report_id == "valid" and message.delivery_count == 2  # type: ignore[attr-defined]
+        rescuer.ack(message)
+        fates = Counter(entry.fate for entry in stored)
+        assert {fate: rescuer.counters[COUNTER[fate]] for fate in COUNTER} == {fate: fates[fate] for fate in COUNTER}
+        assert backend.pending_count(streams.normal, "g") == 0
+
+    @settings(
+        max_examples=100,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=SHARED_ACROSS_SUBCLASSES,
+    )
+    @given(data=st.data(), path=st.sampled_from(CONSUMER_PATHS))
+    def test_no_bad_entry_stops_any_consumer_path(
+        self, backend: BusBackend, prefix: str, key: SigningKey, data: st.DataObject, path: str
+    ) -> None:
+        """Random bad entries (random fields, names that are not UTF-8, damaged or foreign-signed envelopes,
+        signed entries that cannot be decoded), then a valid message, through each way the bus reads: the valid
+        message, and only it, is returned; each bad entry is counted as what it is; nothing stays pending."""
+        entries: list[BadEntry] = data.draw(st.lists(bad_entries(key), min_size=1, max_size=6), label="entries")
+        streams = StreamNames.prefixed(f"{prefix}.{uuid.uuid4().hex[:8]}")  # fresh streams for every example
+        options = OonaOptions(streams=streams, max_attempts=3, claim_idle_ms=1 if path == "claim" else 600_000)
+        bus = Oona(backend, signing_key=key, options=options, group="g", consumer="c")
+        bus.subscribe([streams.normal, streams.commands])
+        earlier: list[BusMessage] = []
+        if path == "poll, acknowledging":
+            bus.publish(FieldReport(report_id="earlier"))
+            earlier = bus.poll([streams.normal])
+        stored = [entry for entry in entries if write(backend, streams.normal, entry)]
+        bus.publish(FieldReport(report_id="valid"))
+        if path == "claim":  # taken by a consumer that died holding them; claimed once idle for a millisecond
+            assert len(backend.read([streams.normal], "g", "crashed", count=100, block_ms=0)) == len(stored) + 1
+        before = dict(bus.counters)
+        got: list[BusMessage]
+        if path == "consume":
+            got = []
+            bus.consume([streams.normal], got.append, count=100)
+        elif path == "request":
+            request = FieldReport(report_id="request")
+            _, got = bus.request(request, stream=streams.commands, reply_streams=[streams.normal], count=100)
+        elif path == "poll, acknowledging":
+            got = bus.poll([streams.normal], count=100, ack=earlier)
+        elif path == "poll, publishing":
+            out = [Outgoing(FieldReport(report_id="out"), stream=streams.commands)]
+            got = bus.poll([streams.normal], count=100, publish=out)
+        elif path == "claim":
+            got = self.poll_until(bus, streams.normal, count=100)
+        else:
+            got = bus.poll([streams.normal], count=100)
+        assert _report_ids(got) == ["valid"]
+        assert got[0].delivery_count == (2 if path == "claim" else 1)
+        if path != "consume":
+            bus.ack_many(got)
+        fates = Counter(entry.fate for entry in stored)
+        assert {fate: bus.counters[name] - before[name] for fate, name in COUNTER.items()} == {
+            fate: fates[fate] for fate in COUNTER
+        }
+        assert backend.pending_count(streams.normal, "g") == 0
+        assert backend.length(streams.dead_letter) == fates["dead_letter"]
