@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from esper_core.errors import EsperError
 from esper_core.leyline import AdaptationCommand, PolicyUpdate, SystemStatePacket, TelemetryPacket
 from esper_core.oona import BusMessage, MemoryBackend, Oona, OonaOptions, StreamNames
 from esper_core.plugins import Registry
@@ -130,3 +131,17 @@ def test_every_runs_controller_gets_each_policy_update(service: TamiyoService, b
             what=f"run {run_id}'s controller handed the update",
         )
     assert service.counters["decisions"] == 4
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "a/b", "/absolute", ".hidden"])
+def test_a_run_id_that_is_not_a_plain_directory_name_is_refused(run_id: str, tmp_path: Path) -> None:
+    """Even in a correctly signed packet: the service keeps a run's state in data_dir/<run id>, nowhere else."""
+    registry = Registry.create(env={})
+    data_dir = tmp_path / "data"
+    config = registry.load_config(env={}, overrides=[f"tamiyo.service.data_dir={data_dir}"])
+    bus = Oona(MemoryBackend(), signing_key=KEY, options=OPTIONS, group="tamiyo", consumer="tamiyo-1", source="tamiyo")
+    built: TamiyoService = registry.build(registry.service("tamiyo"), config=config, signing_key=KEY, bus=bus)
+    with pytest.raises(EsperError, match="cannot name a directory"):
+        built.controller_for(run_id)
+    assert not any(path.name == "escape" for path in tmp_path.rglob("*"))
+    assert built.controller_for("fashion-mnist-20261203-0800") is not None

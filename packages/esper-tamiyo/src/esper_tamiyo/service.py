@@ -31,6 +31,7 @@ Field-report logs go under ``[tamiyo.service] data_dir``, one directory per run.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -63,6 +64,11 @@ class _Decided:
     state: SystemStatePacket
     command: AdaptationCommand
     observed: bool = False
+
+
+#: Training run ids the service keeps state for: each names a directory under ``tamiyo.service.data_dir``, so no path
+#: separators and no ``..`` (a signed packet must not be able to write anywhere else).
+SAFE_RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 class RunBus(Oona):
@@ -256,6 +262,11 @@ class TamiyoService:
         if controller is not None:
             self.controllers.move_to_end(run_id)
             return controller
+        if run_id and not SAFE_RUN_ID.fullmatch(run_id):
+            raise EsperError(
+                f"training run id {run_id[:80]!r} cannot name a directory under {self.options.data_dir}: use letters, "
+                "digits, '.', '_' and '-' (a run's id is its directory's name, run.name)"
+            )
         context = self.context
         registry = context.registry
         run_dir = self.options.data_dir / (run_id or "unnamed")
