@@ -196,14 +196,19 @@ class KasminaSeedExecutor:
                     failure = first_failure(results)
                     assert failure is not None
                     self._cull(slot, f"watchdog: {describe(failure)}", results)
-        statistics = probes.slot_statistics(model, self.slots, probe)
+        # One probe pass for every slot's statistics and every seed's gradient norm (not one more per seed).
+        seeds = [slot for slot in self.slots if slot.hooked and slot.stage in lifecycle.IN_FLIGHT]
+        statistics = probes.slot_statistics(model, self.slots, probe, seeds)
         for slot in self.slots:
             stats = statistics.get(slot.slot_id)
             if stats is not None:
                 slot.record.activation_rms = stats.activation_rms
                 slot.record.host_gradient_norm = stats.gradient_norm
-            if slot.hooked and slot.stage in lifecycle.IN_FLIGHT:
-                slot.record.gradient_norm = probes.seed_health(model, slot, probe).gradient_norm
+            if slot in seeds:
+                norm = None if stats is None else stats.seed_gradient_norm
+                if norm is None:  # its slot point did not run in the probe pass: measure it on its own
+                    norm = probes.seed_health(model, slot, probe).gradient_norm
+                slot.record.gradient_norm = norm
         self._flush_telemetry()
         return self._events[before:]
 

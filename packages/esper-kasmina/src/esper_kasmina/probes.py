@@ -142,13 +142,20 @@ def seed_health(model: nn.Module, slot: SeedSlot, probe: Probe) -> SeedHealth:
 
     The slot must be in a stage where the seed is in the forward pass (use :func:`as_stage` for a trial).
     """
-    assert slot.seed is not None
-    host_activation = activation(model, slot, probe)
+    assert slot.seed is not None and slot._target is not None
+    # The host activation is taken from the pass that computes the gradients (before the seed's hook rewrites it),
+    # not from a forward of its own: the same values, one probe forward fewer.
+    captured: list[torch.Tensor] = []
+    handle = slot._target.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()), prepend=True)
+    try:
+        with evaluation_mode(model):
+            loss = probe.loss(model)
+            grads = _gradients(loss, slot.seed_parameters())
+    finally:
+        handle.remove()
+    host_activation = captured[0]
     with evaluation_mode(model), torch.no_grad():
         output = slot.seed(host_activation)
-    with evaluation_mode(model):
-        loss = probe.loss(model)
-        grads = _gradients(loss, slot.seed_parameters())
     finite_grads = all(bool(torch.isfinite(g).all()) for g in grads)
     return SeedHealth(
         output_finite=bool(torch.isfinite(output).all()),
@@ -166,10 +173,19 @@ def seed_health(model: nn.Module, slot: SeedSlot, probe: Probe) -> SeedHealth:
 class SlotStatistics:
     activation_rms: float
     gradient_norm: float
+    #: For a slot whose seed was asked for: the norm of the loss gradient with respect to the seed's parameters,
+    #: exactly what :func:`seed_health` reports as ``gradient_norm`` (inf when a gradient is not finite).
+    seed_gradient_norm: float | None = None
 
 
-def slot_statistics(model: nn.Module, slots: Sequence[SeedSlot], probe: Probe) -> dict[str, SlotStatistics]:
-    """Per slot: the RMS of the host activation and the norm of the loss gradient with respect to it."""
+def slot_statistics(
+    model: nn.Module, slots: Sequence[SeedSlot], probe: Probe, seeds: Sequence[SeedSlot] = ()
+) -> dict[str, SlotStatistics]:
+    """Per slot: the RMS of the host activation and the norm of the loss gradient with respect to it.
+
+    For each slot in ``seeds`` (seeds in the forward pass), the gradient norm of its seed's parameters comes from the
+    same forward and backward pass, instead of one pass of :func:`seed_health` per seed.
+    """
     captured: dict[str, torch.Tensor] = {}
     handles = []
     for slot in slots:
@@ -179,19 +195,30 @@ def slot_statistics(model: nn.Module, slots: Sequence[SeedSlot], probe: Probe) -
             captured[slot_id] = out
 
         handles.append(slot._target.register_forward_hook(keep, prepend=True))
+    seed_parameters = {slot.slot_id: slot.seed_parameters() for slot in seeds}
     try:
         with evaluation_mode(model):
             loss = probe.loss(model)
             tensors = [captured[slot.slot_id] for slot in slots if slot.slot_id in captured]
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            wanted = [*tensors, *(p for parameters in seed_parameters.values() for p in parameters)]
+            grads = torch.autograd.grad(loss, wanted, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
+    seed_norms = {}
+    position = len(tensors)
+    for slot_id, parameters in seed_parameters.items():
+        found = grads[position : position + len(parameters)]
+        position += len(parameters)
+        seed_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, found, strict=True)]
+        finite = all(bool(torch.isfinite(g).all()) for g in seed_grads)
+        seed_norms[slot_id] = _norm(seed_grads) if finite else float("inf")
     result = {}
-    for slot, tensor, grad in zip([s for s in slots if s.slot_id in captured], tensors, grads, strict=True):
+    measured = [s for s in slots if s.slot_id in captured]
+    for slot, tensor, grad in zip(measured, tensors, grads[: len(tensors)], strict=True):
         rms = float(tensor.detach().double().pow(2).mean().sqrt().item())
         norm = 0.0 if grad is None else float(grad.double().norm().item())
-        result[slot.slot_id] = SlotStatistics(rms, norm)
+        result[slot.slot_id] = SlotStatistics(rms, norm, seed_norms.get(slot.slot_id))
     return result
 
 

@@ -58,33 +58,39 @@ class RunRecorder:
             stages[name] = stages.get(name, 0) + 1
         operation = lifecycle.command_name(command)
         self.decisions[operation] = self.decisions.get(operation, 0) + 1
-        run.record.append(
-            "epoch", epoch=epoch, global_step=history.global_step, train_loss=finite(stats.train_loss),
-            train_accuracy=finite(stats.train_accuracy), val_loss=validation.loss, val_accuracy=validation.accuracy,
-            parameters=int(state.metrics.parameter_count), host_parameters=history.host_parameters,
-            seeds=stages, slots=seed_measurements(seeds), epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
-            validation_seconds=getattr(validation, "seconds", None),
-            evaluation_variants=getattr(validation, "variants", 1),
-        )  # fmt: skip
-        run.record.append(
-            "decision", epoch=epoch, operation=operation, slot=command.target_slot_id,
-            blueprint=command.seed_operation.blueprint_id, rationale=command.decision.rationale,
-            risk_reason=command.decision.risk_reason, rules=list(command.decision.risk_rules_fired),
-            policy=command.decision.policy_name,
-            status=value_name(CommandStatus, result.status, "COMMAND_STATUS_"), detail=result.detail,
-            gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
-        )  # fmt: skip
-        self.transitions(epoch, events)
-        for report in reports:
+        with run.record.batch():  # the decision point's entries, written together and made durable by one fsync
             run.record.append(
-                "field_report",
-                epoch=epoch,
-                report=report.report_id,
-                slot=report.slot_id,
-                blueprint=report.blueprint_id,
-                outcome=value_name(FieldReportOutcome, report.outcome, "FIELD_REPORT_OUTCOME_"),
-                contribution=report.delta.contribution if report.delta.HasField("contribution") else None,
-            )
+                "epoch", epoch=epoch, global_step=history.global_step, train_loss=finite(stats.train_loss),
+                train_accuracy=finite(stats.train_accuracy), val_loss=validation.loss,
+                val_accuracy=validation.accuracy, parameters=int(state.metrics.parameter_count),
+                host_parameters=history.host_parameters, seeds=stages, slots=seed_measurements(seeds),
+                epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
+                validation_seconds=getattr(validation, "seconds", None),
+                evaluation_variants=getattr(validation, "variants", 1),
+            )  # fmt: skip
+            run.record.append(
+                "decision", epoch=epoch, operation=operation, slot=command.target_slot_id,
+                blueprint=command.seed_operation.blueprint_id, rationale=command.decision.rationale,
+                risk_reason=command.decision.risk_reason, rules=list(command.decision.risk_rules_fired),
+                policy=command.decision.policy_name,
+                status=value_name(CommandStatus, result.status, "COMMAND_STATUS_"), detail=result.detail,
+                gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
+            )  # fmt: skip
+            self._record_transitions(epoch, events)
+            for report in reports:
+                run.record.append(
+                    "field_report",
+                    epoch=epoch,
+                    report=report.report_id,
+                    slot=report.slot_id,
+                    blueprint=report.blueprint_id,
+                    outcome=value_name(FieldReportOutcome, report.outcome, "FIELD_REPORT_OUTCOME_"),
+                    contribution=report.delta.contribution if report.delta.HasField("contribution") else None,
+                )
+        # The plugins hear of it once it is on disk, in the order it happened.
+        for event in events:
+            run.registry.seed_transition(event)
+        for report in reports:
             run.registry.field_report(report)
         run.registry.decision(state, command, result)
         run.bus.publish(state)
@@ -103,6 +109,11 @@ class RunRecorder:
 
     def transitions(self, epoch: int, events: list[Any]) -> None:
         """Record every lifecycle transition and announce it to the plugins."""
+        self._record_transitions(epoch, events)
+        for event in events:
+            self.run.registry.seed_transition(event)
+
+    def _record_transitions(self, epoch: int, events: list[Any]) -> None:
         run = self.run
         for event in events:
             if event.to_stage == lifecycle.CULLED:
@@ -113,7 +124,6 @@ class RunRecorder:
                 target=lifecycle.stage_name(event.to_stage), reason=event.reason,
                 gates=[MessageToDict(gate) for gate in event.gates],
             )  # fmt: skip
-            run.registry.seed_transition(event)
 
     def publish(
         self, history: History, events: list[Event], *, metrics: list[Metric] | None = None, epoch: int | None = None
