@@ -35,6 +35,13 @@ from esper_core.plugins import ServiceSpec
 MARKS = pathlib.Path(os.environ["SERVE_TEST_MARKS"])
 
 
+def mark(name, text):
+    """Write a mark whole: the test sees it only once it exists, so it must never see it half written."""
+    partial = MARKS / f".{name}.partial"
+    partial.write_text(text)
+    os.replace(partial, MARKS / name)
+
+
 class Sleepy:
     name = "sleepy"
 
@@ -42,9 +49,9 @@ class Sleepy:
         self.bus = context.bus
 
     def run(self, stop):
-        (MARKS / "started").write_text(f"{os.getpid()} {self.bus.group} {self.bus.consumer}")
+        mark("started", f"{os.getpid()} {self.bus.group} {self.bus.consumer}")
         stop.wait()
-        (MARKS / "stopped").write_text("clean")
+        mark("stopped", "clean")
 
 
 @hookimpl

@@ -3,6 +3,7 @@ reports its measured value against its threshold."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from esper_core.leyline import CommandStatus, SeedLifecycleStage, SeedOperation
@@ -65,10 +66,18 @@ def test_g4_refuses_a_seed_that_made_validation_worse(rig_factory: Callable[...,
 
 
 def test_g4_refuses_a_seed_that_slows_the_step_too_much(rig_factory: Callable[..., Rig]) -> None:
-    rig = training(rig_factory, max_step_overhead=0.0, blend_steps=2)  # any measurable overhead fails
+    rig = training(rig_factory, max_step_overhead=1.0, blend_steps=2)  # a seed may at most double the step
     rig.command(SeedOperation.SEED_OP_START_GRAFTING, "1")
     rig.train(2)
     rig.decide()
     rig.command(SeedOperation.SEED_OP_STABILIZE, "1")
     rig.decide()
+    seed = rig.kasmina.bank.get("1").seed  # type: ignore[union-attr]
+    forward = seed.forward
+
+    def slow(*args: object) -> object:
+        time.sleep(0.005)  # at least 5 ms per forward: far more than this tiny host's whole step takes
+        return forward(*args)
+
+    seed.forward = slow
     refused(rig, SeedOperation.SEED_OP_EVALUATE, "step_overhead")
