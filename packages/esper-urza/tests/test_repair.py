@@ -19,7 +19,7 @@ from esper_core import hookimpl
 from esper_core.errors import UnknownComponentError
 from esper_core.leyline import SlotKind, TelemetryPacket
 from esper_core.oona import MemoryBackend, Oona
-from esper_core.plugins import Registry, TelemetrySinkSpec
+from esper_core.plugins import Registry, RunInfo, TelemetrySinkSpec
 from esper_core.protocols import SlotShape
 from esper_core.signing import SigningKey
 from esper_core.storage import AppendOnlyLog
@@ -491,3 +491,25 @@ def test_a_run_resumes_over_a_damaged_index_and_its_sinks_hear_of_the_rebuild(
     assert any(name.startswith("catalog.sqlite.damaged-") for name in os.listdir(run_dir / "urza"))
     with UrzaLibrary(run_dir / "urza") as library:
         assert [record.blueprint_id for record in library.query()] == ["BP052"]
+
+
+def test_the_urza_store_publishes_what_opening_repaired_when_the_run_starts(
+    root: Path, karn: KarnCatalog, listening: Listening
+) -> None:
+    """Tolaria subscribes to the telemetry stream after it built the store: the plugin publishes then."""
+    (root / "catalog.sqlite").write_bytes(b"garbage" * 64)
+    registry = Registry.create()
+    store = registry.build(
+        registry.artifact_store("urza"),
+        run_dir=root.parent,
+        bus=listening.bus,
+        catalogs=[karn],
+        training_run_id="run-9",
+    )
+    try:
+        assert store.root == root and listening.packets() == []
+        registry.run_started(RunInfo(run_id="run-9", run_dir=root.parent, config=registry.load_config(env={})))
+        (packet,) = listening.packets()
+        assert packet.training_run_id == "run-9" and [event.name for event in packet.events] == ["index_rebuilt"]
+    finally:
+        store.close()
