@@ -507,7 +507,13 @@ class UrzaLibrary:
         scan = self._journal.scan()
         journal_set_aside = None
         if scan.damaged_bytes:
-            journal_set_aside = set_aside(self.journal_path).relative_to(self.root).as_posix()
+            try:
+                journal_set_aside = set_aside(self.journal_path).relative_to(self.root).as_posix()
+            except OSError as error:
+                raise LibraryFileError(
+                    self.journal_path, f"it is damaged and cannot be renamed ({error.strerror or error})", _WRITABLE
+                ) from error
+            log.warning("the Urza journal %s is damaged: set aside as %s", self.journal_path, journal_set_aside)
         rolled_forward, rolled_back = self._journal.replay(self._index, self._files, scan.records)
         dropped = self._loader.sweep(hash_files=self.options.verify_on_open)
         rebuilt, failed, orphans = reindex(self._index, self._files, self._metrics)
