@@ -56,3 +56,18 @@ class ArtifactIntegrityError(EsperError):
 
 class ArtifactPrefetchTimeout(EsperError, TimeoutError):
     """No ``esper serve urza`` answered a prefetch request in time; the message says how to start one."""
+
+
+class LibraryFileError(EsperError):
+    """A file or directory of the library itself (its root, ``artifacts/``, ``catalog.sqlite``, ``journal.log``)
+    cannot be used: :attr:`path` names it, and the message says what is wrong with it and how to fix it.
+
+    What the library can repair on its own (a damaged index, a damaged journal, stale temporary files, a missing
+    ``artifacts/``) it repairs when it opens; this error is for what it must not decide alone (a directory where a
+    file should be, a file it may not read or write, an index written by a newer esper-urza)."""
+
+    def __init__(self, path: object, problem: str, fix: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"the Urza library cannot use {self.path}: {problem}; {fix}")

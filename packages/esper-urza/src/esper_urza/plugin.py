@@ -7,19 +7,31 @@
 - service ``urza``: ``esper serve urza`` answers prefetch requests from the library at ``urza.root``.
 
 Importing this module is cheap (no torch): factories import what they need when a run builds its components.
+
+The ``urza`` store is given the run's bus, and publishes its events there itself (a corrupt artifact evicted, a
+refused build, a repair when it opened), so that Tolaria relays them to the run's sinks with everything else on the
+telemetry stream. What it reports while the run is being assembled (the repairs of opening) waits until someone
+listens: this plugin publishes it when the run starts (``esper_tolaria_run_started``), after Tolaria subscribed.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esper_core import hookimpl
 from esper_core.errors import ConfigError, EsperError
-from esper_core.plugins import ArtifactStoreSpec, BlueprintCatalogSpec, BuildContext, ServiceSpec
+from esper_core.plugins import ArtifactStoreSpec, BlueprintCatalogSpec, BuildContext, RunInfo, ServiceSpec
 from esper_urza.options import PrefetchOptions, UrzaOptions
+
+if TYPE_CHECKING:
+    from esper_urza.library import UrzaLibrary
+
+#: The libraries built for runs, by run id, until the run starts (then their pending telemetry is published).
+_RUN_LIBRARIES: weakref.WeakValueDictionary[str, UrzaLibrary] = weakref.WeakValueDictionary()
 
 
 def build_karn(context: BuildContext) -> Any:
@@ -44,7 +56,17 @@ def build_library(context: BuildContext) -> Any:
     from esper_urza.library import UrzaLibrary
 
     options = context.options if isinstance(context.options, UrzaOptions) else UrzaOptions()
-    return UrzaLibrary(library_root(options, context.run_dir), context.blueprint_catalogs(), options=options)
+    run_id = str(context.services.get("training_run_id") or "")
+    library = UrzaLibrary(
+        library_root(options, context.run_dir),
+        context.blueprint_catalogs(),
+        options=options,
+        bus=context.bus,
+        training_run_id=run_id,
+    )
+    if run_id and context.bus is not None:
+        _RUN_LIBRARIES[run_id] = library
+    return library
 
 
 def build_prefetch_store(context: BuildContext) -> Any:
@@ -91,6 +113,15 @@ def service_preflight(context: BuildContext) -> Iterator[str]:
                 context.registry.blueprint_catalog(name)
             except EsperError as error:
                 yield f"urza.catalogs names {name!r}: {error}"
+
+
+@hookimpl
+def esper_tolaria_run_started(run: RunInfo) -> None:
+    """Publish what the run's library reported while the run was assembled (the repairs of opening it): Tolaria
+    subscribes to the telemetry stream only after it built the store, so that is the first moment it is heard."""
+    library = _RUN_LIBRARIES.pop(run.run_id, None)
+    if library is not None:
+        library.publish_telemetry()
 
 
 @hookimpl

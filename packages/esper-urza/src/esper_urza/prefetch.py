@@ -216,7 +216,8 @@ def build_prefetch_store(context: BuildContext) -> PrefetchStore:
         run_id = context.run_dir.name
     group = f"urza-prefetch-{run_id or 'run'}-{uuid.uuid4().hex[:8]}"
     client = Oona(bus.backend, signing_key=bus.key, options=bus.options, group=group, consumer=group, source=group)
-    library = UrzaLibrary(urza.root, context.blueprint_catalogs(), options=urza)
+    # The run's own bus: the library publishes what it reports (a corrupt artifact evicted) on the run's telemetry.
+    library = UrzaLibrary(urza.root, context.blueprint_catalogs(), options=urza, bus=bus, training_run_id=run_id)
     try:
         return PrefetchStore(
             client, library, training_run_id=run_id, timeout_s=options.timeout_s, secret_env=security.secret_env

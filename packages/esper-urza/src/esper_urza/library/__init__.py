@@ -6,6 +6,7 @@ Layout under the root directory::
     journal.log                                         write-ahead journal (esper_core.storage.AppendOnlyLog)
     artifacts/<catalog>/<blueprint>/<key>-<sha>.pt      one file per artifact, named by its key and content hash
     .lock                                               serializes writers across processes (flock)
+    catalog.sqlite.damaged-<time>, journal.log.damaged-<time>   damaged files opening set aside (never read again)
 
 :class:`UrzaLibrary` (:mod:`.facade`) is the one object the rest of Esper uses; each of its jobs is a module here:
 
@@ -16,7 +17,8 @@ Layout under the root directory::
 - :mod:`.loading`: loading from disk, the SHA-256 checked before parsing; broken artifacts evicted and reported;
 - :mod:`.building`: building on a miss through Tezzeret, the durable save, modules made from loaded artifacts;
 - :mod:`.metrics`: per-source fetch latency, fetches over budget, counters and pending events;
-- :mod:`.locking`: one writer at a time, across threads and processes.
+- :mod:`.locking`: one writer at a time, across threads and processes;
+- :mod:`.repair`: damaged files set aside, stale temporaries removed, rows made again from the verified artifact files.
 
 torch is imported only when an artifact is loaded or built: writing needs none.
 """

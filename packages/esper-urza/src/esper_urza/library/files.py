@@ -6,8 +6,9 @@ resolves outside ``artifacts/`` (``../precious.txt``, an absolute path, a symlin
 hand-edited journal or database can therefore make the library forget artifacts, but never delete other files.
 
 Files are named by the artifact's key and content hash and never rewritten in place, so a row always names a
-complete file; the only files without a row are temporary files of interrupted writes and files that a newer save
-replaced, and :meth:`ArtifactFiles.remove_orphans` removes both when the library opens.
+complete file. Files without a row are temporary files of interrupted writes (:meth:`ArtifactFiles.temporaries`),
+files that a newer save replaced, and, after the index lost rows, artifacts that opening verifies and indexes again
+(:mod:`.repair`); :meth:`ArtifactFiles.unindexed` lists them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from contextlib import suppress
 from pathlib import Path
 
 from esper_core.storage import atomic_write_bytes
+from esper_core.storage.atomic import temporary_name_pattern
 from esper_urza.records import ArtifactRecord, sha256_of
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+#: What :meth:`ArtifactFiles.relative_path` makes: the key's first 32 hex digits and the hash's first 16.
+ARTIFACT_PATH = re.compile(r"artifacts/[^/]+/[^/]+/(?P<key>[0-9a-f]{32})-(?P<sha256>[0-9a-f]{16})\.pt")
+#: The temporary file :func:`esper_core.storage.atomic_write_bytes` makes while it writes an artifact file.
+_ARTIFACT_TEMPORARY = re.compile(r"\.[0-9a-f]{32}-[0-9a-f]{16}\.pt\.[A-Za-z0-9_]+\.tmp")
 
 
 def _safe(part: str) -> str:
@@ -86,17 +92,48 @@ class ArtifactFiles:
             return False
         return True
 
+    def discard(self, relative: str) -> bool:
+        """Remove an entry of a directory under ``artifacts/`` that no row names: a file, or a link (the link
+        itself, never what it points to). False if it was missing, or its directory is outside ``artifacts/``."""
+        path = self.root / relative
+        if not path.parent.resolve().is_relative_to(self._resolved):
+            return False
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+        return True
+
+    def temporaries(self) -> list[str]:
+        """The temporary files that an interrupted :meth:`write` left (named as ``atomic_write_bytes`` names the
+        temporary file of an artifact file), root-relative. Only the writer lock's holder may remove them: a write
+        in progress holds that lock too."""
+        found = []
+        for path in self.directory.rglob(temporary_name_pattern()):
+            if _ARTIFACT_TEMPORARY.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                relative = path.relative_to(self.root).as_posix()
+                if self.within(relative) is not None:
+                    found.append(relative)
+        return sorted(found)
+
+    def unindexed(self, in_use: set[str]) -> list[str]:
+        """Every file under ``artifacts/`` whose root-relative path is not in ``in_use``, sorted."""
+        return sorted(
+            relative
+            for path in self.directory.rglob("*")
+            if not path.is_dir() and (relative := path.relative_to(self.root).as_posix()) not in in_use
+        )
+
+    def remove_empty_directories(self) -> None:
+        """Remove the directories under ``artifacts/`` that hold nothing (the deepest first)."""
+        for path in sorted(self.directory.rglob("*"), key=lambda item: len(item.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                with suppress(OSError):
+                    path.rmdir()  # only empty directories go
+
     def remove_orphans(self, in_use: set[str]) -> int:
         """Remove every file under ``artifacts/`` whose relative path is not in ``in_use``, then empty directories.
         Returns how many files went."""
-        removed = 0
-        for path in sorted(self.directory.rglob("*"), key=lambda item: len(item.parts), reverse=True):
-            relative = path.relative_to(self.root).as_posix()
-            if path.is_dir():
-                with suppress(OSError):
-                    path.rmdir()  # only empty directories go
-            elif relative not in in_use:
-                with suppress(FileNotFoundError):
-                    path.unlink()
-                    removed += 1
+        removed = sum(self.discard(relative) for relative in self.unindexed(in_use))
+        self.remove_empty_directories()
         return removed

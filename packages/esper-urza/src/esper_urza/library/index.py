@@ -9,17 +9,28 @@ JSON column left for Urabrask's blueprint safety data sheets, which a rebuild of
 
 The index only stores and queries rows; it never touches files (:mod:`.files`) and takes no locks of its own (the
 library's :class:`~.locking.LibraryLock` serializes writers).
+
+Why the index checks itself when the library opens (:meth:`ArtifactIndex.damage`): SQLite notices a damaged page
+only when a statement reads it, and notices nothing when a byte inside a value changed. Opening therefore runs
+SQLite's ``integrity_check`` (pages, and the indexes against the table), checks the table's columns, and reads
+every row back: its record must parse, and every column must say what the record says (so a query by tier, risk or
+slot kind cannot be silently wrong) and name the file its key and hash name. A damaged index is not repaired row by
+row: the library sets the file aside and rebuilds the index from the artifact files, each of which carries its own
+record (:mod:`.repair`). The index is small (one row per artifact), so the check costs milliseconds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from esper_core.leyline import BlueprintTier, SlotKind
+from esper_urza.errors import LibraryFileError
+from esper_urza.library.files import ArtifactFiles
 from esper_urza.parameters import kind_from_name, kind_name, tier_from_name, tier_name
 from esper_urza.records import ArtifactRecord
 
@@ -55,12 +66,56 @@ _COLUMNS = (
     "key, catalog, blueprint_id, name, tier, risk, stage, quarantine_only, approval_required, slot_kind, "
     "slot_shape, parameters, path, sha256, size_bytes, parameter_count, forward_latency_ms, created_at, record, extras"
 )
+_COLUMN_NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
+#: SQLite's primary result codes that mean the file itself is damaged: SQLITE_CORRUPT and SQLITE_NOTADB.
+_DAMAGE_CODES = (11, 26)
 _UPSERT = f"INSERT OR REPLACE INTO artifacts ({_COLUMNS}) VALUES ({', '.join('?' for _ in _COLUMNS.split(','))})"
 
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces: what the index and the journal store."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def is_damage(error: sqlite3.Error) -> bool:
+    """Whether ``error`` says the database file is damaged (and not busy, locked or unreachable): SQLite's
+    ``SQLITE_CORRUPT`` or ``SQLITE_NOTADB``, or a text value that is not UTF-8 (only a changed byte makes one)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES
+    return str(error).startswith("Could not decode to UTF-8")
+
+
+def row_values(record: ArtifactRecord) -> tuple[Any, ...]:
+    """The row of ``record``, column by column (:data:`_COLUMNS`): what :meth:`ArtifactIndex.upsert` writes and
+    what :meth:`ArtifactIndex.damage` expects to read back."""
+    return (
+        record.key,
+        record.catalog,
+        record.blueprint_id,
+        record.name,
+        record.tier,
+        record.risk,
+        record.stage,
+        int(record.quarantine_only),
+        int(record.approval_required),
+        record.guard.slot_kind,
+        canonical_json(list(record.guard.shape)),
+        canonical_json(record.parameters),
+        record.path,
+        record.sha256,
+        record.size_bytes,
+        record.parameter_count,
+        record.forward_latency_ms,
+        record.created_at,
+        canonical_json(record.to_json()),
+        canonical_json(record.extras),
+    )
+
+
+#: Columns whose value :meth:`ArtifactIndex.damage` compares with the record's: every one but the record itself
+#: (parsed instead, so that rows written by an earlier release with fewer record fields stay valid) and the extras.
+_DERIVED = tuple(index for index, name in enumerate(_COLUMN_NAMES) if name not in ("record", "extras"))
 
 
 class Location(NamedTuple):
@@ -77,16 +132,82 @@ class ArtifactIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self._db = self._connect()
+        self._file_id: tuple[int, int] | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
 
     def create_schema(self) -> None:
-        """Set the connection up (WAL, durable commits, a patient busy timeout) and create the table if needed."""
-        self._db.execute("PRAGMA busy_timeout = 30000")
+        """Set the connection up (WAL, durable commits, a patient busy timeout) and create the table if needed.
+
+        :class:`~esper_urza.errors.LibraryFileError`: the index was written by a newer esper-urza (its schema
+        version is higher); ``sqlite3.DatabaseError``: SQLite cannot read the file (see :func:`is_damage`)."""
+        self._configure()
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > _SCHEMA_VERSION:
+            raise LibraryFileError(
+                self.path,
+                f"it is an index of schema version {version}, written by a newer esper-urza (this one reads version "
+                f"{_SCHEMA_VERSION})",
+                "upgrade esper-urza in this environment, or point urza.root at another directory",
+            )
         self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self._file_id = self._identity()
+
+    def _configure(self) -> None:
+        """This connection's settings (a patient busy timeout, durable commits), and which file it opened."""
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._file_id = self._identity()
+
+    def damage(self) -> str | None:
+        """Why this index cannot be trusted, or None if it can (see the module's docstring): SQLite's integrity
+        check, the table's columns, and every row read back and compared with its record. Call it after
+        :meth:`create_schema`; ``sqlite3`` errors other than damage (:func:`is_damage`) propagate."""
+        try:
+            problems = [str(row[0]) for row in self._db.execute("PRAGMA integrity_check(8)").fetchall()]
+            if problems != ["ok"]:
+                return "SQLite's integrity check failed: " + "; ".join(" ".join(p.split()) for p in problems[:3])
+            columns = tuple(str(row["name"]) for row in self._db.execute("PRAGMA table_info(artifacts)").fetchall())
+            if columns != _COLUMN_NAMES:
+                return f"its artifacts table has the columns ({', '.join(columns)}), not those of an Urza index"
+            for row in self._db.execute(f"SELECT {_COLUMNS} FROM artifacts").fetchall():
+                problem = self._row_problem(row)
+                if problem is not None:
+                    return problem
+        except sqlite3.DatabaseError as error:
+            if not is_damage(error):
+                raise
+            return f"SQLite: {error}"
+        return None
+
+    def reopen(self) -> None:
+        """Close the connection and connect to :attr:`path` again (after the file there was set aside); call
+        :meth:`create_schema` next."""
+        self._db.close()
+        self._db = self._connect()
+
+    def follow(self) -> bool:
+        """Connect again if the file at :attr:`path` is no longer the one this connection opened: another process
+        sharing the library set a damaged index aside and rebuilt it. Returns whether it reconnected."""
+        current = self._identity()
+        if current is None or current == self._file_id:
+            return False
+        self.reopen()
+        self._configure()
+        return True
 
     def close(self) -> None:
         self._db.close()
@@ -157,31 +278,7 @@ class ArtifactIndex:
     # -- writing (each one SQLite statement: durable on return) -----------------------------------------------------
     def upsert(self, record: ArtifactRecord) -> None:
         """Insert the record's row, or replace the row of its key (``record.extras`` is written as given)."""
-        self._db.execute(
-            _UPSERT,
-            (
-                record.key,
-                record.catalog,
-                record.blueprint_id,
-                record.name,
-                record.tier,
-                record.risk,
-                record.stage,
-                int(record.quarantine_only),
-                int(record.approval_required),
-                record.guard.slot_kind,
-                canonical_json(list(record.guard.shape)),
-                canonical_json(record.parameters),
-                record.path,
-                record.sha256,
-                record.size_bytes,
-                record.parameter_count,
-                record.forward_latency_ms,
-                record.created_at,
-                canonical_json(record.to_json()),
-                canonical_json(record.extras),
-            ),
-        )
+        self._db.execute(_UPSERT, row_values(record))
 
     def delete(self, key: str, *, sha256: str | None = None) -> bool:
         """Delete the key's row; with ``sha256``, only if the row still names that version of the artifact (another
@@ -194,6 +291,23 @@ class ArtifactIndex:
 
     def set_extras(self, key: str, extras: dict[str, Any]) -> None:
         self._db.execute("UPDATE artifacts SET extras = ? WHERE key = ?", (canonical_json(extras), key))
+
+    @classmethod
+    def _row_problem(cls, row: sqlite3.Row) -> str | None:
+        """What is wrong with one row, or None: its record and extras must parse (the extras as a JSON object),
+        every other column agree with the record, and its path be the one its key and hash name."""
+        key = str(row["key"])[:12]
+        try:
+            record = cls._record(row)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return f"the row of {key} does not parse ({type(error).__name__}: {error})"
+        expected = row_values(record)
+        for position in _DERIVED:
+            if row[position] != expected[position]:
+                return f"the row of {key} says {_COLUMN_NAMES[position]} = {row[position]!r}, its record says otherwise"
+        if record.path != ArtifactFiles.relative_path(record):
+            return f"the row of {key} names the file {record.path!r}, not the one its key and hash name"
+        return None
 
     @staticmethod
     def _record(row: sqlite3.Row) -> ArtifactRecord:

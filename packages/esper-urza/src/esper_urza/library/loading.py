@@ -83,7 +83,8 @@ class ArtifactLoader:
         if embedded.key != key or embedded.guard.shape != tuple(int(size) for size in slot.shape):
             self.evict_broken(location, "mismatch")
             return None
-        entry = CachedArtifact(record, state_dict, catalog)
+        # From here on the verified bytes speak for the artifact (its blueprint, parameters, slot), not the row.
+        entry = CachedArtifact(embedded.with_location(record.path, record.extras), state_dict, catalog)
         try:
             module = instantiate(entry, slot, self._options)
         except (RuntimeError, ValueError, KeyError):

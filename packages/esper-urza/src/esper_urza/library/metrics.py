@@ -32,7 +32,9 @@ MAX_PENDING_EVENTS = 512
 class LibraryMetrics:
     """Counters, per-source fetch latency and pending events of one library."""
 
-    def __init__(self, options: UrzaOptions) -> None:
+    def __init__(self, options: UrzaOptions, *, training_run_id: str = "") -> None:
+        #: The run whose packets these are (``TelemetryPacket.training_run_id``), if the library serves one.
+        self.training_run_id = training_run_id
         self.fetch_budget_ms = options.fetch_budget_ms
         self.build_budget_ms = options.build_budget_ms
         self._counters: Counter[str] = Counter()
@@ -47,6 +49,11 @@ class LibraryMetrics:
     def report(self, event: Event) -> None:
         """Queue an event for the next drain."""
         self._events.append(event)
+
+    @property
+    def has_events(self) -> bool:
+        """Whether events wait for the next drain (what makes the library publish on its bus)."""
+        return bool(self._events)
 
     def observe_fetch(self, source: str, latency_ms: float, blueprint_id: str, slot: SlotShape) -> None:
         """Record a fetch's latency under its source; over its budget, count it and queue ``timeout_urza``."""
@@ -102,4 +109,6 @@ class LibraryMetrics:
             Metric(name, value, "ms" if name.endswith("_ms") else "")
             for name, value in self.snapshot(cache_size=cache_size, cache_evictions=cache_evictions).items()
         ]
-        return [build_telemetry_packet(source="urza", metrics=metrics, events=events)]
+        return [
+            build_telemetry_packet(source="urza", metrics=metrics, events=events, training_run_id=self.training_run_id)
+        ]
