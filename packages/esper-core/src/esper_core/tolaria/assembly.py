@@ -167,6 +167,8 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     backend = registry.build(registry.bus_backend(oona.backend), config=config)
     # A group of its own: runs sharing a Redis must each receive every telemetry packet and policy update.
     bus = Oona(backend, signing_key=key, options=oona, group=f"tolaria-{run_id}", consumer=run_id, source="tolaria")
+    # Before any component is built: what they report while opening (an artifact store's repairs) reaches the sinks.
+    bus.subscribe([bus.streams.telemetry, bus.streams.emergency])
     selection = config.get(UrzaSelection)
     catalogs = [registry.build(registry.blueprint_catalog(name), config=config) for name in selection.catalogs]
     store = registry.build(
