@@ -134,6 +134,22 @@ def test_security_settings_out_of_range_are_refused_naming_key_and_source(
     assert expected in error and f"(from --set {setting})" in error
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("run.synthetic.widths=[0, -3]", "run.synthetic.widths must be whole numbers of at least 1"),
+        ("run.fashion-mnist.widths=[]", "run.fashion-mnist.widths must list at least one width"),
+        ("run.synthetic.classes=0", "run.synthetic.classes must be at least 2, got 0"),
+        ("run.synthetic.samples=0", "run.synthetic.samples must be at least 2, got 0"),
+    ],
+)
+def test_config_refuses_task_values_out_of_range_as_run_does(
+    capsys: pytest.CaptureFixture[str], setting: str, expected: str
+) -> None:
+    error = one_error_line(capsys, ["config", "--set", setting])
+    assert expected in error and f"(from --set {setting})" in error
+
+
 def test_a_future_skew_the_freshness_window_cannot_absorb_is_refused_naming_both_keys(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
