@@ -87,6 +87,87 @@ def test_a_missing_configuration_file_is_reported(capsys: pytest.CaptureFixture[
     assert "does not exist" in capsys.readouterr().err
 
 
+def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``esper argv``; it must exit with status 2 and print exactly one ``esper: error:`` line, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esper: error: "), err
+    return lines[0]
+
+
+def test_a_configuration_file_that_is_not_utf8_is_one_error_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('[run]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    error = one_error_line(capsys, ["config", str(config)])
+    assert str(config) in error and "is not UTF-8 text (byte 0xe9 at offset 17)" in error
+
+
+def test_a_directory_given_as_the_configuration_file_is_one_error_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    error = one_error_line(capsys, ["config", str(tmp_path)])
+    assert f"{tmp_path} is a directory, not a configuration file" in error
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("security.max_future_skew_ms=-1000", "security.max_future_skew_ms cannot be negative, got -1000"),
+        ("security.freshness_window_ms=-5", "security.freshness_window_ms must be at least 1000, got -5"),
+        ("security.freshness_window_ms=999", "security.freshness_window_ms must be at least 1000, got 999"),
+        (
+            "security.freshness_window_ms=4294967296",
+            "security.freshness_window_ms must be at most 4294967295, got 4294967296",
+        ),
+        ("security.nonce_capacity=0", "security.nonce_capacity must be at least 1, got 0"),
+        ("security.secret_env=", "security.secret_env must be the name of an environment variable"),
+        ("security.secret_env=MY SECRET", "security.secret_env must be the name of an environment variable"),
+    ],
+)
+def test_security_settings_out_of_range_are_refused_naming_key_and_source(
+    capsys: pytest.CaptureFixture[str], setting: str, expected: str
+) -> None:
+    error = one_error_line(capsys, ["config", "--set", setting])
+    assert expected in error and f"(from --set {setting})" in error
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("run.synthetic.widths=[0, -3]", "run.synthetic.widths must be whole numbers of at least 1"),
+        ("run.fashion-mnist.widths=[]", "run.fashion-mnist.widths must list at least one width"),
+        ("run.synthetic.classes=0", "run.synthetic.classes must be at least 2, got 0"),
+        ("run.synthetic.samples=0", "run.synthetic.samples must be at least 2, got 0"),
+    ],
+)
+def test_config_refuses_task_values_out_of_range_as_run_does(
+    capsys: pytest.CaptureFixture[str], setting: str, expected: str
+) -> None:
+    error = one_error_line(capsys, ["config", "--set", setting])
+    assert expected in error and f"(from --set {setting})" in error
+
+
+def test_a_future_skew_the_freshness_window_cannot_absorb_is_refused_naming_both_keys(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "security.toml"
+    config.write_text("[security]\nfreshness_window_ms = 10000\n")
+    error = one_error_line(capsys, ["config", str(config), "--set", "security.max_future_skew_ms=10000"])
+    assert "security.max_future_skew_ms (10000) must be less than freshness_window_ms (10000)" in error
+    assert "security.max_future_skew_ms: from --set security.max_future_skew_ms=10000" in error
+    assert f"security.freshness_window_ms: from {config}" in error
+
+
+def test_security_settings_in_range_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = ["security.freshness_window_ms=1000", "security.max_future_skew_ms=0", "security.nonce_capacity=1"]
+    assert main(["config", *(f"--set={item}" for item in settings), "--set=security.secret_env=MY_SECRET_2"]) == 0
+    resolved = tomllib.loads(capsys.readouterr().out)["security"]
+    assert (resolved["freshness_window_ms"], resolved["max_future_skew_ms"], resolved["nonce_capacity"]) == (1000, 0, 1)
+
+
 def test_leyline_check_round_trips_every_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["leyline", "check"]) == 0
     assert "all 41 Leyline messages survive" in capsys.readouterr().out

@@ -3,6 +3,7 @@ fails any of that changes nothing, and the result says why with a reason code.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -168,3 +169,43 @@ def test_an_open_fetch_breaker_refuses_germination_until_closed(rig: Rig) -> Non
     breaker.circuit_breaker.desired_state = CircuitBreakerState.CIRCUIT_STATE_CLOSED
     rig.kasmina.apply(rig.signer.sign(breaker))
     assert rig.kasmina.apply(rig.signer.sign(germinate())).status == CommandStatus.COMMAND_STATUS_APPLIED
+
+
+UNUSABLE_RATES = [math.nan, math.inf, -math.inf, 0.0, -0.01]
+
+
+@pytest.mark.parametrize("rate", UNUSABLE_RATES)
+def test_a_germination_with_an_unusable_learning_rate_is_illegal_and_changes_nothing(rig: Rig, rate: float) -> None:
+    command = germinate()
+    command.seed_operation.learning_rate = rate
+    before = snapshot(rig)
+    result = rig.kasmina.apply(rig.signer.sign(command))
+    assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_ILLEGAL
+    assert f"GERMINATE learning_rate must be a finite number above 0, got {rate}" in result.detail
+    assert snapshot(rig) == before
+    assert all(math.isfinite(group["lr"]) and group["lr"] > 0 for group in rig.optimizer.param_groups)
+
+
+@pytest.mark.parametrize("rate", UNUSABLE_RATES)
+def test_a_fine_tune_with_an_unusable_learning_rate_is_illegal_and_keeps_the_seeds_rate(rig: Rig, rate: float) -> None:
+    assert rig.kasmina.apply(rig.signer.sign(germinate())).status == CommandStatus.COMMAND_STATUS_APPLIED
+    fine_tune = AdaptationCommand(
+        command_type=CommandType.COMMAND_SEED,
+        target_slot_id="1",
+        seed_operation=CommandSeedOperation(operation=SeedOperation.SEED_OP_FINE_TUNE, learning_rate=rate),
+    )
+    before = snapshot(rig)
+    result = rig.kasmina.apply(rig.signer.sign(fine_tune))
+    assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_ILLEGAL
+    assert f"FINE_TUNE learning_rate must be a finite number above 0, got {rate}" in result.detail
+    assert snapshot(rig) == before
+    assert all(math.isfinite(group["lr"]) and group["lr"] > 0 for group in rig.optimizer.param_groups)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_germination_parameters_that_are_not_finite_are_illegal(rig: Rig, value: float) -> None:
+    before = snapshot(rig)
+    result = rig.kasmina.apply(rig.signer.sign(germinate(hidden=value)))
+    assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_ILLEGAL
+    assert f"GERMINATE parameters must be finite numbers, got hidden = {value}" in result.detail
+    assert snapshot(rig) == before

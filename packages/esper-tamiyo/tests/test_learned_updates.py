@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from esper_core.errors import ConfigError
 from esper_core.leyline import (
     BlueprintDescriptor,
     BlueprintParameterBounds,
@@ -326,7 +327,7 @@ def test_concurrent_decisions_during_swaps_never_see_a_half_loaded_network() -> 
         thread.start()
     swaps = 0
     while swaps < 40 or (len({version for version, _ in seen}) < 2 and swaps < 4000):
-        assert policy.load_update(updates[swaps % 2]).accepted
+        assert policy.load_update(updates[swaps % 2], allow_rollback=True).accepted
         swaps += 1
     stop.set()
     for thread in threads:
@@ -349,13 +350,13 @@ def test_the_factory_uses_the_options_the_key_and_the_initial_update(tmp_path: P
     started = build_learned_policy(BuildContext(registry=registry, options=options, signing_key=key))
     assert started.policy_version == "from-file" and started.options.decoding == "sample"
     assert started.decide(STATES[0], BLUEPRINTS).seed_operation.operation == SeedOperation.SEED_OP_GERMINATE
-    with pytest.raises(ValueError, match="invalid_signature"):
+    with pytest.raises(ConfigError, match="invalid_signature"):
         build_learned_policy(BuildContext(registry=registry, options=options, signing_key=SigningKey.generate()))
     missing = LearnedPolicyOptions(initial_update=tmp_path / "nope.update")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         build_learned_policy(BuildContext(registry=registry, options=missing, signing_key=key))
     (tmp_path / "junk.update").write_bytes(b"\xff\xff\xff")
-    with pytest.raises(ValueError, match="not a serialized Leyline PolicyUpdate"):
+    with pytest.raises(ConfigError, match="not a serialized Leyline PolicyUpdate"):
         build_learned_policy(
             BuildContext(registry=registry, options=LearnedPolicyOptions(initial_update=tmp_path / "junk.update"))
         )
@@ -369,3 +370,81 @@ def test_untrained_policies_are_identical_everywhere_and_exportable() -> None:
     assert b.load_update(update).accepted
     for name, tensor in a.network.state_dict().items():
         assert torch.equal(tensor, b.network.state_dict()[name])
+
+
+def issued(update: PolicyUpdate, seconds: int, key: SigningKey | None = KEY) -> PolicyUpdate:
+    """``update`` issued at ``seconds`` after the epoch, signed again (what a producer at that time would send)."""
+    update.issued_at.FromSeconds(seconds)
+    if key is not None:
+        sign_signature_field(key, update)
+    return update
+
+
+def test_an_older_update_replayed_after_a_newer_one_is_refused_and_changes_nothing() -> None:
+    policy = LearnedPolicy(signing_key=KEY)
+    older = issued(policy.export_update(policy_version="v1", state_dict=germinating_weights(policy, 1.0)), 1_000)
+    newer = issued(policy.export_update(policy_version="v2", state_dict=germinating_weights(policy, 2.0)), 2_000)
+    assert policy.load_update(older).accepted and policy.load_update(newer).accepted
+    before, network = decisions(policy), policy.network
+    for replayed in (older, newer):  # an older update, and the live one again
+        verdict = policy.load_update(replayed)
+        assert (verdict.accepted, verdict.reason, verdict.policy_version) == (False, "stale_update", "v2")
+        assert "not after the live update" in verdict.detail and "allow_rollback=True" in verdict.detail
+        assert policy.network is network and decisions(policy) == before
+    assert policy.verdicts == {"accepted": 2, "stale_update": 2}
+
+
+def test_an_issue_time_moved_forward_without_the_key_does_not_pass_as_newer() -> None:
+    policy = LearnedPolicy(signing_key=KEY)
+    older = issued(policy.export_update(policy_version="v1", state_dict=germinating_weights(policy, 1.0)), 1_000)
+    newer = issued(policy.export_update(policy_version="v2"), 2_000)
+    assert policy.load_update(newer).accepted
+    older.issued_at.FromSeconds(3_000)  # dressed up as newer, but the signature covers issued_at
+    assert policy.load_update(older).reason == "invalid_signature" and policy.policy_version == "v2"
+
+
+def test_a_rollback_is_explicit_by_flag_or_by_exporting_the_old_weights_again() -> None:
+    policy = LearnedPolicy(signing_key=KEY)
+    old_weights = germinating_weights(policy, 1.0)
+    older = issued(policy.export_update(policy_version="v1", state_dict=old_weights), 1_000)
+    newer = issued(policy.export_update(policy_version="v2", state_dict=germinating_weights(policy, 2.0)), 2_000)
+    assert policy.load_update(older).accepted and policy.load_update(newer).accepted
+    verdict = policy.load_update(older, allow_rollback=True)
+    assert (verdict.accepted, verdict.policy_version) == (True, "v1")
+    assert policy.load_update(newer).accepted  # forward again from the rolled-back update's issue time
+    again = policy.export_update(policy_version="v1-again", state_dict=old_weights)  # issued now, after 2_000 s
+    assert policy.load_update(again).accepted and policy.policy_version == "v1-again"
+
+
+def test_without_a_key_versions_still_only_move_forward() -> None:
+    policy = LearnedPolicy()
+    undated = policy.export_update(policy_version="undated")
+    undated.ClearField("issued_at")
+    assert policy.load_update(undated).accepted  # an untrained policy takes any update
+    dated = issued(policy.export_update(policy_version="dated"), 1_000, key=None)
+    assert policy.load_update(dated).accepted
+    assert policy.load_update(undated).reason == "stale_update"  # no issue time counts as time 0
+
+
+def test_the_controller_refuses_a_replayed_update_from_the_bus_and_reports_it() -> None:
+    from esper_core.oona import MemoryBackend, Oona
+    from esper_core.signing import CommandSigner
+    from esper_tamiyo.controller import TamiyoController
+
+    bus = Oona(MemoryBackend(), signing_key=KEY)
+    bus.subscribe([bus.streams.telemetry])  # before anything is published on it
+    policy = LearnedPolicy(signing_key=KEY)
+    tamiyo = TamiyoController(policy=policy, blueprints=BLUEPRINTS, signer=CommandSigner(KEY), bus=bus)
+    older = issued(policy.export_update(policy_version="v1", state_dict=germinating_weights(policy, 1.0)), 1_000)
+    newer = issued(policy.export_update(policy_version="v2", state_dict=germinating_weights(policy, 2.0)), 2_000)
+    for update in (older, newer, older):
+        bus.publish(update)
+    tamiyo.decide(STATES[0])
+    assert policy.policy_version == "v2"
+    events = [e for m in bus.poll([bus.streams.telemetry], count=10) for e in m.payload.events]  # type: ignore[attr-defined]
+    assert [e.name for e in events if e.name.startswith("policy_update")] == [
+        "policy_update_applied",
+        "policy_update_applied",
+        "policy_update_rejected",
+    ]
+    assert any(e.description.startswith("stale_update:") for e in events)

@@ -11,6 +11,11 @@ class ConfigError(EsperError):
     """A configuration file, environment override or ``--set`` value is invalid; the message names the key."""
 
 
+class TaskDataError(EsperError):
+    """A task's data is missing, unreadable or not what the task expects; the message names the file and how to get
+    a good copy."""
+
+
 class PluginError(EsperError):
     """Base class of plugin-system errors."""
 

@@ -17,6 +17,7 @@ an unverifiable or illegal one changes nothing at all; a failed gate culls the s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from esper_core.leyline import (
     BlueprintDescriptor,
     CircuitBreakerState,
     CommandResult,
+    CommandSeedOperation,
     CommandStatus,
     CommandType,
     GateResult,
@@ -343,6 +345,10 @@ class KasminaSeedExecutor:
                 result, f"slot {slot.slot_id!r} is {lifecycle.stage_name(slot.stage)}; germination needs DORMANT"
             )
             return
+        malformed = _bad_learning_rate(operation, "GERMINATE") or _bad_parameters(operation)
+        if malformed:
+            self._illegal(result, malformed)
+            return
         found = self.find_blueprint(operation.blueprint_id)
         catalog, descriptor = found if found is not None else (None, None)
         parameters = dict(operation.parameters)
@@ -462,6 +468,10 @@ class KasminaSeedExecutor:
             return
         if not command.seed_operation.HasField("learning_rate"):
             self._illegal(result, "FINE_TUNE needs a learning_rate")
+            return
+        malformed = _bad_learning_rate(command.seed_operation, "FINE_TUNE")
+        if malformed:
+            self._illegal(result, malformed)
             return
         slot.record.learning_rate = command.seed_operation.learning_rate
         self.groups.set_learning_rate(slot.slot_id, slot.record.learning_rate)
@@ -601,6 +611,30 @@ class KasminaSeedExecutor:
             if slot is None or slot.seed is None:
                 raise KasminaError(f"the checkpoint has a parameter group for slot {slot_id!r}, which has no seed")
             self.groups.add(slot_id, slot.seed_parameters(), slot.record.learning_rate, self.options.seed_weight_decay)
+
+
+def _bad_learning_rate(operation: CommandSeedOperation, name: str) -> str:
+    """Why the operation's learning rate cannot go into an optimizer group, or "" if it can (or is absent).
+
+    The command is signed, so it comes from a key holder, but a policy can still compute NaN: a NaN, infinite, zero
+    or negative rate put into the seed's group would silently wreck (or freeze) the seed's training, so the command
+    is refused as illegal and changes nothing.
+    """
+    if not operation.HasField("learning_rate"):
+        return ""
+    rate = operation.learning_rate
+    if math.isfinite(rate) and rate > 0:
+        return ""
+    return f"{name} learning_rate must be a finite number above 0, got {rate}; the command changes nothing"
+
+
+def _bad_parameters(operation: CommandSeedOperation) -> str:
+    """The blueprint parameters that are not finite numbers, or "" when all are (their bounds are G0's to check)."""
+    bad = {name: value for name, value in sorted(operation.parameters.items()) if not math.isfinite(value)}
+    if not bad:
+        return ""
+    listed = ", ".join(f"{name} = {value}" for name, value in bad.items())
+    return f"GERMINATE parameters must be finite numbers, got {listed}; the command changes nothing"
 
 
 def _count_isolation_failures(slot: SeedSlot, results: list[GateResult]) -> None:

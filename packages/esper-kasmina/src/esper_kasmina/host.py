@@ -1,7 +1,8 @@
 """Putting seed slots into an existing host model at named module paths.
 
-One probe forward (in eval mode, without gradients, so the host's state is untouched) records the shape of each
-named module's output and the order in which the modules run.
+One probe forward (in eval mode, so the host's state is untouched) records the shape of each named module's output,
+the order in which the modules run, and whether the output depends on a trainable parameter (a slot on one that does
+not, such as a flatten of the input, would have no host gradient to measure).
 
 The slots live in a :class:`SlotBank` kept *beside* the host's module tree, not inside it: an ``nn.Sequential``
 runs every child it has, so a bank inside it would become a layer. The host's ``state_dict`` nevertheless carries
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from esper_core.errors import EsperError
 from esper_core.leyline import SlotKind
 from esper_kasmina.slot import SeedBuilder, SeedSlot
 
@@ -31,8 +33,9 @@ _BANK_ATTRIBUTE = "_esper_slot_bank"
 _KINDS = {4: SlotKind.SLOT_KIND_CONV2D, 2: SlotKind.SLOT_KIND_VECTOR, 3: SlotKind.SLOT_KIND_SEQUENCE}
 
 
-class SlotError(ValueError):
-    """A slot point cannot hold a seed slot."""
+class SlotError(EsperError, ValueError):
+    """A slot point cannot hold a seed slot (a user's mistake in the task's slot points: ``esper`` reports it in one
+    line)."""
 
 
 def _bank_key(slot_id: str) -> str:
@@ -100,8 +103,9 @@ def _resolve(model: nn.Module, point: str) -> nn.Module:
         names = [name for name, _ in model.named_modules() if name]
         close = difflib.get_close_matches(point, names, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        shown = ", ".join(names[:40]) + (f" and {len(names) - 40} more" if len(names) > 40 else "")
         raise SlotError(
-            f"slot point {point!r} is not a module of the host.{hint} Its modules include: {', '.join(names[:12])}"
+            f"slot point {point!r} is not a module of the host.{hint} Its module paths: {shown or '(none)'}"
         ) from None
     if module is model:
         raise SlotError("a slot point must name a submodule of the host, not the host itself")
@@ -139,7 +143,7 @@ def attach_slots(model: nn.Module, points: Sequence[str], example_input: Any, bu
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.enable_grad():  # to see which outputs depend on a trainable parameter (eval: no state moves)
             _call(model, example_input)
     finally:
         for handle in handles:
@@ -166,6 +170,12 @@ def attach_slots(model: nn.Module, points: Sequence[str], example_input: Any, bu
             raise SlotError(
                 f"slot point {point!r} outputs shape {tuple(output.shape)}; "
                 "slots take (N, C, H, W), (N, D) or (N, L, D)"
+            )
+        if not output.requires_grad:
+            raise SlotError(
+                f"slot point {point!r} comes before every trainable parameter of the host (its output does not "
+                "depend on one), so the host's gradient there, which Kasmina measures at each decision point, does "
+                "not exist; choose a module after the first trainable layer"
             )
         bank.add(SeedSlot(point, _KINDS[output.dim()], tuple(output.shape[1:]), order.index(point)))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(assembled)
         loaded = trainer.restore_latest()
         if loaded is None:
-            raise RunError(f"{args.resume} has no checkpoint yet (it stopped during its first epoch); start it again")
+            raise RunError(
+                f"{args.resume} has no checkpoint yet (it stopped during its first epoch): start the run again, "
+                f"after removing {args.resume} or with another name (--set run.name=...)"
+            )
         for skipped in loaded.skipped:
             console.print(f"[yellow]warning:[/] skipped checkpoint {skipped.path.name}: {skipped.reason}")
         console.print(f"resuming {assembled.run_dir} after epoch {trainer.history.epoch}", highlight=False)

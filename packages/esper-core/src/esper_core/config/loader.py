@@ -187,6 +187,17 @@ def load_config(
             raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"configuration file {where} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(
+                f"{where} is a directory, not a configuration file: give the path of a TOML file"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"{where} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}): a TOML "
+                "file is UTF-8; save it in that encoding"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"configuration file {where} cannot be read: {error.strerror or error}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{where} is not valid TOML: {error}") from None
         _record_sources(raw, "", sources, f"from {where}")

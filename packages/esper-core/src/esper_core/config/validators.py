@@ -59,3 +59,13 @@ def at_least(minimum: float) -> Validator:
             raise ValueError(f"{attribute.name} must be at least {minimum}, got {value}")
 
     return check
+
+
+def at_most(maximum: float) -> Validator:
+    """``maximum`` or less (a bound set by a wire format, for example: ``at_most(2**32 - 1)`` for a uint32)."""
+
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+        if not value <= maximum:
+            raise ValueError(f"{attribute.name} must be at most {maximum}, got {value}")
+
+    return check

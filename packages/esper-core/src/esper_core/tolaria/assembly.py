@@ -115,14 +115,45 @@ def build_task(registry: Registry, config: EsperConfig, run_dir: Path) -> Task:
     return task
 
 
-def split_data(data: TaskData, options: RunOptions, tolaria: TolariaOptions, device: torch.device) -> Split:
+def _check_pair(task: str, split: str, inputs: Any, targets: Any) -> None:
+    """One split of a task's data: inputs and targets both given, as many of each, and at least one."""
+    if inputs is None or targets is None:
+        given, missing = ("inputs", "targets") if targets is None else ("targets", "inputs")
+        raise RunError(f"task {task!r} gave {split} {given} but no {split} {missing}; give both or neither")
+    if len(inputs) != len(targets):
+        raise RunError(
+            f"task {task!r} gave {len(inputs)} {split} inputs but {len(targets)} {split} targets; they must pair up"
+        )
+    if len(inputs) == 0:
+        optional = "" if split == "training" else f" (leave {split} inputs and targets None for none)"
+        raise RunError(f"task {task!r} gave an empty {split} set{optional}; it needs at least one example")
+
+
+def split_data(
+    data: TaskData, options: RunOptions, tolaria: TolariaOptions, device: torch.device, task: str = "?"
+) -> Split:
+    """The task's data split for training, on ``device``; data a run cannot train on is a :class:`RunError`
+    naming the task (an empty set would otherwise fail mid-epoch, after the run directory was made)."""
     generator = torch.Generator().manual_seed(options.seed)
     inputs, targets = data.train_inputs, data.train_targets
+    _check_pair(task, "training", inputs, targets)
+    for split, split_inputs, split_targets in (
+        ("validation", data.val_inputs, data.val_targets),
+        ("test", data.test_inputs, data.test_targets),
+    ):
+        if split_inputs is not None or split_targets is not None:
+            _check_pair(task, split, split_inputs, split_targets)
     if data.val_inputs is not None:
         train, val = (inputs, targets), (data.val_inputs, data.val_targets)
     else:
         order = torch.randperm(len(inputs), generator=generator)
         held = max(1, int(len(inputs) * options.validation_fraction))
+        if held >= len(inputs):
+            raise RunError(
+                f"task {task!r} gave {len(inputs)} training example{'s' * (len(inputs) != 1)}; holding out "
+                f"{held} for validation (run.validation_fraction = {options.validation_fraction}) leaves none to "
+                "train on. Give the task more data"
+            )
         val_index, train_index = order[:held], order[held:]
         train, val = (inputs[train_index], targets[train_index]), (inputs[val_index], targets[val_index])
     if tolaria.max_validation_samples:
@@ -180,7 +211,7 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
         training_run_id=run_id,
     )
     task = build_task(registry, config, run_dir)
-    data = split_data(task.data(), options, tolaria, device)
+    data = split_data(task.data(), options, tolaria, device, task.name)
     model = task.build_model().to(device)
     executor: SeedExecutor = registry.build(
         registry.seed_executor(tolaria.seed_executor),
@@ -192,7 +223,11 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
         catalogs=catalogs,
         training_run_id=run_id,
     )
-    executor.attach(model, list(task.slot_points()), data.train[0][:2])
+    points = list(task.slot_points())
+    try:
+        executor.attach(model, points, data.train[0][:2])
+    except EsperError as error:  # the executor's reason, with the task whose slot points it refused
+        raise RunError(f"task {task.name!r} cannot have seed slots at {points}: {error}") from error
     optimizer = make_optimizer(executor.host_parameters(), tolaria)
     executor.bind_optimizer(optimizer)
     executor.set_probe(data.probe[0], data.probe[1], task.loss)

@@ -76,9 +76,11 @@ def build_learned_policy(context: BuildContext) -> LearnedPolicy:
     """The ``learned`` policy for a run (a ``PolicySpec`` factory taking an ``esper_core.plugins.BuildContext``).
 
     Uses ``context.options`` (:class:`LearnedPolicyOptions`, defaults when absent) and ``context.signing_key`` to
-    verify updates and sign exported ones. A configured ``initial_update`` is loaded at once; a missing file or a
-    rejected update is a startup error naming the reason.
+    verify updates and sign exported ones. A configured ``initial_update`` is loaded at once; a missing or unreadable
+    file or a rejected update is a :class:`~esper_core.errors.ConfigError` naming the key and the reason (``esper``
+    prints it in one line).
     """
+    from esper_core.errors import ConfigError
     from esper_tamiyo.learned.policy import LearnedPolicy
 
     options = context.options if context.options is not None else LearnedPolicyOptions()
@@ -88,9 +90,12 @@ def build_learned_policy(context: BuildContext) -> LearnedPolicy:
         try:
             verdict = policy.load_update_file(path)
         except ValueError as error:
-            raise ValueError(f"tamiyo.learned.initial_update: {error}") from None
+            raise ConfigError(
+                f"tamiyo.learned.initial_update: {error}. Give a file written by esper_tamiyo.learned.save_update, "
+                "or unset initial_update to start untrained"
+            ) from None
         if not verdict.accepted:
-            raise ValueError(
+            raise ConfigError(
                 f"tamiyo.learned.initial_update: {path} was rejected ({verdict.reason}: {verdict.detail}). "
                 "Export it from a policy with the same options and the same signing secret (ESPER_LEYLINE_SECRET), "
                 "or unset initial_update to start untrained."

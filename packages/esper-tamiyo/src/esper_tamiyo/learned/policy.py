@@ -206,6 +206,8 @@ class _Live:
     network: PolicyNetwork
     version: str
     payload_sha256: str
+    #: ``issued_at`` of the update that made this network live (None while untrained); later updates must be newer.
+    issued_at_ns: int | None = None
 
 
 class LearnedPolicy:
@@ -238,6 +240,7 @@ class LearnedPolicy:
         self._lock = threading.Lock()
         self._rng_lock = threading.Lock()
         self._verdict_lock = threading.Lock()
+        self._update_lock = threading.Lock()
         self._rng = random.Random(self.options.seed)
         self._live = _Live(network, f"untrained-{self._architecture_digest[:12]}", "")
         #: The most recent update verdict, and counts of verdicts by reason.
@@ -480,34 +483,45 @@ class LearnedPolicy:
             training_metrics=training_metrics,
         )
 
-    def load_update(self, update: PolicyUpdate) -> UpdateVerdict:
-        """Check ``update`` and, if it passes, swap its weights in atomically; a rejected update changes nothing."""
-        verdict, tensors = check_update(
-            update,
-            feature_schema_digest=self.feature_schema_digest,
-            architecture_digest=self.architecture_digest,
-            expected=self._expected,
-            signing_key=self.signing_key,
-            max_payload_bytes=self.options.max_update_bytes,
-        )
-        if verdict.accepted:
-            assert tensors is not None
-            try:
-                network = PolicyNetwork(self.network_config, noop_bias=self.options.noop_bias)
-                network.load_state_dict(tensors, strict=True)
-                network.eval()
-            except (RuntimeError, ValueError) as error:
-                verdict = UpdateVerdict(False, SWAP_FAILED, f"{type(error).__name__}: {error}")
-            else:
-                version = update.tamiyo_policy_version or f"sha256-{update.payload_sha256[:12]}"
-                with self._lock:
-                    self._live = _Live(network, version, update.payload_sha256)
+    def load_update(self, update: PolicyUpdate, *, allow_rollback: bool = False) -> UpdateVerdict:
+        """Check ``update`` and, if it passes, swap its weights in atomically; a rejected update changes nothing.
+
+        Versions only move forward: once an update is live, one issued no later than it (``issued_at``) is refused as
+        ``stale_update``, so a captured older update replayed on the bus cannot take the policy back. Roll back on
+        purpose with ``allow_rollback=True``, or by exporting the older weights again as a new update.
+        """
+        with self._update_lock:  # two updates checked at once must not both pass the issue-time check
+            with self._lock:
+                live_issued_at = self._live.issued_at_ns
+            verdict, tensors = check_update(
+                update,
+                feature_schema_digest=self.feature_schema_digest,
+                architecture_digest=self.architecture_digest,
+                expected=self._expected,
+                signing_key=self.signing_key,
+                max_payload_bytes=self.options.max_update_bytes,
+                live_issued_at_ns=live_issued_at,
+                allow_rollback=allow_rollback,
+            )
+            if verdict.accepted:
+                assert tensors is not None
+                try:
+                    network = PolicyNetwork(self.network_config, noop_bias=self.options.noop_bias)
+                    network.load_state_dict(tensors, strict=True)
+                    network.eval()
+                except (RuntimeError, ValueError) as error:
+                    verdict = UpdateVerdict(False, SWAP_FAILED, f"{type(error).__name__}: {error}")
+                else:
+                    version = update.tamiyo_policy_version or f"sha256-{update.payload_sha256[:12]}"
+                    issued_at = update.issued_at.ToNanoseconds() if update.HasField("issued_at") else 0
+                    with self._lock:
+                        self._live = _Live(network, version, update.payload_sha256, issued_at)
         verdict = attrs.evolve(verdict, policy_version=self.policy_version)
         with self._verdict_lock:
             self.last_verdict = verdict
             self.verdicts[verdict.reason] = self.verdicts.get(verdict.reason, 0) + 1
         return verdict
 
-    def load_update_file(self, path: str | Path) -> UpdateVerdict:
+    def load_update_file(self, path: str | Path, *, allow_rollback: bool = False) -> UpdateVerdict:
         """Load an update saved with :func:`esper_tamiyo.learned.save_update`."""
-        return self.load_update(read_update(path))
+        return self.load_update(read_update(path), allow_rollback=allow_rollback)

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import torch
 from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from esper_core.leyline import PolicyUpdate
 from esper_core.signing import SigningKey, sign_signature_field, verify_signature_field
@@ -41,6 +42,9 @@ CHECKSUM_MISMATCH = "checksum_mismatch"
 MISSING_SIGNATURE = "missing_signature"
 #: A signing key is configured and the signature does not match (altered, or signed with another secret).
 INVALID_SIGNATURE = "invalid_signature"
+#: ``issued_at`` is not later than that of the live update: an older (or the same) update replayed, or a producer
+#: whose clock went back. Versions only move forward unless a rollback is requested (see :func:`check_update`).
+STALE_UPDATE = "stale_update"
 #: The payload is empty, too large, not loadable with ``weights_only=True``, or not a mapping of names to tensors.
 INVALID_PAYLOAD = "invalid_payload"
 #: A parameter is missing, unexpected, of the wrong shape or not a floating-point tensor.
@@ -57,6 +61,7 @@ REJECTION_REASONS = (
     CHECKSUM_MISMATCH,
     MISSING_SIGNATURE,
     INVALID_SIGNATURE,
+    STALE_UPDATE,
     INVALID_PAYLOAD,
     SHAPE_MISMATCH,
     NON_FINITE_WEIGHTS,
@@ -128,12 +133,21 @@ def check_update(
     expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
     signing_key: SigningKey | None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    live_issued_at_ns: int | None = None,
+    allow_rollback: bool = False,
 ) -> tuple[UpdateVerdict, dict[str, torch.Tensor] | None]:
     """Check ``update`` against the live policy; on success return the float32 tensors to load.
 
     Order: policy name; feature schema digest; architecture digest; payload checksum; signature (only when a key is
-    configured: then a missing signature is refused too); payload size and ``torch.load(weights_only=True)``; every
-    expected key present, none unexpected, each a floating tensor of the expected shape; every value finite.
+    configured: then a missing signature is refused too); issue time; payload size and
+    ``torch.load(weights_only=True)``; every expected key present, none unexpected, each a floating tensor of the
+    expected shape; every value finite.
+
+    The issue time check keeps versions moving forward: once an update issued at ``live_issued_at_ns`` is live, only
+    an update issued strictly later is accepted (an update without ``issued_at`` counts as issued at 0). It comes
+    after the signature, which covers ``issued_at``, so a replayed older update cannot be dressed up as newer. A
+    rollback is explicit: ``allow_rollback=True`` (an operator loading a known update by hand), or the older weights
+    exported again as a new update, which gets a new issue time and signature.
     """
     if update.policy_name != POLICY_NAME:
         return _reject(WRONG_POLICY, f"the update is for policy {update.policy_name!r}, this is {POLICY_NAME!r}")
@@ -162,6 +176,14 @@ def check_update(
             return _reject(
                 INVALID_SIGNATURE, "the signature does not match the update (altered, or signed with another secret)"
             )
+    issued_ns = update.issued_at.ToNanoseconds() if update.HasField("issued_at") else 0
+    if live_issued_at_ns is not None and issued_ns <= live_issued_at_ns and not allow_rollback:
+        return _reject(
+            STALE_UPDATE,
+            f"the update was issued {_when(issued_ns)}, not after the live update ({_when(live_issued_at_ns)}): an "
+            "older update replayed, or a producer whose clock went back. To roll back on purpose, export the older "
+            "weights again as a new update, or load it with allow_rollback=True",
+        )
     if not update.payload:
         return _reject(INVALID_PAYLOAD, "the payload is empty")
     if len(update.payload) > max_payload_bytes:
@@ -196,6 +218,14 @@ def check_update(
     return UpdateVerdict(True, ACCEPTED, f"{len(tensors)} tensors checked"), tensors
 
 
+def _when(nanoseconds: int) -> str:
+    if nanoseconds == 0:
+        return "at no recorded time (issued_at unset)"
+    stamp = Timestamp()
+    stamp.FromNanoseconds(nanoseconds)
+    return f"at {stamp.ToJsonString()}"
+
+
 def save_update(update: PolicyUpdate, path: str | Path) -> None:
     """Write ``update`` (its serialized bytes) to ``path`` atomically, for ``tamiyo.learned.initial_update``."""
     atomic_write_bytes(path, update.SerializeToString(deterministic=True))
@@ -208,7 +238,17 @@ def read_update(path: str | Path) -> PolicyUpdate:
         data = source.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"policy update file {source} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{source} is a directory, not a policy update file") from None
+    except OSError as error:
+        raise ValueError(f"policy update file {source} cannot be read: {error.strerror or error}") from None
+    if not data:
+        raise ValueError(f"{source} is empty, not a serialized Leyline PolicyUpdate")
     try:
-        return PolicyUpdate.FromString(data)
+        update = PolicyUpdate.FromString(data)
     except DecodeError as error:
         raise ValueError(f"{source} is not a serialized Leyline PolicyUpdate: {error}") from None
+    if not update.payload and not update.policy_name:
+        # Protobuf parses many byte strings as *some* message; one with neither weights nor a policy name is not one.
+        raise ValueError(f"{source} is not a serialized Leyline PolicyUpdate: it has no policy_name and no payload")
+    return update
