@@ -77,6 +77,7 @@ class CommandSeedOperation(_message.Message):
     """Learning rate of the seed's own optimizer parameter group.
     GERMINATE: optional, absent uses `kasmina.seed_learning_rate`, or the host's learning rate when that is 0.
     FINE_TUNE: required (a FINE_TUNE without it is refused as illegal); it replaces the seed's learning rate.
+    When set it must be finite and positive: Kasmina refuses NaN, infinite, zero or negative rates as illegal.
     """
     alpha_target: _builtins.float
     """The alpha to ramp to. Not read by Kasmina (a ramp always ends at 1): leave it absent."""

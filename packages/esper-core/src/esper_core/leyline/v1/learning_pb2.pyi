@@ -367,7 +367,9 @@ class PolicyUpdate(_message.Message):
     """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp:
-        """When the update was made (wall clock)."""
+        """When the update was made (wall clock). Covered by the signature, it orders updates: once one is live, an update
+        issued at or before it is refused (`stale_update`) unless the receiver is asked for a rollback explicitly.
+        """
 
     @_builtins.property
     def training_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
