@@ -19,6 +19,7 @@ from esper_core.leyline import (
     CommandResult,
     CommandSeedOperation,
     CommandType,
+    GrowthMode,
     SeedOperation,
     SlotKind,
 )
@@ -47,6 +48,35 @@ class ZeroResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.outer(torch.relu(self.inner(x)))  # type: ignore[no-any-return]
+
+
+class ZeroWidth(nn.Module):
+    """New units between two layers: they read the slot's read activation and write into its activation, starting at
+    zero (the output layer is zero-initialised)."""
+
+    def __init__(self, slot: SlotShape, width: int) -> None:
+        super().__init__()
+        source = slot.input
+        self.target = slot
+        self.conv_in = source.kind == CONV
+        if self.conv_in:
+            self.inner: nn.Module = nn.Conv2d(source.shape[0], width, 3, padding=1)
+        else:
+            self.inner = nn.Linear(source.shape[-1], width)
+        if slot.kind == CONV:
+            self.outer: nn.Module = nn.Conv2d(width, slot.shape[0], 1)
+        else:
+            self.outer = nn.Linear(width, slot.shape[-1])
+        nn.init.zeros_(self.outer.weight)  # type: ignore[arg-type]
+        nn.init.zeros_(self.outer.bias)  # type: ignore[arg-type]
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.inner(a))
+        if self.conv_in and self.target.kind == CONV:
+            hidden = nn.functional.adaptive_max_pool2d(hidden, tuple(self.target.shape[1:]))
+        elif self.conv_in:
+            hidden = hidden.mean(dim=(2, 3))
+        return self.outer(hidden)  # type: ignore[no-any-return]
 
 
 class NaNAfter(ZeroResidual):
@@ -107,6 +137,17 @@ class SmallCatalog:
                 allowed_parameters={"hidden": _bounds(1, 64, 8)},
             ),
             BlueprintDescriptor(
+                blueprint_id="BP950",
+                name="zero_width",
+                tier=BlueprintTier.BLUEPRINT_TIER_SAFE,
+                risk=0.2,
+                slot_kinds=every,
+                read_kinds=every,
+                growth_mode=GrowthMode.GROWTH_MODE_WIDTH,
+                catalog="test",
+                allowed_parameters={"width": _bounds(1, 64, 4)},
+            ),
+            BlueprintDescriptor(
                 blueprint_id="BP990",
                 name="nan_after",
                 tier=BlueprintTier.BLUEPRINT_TIER_HIGH_RISK,
@@ -131,6 +172,8 @@ class SmallCatalog:
     def build(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> nn.Module:
         if blueprint_id == "BP901":
             return ZeroResidual(slot, int(parameters.get("hidden", 8)))
+        if blueprint_id == "BP950":
+            return ZeroWidth(slot, int(parameters.get("width", 4)))
         if blueprint_id == "BP990":
             return NaNAfter(slot, int(parameters.get("delay", 1)))
         if blueprint_id == "BP991":
@@ -240,6 +283,15 @@ HOSTS: dict[str, tuple[Callable[[], nn.Module], list[str], tuple[int, ...], int]
     "conv": (ConvHost, ["features.2", "features.5", "head.2"], (1, 16, 16), 5),
     "vector": (vector_host, ["1", "3"], (6,), 4),
     "sequence": (SequenceHost, ["embed", "mix"], (7, 3), 4),
+    # Width slots (new channels or neurons between two layers) beside a residual one.
+    "conv-width": (
+        ConvHost,
+        ["features.0:input->features.3", "features.3:input->head.1", "features.5"],
+        (1, 16, 16),
+        5,
+    ),
+    "vector-width": (vector_host, ["0:input->2", "2:input->4", "3"], (6,), 4),
+    "sequence-width": (SequenceHost, ["embed->mix.0", "mix"], (7, 3), 4),
 }
 
 

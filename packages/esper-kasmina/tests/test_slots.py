@@ -69,7 +69,7 @@ def test_attaching_leaves_the_host_state_untouched() -> None:
     [
         (["features.9"], "is not a module of the host"),
         (["feature.2"], "Did you mean 'features.2'"),
-        ([""], "not the host itself"),
+        ([""], "an empty slot point"),
         (["features.2", "features.2"], "repeat"),
         ([], "at least one slot point"),
     ],

@@ -30,17 +30,36 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class SlotShape:
-    """The activation a seed slot carries: its kind and its shape without the batch dimension."""
+    """The activation a seed slot carries: its kind and its shape without the batch dimension.
+
+    A width slot also reads an earlier activation (``read_kind``, ``read_shape``): its seed maps that to the slot's
+    shape. A residual slot leaves them empty and its seed maps the slot's shape to itself.
+    """
 
     kind: SlotKind.ValueType
     shape: tuple[int, ...]
+    read_kind: SlotKind.ValueType = attrs.field(default=SlotKind.SLOT_KIND_UNSPECIFIED, kw_only=True)
+    read_shape: tuple[int, ...] = attrs.field(default=(), kw_only=True)
+
+    @property
+    def is_width(self) -> bool:
+        return bool(self.read_shape)
+
+    @property
+    def input(self) -> SlotShape:
+        """The activation the seed reads, as a slot shape of its own (the slot itself for a residual slot)."""
+        return SlotShape(self.read_kind, self.read_shape) if self.is_width else self
 
     @classmethod
     def of(cls, state: SeedState) -> SlotShape:
-        return cls(state.slot_kind, tuple(state.slot_shape))
+        read_shape = tuple(int(size) for size in state.read_shape)
+        return cls(state.slot_kind, tuple(state.slot_shape), read_kind=state.read_kind, read_shape=read_shape)
 
     def describe(self) -> str:
-        return f"{SlotKind.Name(self.kind).removeprefix('SLOT_KIND_').lower()}{list(self.shape)}"
+        written = f"{SlotKind.Name(self.kind).removeprefix('SLOT_KIND_').lower()}{list(self.shape)}"
+        if not self.is_width:
+            return written
+        return f"{self.input.describe()} -> {written}"
 
 
 @runtime_checkable

@@ -43,7 +43,7 @@ from esper_core.leyline import (
     value_name,
 )
 from esper_core.leyline.lifecycle import Stage
-from esper_core.protocols import ArtifactStore, BlueprintCatalog, SlotShape
+from esper_core.protocols import ArtifactStore, BlueprintCatalog
 from esper_core.signing import CommandVerifier
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Level, Metric, build_telemetry_packet
 from esper_kasmina import probes, schedules
@@ -144,7 +144,7 @@ class KasminaSeedExecutor:
         return None
 
     def _fetch(self, slot: SeedSlot, blueprint_id: str, parameters: Mapping[str, float]) -> nn.Module:
-        shape = SlotShape(slot.slot_kind, slot.slot_shape)
+        shape = slot.shape()
         fetched = self.fetch_breaker.call(lambda: self.store.fetch(blueprint_id, shape, parameters))
         module: nn.Module = fetched.module
         return module.to(self._device())
@@ -227,6 +227,8 @@ class KasminaSeedExecutor:
                 blueprint_parameters=record.parameters,
                 slot_kind=slot.slot_kind,
                 slot_shape=list(slot.slot_shape),
+                read_kind=slot.read_kind,
+                read_shape=list(slot.read_shape),
                 layer_depth=slot.layer_depth,
                 alpha=slot.alpha(),
                 alpha_steps=int(slot.alpha_steps.item()) if slot.stage in lifecycle.HAS_SEED else 0,
@@ -355,9 +357,7 @@ class KasminaSeedExecutor:
         count = None
         if catalog is not None:
             try:
-                count = catalog.parameter_count(
-                    operation.blueprint_id, SlotShape(slot.slot_kind, slot.slot_shape), parameters
-                )
+                count = catalog.parameter_count(operation.blueprint_id, slot.shape(), parameters)
             except (KeyError, ValueError):
                 count = None
         host_count = sum(p.numel() for p in self.host_parameters())

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from esper_core.leyline import BlueprintDescriptor, BlueprintTier, GateResult, SlotKind, lifecycle
+from esper_core.leyline import BlueprintDescriptor, BlueprintTier, GateResult, growth, lifecycle
 from esper_core.leyline.lifecycle import Gate
 from esper_kasmina import probes
 from esper_kasmina.optimizer import SeedParameterGroups
@@ -101,9 +101,8 @@ class GateChecks:
                 g0, "tier_allowed", allowed, descriptor.risk, detail=f"tier {tier}; allowed: {', '.join(allowed_tiers)}"
             )
         )
-        kind_ok = slot.slot_kind in descriptor.slot_kinds
-        kinds = ", ".join(SlotKind.Name(k).removeprefix("SLOT_KIND_").lower() for k in descriptor.slot_kinds)
-        results.append(check(g0, "slot_kind", kind_ok, detail=f"the blueprint grows in: {kinds}"))
+        misfit = growth.misfit(descriptor, slot.shape())
+        results.append(check(g0, "slot_kind", misfit is None, detail=misfit or f"it grows in {slot.slot_id!r}"))
         for name, value in parameters.items():
             bounds = descriptor.allowed_parameters.get(name)
             if bounds is None:
@@ -132,7 +131,8 @@ class GateChecks:
         return results
 
     def probe_output(self, model: nn.Module, slot: SeedSlot, module: nn.Module, probe: Probe) -> list[GateResult]:
-        """The checks of G0 on the built module: it maps the host's real activation to its own shape, finitely."""
+        """The checks of G0 on the built module: it maps the host's real activation (the one it reads) to the shape
+        of the activation it writes, finitely."""
         g0 = lifecycle.G0
         host_activation = probes.activation(model, slot, probe)
         module.eval()
@@ -143,9 +143,10 @@ class GateChecks:
             return [check(g0, "probe_forward", False, detail=f"{type(error).__name__}: {error}")]
         finally:
             module.train()
-        same_shape = tuple(output.shape) == tuple(host_activation.shape)
+        expected = (host_activation.shape[0], *slot.slot_shape)
+        same_shape = tuple(output.shape) == expected
         return [
-            check(g0, "output_shape", same_shape, detail=f"{tuple(output.shape)} for {tuple(host_activation.shape)}"),
+            check(g0, "output_shape", same_shape, detail=f"{tuple(output.shape)} for {expected}"),
             check(g0, "output_dtype", output.dtype == host_activation.dtype, detail=str(output.dtype)),
             check(
                 g0, "finite_output", bool(torch.isfinite(output).all()), float(torch.isfinite(output).float().mean())
@@ -165,7 +166,7 @@ class GateChecks:
     def interface(self, health: probes.SeedHealth, gate: Gate) -> list[GateResult]:
         return [
             check(gate, "finite_output", health.output_finite),
-            check(gate, "output_shape", health.output_shape == health.input_shape, detail=str(health.output_shape)),
+            check(gate, "output_shape", health.output_shape == health.expected_shape, detail=str(health.output_shape)),
             check(gate, "output_dtype", health.output_dtype == health.input_dtype, detail=str(health.output_dtype)),
         ]
 

@@ -10,6 +10,12 @@ the slots, under ``esper_slots.``: a state-dict hook adds them when saving and a
 loads them into the bank (rebuilding seed modules first) when loading. The host's own parameter names, its
 ``parameters()`` and its checkpoints are therefore unchanged, and a plain checkpoint still loads into it.
 
+A slot point is a module path (a residual slot: the seed reads and rewrites that module's output), or
+``"READ->WRITE"`` for a width slot: the seed reads ``READ`` and adds to ``WRITE``'s output, where ``READ`` is
+``"path"`` (a module's output) or ``"path:input"`` (its input), and runs before ``WRITE`` in the forward pass. For
+example ``"blocks.0:input->blocks.1.0"`` grows new channels in ``blocks.0`` that feed ``blocks.1``'s convolution:
+they read what enters ``blocks.0`` and write into the convolution's output, before its activation.
+
 Attach slots after moving the host to its device; seeds are built on the device of the host's parameters.
 """
 
@@ -24,7 +30,8 @@ from torch import nn
 
 from esper_core.errors import EsperError
 from esper_core.leyline import SlotKind
-from esper_kasmina.slot import SeedBuilder, SeedSlot
+from esper_core.leyline.growth import SlotPoint
+from esper_kasmina.slot import ReadPoint, SeedBuilder, SeedSlot
 
 #: Key prefix of the slots in the host's state_dict.
 STATE_PREFIX = "esper_slots."
@@ -127,19 +134,54 @@ def attach_slots(model: nn.Module, points: Sequence[str], example_input: Any, bu
         raise SlotError("give at least one slot point (a module path such as 'features.3')")
     if len(set(points)) != len(points):
         raise SlotError(f"slot points repeat: {list(points)}")
-    targets = {point: _resolve(model, point) for point in points}
-    seen: dict[str, list[Any]] = {point: [] for point in points}
+    parsed: dict[str, tuple[tuple[str, str] | None, str]] = {}
+    for text in points:
+        try:
+            point = SlotPoint.parse(text)
+        except ValueError as error:
+            raise SlotError(str(error)) from None
+        parsed[point.slot_id()] = ((point.read, point.read_side) if point.read is not None else None, point.write)
+    if len(parsed) != len(points):
+        raise SlotError(f"slot points repeat: {list(points)}")
+    targets = {slot_id: _resolve(model, write) for slot_id, (_read, write) in parsed.items()}
+    sources = {slot_id: _resolve(model, read[0]) for slot_id, (read, _write) in parsed.items() if read is not None}
+    seen: dict[str, list[Any]] = {slot_id: [] for slot_id in parsed}
+    read_seen: dict[str, list[tuple[int, Any]]] = {slot_id: [] for slot_id in sources}
     order: list[str] = []
+    ticks = [0]  # every recorded event, in the order the forward pass runs them
 
-    def recorder(point: str) -> Any:
+    def recorder(slot_id: str) -> Any:
         def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            seen[point].append(output)
-            if point not in order:
-                order.append(point)
+            ticks[0] += 1
+            seen[slot_id].append((ticks[0], output))
+            if slot_id not in order:
+                order.append(slot_id)
 
         return record
 
-    handles = [module.register_forward_hook(recorder(point)) for point, module in targets.items()]
+    def read_recorder(slot_id: str, side: str) -> Any:
+        if side == "input":
+
+            def record_input(_module: nn.Module, inputs: Any) -> None:
+                ticks[0] += 1
+                read_seen[slot_id].append((ticks[0], inputs[0] if inputs else None))
+
+            return record_input
+
+        def record_output(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            ticks[0] += 1
+            read_seen[slot_id].append((ticks[0], output))
+
+        return record_output
+
+    handles = [module.register_forward_hook(recorder(slot_id)) for slot_id, module in targets.items()]
+    for slot_id, module in sources.items():
+        read = parsed[slot_id][0]
+        assert read is not None
+        if read[1] == "input":
+            handles.append(module.register_forward_pre_hook(read_recorder(slot_id, "input")))
+        else:
+            handles.append(module.register_forward_hook(read_recorder(slot_id, "output")))
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
@@ -152,40 +194,69 @@ def attach_slots(model: nn.Module, points: Sequence[str], example_input: Any, bu
             module.train(training)
 
     bank = SlotBank()
-    for point in points:
-        outputs = seen[point]
+    for slot_id, (read, write) in parsed.items():
+        outputs = seen[slot_id]
         if not outputs:
-            raise SlotError(f"slot point {point!r} did not run in the host's forward pass")
+            raise SlotError(f"slot point {write!r} did not run in the host's forward pass")
         if len(outputs) > 1:
             raise SlotError(
-                f"slot point {point!r} runs {len(outputs)} times per forward; a slot needs a module used once"
+                f"slot point {write!r} runs {len(outputs)} times per forward; a slot needs a module used once"
             )
-        output = outputs[0]
-        if not isinstance(output, torch.Tensor):
-            raise SlotError(
-                f"slot point {point!r} outputs a {type(output).__name__}, not a tensor; choose a module whose "
-                "output is the activation to grow on"
-            )
-        if output.dim() not in _KINDS:
-            raise SlotError(
-                f"slot point {point!r} outputs shape {tuple(output.shape)}; "
-                "slots take (N, C, H, W), (N, D) or (N, L, D)"
-            )
+        written_at, output = outputs[0]
+        kind, shape = _activation(write, output, "outputs")
         if not output.requires_grad:
             raise SlotError(
-                f"slot point {point!r} comes before every trainable parameter of the host (its output does not "
+                f"slot point {write!r} comes before every trainable parameter of the host (its output does not "
                 "depend on one), so the host's gradient there, which Kasmina measures at each decision point, does "
                 "not exist; choose a module after the first trainable layer"
             )
-        bank.add(SeedSlot(point, _KINDS[output.dim()], tuple(output.shape[1:]), order.index(point)))
+        read_point = None
+        if read is not None:
+            path, side = read
+            reads = read_seen[slot_id]
+            where = f"the {side} of {path!r}"
+            if not reads:
+                raise SlotError(f"width slot {slot_id!r}: {where} did not run in the host's forward pass")
+            if len(reads) > 1:
+                raise SlotError(
+                    f"width slot {slot_id!r}: {path!r} runs {len(reads)} times per forward; a width slot reads a "
+                    "module used once"
+                )
+            read_at, value = reads[0]
+            if _resolve(model, path) is targets[slot_id] and side == "output":
+                raise SlotError(
+                    f"width slot {slot_id!r} reads the output it writes; that is a residual slot: write it as {write!r}"
+                )
+            if read_at > written_at:
+                raise SlotError(
+                    f"width slot {slot_id!r}: {where} runs after {write!r}; a width slot reads an earlier point "
+                    "than the one it writes (READ->WRITE in forward order)"
+                )
+            read_kind, read_shape = _activation(f"{path}:{side}", value, "carries")
+            read_point = ReadPoint(path, side, read_kind, read_shape)
+        bank.add(SeedSlot(slot_id, kind, shape, order.index(slot_id), read_point))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     bank.to(device)
     object.__setattr__(model, _BANK_ATTRIBUTE, bank)
     model.register_state_dict_post_hook(_save_slots)  # type: ignore[no-untyped-call]
     model.register_load_state_dict_pre_hook(_load_slots)  # type: ignore[no-untyped-call]
     for slot in bank.ordered():
-        slot.bind(targets[slot.slot_id], builder)
+        slot.bind(targets[slot.slot_id], builder, sources.get(slot.slot_id))
     return bank
+
+
+def _activation(point: str, value: Any, verb: str) -> tuple[SlotKind.ValueType, tuple[int, ...]]:
+    """The kind and shape (batch dimension dropped) of the activation at a point, or a clear refusal."""
+    if not isinstance(value, torch.Tensor):
+        raise SlotError(
+            f"slot point {point!r} {verb} a {type(value).__name__}, not a tensor; choose a module whose output is "
+            "the activation to grow on"
+        )
+    if value.dim() not in _KINDS:
+        raise SlotError(
+            f"slot point {point!r} {verb} shape {tuple(value.shape)}; slots take (N, C, H, W), (N, D) or (N, L, D)"
+        )
+    return _KINDS[value.dim()], tuple(value.shape[1:])
 
 
 def host_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -115,6 +115,8 @@ def isolation(model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], pr
 class SeedHealth:
     output_finite: bool
     output_shape: tuple[int, ...]
+    #: The shape the seed must output: the batch and the slot's shape (what it writes into).
+    expected_shape: tuple[int, ...]
     output_dtype: torch.dtype
     input_shape: tuple[int, ...]
     input_dtype: torch.dtype
@@ -124,11 +126,10 @@ class SeedHealth:
 
 
 def activation(model: nn.Module, slot: SeedSlot, probe: Probe) -> torch.Tensor:
-    """The host activation at ``slot`` on the probe batch (before any seed), without gradients."""
-    target = slot._target
-    assert target is not None
+    """The seed's input at ``slot`` on the probe batch (the host activation it reads, before any seed), without
+    gradients."""
     captured: list[torch.Tensor] = []
-    handle = target.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()), prepend=True)
+    handle = slot.tap_input(lambda value: captured.append(value.detach()))
     try:
         with evaluation_mode(model), torch.no_grad():
             probe.loss(model)
@@ -143,10 +144,10 @@ def seed_health(model: nn.Module, slot: SeedSlot, probe: Probe) -> SeedHealth:
     The slot must be in a stage where the seed is in the forward pass (use :func:`as_stage` for a trial).
     """
     assert slot.seed is not None and slot._target is not None
-    # The host activation is taken from the pass that computes the gradients (before the seed's hook rewrites it),
+    # The seed's input is taken from the pass that computes the gradients (before the seed's hook rewrites anything),
     # not from a forward of its own: the same values, one probe forward fewer.
     captured: list[torch.Tensor] = []
-    handle = slot._target.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()), prepend=True)
+    handle = slot.tap_input(lambda value: captured.append(value.detach()))
     try:
         with evaluation_mode(model):
             loss = probe.loss(model)
@@ -160,6 +161,7 @@ def seed_health(model: nn.Module, slot: SeedSlot, probe: Probe) -> SeedHealth:
     return SeedHealth(
         output_finite=bool(torch.isfinite(output).all()),
         output_shape=tuple(output.shape),
+        expected_shape=(host_activation.shape[0], *slot.slot_shape),
         output_dtype=output.dtype,
         input_shape=tuple(host_activation.shape),
         input_dtype=host_activation.dtype,
@@ -181,7 +183,8 @@ class SlotStatistics:
 def slot_statistics(
     model: nn.Module, slots: Sequence[SeedSlot], probe: Probe, seeds: Sequence[SeedSlot] = ()
 ) -> dict[str, SlotStatistics]:
-    """Per slot: the RMS of the host activation and the norm of the loss gradient with respect to it.
+    """Per slot: the RMS of the host activation its seed reads and the norm of the loss gradient with respect to
+    the activation it writes (one and the same for a residual slot).
 
     For each slot in ``seeds`` (seeds in the forward pass), the gradient norm of its seed's parameters comes from the
     same forward and backward pass, instead of one pass of :func:`seed_health` per seed.
@@ -195,6 +198,14 @@ def slot_statistics(
             captured[slot_id] = out
 
         handles.append(slot._target.register_forward_hook(keep, prepend=True))
+    reads: dict[str, torch.Tensor] = {}
+    for slot in slots:
+        if slot.is_width:
+
+            def keep_read(value: torch.Tensor, slot_id: str = slot.slot_id) -> None:
+                reads[slot_id] = value
+
+            handles.append(slot.tap_input(keep_read))
     seed_parameters = {slot.slot_id: slot.seed_parameters() for slot in seeds}
     try:
         with evaluation_mode(model):
@@ -216,7 +227,8 @@ def slot_statistics(
     result = {}
     measured = [s for s in slots if s.slot_id in captured]
     for slot, tensor, grad in zip(measured, tensors, grads[: len(tensors)], strict=True):
-        rms = float(tensor.detach().double().pow(2).mean().sqrt().item())
+        read = reads.get(slot.slot_id, tensor)
+        rms = float(read.detach().double().pow(2).mean().sqrt().item())
         norm = 0.0 if grad is None else float(grad.double().norm().item())
         result[slot.slot_id] = SlotStatistics(rms, norm, seed_norms.get(slot.slot_id))
     return result

@@ -16,6 +16,12 @@ SHADOWING               ``h + seed(h.detach())`` (alpha 1; still removable)
 PROBATIONARY, FOSSILIZED  ``h + seed(h)`` (isolation lifted: joint training)
 ======================  ==============================================================================
 
+A *width* slot reads at an earlier point of the host than the module it rewrites (``read_point``: the input or the
+output of another module) and adds ``seed(a)`` to the module's output, ``a`` being the activation read there in the
+same forward pass: new channels or neurons between two layers. Everything above holds with ``seed(a)`` in place of
+``seed(h)`` (``a`` is detached until PROBATIONARY, exactly as ``h`` is); while the seed is in the forward pass the
+slot also holds a hook on the read module that keeps ``a`` for the rewrite.
+
 Why the pull towards zero in TRAINING: the straight-through gradient is the loss's gradient at ``h``, not at
 ``h + s``, so it never tells the seed it has gone far enough. Followed alone, it drives ``s`` further along the
 same direction at every step, and after an epoch the seed overshoots: at full strength it makes the loss worse.
@@ -40,6 +46,7 @@ from torch.utils.hooks import RemovableHandle
 
 from esper_core.leyline import BlendSchedule, SlotKind, lifecycle
 from esper_core.leyline.lifecycle import Stage
+from esper_core.protocols import SlotShape
 from esper_kasmina import schedules
 
 
@@ -139,13 +146,35 @@ class Measurement:
     batch: int = 0
 
 
+@attrs.frozen
+class ReadPoint:
+    """Where a width slot reads: the input or the output of a module that runs before the one it writes."""
+
+    path: str
+    side: str  # "input" or "output"
+    kind: SlotKind.ValueType
+    shape: tuple[int, ...]
+
+
 class SeedSlot(nn.Module):
-    def __init__(self, slot_id: str, kind: SlotKind.ValueType, shape: tuple[int, ...], depth: int) -> None:
+    def __init__(
+        self,
+        slot_id: str,
+        kind: SlotKind.ValueType,
+        shape: tuple[int, ...],
+        depth: int,
+        read: ReadPoint | None = None,
+    ) -> None:
         super().__init__()
         self.slot_id = slot_id
         self.slot_kind = kind
         self.slot_shape = tuple(shape)
         self.layer_depth = depth
+        #: For a width slot, where it reads (``None``: a residual slot reads the output it rewrites).
+        self.read = read
+        self._source: nn.Module | None = None
+        self._read_handle: RemovableHandle | None = None
+        self._read_value: torch.Tensor | None = None
         self.record = SeedRecord()
         self.register_buffer("alpha_steps", torch.zeros((), dtype=torch.long))
         self.register_module("seed", None)
@@ -161,11 +190,41 @@ class SeedSlot(nn.Module):
     seed: nn.Module | None
 
     # -- wiring -----------------------------------------------------------------------------------------------
-    def bind(self, target: nn.Module, builder: SeedBuilder) -> None:
-        """Attach to the host module this slot rewrites, and to the builder that restores seeds."""
+    def bind(self, target: nn.Module, builder: SeedBuilder, source: nn.Module | None = None) -> None:
+        """Attach to the host module this slot rewrites (and, for a width slot, the one it reads), and to the builder
+        that restores seeds."""
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_builder", builder)
+        object.__setattr__(self, "_source", source)
         self.sync_hook()
+
+    @property
+    def is_width(self) -> bool:
+        return self.read is not None
+
+    @property
+    def read_kind(self) -> SlotKind.ValueType:
+        return self.read.kind if self.read is not None else SlotKind.SLOT_KIND_UNSPECIFIED
+
+    @property
+    def read_shape(self) -> tuple[int, ...]:
+        return self.read.shape if self.read is not None else ()
+
+    def shape(self) -> SlotShape:
+        """What a blueprint is built for here: the activation the seed writes and, for a width slot, the one it
+        reads."""
+        return SlotShape(self.slot_kind, self.slot_shape, read_kind=self.read_kind, read_shape=self.read_shape)
+
+    def tap_input(self, callback: Callable[[torch.Tensor], None]) -> RemovableHandle:
+        """Call ``callback`` with the seed's input (the host activation it reads) in each forward, before any seed
+        changes it; for probes. Remove the returned handle when done."""
+        if self.read is None:
+            assert self._target is not None
+            return self._target.register_forward_hook(lambda _m, _i, out: callback(out), prepend=True)
+        assert self._source is not None
+        if self.read.side == "input":
+            return self._source.register_forward_pre_hook(lambda _m, inputs: callback(inputs[0]), prepend=True)
+        return self._source.register_forward_hook(lambda _m, _i, out: callback(out), prepend=True)
 
     @property
     def stage(self) -> Stage:
@@ -180,10 +239,16 @@ class SeedSlot(nn.Module):
         wanted = self.stage in lifecycle.IN_FORWARD and self.seed is not None and self._target is not None
         if wanted and self._handle is None:
             assert self._target is not None
+            if self.read is not None:
+                object.__setattr__(self, "_read_handle", self.tap_input(self._keep_read))
             object.__setattr__(self, "_handle", self._target.register_forward_hook(self._rewrite))
         elif not wanted and self._handle is not None:
             self._handle.remove()
             object.__setattr__(self, "_handle", None)
+            if self._read_handle is not None:
+                self._read_handle.remove()
+                object.__setattr__(self, "_read_handle", None)
+            object.__setattr__(self, "_read_value", None)
 
     def install_seed(self, module: nn.Module) -> None:
         self.seed = module
@@ -206,7 +271,26 @@ class SeedSlot(nn.Module):
     def ramp_complete(self) -> bool:
         return int(self.alpha_steps.item()) >= self.record.alpha_total
 
-    # -- the hook ---------------------------------------------------------------------------------------------
+    # -- the hooks --------------------------------------------------------------------------------------------
+    def _keep_read(self, value: torch.Tensor) -> None:
+        object.__setattr__(self, "_read_value", value)
+
+    def _seed_input(self, host: torch.Tensor) -> torch.Tensor:
+        """What the seed reads in this forward: the host activation it rewrites, or (width) the one kept earlier,
+        repeated when a fused counterfactual measurement replicated the batch between the two points."""
+        if self.read is None:
+            return host
+        value = self._read_value
+        object.__setattr__(self, "_read_value", None)
+        if value is None:
+            raise RuntimeError(
+                f"width slot {self.slot_id!r}: its read point {self.read.path!r} did not run before the module it "
+                "writes in this forward pass"
+            )
+        if value.shape[0] != host.shape[0]:
+            value = value.repeat(host.shape[0] // value.shape[0], *([1] * (value.dim() - 1)))
+        return value
+
     def _rewrite(self, module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
         seed = self.seed
         assert seed is not None
@@ -215,19 +299,20 @@ class SeedSlot(nn.Module):
         host: torch.Tensor = output
         if self.measurement is not None:
             return self._measured(host, seed, self.measurement)
+        source = self._seed_input(host)
         stage = self.record.stage
         if stage == lifecycle.TRAINING:
-            contribution: torch.Tensor = seed(host.detach())
+            contribution: torch.Tensor = seed(source.detach())
             straight: torch.Tensor = _StraightThrough.apply(host, contribution, self.training_curvature)  # type: ignore[no-untyped-call, unused-ignore]
             return straight
         if stage == lifecycle.BLENDING:
             if module.training and torch.is_grad_enabled() and not self.record.alpha_per_epoch:
                 self.alpha_steps.add_(1)
             alpha = schedules.alpha_tensor(self.record.schedule, self.alpha_steps, self.record.alpha_total, host.dtype)
-            blended: torch.Tensor = host + alpha * seed(host.detach())
+            blended: torch.Tensor = host + alpha * seed(source.detach())
             return blended
         detached = stage == lifecycle.SHADOWING  # PROBATIONARY and FOSSILIZED train jointly with the host
-        joined: torch.Tensor = host + seed(host.detach() if detached else host)
+        joined: torch.Tensor = host + seed(source.detach() if detached else source)
         return joined
 
     def _measured(self, host: torch.Tensor, seed: nn.Module, measurement: Measurement) -> torch.Tensor:
@@ -235,7 +320,7 @@ class SeedSlot(nn.Module):
             measurement.batch = host.shape[0]
             host = host.repeat(measurement.variants, *([1] * (host.dim() - 1)))
         alphas = measurement.alphas.get(self.slot_id)
-        contribution: torch.Tensor = seed(host)
+        contribution: torch.Tensor = seed(self._seed_input(host))
         if alphas is None:  # a fossilized seed: the same in every variant
             return host + contribution
         per_sample = alphas.to(host.dtype).repeat_interleave(measurement.batch)
@@ -251,7 +336,11 @@ class SeedSlot(nn.Module):
 
     def extra_repr(self) -> str:
         kind = SlotKind.Name(self.slot_kind).removeprefix("SLOT_KIND_").lower()
-        text = f"{self.slot_id!r}, {kind}{list(self.slot_shape)}, {lifecycle.stage_name(self.stage)}"
+        shape = f"{kind}{list(self.slot_shape)}"
+        if self.read is not None:
+            read_kind = SlotKind.Name(self.read.kind).removeprefix("SLOT_KIND_").lower()
+            shape = f"{read_kind}{list(self.read.shape)} -> {shape}"
+        text = f"{self.slot_id!r}, {shape}, {lifecycle.stage_name(self.stage)}"
         return f"{text}, {self.record.blueprint_id}" if self.record.blueprint_id else text
 
 

@@ -70,7 +70,3 @@ def seed_command(
 def default_parameters(descriptor: BlueprintDescriptor) -> dict[str, float]:
     """Each declared parameter at its bound's default (sorted, so the command is the same every time)."""
     return {name: descriptor.allowed_parameters[name].default_value for name in sorted(descriptor.allowed_parameters)}
-
-
-def fits(descriptor: BlueprintDescriptor, slot_kind: int) -> bool:
-    return not descriptor.slot_kinds or slot_kind in descriptor.slot_kinds

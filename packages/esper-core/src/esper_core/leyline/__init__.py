@@ -122,6 +122,9 @@ from esper_core.leyline.v1.enums_pb2 import (
     FieldReportOutcome as FieldReportOutcome,
 )
 from esper_core.leyline.v1.enums_pb2 import (
+    GrowthMode as GrowthMode,
+)
+from esper_core.leyline.v1.enums_pb2 import (
     HandlingClass as HandlingClass,
 )
 from esper_core.leyline.v1.enums_pb2 import (

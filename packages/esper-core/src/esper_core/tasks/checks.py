@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from esper_core.errors import ConfigError
+from esper_core.leyline.growth import SlotPoint
 
 
 def widths(_instance: object, attribute: attrs.Attribute[Any], value: Sequence[int]) -> None:
@@ -63,8 +64,12 @@ def check_slot_points(key: str, requested: Sequence[str], model: Any) -> list[st
     repeated = sorted({point for point in requested if list(requested).count(point) > 1})
     if repeated:
         raise ConfigError(f"{key} = {list(requested)!r} names {', '.join(map(repr, repeated))} more than once")
+    try:
+        parsed = [SlotPoint.parse(point) for point in requested]
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
     names = [name for name, _ in model.named_modules() if name]
-    unknown = [point for point in requested if point not in names]
+    unknown = [path for point in parsed for path in point.modules if path not in names]
     if not unknown:
         return list(requested)
     defaults = list(model.slot_points()) if hasattr(model, "slot_points") else []

@@ -27,7 +27,8 @@ from typing import Any
 import attrs
 import torch
 
-from esper_core.leyline import BlueprintDescriptor, SeedState, SlotKind, SystemStatePacket, TrainingMetrics
+from esper_core.leyline import BlueprintDescriptor, SeedState, SlotKind, SystemStatePacket, TrainingMetrics, growth
+from esper_core.protocols import SlotShape
 from esper_tamiyo.learned.actions import (
     ADVANCE_CLASSES,
     CULL,
@@ -226,11 +227,13 @@ class FeatureEncoder:
         max_depth = max((seed.layer_depth for seed in seeds), default=0)
 
         kinds = [frozenset(descriptor.slot_kinds) for descriptor in offered]
-        fit_by_kind: dict[int, list[bool]] = {}
+        fit_by_shape: dict[SlotShape, list[bool]] = {}  # slots of one shape take the same blueprints
+        fit_rows = []
         for seed in seeds:
-            if seed.slot_kind not in fit_by_kind:
-                fit_by_kind[seed.slot_kind] = [not k or seed.slot_kind in k for k in kinds]
-        fit_rows = [fit_by_kind[seed.slot_kind] for seed in seeds]  # an empty slot_kinds fits every kind
+            shape = SlotShape.of(seed)
+            if shape not in fit_by_shape:
+                fit_by_shape[shape] = [growth.fits(descriptor, shape) for descriptor in offered]
+            fit_rows.append(fit_by_shape[shape])
         mask_rows: list[list[bool]] = [[False] * len(seeds)]  # NOOP targets no slot
         for op in range(1, NUM_OPERATIONS):
             mask_rows.append([slot_allows(seed, op, any(fit_rows[i])) for i, seed in enumerate(seeds)])

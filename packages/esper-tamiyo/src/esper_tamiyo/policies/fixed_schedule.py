@@ -18,9 +18,11 @@ from esper_core.leyline import (
     SeedOperation,
     SeedState,
     SystemStatePacket,
+    growth,
     lifecycle,
 )
-from esper_tamiyo.commands import SCHEDULES, default_parameters, fits, noop, seed_command
+from esper_core.protocols import SlotShape
+from esper_tamiyo.commands import SCHEDULES, default_parameters, noop, seed_command
 from esper_tamiyo.options import FixedScheduleOptions, ScheduledGermination
 
 NAME = "fixed-schedule"
@@ -69,7 +71,7 @@ class FixedSchedulePolicy:
             for descriptor in blueprints:
                 if planned.blueprint and descriptor.blueprint_id != planned.blueprint:
                     continue
-                if fits(descriptor, seed.slot_kind):
+                if growth.fits(descriptor, SlotShape.of(seed)):
                     return seed_command(
                         SeedOperation.SEED_OP_GERMINATE,
                         seed.slot_id,

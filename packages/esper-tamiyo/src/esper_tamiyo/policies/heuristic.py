@@ -46,13 +46,13 @@ from esper_core.leyline import (
     SeedOperation,
     SeedState,
     SystemStatePacket,
+    growth,
     lifecycle,
 )
 from esper_core.protocols import BlueprintCatalog, SlotShape
 from esper_tamiyo.commands import (
     SCHEDULES,
     default_parameters,
-    fits,
     noop,
     seed_command,
 )
@@ -260,7 +260,7 @@ class HeuristicPolicy:
         share = budget / o.max_concurrent_seeds if budget > 0 else 0.0
         ranked = []
         for position, descriptor in enumerate(blueprints):
-            if not fits(descriptor, seed.slot_kind):
+            if not growth.fits(descriptor, SlotShape.of(seed)):
                 continue
             cost = self._cost(descriptor, seed)
             if cost is not None and cost > budget:

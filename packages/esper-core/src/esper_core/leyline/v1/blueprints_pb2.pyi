@@ -105,6 +105,8 @@ class BlueprintDescriptor(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SLOT_KINDS_FIELD_NUMBER: _builtins.int
     CATALOG_FIELD_NUMBER: _builtins.int
+    GROWTH_MODE_FIELD_NUMBER: _builtins.int
+    READ_KINDS_FIELD_NUMBER: _builtins.int
     blueprint_id: _builtins.str
     """The blueprint's id, e.g. BP001, BP002, ... (Karn's "BPnnn" scheme). Unique across the installed catalogs: Kasmina
     uses the first catalog that offers an id.
@@ -135,6 +137,10 @@ class BlueprintDescriptor(_message.Message):
     """The catalog that provides it.
     Its registered name, e.g. "karn" (G0's detail names it).
     """
+    growth_mode: _enums_pb2.GrowthMode.ValueType
+    """Residual (the default when unset) or width. A blueprint grows only in slots of its own mode: a width slot
+    (SeedState.read_shape set) takes width blueprints, any other slot residual ones.
+    """
     @_builtins.property
     def allowed_parameters(self) -> _containers.MessageMap[_builtins.str, Global___BlueprintParameterBounds]:
         """Parameters the blueprint takes, by name; empty when it takes none. A germination may set only these."""
@@ -144,6 +150,12 @@ class BlueprintDescriptor(_message.Message):
         """The slot kinds this blueprint can grow in.
         List every kind it supports: Kasmina's G0 refuses a slot whose kind is not listed, so an empty list can never
         germinate (Tamiyo's policies and the policy conformance suite read an empty list as "any kind").
+        """
+
+    @_builtins.property
+    def read_kinds(self) -> _containers.RepeatedScalarFieldContainer[_enums_pb2.SlotKind.ValueType]:
+        """For a width blueprint: the kinds of activation it can read (the slot's read_kind); `slot_kinds` then lists the
+        kinds it can write into. Empty for residual blueprints, which read what they write.
         """
 
     def __init__(
@@ -160,10 +172,12 @@ class BlueprintDescriptor(_message.Message):
         description: _builtins.str = ...,
         slot_kinds: _abc.Iterable[_enums_pb2.SlotKind.ValueType] | None = ...,
         catalog: _builtins.str = ...,
+        growth_mode: _enums_pb2.GrowthMode.ValueType = ...,
+        read_kinds: _abc.Iterable[_enums_pb2.SlotKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_parameters", b"allowed_parameters", "approval_required", b"approval_required", "blueprint_id", b"blueprint_id", "catalog", b"catalog", "description", b"description", "name", b"name", "quarantine_only", b"quarantine_only", "risk", b"risk", "slot_kinds", b"slot_kinds", "stage", b"stage", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_parameters", b"allowed_parameters", "approval_required", b"approval_required", "blueprint_id", b"blueprint_id", "catalog", b"catalog", "description", b"description", "growth_mode", b"growth_mode", "name", b"name", "quarantine_only", b"quarantine_only", "read_kinds", b"read_kinds", "risk", b"risk", "slot_kinds", b"slot_kinds", "stage", b"stage", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,16 +407,24 @@ class KernelPrefetchRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     SLOT_KIND_FIELD_NUMBER: _builtins.int
     SLOT_SHAPE_FIELD_NUMBER: _builtins.int
+    READ_KIND_FIELD_NUMBER: _builtins.int
+    READ_SHAPE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     blueprint_id: _builtins.str
     training_run_id: _builtins.str
     slot_kind: _enums_pb2.SlotKind.ValueType
+    read_kind: _enums_pb2.SlotKind.ValueType
+    """For a width slot: the kind of the activation the seed reads (UNSPECIFIED for a residual slot)."""
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
     def slot_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def read_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """For a width slot: the shape of the activation the seed reads, without the batch dimension (empty: residual)."""
+
     def __init__(
         self,
         *,
@@ -413,10 +435,12 @@ class KernelPrefetchRequest(_message.Message):
         parameters: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         slot_kind: _enums_pb2.SlotKind.ValueType = ...,
         slot_shape: _abc.Iterable[_builtins.int] | None = ...,
+        read_kind: _enums_pb2.SlotKind.ValueType = ...,
+        read_shape: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint_id", b"blueprint_id", "issued_at", b"issued_at", "parameters", b"parameters", "request_id", b"request_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "training_run_id", b"training_run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint_id", b"blueprint_id", "issued_at", b"issued_at", "parameters", b"parameters", "read_kind", b"read_kind", "read_shape", b"read_shape", "request_id", b"request_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "training_run_id", b"training_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -709,6 +709,33 @@ SLOT_KIND_SEQUENCE: SlotKind.ValueType  # 3
 """A 3-D activation (N, L, D): sequences of feature vectors; slot_shape is (L, D)."""
 Global___SlotKind: _TypeAlias = SlotKind  # noqa: Y015
 
+class _GrowthMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GrowthModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GrowthMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GROWTH_MODE_UNSPECIFIED: _GrowthMode.ValueType  # 0
+    """Not set: read as RESIDUAL (what every blueprint was before width seeds existed)."""
+    GROWTH_MODE_RESIDUAL: _GrowthMode.ValueType  # 1
+    """Reads and writes the same activation; the seed maps the slot's shape to itself."""
+    GROWTH_MODE_WIDTH: _GrowthMode.ValueType  # 2
+    """Reads one activation (the slot's read shape) and adds to a later one (the slot's shape)."""
+
+class GrowthMode(_GrowthMode, metaclass=_GrowthModeEnumTypeWrapper):
+    """The two shapes of seed (ARCHITECTURE.md section 7). A residual seed reads and writes at one point of the host,
+    h <- h + s(h): depth and computation at the same width. A width seed reads at one point and writes at a later one,
+    z_B <- z_B + s(a_A): new channels or neurons between two layers, a wider representation.
+    """
+
+GROWTH_MODE_UNSPECIFIED: GrowthMode.ValueType  # 0
+"""Not set: read as RESIDUAL (what every blueprint was before width seeds existed)."""
+GROWTH_MODE_RESIDUAL: GrowthMode.ValueType  # 1
+"""Reads and writes the same activation; the seed maps the slot's shape to itself."""
+GROWTH_MODE_WIDTH: GrowthMode.ValueType  # 2
+"""Reads one activation (the slot's read shape) and adds to a later one (the slot's shape)."""
+Global___GrowthMode: _TypeAlias = GrowthMode  # noqa: Y015
+
 class _BlendSchedule:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

@@ -23,9 +23,10 @@ from esper_core.leyline import (
     CommandType,
     SeedOperation,
     SystemStatePacket,
+    growth,
     lifecycle,
 )
-from esper_core.protocols import TamiyoPolicy
+from esper_core.protocols import SlotShape, TamiyoPolicy
 from esper_core.testing.conformance.properties import SHARED_ACROSS_SUBCLASSES
 from esper_core.testing.strategies import state_packets
 
@@ -62,8 +63,8 @@ def check_command(
         blueprint_id = command.seed_operation.blueprint_id
         assert blueprint_id in offered, f"chose blueprint {blueprint_id!r}, which was not offered"
         descriptor = offered[blueprint_id]
-        if descriptor.slot_kinds:
-            assert slot.slot_kind in descriptor.slot_kinds, "chose a blueprint that does not fit the slot's kind"
+        misfit = growth.misfit(descriptor, SlotShape.of(slot))
+        assert misfit is None, f"chose a blueprint that does not fit the slot: {misfit}"
         for name, value in command.seed_operation.parameters.items():
             assert name in descriptor.allowed_parameters, f"parameter {name!r} is not one of {blueprint_id}'s"
             bounds = descriptor.allowed_parameters[name]
