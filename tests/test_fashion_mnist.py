@@ -55,7 +55,7 @@ def test_conv_hosts_pool_every_block_and_feed_their_head(head: str, features: in
     host = ConvHost(1, [1, 2], 10, side=28, head=head)  # type: ignore[arg-type]
     assert host(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert host.head.in_features == features
-    assert host.slot_points() == ["blocks.0", "blocks.1", "pool"]
+    assert host.slot_points() == ["blocks.0", "blocks.1", "pool", "blocks.0:input->blocks.1.0", "blocks.1:input->head"]
     with pytest.raises(ValueError, match="shrink the image to nothing"):
         ConvHost(1, [1] * 6, 10, side=28)
 

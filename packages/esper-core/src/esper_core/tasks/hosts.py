@@ -4,10 +4,13 @@
 kinds. ``flatten`` (the default) flattens the last block's feature map into a linear layer: the spatial detail
 reaches the classifier, so a narrow host is accurate but clearly under capacity, and widening its blocks (or
 growing seeds in them) pays. ``gap`` averages each channel over space first (no pool after the last block):
-fewer head parameters, but a narrow host loses much more. Slot points: ``blocks.{i}`` (conv activations) and
-``pool`` (the vector the linear head reads).
+fewer head parameters, but a narrow host loses much more. Residual slot points: ``blocks.{i}`` (conv activations)
+and ``pool`` (the vector the linear head reads). Width slot points, one per block, grow new channels in block ``i``:
+``blocks.{i}:input->blocks.{i+1}.0`` (they read what enters the block and write into the next block's convolution,
+before its activation) and, for the last block, ``blocks.{i}:input->head`` (into the logits).
 
-``MlpHost``: ``layers.{i}`` are linear + ReLU layers; slot points ``layers.{i}`` (vectors).
+``MlpHost``: ``layers.{i}`` are linear + ReLU layers; residual slot points ``layers.{i}`` (vectors), width slot points
+``layers.{i}:input->layers.{i+1}.0`` and ``layers.{last}:input->head`` (new neurons in layer ``i``).
 """
 
 from __future__ import annotations
@@ -55,7 +58,15 @@ class ConvHost(nn.Module):
         return output
 
     def slot_points(self) -> list[str]:
-        return [f"blocks.{index}" for index in range(len(self.blocks))] + ["pool"]
+        return [f"blocks.{index}" for index in range(len(self.blocks))] + ["pool"] + self.width_points()
+
+    def width_points(self) -> list[str]:
+        """New channels in each block: read what enters it, write into what reads its output."""
+        last = len(self.blocks) - 1
+        return [
+            f"blocks.{index}:input->" + (f"blocks.{index + 1}.0" if index < last else "head")
+            for index in range(len(self.blocks))
+        ]
 
 
 class MlpHost(nn.Module):
@@ -77,4 +88,12 @@ class MlpHost(nn.Module):
         return output
 
     def slot_points(self) -> list[str]:
-        return [f"layers.{index}" for index in range(len(self.layers))]
+        return [f"layers.{index}" for index in range(len(self.layers))] + self.width_points()
+
+    def width_points(self) -> list[str]:
+        """New neurons in each hidden layer: read what enters it, write into what reads its output."""
+        last = len(self.layers) - 1
+        return [
+            f"layers.{index}:input->" + (f"layers.{index + 1}.0" if index < last else "head")
+            for index in range(len(self.layers))
+        ]
