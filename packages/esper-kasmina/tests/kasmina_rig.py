@@ -52,7 +52,8 @@ class ZeroResidual(nn.Module):
 
 class ZeroWidth(nn.Module):
     """New units between two layers: they read the slot's read activation and write into its activation, starting at
-    zero (the output layer is zero-initialised)."""
+    zero (``grow_out`` is zero-initialised). Shaped as a width seed (``grow_in``, ``grow_out``, ``hidden``), so that
+    Kasmina can start it from the host's statistics."""
 
     def __init__(self, slot: SlotShape, width: int) -> None:
         super().__init__()
@@ -60,23 +61,26 @@ class ZeroWidth(nn.Module):
         self.target = slot
         self.conv_in = source.kind == CONV
         if self.conv_in:
-            self.inner: nn.Module = nn.Conv2d(source.shape[0], width, 3, padding=1)
+            self.grow_in: nn.Module = nn.Conv2d(source.shape[0], width, 3, padding=1)
         else:
-            self.inner = nn.Linear(source.shape[-1], width)
+            self.grow_in = nn.Linear(source.shape[-1], width)
         if slot.kind == CONV:
-            self.outer: nn.Module = nn.Conv2d(width, slot.shape[0], 1)
+            self.grow_out: nn.Module = nn.Conv2d(width, slot.shape[0], 1)
         else:
-            self.outer = nn.Linear(width, slot.shape[-1])
-        nn.init.zeros_(self.outer.weight)  # type: ignore[arg-type]
-        nn.init.zeros_(self.outer.bias)  # type: ignore[arg-type]
+            self.grow_out = nn.Linear(width, slot.shape[-1])
+        nn.init.zeros_(self.grow_out.weight)  # type: ignore[arg-type]
+        nn.init.zeros_(self.grow_out.bias)  # type: ignore[arg-type]
+
+    def hidden(self, a: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.grow_in(a))
+        if self.conv_in and self.target.kind == CONV:
+            return nn.functional.adaptive_max_pool2d(hidden, tuple(self.target.shape[1:]))
+        if self.conv_in:
+            return hidden.mean(dim=(2, 3))
+        return hidden
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        hidden = torch.relu(self.inner(a))
-        if self.conv_in and self.target.kind == CONV:
-            hidden = nn.functional.adaptive_max_pool2d(hidden, tuple(self.target.shape[1:]))
-        elif self.conv_in:
-            hidden = hidden.mean(dim=(2, 3))
-        return self.outer(hidden)  # type: ignore[no-any-return]
+        return self.grow_out(self.hidden(a))  # type: ignore[no-any-return]
 
 
 class NaNAfter(ZeroResidual):

@@ -123,7 +123,7 @@ def test_in_training_the_host_is_untouched_in_value_and_gradient(rig_factory: Ca
     isolation = next(gate for gate in result.gates if gate.check == "isolation")
     assert result.status == APPLIED and isolation.passed and isolation.measured <= 1e-6
     seed = rig.kasmina.bank.get(slot).seed  # type: ignore[union-attr]
-    nn.init.normal_(seed.outer.weight)  # a seed that really computes something, not a zero start
+    nn.init.normal_(seed.grow_out.weight)  # a seed that really computes something, not a zero start
     rig.model.eval()
     plain.eval()
     loss = nn.functional.cross_entropy(rig.model(rig.inputs), rig.targets)
@@ -148,7 +148,7 @@ def test_blending_adds_alpha_times_the_seed_of_the_read_activation(rig_factory: 
     rig.train(2)
     seeded = rig.kasmina.bank.get(slot)  # type: ignore[union-attr]
     assert seeded is not None and seeded.seed is not None
-    nn.init.normal_(seeded.seed.outer.weight)
+    nn.init.normal_(seeded.seed.grow_out.weight)
     alpha = seeded.alpha()
     assert 0 < alpha < 1
     rig.model.eval()
@@ -295,7 +295,7 @@ def test_any_width_slot_is_dormant_identical_isolated_in_training_and_resumes_ex
     assert result.status == APPLIED, result.detail
     seed_module = kasmina.bank.get(point).seed  # type: ignore[union-attr]
     assert isinstance(seed_module, ZeroWidth)
-    nn.init.normal_(seed_module.outer.weight)
+    nn.init.normal_(seed_module.grow_out.weight)
     training_loss, training_grads = loss_and_grads(model)
     assert torch.equal(training_loss, plain_loss), "TRAINING leaves the host's output unchanged in value"
     assert all(torch.equal(a, b) for a, b in zip(training_grads, plain_grads, strict=True)), "host grads unchanged"

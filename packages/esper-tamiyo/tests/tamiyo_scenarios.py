@@ -82,7 +82,10 @@ def slot(
         state.blueprint_id = fields.pop("blueprint_id", "BP101")
         state.parameter_count = fields.pop("parameter_count", 640)
     for name, value in fields.items():
-        setattr(state, name, value)
+        if isinstance(value, (list, tuple)):  # a repeated field: filled, not assigned
+            getattr(state, name).extend(value)
+        else:
+            setattr(state, name, value)
     return state
 
 

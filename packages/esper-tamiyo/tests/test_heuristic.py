@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from esper_core.leyline import CommandType, SeedOperation, lifecycle
+from esper_core.leyline import CommandType, GrowthMode, SeedOperation, lifecycle
 from esper_core.testing.conformance import TamiyoPolicyConformance
 from esper_tamiyo.options import HeuristicOptions
 from esper_tamiyo.policies.heuristic import HeuristicPolicy
 
-from tamiyo_scenarios import VECTOR, CountingCatalog, blueprint, packet, slot
+from tamiyo_scenarios import CONV, VECTOR, CountingCatalog, blueprint, packet, slot
 
 BLUEPRINTS = [blueprint("BP101"), blueprint("BP201", risk=0.1), blueprint("BP102", kinds=[VECTOR])]
 
@@ -42,9 +42,10 @@ def test_it_germinates_on_a_plateau_in_the_most_sensitive_slot_with_the_best_blu
     assert command.command_type == CommandType.COMMAND_SEED  # type: ignore[attr-defined]
     operation = command.seed_operation  # type: ignore[attr-defined]
     assert (operation.operation, command.target_slot_id) == (SeedOperation.SEED_OP_GERMINATE, "late")  # type: ignore[attr-defined]
-    # a fair share of the budget is 0.5 x 20 000 / 2 seeds = 5 000: BP201 (6 400) is closer than BP101 (640)
+    # a fair share of the budget is 0.5 x 20 000 / 2 seeds = 5 000: sized to it, BP201 at width 3 (4 800) is closer
+    # than BP101 at its widest, 8 (1 280)
     assert operation.blueprint_id == "BP201"
-    assert dict(operation.parameters) == {"width": 4.0}
+    assert dict(operation.parameters) == {"width": 3.0}
     rationale = command.decision.rationale  # type: ignore[attr-defined]
     assert "germinate BP201" in rationale and "saliency 1" in rationale and "improved" in rationale
 
@@ -62,10 +63,43 @@ def test_warmup_is_respected() -> None:
 
 
 def test_the_parameter_budget_limits_the_choice() -> None:
-    # BP101 would cost 4 x 16 x 10 = 640 parameters: over a budget of 0.01 x 20 000 = 200
-    command = run(policy(max_added_parameter_fraction=0.01), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    # BP101 costs at least 1 x 16 x 10 = 160 parameters: over a budget of 0.005 x 20 000 = 100
+    command = run(policy(max_added_parameter_fraction=0.005), [1.0, 0.9, 0.9, 0.9], [slot("a")])
     assert command.command_type == CommandType.COMMAND_NOOP  # type: ignore[attr-defined]
     assert "parameter budget" in command.decision.rationale  # type: ignore[attr-defined]
+
+
+def test_widths_are_sized_to_a_fair_share_of_the_budget_left_or_left_at_their_default() -> None:
+    # budget 0.01 x 20 000 = 200, one seed at a time: BP101 at width 1 (160) fits, at 2 (320) it does not
+    sized = run(policy(max_added_parameter_fraction=0.01, max_concurrent_seeds=1), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    assert sized.seed_operation.blueprint_id == "BP101"  # type: ignore[attr-defined]
+    assert dict(sized.seed_operation.parameters) == {"width": 1.0}  # type: ignore[attr-defined]
+    assert "width 1" in sized.decision.rationale  # type: ignore[attr-defined]
+    plenty = run(policy(max_concurrent_seeds=1), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    assert dict(plenty.seed_operation.parameters) == {"width": 6.0}  # type: ignore[attr-defined]  # BP201: 9 600
+    default = run(policy(sizing="default"), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    assert dict(default.seed_operation.parameters) == {"width": 4.0}  # type: ignore[attr-defined]
+
+
+def test_at_width_slots_the_predicted_loss_decrease_chooses_where_to_grow() -> None:
+    width_blueprint = blueprint("BP301", kinds=[CONV])
+    width_blueprint.growth_mode = GrowthMode.GROWTH_MODE_WIDTH
+    offered = [*BLUEPRINTS, width_blueprint]
+    p = HeuristicPolicy(HeuristicOptions(), catalogs=[CountingCatalog(offered)])
+    weak, strong = (
+        slot(name, saliency=(5.0, 5.0), read_kind=CONV, read_shape=[4, 28, 28], depth=depth)
+        for name, depth in (("weak", 0), ("strong", 1))
+    )
+    for seed, decreases in ((weak, [0.01, 0.02, 0.03, 0.04]), (strong, [0.1, 0.2, 0.3, 0.4])):
+        seed.candidate_widths.extend([1, 2, 4, 8])
+        seed.predicted_loss_decrease.extend(decreases)
+    weak.host_gradient_norm = 50.0  # the larger saliency: it must not be what decides between width slots
+    command = None
+    for epoch, loss in enumerate([1.0, 0.9, 0.9, 0.9]):
+        command = p.decide(packet(epoch, loss, [weak, strong]), offered)
+    assert command is not None and command.target_slot_id == "strong"
+    assert command.seed_operation.blueprint_id == "BP301"
+    assert "predicted loss decrease" in command.decision.rationale
 
 
 def test_occupied_and_embargoed_slots_are_never_targeted() -> None:

@@ -46,7 +46,7 @@ from esper_core.leyline.lifecycle import Stage
 from esper_core.protocols import ArtifactStore, BlueprintCatalog
 from esper_core.signing import CommandVerifier
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Level, Metric, build_telemetry_packet
-from esper_kasmina import probes, schedules
+from esper_kasmina import growth_statistics, probes, schedules
 from esper_kasmina.evaluation import CorrectFn, Evaluation, LossFn, evaluate
 from esper_kasmina.gates import GateChecks, describe, first_failure, passed
 from esper_kasmina.host import SlotBank, attach_slots, host_parameters
@@ -206,6 +206,11 @@ class KasminaSeedExecutor:
             if stats is not None:
                 slot.record.activation_rms = stats.activation_rms
                 slot.record.host_gradient_norm = stats.gradient_norm
+                if slot.stage == lifecycle.DORMANT and stats.read is not None and stats.write_gradient is not None:
+                    found = growth_statistics.moments(stats.read, stats.write_gradient, slot.shape())
+                    slot.record.predicted_decrease = (
+                        None if found is None else growth_statistics.predicted_decrease(found)
+                    )
             if slot in seeds:
                 norm = None if stats is None else stats.seed_gradient_norm
                 if norm is None:  # its slot point did not run in the probe pass: measure it on its own
@@ -255,6 +260,9 @@ class KasminaSeedExecutor:
                     setattr(state, name, value)
             if slot.stage in lifecycle.HAS_SEED and record.learning_rate:
                 state.learning_rate = record.learning_rate
+            if slot.stage == lifecycle.DORMANT and record.predicted_decrease is not None:
+                state.candidate_widths.extend(growth_statistics.CANDIDATE_WIDTHS)
+                state.predicted_loss_decrease.extend(record.predicted_decrease)
             states.append(state)
         return states
 
@@ -400,11 +408,24 @@ class KasminaSeedExecutor:
         )
         record.age = 0
         record.val_loss_at_germination = self.last_evaluation.loss if self.last_evaluation else None
+        record.predicted_decrease = None
+        reason = f"germinated {descriptor.name}"
+        if slot.is_width and self.options.width_init == "statistics":
+            reason += f"; {self._initialise_width(slot, module).describe()}"
         slot.install_seed(module)
         record.parameter_count = sum(p.numel() for p in slot.seed_parameters())
         self.groups.add(slot.slot_id, slot.seed_parameters(), record.learning_rate, self.options.seed_weight_decay)
-        self._move(slot, lifecycle.GERMINATED, f"germinated {descriptor.name}", checks, command.command_id)
+        self._move(slot, lifecycle.GERMINATED, reason, checks, command.command_id)
         result.status = CommandStatus.COMMAND_STATUS_APPLIED
+
+    def _initialise_width(self, slot: SeedSlot, module: nn.Module) -> growth_statistics.Initialised:
+        """Start a width seed's new units from the host's statistics on the probe batch (one probe pass, and one
+        probe forward per line-search scale; once per germination)."""
+        model, probe = self._model(), self._probe()
+        read, gradient = probes.read_and_gradient(model, slot, probe)
+        return growth_statistics.initialise(
+            module, slot.shape(), read, gradient, lambda: probes.loss_with_seed(model, slot, module, probe)
+        )
 
     def _advance(self, slot: SeedSlot, command: AdaptationCommand, result: CommandResult) -> None:
         operation = command.seed_operation.operation

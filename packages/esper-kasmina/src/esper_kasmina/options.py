@@ -32,6 +32,10 @@ class KasminaOptions:
     #: TRAINING: each sample's seed output is pulled towards zero with this weight (the curvature of a quadratic
     #: model of the loss), so straight-through training settles at a bounded step instead of overshooting. 0: off.
     training_curvature: float = attrs.field(default=1.0, validator=not_negative)
+    #: How a width seed's new units start: "statistics" (fitted to the loss's gradient on the probe batch, TINY-style,
+    #: then a line search over their scale; see esper_kasmina.growth_statistics) or "zero" (the blueprint's own zero
+    #: start). Either way the seed enters the host's output only through BLENDING.
+    width_init: Literal["statistics", "zero"] = "statistics"
 
     # -- gates ------------------------------------------------------------------------------------------------
     #: G0: a seed may add at most this fraction of the host's parameter count (0 disables the check).

@@ -178,6 +178,10 @@ class SlotStatistics:
     #: For a slot whose seed was asked for: the norm of the loss gradient with respect to the seed's parameters,
     #: exactly what :func:`seed_health` reports as ``gradient_norm`` (inf when a gradient is not finite).
     seed_gradient_norm: float | None = None
+    #: For a width slot: the activation it reads and each sample's loss gradient at the activation it writes (what
+    #: :mod:`esper_kasmina.growth_statistics` needs), detached.
+    read: torch.Tensor | None = attrs.field(default=None, eq=False)
+    write_gradient: torch.Tensor | None = attrs.field(default=None, eq=False)
 
 
 def slot_statistics(
@@ -230,8 +234,53 @@ def slot_statistics(
         read = reads.get(slot.slot_id, tensor)
         rms = float(read.detach().double().pow(2).mean().sqrt().item())
         norm = 0.0 if grad is None else float(grad.double().norm().item())
-        result[slot.slot_id] = SlotStatistics(rms, norm, seed_norms.get(slot.slot_id))
+        width = slot.slot_id in reads and grad is not None
+        result[slot.slot_id] = SlotStatistics(
+            rms,
+            norm,
+            seed_norms.get(slot.slot_id),
+            read.detach() if width else None,
+            per_sample(grad, tensor.shape[0]) if width else None,
+        )
     return result
+
+
+def per_sample(gradient: torch.Tensor, batch: int) -> torch.Tensor:
+    """Each sample's own loss gradient, from the gradient of the batch's mean loss."""
+    return gradient.detach() * batch
+
+
+def read_and_gradient(model: nn.Module, slot: SeedSlot, probe: Probe) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a width slot on the probe batch: the activation it reads, and each sample's loss gradient at the
+    activation it writes (the host alone: whatever seed the slot holds is left out)."""
+    assert slot._target is not None
+    read: list[torch.Tensor] = []
+    written: list[torch.Tensor] = []
+    handles = [
+        slot.tap_input(lambda value: read.append(value.detach())),
+        slot._target.register_forward_hook(lambda _m, _i, out: written.append(out), prepend=True),
+    ]
+    try:
+        with evaluation_mode(model), host_alone(slot):
+            loss = probe.loss(model)
+            (gradient,) = torch.autograd.grad(loss, [written[0]])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return read[0], per_sample(gradient, written[0].shape[0])
+
+
+def loss_with_seed(model: nn.Module, slot: SeedSlot, seed: nn.Module, probe: Probe) -> float:
+    """The probe batch's loss with ``seed`` at full strength in ``slot`` (as if SHADOWING), without gradients; the
+    slot is left as it was."""
+    previous = slot.seed
+    slot.seed = seed
+    try:
+        with evaluation_mode(model), as_stage(slot, lifecycle.SHADOWING), torch.no_grad():
+            return float(probe.loss(model).item())
+    finally:
+        slot.seed = previous
+        slot.sync_hook()
 
 
 def step_time_ratio(

@@ -109,6 +109,8 @@ class SeedRecord:
     gradient_norm: float | None = None
     activation_rms: float | None = None
     host_gradient_norm: float | None = None
+    #: A DORMANT width slot's predicted loss decrease for each of growth_statistics.CANDIDATE_WIDTHS new units.
+    predicted_decrease: list[float] | None = None
 
     def to_state(self) -> dict[str, Any]:
         return attrs.asdict(self)

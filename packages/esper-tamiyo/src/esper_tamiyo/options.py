@@ -118,6 +118,9 @@ class HeuristicOptions:
     #: Slot choice: the weight of a slot's saliency (relative to the most salient free slot) against the score of
     #: the best blueprint it can take.
     saliency_weight: float = attrs.field(default=1.0, validator=not_negative)
+    #: Blueprints with a ``width`` parameter get the largest width whose parameters fit a fair share of the budget
+    #: left (``budget / max_concurrent_seeds``) instead of their default: "share". "default": their default width.
+    sizing: Literal["share", "default"] = "share"
 
 
 @attrs.frozen

@@ -59,6 +59,8 @@ from esper_tamiyo.commands import (
 from esper_tamiyo.options import HeuristicOptions
 
 NAME = "heuristic"
+#: The blueprint parameter budget sizing sets (the number of new channels, neurons or hidden units).
+WIDTH = "width"
 
 
 @attrs.define
@@ -66,6 +68,8 @@ class Candidate:
     descriptor: BlueprintDescriptor
     cost: int
     score: float
+    #: The parameters to germinate it with (its defaults, with ``width`` sized to the budget share).
+    parameters: dict[str, float] = attrs.Factory(dict)
 
 
 class HeuristicPolicy:
@@ -238,23 +242,52 @@ class HeuristicPolicy:
         used = sum(seed.parameter_count for seed in state.seeds if seed.stage in lifecycle.HAS_SEED)
         return self.options.max_added_parameter_fraction * host - used
 
-    def _cost(self, descriptor: BlueprintDescriptor, seed: SeedState) -> int | None:
+    def _cost(self, descriptor: BlueprintDescriptor, seed: SeedState, parameters: Mapping[str, float]) -> int | None:
         slot = SlotShape.of(seed)
         for catalog in self.catalogs:
             try:
-                return catalog.parameter_count(descriptor.blueprint_id, slot, default_parameters(descriptor))
+                return catalog.parameter_count(descriptor.blueprint_id, slot, parameters)
             except (KeyError, ValueError):
                 continue
         return None
 
+    def sized(
+        self, descriptor: BlueprintDescriptor, seed: SeedState, share: float
+    ) -> tuple[dict[str, float], int | None]:
+        """Parameters for ``descriptor`` at ``seed``'s slot and their cost: the defaults, and (``sizing = "share"``)
+        the largest whole ``width`` within its bounds whose cost fits ``share`` (its smallest width if none does)."""
+        parameters = default_parameters(descriptor)
+        bounds = descriptor.allowed_parameters.get(WIDTH)
+        if self.options.sizing != "share" or bounds is None or share <= 0:
+            return parameters, self._cost(descriptor, seed, parameters)
+        low, high = math.ceil(bounds.min_value), math.floor(bounds.max_value)
+
+        def cost_at(width: int) -> int | None:
+            return self._cost(descriptor, seed, {**parameters, WIDTH: float(width)})
+
+        smallest = cost_at(low)
+        if smallest is None:
+            return parameters, self._cost(descriptor, seed, parameters)
+        best = low
+        while low < high:  # the cost grows with the width: the largest width within the share
+            middle = (low + high + 1) // 2
+            cost = cost_at(middle)
+            if cost is not None and cost <= share:
+                best, low = middle, middle
+            else:
+                high = middle - 1
+        parameters[WIDTH] = float(best)
+        return parameters, cost_at(best)
+
     def rank_blueprints(
         self, seed: SeedState, blueprints: Sequence[BlueprintDescriptor], budget: float
     ) -> list[Candidate]:
-        """Blueprints that fit ``seed``'s slot kind and ``budget``, best first.
+        """Blueprints that fit ``seed``'s slot and ``budget``, best first, each with the parameters to use.
 
-        A seed should add real capacity but leave room for the others: the cost term prefers a parameter count close
-        to a fair share of the budget left (``budget / max_concurrent_seeds``), penalizing the log of the ratio, so a
-        4-parameter scale and a blueprint that eats the whole budget both score low.
+        A seed should add real capacity but leave room for the others: blueprints with a width are sized to a fair
+        share of the budget left (``budget / max_concurrent_seeds``), and the cost term prefers a parameter count close
+        to that share, penalizing the log of the ratio, so a 4-parameter scale and a blueprint that eats the whole
+        budget both score low.
         """
         o = self.options
         share = budget / o.max_concurrent_seeds if budget > 0 else 0.0
@@ -262,7 +295,7 @@ class HeuristicPolicy:
         for position, descriptor in enumerate(blueprints):
             if not growth.fits(descriptor, SlotShape.of(seed)):
                 continue
-            cost = self._cost(descriptor, seed)
+            parameters, cost = self.sized(descriptor, seed, share)
             if cost is not None and cost > budget:
                 continue
             fit = abs(math.log(max(cost, 1) / share)) if cost is not None and share > 0 else 0.0
@@ -276,8 +309,17 @@ class HeuristicPolicy:
                 + o.history_weight * self.record.get(descriptor.blueprint_id, 0)
                 - 1e-6 * position  # stable ties: catalog order
             )
-            ranked.append(Candidate(descriptor, cost or 0, score))
+            ranked.append(Candidate(descriptor, cost or 0, score, parameters))
         return sorted(ranked, key=lambda candidate: -candidate.score)
+
+    @staticmethod
+    def predicted(seed: SeedState, width: float) -> float | None:
+        """The predicted loss decrease of ``width`` new units at a DORMANT width slot (``None``: not measured)."""
+        widths, decreases = list(seed.candidate_widths), list(seed.predicted_loss_decrease)
+        if not widths or len(widths) != len(decreases):
+            return None
+        below = [decrease for candidate, decrease in zip(widths, decreases, strict=True) if candidate <= width]
+        return below[-1] if below else decreases[0]
 
     @staticmethod
     def saliency(seed: SeedState) -> float:
@@ -299,21 +341,42 @@ class HeuristicPolicy:
             return None
         budget = self.budget_left(state)
         free = [s for s in state.seeds if lifecycle.can_germinate(s)]
+        best = {seed.slot_id: ranked[0] for seed in free if (ranked := self.rank_blueprints(seed, blueprints, budget))}
+        # How much a slot promises: where the loss's gradient and the activation are large (saliency); at a width
+        # slot, the loss decrease its statistics predict for the chosen width (GroMo's selection rule). Each is
+        # taken relative to the best of its kind among the free slots, so the two scales never mix.
+        predictions = {
+            slot_id: value
+            for slot_id, candidate in best.items()
+            for seed in free
+            if seed.slot_id == slot_id
+            and (value := self.predicted(seed, candidate.parameters.get(WIDTH, 0.0))) is not None
+        }
         highest = max((self.saliency(s) for s in free), default=0.0) or 1.0
+        highest_prediction = max(predictions.values(), default=0.0) or 1.0
         options = []
         for seed in free:
-            ranked = self.rank_blueprints(seed, blueprints, budget)
-            if ranked:
+            choice = best.get(seed.slot_id)
+            if choice is None:
+                continue
+            if seed.slot_id in predictions:
+                relative = max(predictions[seed.slot_id], 0.0) / highest_prediction
+            else:
                 relative = self.saliency(seed) / highest
-                options.append((ranked[0].score + o.saliency_weight * relative, -seed.layer_depth, seed, ranked[0]))
+            options.append((choice.score + o.saliency_weight * relative, -seed.layer_depth, seed, choice, relative))
         if not options:
             return None
-        total, _, seed, choice = max(options, key=lambda option: option[:2])
+        total, _, seed, choice, relative = max(options, key=lambda option: option[:2])
+        promise = (
+            f"predicted loss decrease {predictions[seed.slot_id]:.3g}"
+            if seed.slot_id in predictions
+            else f"saliency {self.saliency(seed):.3g}"
+        )
+        sized = f", width {choice.parameters[WIDTH]:g}" if WIDTH in choice.parameters else ""
         rationale = (
-            f"germinate {choice.descriptor.blueprint_id} ({choice.descriptor.name}, {choice.cost} parameters, "
-            f"score {choice.score:.3f}) in {seed.slot_id} (saliency {self.saliency(seed):.3g}, "
-            f"{self.saliency(seed) / highest:.0%} of the highest; total {total:.3f}): {why}; "
-            f"budget left {budget:.0f} parameters"
+            f"germinate {choice.descriptor.blueprint_id} ({choice.descriptor.name}{sized}, {choice.cost} parameters, "
+            f"score {choice.score:.3f}) in {seed.slot_id} ({promise}, {relative:.0%} of the best of its kind; "
+            f"total {total:.3f}): {why}; budget left {budget:.0f} parameters"
         )
         command = seed_command(
             SeedOperation.SEED_OP_GERMINATE,
@@ -321,10 +384,10 @@ class HeuristicPolicy:
             rationale,
             policy=NAME,
             blueprint_id=choice.descriptor.blueprint_id,
-            parameters=default_parameters(choice.descriptor),
+            parameters=choice.parameters,
             schedule=SCHEDULES[o.blend_schedule],
         )
-        command.decision.selected_slot_score = self.saliency(seed)
+        command.decision.selected_slot_score = predictions.get(seed.slot_id, self.saliency(seed))
         command.decision.blueprint_score = choice.score
         return command
 
@@ -334,8 +397,10 @@ class HeuristicPolicy:
             return f"warming up ({state.current_epoch}/{o.warmup_epochs} epochs)"
         if self._too_late(state):
             left = state.metrics.epochs_total - state.current_epoch
+            unused = self._unused_budget(state)
             return (
                 f"too late to grow: {left} epoch{'s' if left != 1 else ''} left (a seed needs {o.min_remaining_epochs})"
+                + unused
             )
         in_flight = sum(seed.stage in lifecycle.IN_FLIGHT for seed in state.seeds)
         if in_flight >= o.max_concurrent_seeds:
@@ -346,6 +411,13 @@ class HeuristicPolicy:
         if not any(lifecycle.can_germinate(s) for s in state.seeds):
             return "no dormant slot is free"
         return f"no offered blueprint fits a free slot within the parameter budget ({self.budget_left(state):.0f} left)"
+
+    def _unused_budget(self, state: SystemStatePacket) -> str:
+        """``"; N of M budget parameters unused"`` when more than half the budget was never spent (else empty)."""
+        host = self.host_parameters or max(int(state.metrics.parameter_count), 1)
+        total = self.options.max_added_parameter_fraction * host
+        left = self.budget_left(state)
+        return f"; {left:.0f} of {total:.0f} budget parameters unused" if total > 0 and left > total / 2 else ""
 
     # -- persistence ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

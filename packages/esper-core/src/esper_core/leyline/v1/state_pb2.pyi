@@ -435,6 +435,8 @@ class SeedState(_message.Message):
     CONTRIBUTION_STDERR_FIELD_NUMBER: _builtins.int
     READ_KIND_FIELD_NUMBER: _builtins.int
     READ_SHAPE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_WIDTHS_FIELD_NUMBER: _builtins.int
+    PREDICTED_LOSS_DECREASE_FIELD_NUMBER: _builtins.int
     slot_id: _builtins.str
     """The slot's module path in the host, e.g. "features.3" or "blocks.1.mlp".
     Fixed for the run; the value a command's target_slot_id names.
@@ -557,6 +559,19 @@ class SeedState(_message.Message):
         Empty for a residual slot. A slot is a width slot exactly when this is not empty.
         """
 
+    @_builtins.property
+    def candidate_widths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """For a DORMANT width slot: the numbers of new units (channels or neurons) predicted_loss_decrease is given for,
+        ascending. Empty for other slots, and until Kasmina has measured the slot at a decision point.
+        """
+
+    @_builtins.property
+    def predicted_loss_decrease(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """For a DORMANT width slot: the probe batch's loss decrease predicted (first order, unit curvature; the TINY bound)
+        for as many new units as the same index of candidate_widths, cumulative. Comparable across slots and widths of one
+        run, not a promise: Tamiyo's heuristic policy weighs it against the width's parameter cost.
+        """
+
     def __init__(
         self,
         *,
@@ -589,10 +604,12 @@ class SeedState(_message.Message):
         contribution_stderr: _builtins.float | None = ...,
         read_kind: _enums_pb2.SlotKind.ValueType = ...,
         read_shape: _abc.Iterable[_builtins.int] | None = ...,
+        candidate_widths: _abc.Iterable[_builtins.int] | None = ...,
+        predicted_loss_decrease: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "learning_rate", b"learning_rate", "seed_loss_delta", b"seed_loss_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "parameter_count", b"parameter_count", "read_kind", b"read_kind", "read_shape", b"read_shape", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "candidate_widths", b"candidate_widths", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "parameter_count", b"parameter_count", "predicted_loss_decrease", b"predicted_loss_decrease", "read_kind", b"read_kind", "read_shape", b"read_shape", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__activation_rms: _TypeAlias = _typing.Literal["activation_rms"]  # noqa: Y015
     _WhichOneofArgType__activation_rms: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms"]  # noqa: Y015
