@@ -1,6 +1,7 @@
 """``esper blueprints``: every blueprint of every installed catalog, with its tier, risk, parameter bounds and its
 trainable-parameter count at a slot shape (``--slot conv2d:16x14x14``), or at a width slot, which reads one
-activation and writes into a later one (``--slot conv2d:1x28x28->conv2d:2x14x14``, the read side first).
+activation and writes into a later one (``--slot 'conv2d:1x28x28->conv2d:2x14x14'``, the read side first, quoted so
+that the shell does not take ``>`` for a redirect).
 
 Catalogs are found through the registry (``esper_urza_blueprint_catalogs``) and built with their default options, so
 a third-party catalog is listed as soon as its package is installed. A blueprint that does not fit the slot (another
@@ -82,7 +83,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         metavar="KIND:SHAPE",
         help=(
             f"slot to count parameters at: conv2d:CxHxW, vector:D or sequence:LxD (default {DEFAULT_SLOT}); a width "
-            "slot is READ->WRITE, e.g. conv2d:1x28x28->conv2d:2x14x14 (width blueprints fit only those)"
+            "slot is READ->WRITE, quoted, e.g. 'conv2d:1x28x28->conv2d:2x14x14' (width blueprints fit only those)"
         ),
     )
     parser.add_argument(
