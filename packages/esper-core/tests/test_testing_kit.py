@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from esper_core.leyline import (
     AdaptationCommand,
@@ -16,6 +19,7 @@ from esper_core.leyline import (
     BlueprintTier,
     CommandSeedOperation,
     CommandType,
+    GrowthMode,
     SeedLifecycleStage,
     SeedOperation,
     SeedState,
@@ -29,7 +33,7 @@ from esper_core.testing.conformance import (
     TamiyoPolicyConformance,
     TelemetrySinkConformance,
 )
-from esper_core.testing.conformance.catalog import check_blueprint
+from esper_core.testing.conformance.catalog import check_blueprint, slots_for
 from esper_core.testing.conformance.policy import check_command, decide_read_only
 from esper_core.testing.processes import Child
 
@@ -337,6 +341,100 @@ def test_the_catalog_kit_catches_a_blueprint_that_jolts_the_host() -> None:
 
 def test_exempt_properties_are_not_checked() -> None:
     check_blueprint(TinyCatalog(init_scale=0.5), DESCRIPTOR, SLOT, {"rank": 2}, exempt=frozenset({"near_zero"}))
+
+
+# -- width blueprints -------------------------------------------------------------------------------------------
+WIDTH_DESCRIPTOR = BlueprintDescriptor(
+    blueprint_id="BP950",
+    name="flat_width",
+    tier=BlueprintTier.BLUEPRINT_TIER_SAFE,
+    risk=0.1,
+    allowed_parameters=BOUNDS,
+    slot_kinds=[SlotKind.SLOT_KIND_VECTOR],
+    growth_mode=GrowthMode.GROWTH_MODE_WIDTH,  # reads any kind (read_kinds empty), writes vectors
+)
+WIDTH_SLOT = SlotShape(SlotKind.SLOT_KIND_VECTOR, (6,), read_kind=SlotKind.SLOT_KIND_CONV2D, read_shape=(2, 3, 3))
+
+
+class FlatWidth(torch.nn.Module):
+    """New units reading a whole activation (flattened) and writing a vector; ``residual_shaped`` makes it return
+    the read activation's shape instead, the mistake of a module written for residual slots."""
+
+    def __init__(self, slot: SlotShape, rank: int, init_scale: float, residual_shaped: bool) -> None:
+        super().__init__()
+        read = math.prod(slot.read_shape)
+        self.residual_shaped = residual_shaped
+        self.down = torch.nn.Linear(read, rank, bias=False)
+        self.up = torch.nn.Linear(rank, read if residual_shaped else slot.shape[0], bias=False)
+        torch.nn.init.constant_(self.up.weight, init_scale)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        out = self.up(self.down(a.flatten(1)))
+        return out.view(a.shape) if self.residual_shaped else out  # type: ignore[no-any-return]
+
+
+class TinyWidthCatalog:
+    name = "tiny-width"
+
+    def __init__(self, init_scale: float = 0.0, residual_shaped: bool = False) -> None:
+        self.init_scale = init_scale
+        self.residual_shaped = residual_shaped
+
+    def descriptors(self) -> list[BlueprintDescriptor]:
+        return [WIDTH_DESCRIPTOR]
+
+    def build(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> torch.nn.Module:
+        if blueprint_id != "BP950":
+            raise KeyError(blueprint_id)
+        assert slot.is_width, "the suite gives a width blueprint width slots"
+        return FlatWidth(slot, int(parameters["rank"]), self.init_scale, self.residual_shaped)
+
+    def parameter_count(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> int:
+        rank = int(parameters["rank"])
+        written = math.prod(slot.read_shape) if self.residual_shaped else slot.shape[0]
+        return math.prod(slot.read_shape) * rank + rank * written
+
+
+class TestTinyWidthCatalogConforms(BlueprintCatalogConformance):
+    @pytest.fixture
+    def catalog(self) -> TinyWidthCatalog:
+        return TinyWidthCatalog()
+
+
+SEQUENCE_WIDTH = BlueprintDescriptor(
+    blueprint_id="BP951",
+    name="token_width",
+    growth_mode=GrowthMode.GROWTH_MODE_WIDTH,
+    slot_kinds=[SlotKind.SLOT_KIND_SEQUENCE],
+    read_kinds=[SlotKind.SLOT_KIND_SEQUENCE],
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_the_catalog_kit_draws_width_slots_for_width_blueprints(data: st.DataObject) -> None:
+    residual = data.draw(slots_for(DESCRIPTOR))
+    assert not residual.is_width and residual.kind == SlotKind.SLOT_KIND_VECTOR
+    anything = data.draw(slots_for(WIDTH_DESCRIPTOR))
+    assert anything.is_width and anything.kind == SlotKind.SLOT_KIND_VECTOR
+    assert len(anything.read_shape) == {1: 3, 2: 1, 3: 2}[anything.read_kind]  # conv2d, vector, sequence
+    tokens = data.draw(slots_for(SEQUENCE_WIDTH))
+    assert tokens.read_kind == tokens.kind == SlotKind.SLOT_KIND_SEQUENCE
+    assert tokens.read_shape[0] == tokens.shape[0]  # one sequence length on both sides
+
+
+def test_the_catalog_kit_feeds_a_width_seed_the_read_shape_and_wants_the_written_one() -> None:
+    check_blueprint(TinyWidthCatalog(), WIDTH_DESCRIPTOR, WIDTH_SLOT, {"rank": 2})
+    with pytest.raises(AssertionError, match=r"output shape \(3, 2, 3, 3\), not \(3, 6\)"):
+        check_blueprint(TinyWidthCatalog(residual_shaped=True), WIDTH_DESCRIPTOR, WIDTH_SLOT, {"rank": 2})
+
+
+def test_the_catalog_kit_wants_a_width_seed_to_start_at_exactly_zero() -> None:
+    """An initial output a residual seed could have (RMS well under 1e-3 of the input's) is still a change to the
+    host's function, which new units must not make."""
+    with pytest.raises(AssertionError, match="must be exactly zero"):
+        check_blueprint(TinyWidthCatalog(init_scale=1e-7), WIDTH_DESCRIPTOR, WIDTH_SLOT, {"rank": 2})
+    check_blueprint(TinyCatalog(init_scale=1e-7), DESCRIPTOR, SLOT, {"rank": 2})  # fine for a residual seed
 
 
 # --- child processes that say when they are ready --------------------------------------------------------------

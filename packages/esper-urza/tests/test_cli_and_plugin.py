@@ -67,6 +67,44 @@ def test_parse_slot() -> None:
     assert parse_slot("Sequence:16x64") == SlotShape(SlotKind.SLOT_KIND_SEQUENCE, (16, 64))
 
 
+def test_blueprints_lists_the_width_blueprints_at_a_width_slot(capsys: pytest.CaptureFixture[str]) -> None:
+    result = listing(capsys, "--slot", "conv2d:1x28x28->conv2d:2x14x14")
+    assert result["slot"] == {"kind": "conv2d", "shape": [2, 14, 14], "read_kind": "conv2d", "read_shape": [1, 28, 28]}
+    rows = {row["blueprint_id"]: row for row in result["blueprints"] if row["catalog"] == "karn"}
+    grown = rows["BP057"]
+    assert grown["growth_mode"] == "width" and grown["read_kinds"] == ["conv2d"] and grown["fits"]
+    assert grown["parameter_count"] == (8 * 9 + 8) + (2 * 8 * 9 + 2)  # width 8: 3x3 from 1 channel, 3x3 into 2
+    assert {blueprint_id for blueprint_id, row in rows.items() if row["fits"]} == {"BP057"}
+    residual = rows["BP009"]
+    assert residual["growth_mode"] == "residual" and residual["parameter_count"] is None and not residual["fits"]
+    assert "BP009 is a residual blueprint" in residual["misfit"] and "is a width slot" in residual["misfit"]
+    assert rows["BP058"]["parameter_count"] is None and "writes into vector" in rows["BP058"]["misfit"]
+    at_a_residual_slot = listing(capsys, "--slot", "conv2d:2x14x14")["blueprints"]
+    width_rows = [row for row in at_a_residual_slot if row["growth_mode"] == "width"]
+    assert width_rows and all(row["parameter_count"] is None and not row["fits"] for row in width_rows)
+
+
+def test_blueprints_prints_width_blueprints_with_what_they_read_and_write(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["blueprints", "--slot", "conv2d:4x14x14->vector:10"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d:4x14x14->vector:10" in out and "conv→vec" in out and "head_channel_growth" in out
+    assert f"{(8 * 4 * 9 + 8) + (8 * 7 * 7 * 10 + 10):,}" in out  # width 8, a 2x2 max-pool, into 10 features
+
+
+@pytest.mark.parametrize(
+    "text", ["conv2d:1x28x28->", "->vector:3", "conv2d:1x28->vector:3", "vector:3->vector:2->vector:1", "a->b"]
+)
+def test_a_malformed_width_slot_is_a_usage_error(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_slot(text)
+
+
+def test_parse_a_width_slot() -> None:
+    assert parse_slot(" conv2d:1x28x28 -> Vector:10 ") == SlotShape(
+        SlotKind.SLOT_KIND_VECTOR, (10,), read_kind=SlotKind.SLOT_KIND_CONV2D, read_shape=(1, 28, 28)
+    )
+
+
 class ThirdPartyCatalog:
     name = "acme"
 

@@ -32,6 +32,13 @@ STRESSOR_BREAKS = {
 }
 #: A shape of each kind used where a test needs one.
 REFERENCE = {CONV: (16, 14, 14), VECTOR: (32,), SEQUENCE: (10, 24)}
+#: A width slot for each width blueprint: what it reads, and what it writes.
+WIDTH_REFERENCE = {
+    "BP057": SlotShape(CONV, (16, 7, 7), read_kind=CONV, read_shape=(8, 14, 14)),
+    "BP058": SlotShape(VECTOR, (10,), read_kind=CONV, read_shape=(16, 14, 14)),
+    "BP059": SlotShape(VECTOR, (32,), read_kind=VECTOR, read_shape=(64,)),
+    "BP060": SlotShape(SEQUENCE, (10, 24), read_kind=SEQUENCE, read_shape=(10, 16)),
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +96,7 @@ def test_no_two_blueprints_build_the_same_module(karn: KarnCatalog) -> None:
     """The prototype built 49 of 50 blueprints as the same MLP; every Karn blueprint is a different module."""
     for kind, shape in REFERENCE.items():
         seen: dict[tuple[object, ...], str] = {}
-        for d in karn.query(slot_kind=kind):
+        for d in karn.query(slot=SlotShape(kind, shape)):
             if d.tier == HIGH_RISK:
                 continue
             signature = _signature(karn.build(d.blueprint_id, SlotShape(kind, shape), {}))
@@ -102,7 +109,7 @@ def test_blueprints_compute_different_functions(karn: KarnCatalog) -> None:
     for kind, shape in REFERENCE.items():
         inputs = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0))
         outputs: dict[str, torch.Tensor] = {}
-        for d in karn.query(slot_kind=kind, max_risk=0.8):
+        for d in karn.query(slot=SlotShape(kind, shape), max_risk=0.8):
             torch.manual_seed(1)
             module = karn.build(d.blueprint_id, SlotShape(kind, shape), {})
             with torch.no_grad():
@@ -121,7 +128,7 @@ def test_every_growth_blueprint_learns_from_its_zero_start(karn: KarnCatalog, ki
     randomly weighted copy of itself computes (a target its architecture can represent)."""
     shape = REFERENCE[kind]
     inputs = torch.randn(8, *shape, generator=torch.Generator().manual_seed(3))
-    for d in karn.query(slot_kind=kind, max_risk=0.8):
+    for d in karn.query(slot=SlotShape(kind, shape), max_risk=0.8):
         slot = SlotShape(kind, shape)
         torch.manual_seed(0)
         teacher = karn.build(d.blueprint_id, slot, {})
@@ -251,9 +258,15 @@ def test_parameter_counts_are_exact_at_the_reference_shapes(karn: KarnCatalog) -
     counts: dict[str, list[int]] = defaultdict(list)
     for d in karn.descriptors():
         for kind in d.slot_kinds:
-            slot = SlotShape(kind, REFERENCE[kind])
+            slot = WIDTH_REFERENCE[d.blueprint_id] if d.read_kinds else SlotShape(kind, REFERENCE[kind])
             module = karn.build(d.blueprint_id, slot, {"delay_ms": 5.0} if d.blueprint_id == "BP046" else {})
             built = sum(p.numel() for p in module.parameters() if p.requires_grad)
             assert karn.parameter_count(d.blueprint_id, slot, {}) == built, d.blueprint_id
             counts[d.blueprint_id].append(built)
     assert counts["BP009"] == [4640]
+    # width 8, 3x3 from 8 channels, then a 3x3 into 16: (8*8*9 + 8) + (16*8*9 + 16)
+    assert counts["BP057"] == [584 + 1168]
+    # width 8, 3x3 from 16 channels; 2x2 max-pool: 8 * 7 * 7 = 392 features into 10
+    assert counts["BP058"] == [(8 * 16 * 9 + 8) + (392 * 10 + 10)]
+    assert counts["BP059"] == [(64 * 32 + 32) + (32 * 32 + 32)]  # width 32
+    assert counts["BP060"] == [(16 * 64 + 64) + (64 * 24 + 24)]  # width 64

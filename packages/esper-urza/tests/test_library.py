@@ -18,7 +18,7 @@ from esper_core.plugins import Registry
 from esper_core.protocols import ArtifactStore, BlueprintCatalog, SlotShape
 from esper_core.storage import AppendOnlyLog, read_records
 from esper_core.testing.conformance import ArtifactStoreConformance
-from esper_urza.errors import ArtifactBuildError
+from esper_urza.errors import ArtifactBuildError, ArtifactIntegrityError
 from esper_urza.karn import KarnCatalog
 from esper_urza.library import UrzaLibrary
 from esper_urza.options import UrzaOptions
@@ -127,6 +127,77 @@ def test_the_lru_cache_holds_at_most_cache_size_artifacts(tmp_path: Path, karn: 
         assert library.fetch("BP052", VECTOR_SLOT, {}).source == "disk"
         assert library.fetch("BP052", VECTOR_SLOT, {}).source == "memory"
         assert library.metrics_snapshot()["urza.cache.evictions_total"] == 2
+
+
+# -- width slots ----------------------------------------------------------------------------------------------------
+WIDTH_SLOT = SlotShape(
+    SlotKind.SLOT_KIND_CONV2D, (4, 7, 7), read_kind=SlotKind.SLOT_KIND_CONV2D, read_shape=(2, 14, 14)
+)
+
+
+def test_a_width_fetch_is_built_then_served_from_memory_then_from_disk(library: UrzaLibrary) -> None:
+    built = library.fetch("BP057", WIDTH_SLOT, {"width": 3})
+    assert built.source == "built" and built.descriptor.blueprint_id == "BP057"
+    assert library.fetch("BP057", WIDTH_SLOT, {"width": 3}).source == "memory"
+    (record,) = library.query()
+    assert record.slot == WIDTH_SLOT and record.guard.read_shape == (2, 14, 14)
+    restarted = reopen(library)
+    cold = restarted.fetch("BP057", WIDTH_SLOT, {"width": 3})
+    assert cold.source == "disk" and cold.artifact_sha256 == built.artifact_sha256
+    assert cold.module(torch.randn(2, 2, 14, 14)).shape == (2, 4, 7, 7)
+    restarted.close()
+
+
+def test_width_slots_reading_different_activations_are_different_artifacts(library: UrzaLibrary) -> None:
+    other = SlotShape(WIDTH_SLOT.kind, WIDTH_SLOT.shape, read_kind=WIDTH_SLOT.read_kind, read_shape=(3, 14, 14))
+    first, second = library.fetch("BP057", WIDTH_SLOT, {}), library.fetch("BP057", other, {})
+    assert (first.source, second.source) == ("built", "built")
+    assert first.artifact_sha256 != second.artifact_sha256 and len(library.query(blueprint_id="BP057")) == 2
+
+
+def test_a_blueprint_of_the_other_growth_mode_is_refused_before_anything_is_built(library: UrzaLibrary) -> None:
+    with pytest.raises(ValueError, match="BP009 is a residual blueprint"):
+        library.fetch(
+            "BP009", SlotShape(WIDTH_SLOT.kind, (16, 14, 14), read_kind=WIDTH_SLOT.kind, read_shape=(8, 28, 28)), {}
+        )
+    with pytest.raises(ValueError, match="BP057 is a width blueprint"):
+        library.fetch("BP057", CONV_SLOT, {})
+    assert library.query() == []
+    assert [d.blueprint_id for d in library.blueprints(slot=WIDTH_SLOT)] == ["BP057"]
+    assert "BP057" not in {d.blueprint_id for d in library.blueprints(slot=CONV_SLOT)}
+
+
+def test_a_width_artifact_loaded_for_another_slot_is_a_mismatch(library: UrzaLibrary, karn: KarnCatalog) -> None:
+    """The loader checks the artifact's guard against the slot asked for, read side included."""
+    _, record = library.fetch_artifact("BP057", WIDTH_SLOT, {})
+    library.clear_cache()
+    written_only = SlotShape(WIDTH_SLOT.kind, WIDTH_SLOT.shape)
+    assert library._loader.load(record.key, karn, written_only) is None
+    (event,) = events(library)
+    assert event.name == "artifact_mismatch" and library.get(record.key) is None
+
+
+def test_a_width_artifact_opened_for_another_slot_is_refused(tmp_path: Path, karn: KarnCatalog) -> None:
+    with UrzaLibrary(tmp_path, [karn]) as writer:
+        _, record = writer.fetch_artifact("BP057", WIDTH_SLOT, {})
+    with UrzaLibrary(tmp_path, [karn]) as reader:
+        written_only = SlotShape(WIDTH_SLOT.kind, WIDTH_SLOT.shape)
+        with pytest.raises(ArtifactIntegrityError, match=r"built for conv2d\[2, 14, 14\] -> conv2d\[4, 7, 7\], not"):
+            reader.open_artifact(record.key, record.sha256, slot=written_only)
+        opened = reader.open_artifact(record.key, record.sha256, slot=WIDTH_SLOT)
+        assert opened.source == "disk" and opened.module(torch.randn(1, 2, 14, 14)).shape == (1, 4, 7, 7)
+
+
+def test_a_lost_index_is_rebuilt_with_width_artifacts_under_their_keys(library: UrzaLibrary) -> None:
+    width = library.fetch("BP057", WIDTH_SLOT, {})
+    library.fetch("BP009", CONV_SLOT, {})
+    library.close()
+    (library.root / "catalog.sqlite").unlink()
+    restarted = reopen(library)
+    assert restarted.recovery.rows_rebuilt == 2 and restarted.recovery.artifacts_dropped == ()
+    again = restarted.fetch("BP057", WIDTH_SLOT, {})
+    assert again.source == "disk" and again.artifact_sha256 == width.artifact_sha256
+    restarted.close()
 
 
 # -- integrity ------------------------------------------------------------------------------------------------------

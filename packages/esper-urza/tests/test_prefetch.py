@@ -233,6 +233,72 @@ def test_refused_requests_get_an_error_reply_and_the_store_raises_the_reason(
     assert service.counters["failed"] == 4
 
 
+WIDTH = SlotShape(SlotKind.SLOT_KIND_VECTOR, (10,), read_kind=SlotKind.SLOT_KIND_CONV2D, read_shape=(4, 6, 6))
+
+
+def test_a_width_fetch_through_the_service_carries_the_read_side_end_to_end(
+    memory_buses: Buses, serve: Callable[[Oona, Path], UrzaService], karn: KarnCatalog, tmp_path: Path
+) -> None:
+    """The store asks for the read side as well, the service builds for it, and the store checks what it opens."""
+    root = tmp_path / "shared"
+    service = serve(memory_buses("urza"), root)
+    inspector = memory_buses("inspector")
+    inspector.subscribe([inspector.streams.kernel_requests])
+    with open_store(memory_buses, root, karn) as store:
+        fetched = store.fetch("BP058", WIDTH, {"width": 3})
+        narrower_read = SlotShape(WIDTH.kind, WIDTH.shape, read_kind=WIDTH.read_kind, read_shape=(2, 6, 6))
+        other = store.fetch("BP058", narrower_read, {"width": 3})
+    (first, _) = inspector.poll([inspector.streams.kernel_requests])
+    request = first.payload
+    assert isinstance(request, KernelPrefetchRequest)
+    assert (request.slot_kind, list(request.slot_shape)) == (SlotKind.SLOT_KIND_VECTOR, [10])
+    assert (request.read_kind, list(request.read_shape)) == (SlotKind.SLOT_KIND_CONV2D, [4, 6, 6])
+    assert fetched.module(torch.randn(2, 4, 6, 6)).shape == (2, 10)
+    assert other.module(torch.randn(2, 2, 6, 6)).shape == (2, 10)
+    assert fetched.artifact_sha256 != other.artifact_sha256
+    with UrzaLibrary(tmp_path / "local", [karn]) as local:
+        expected = local.fetch("BP058", WIDTH, {"width": 3}).module.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in fetched.module.state_dict().items())
+    with UrzaLibrary(root) as library:
+        slots = {record.slot.read_shape for record in library.query(blueprint_id="BP058")}
+    assert slots == {(4, 6, 6), (2, 6, 6)}
+    wait_until(lambda: service.counters["built"] == 2, what="the service counting both builds")
+
+
+def test_the_service_builds_for_the_read_side_a_request_names(
+    memory_buses: Buses, serve: Callable[[Oona, Path], UrzaService], tmp_path: Path
+) -> None:
+    root = tmp_path / "shared"
+    serve(memory_buses("urza"), root)
+    client = observer(memory_buses, "client")
+    width = request_for("BP059", SlotShape(SlotKind.SLOT_KIND_VECTOR, (12,)), width=4)
+    width.read_kind = SlotKind.SLOT_KIND_VECTOR
+    width.read_shape.append(20)
+    residual_only = request_for("BP059", SlotShape(SlotKind.SLOT_KIND_VECTOR, (12,)))  # no read side
+    for request in (width, residual_only):
+        client.publish(request, correlation_id=request.request_id)
+    answers: dict[str, BusMessage] = {}
+
+    def both() -> bool:
+        messages = client.poll([client.streams.kernel_ready, client.streams.kernel_errors], block_ms=200)
+        client.ack_many(messages)
+        answers.update((message.envelope.correlation_id, message) for message in messages)
+        return {width.request_id, residual_only.request_id} <= set(answers)
+
+    wait_until(both, what="replies to both requests", timeout_s=60.0)
+    ready, refused = answers[width.request_id], answers[residual_only.request_id]
+    assert isinstance(ready.payload, KernelArtifactReady)
+    assert isinstance(refused.payload, KernelArtifactError)
+    assert refused.payload.reason.startswith("invalid request: BP059 is a width blueprint and vector[12] is a residual")
+    with UrzaLibrary(root) as library:
+        record = library.get(ready.payload.artifact_ref)
+    assert record is not None
+    assert record.slot == SlotShape(
+        SlotKind.SLOT_KIND_VECTOR, (12,), read_kind=SlotKind.SLOT_KIND_VECTOR, read_shape=(20,)
+    )
+    assert record.parameter_count == (20 * 4 + 4) + (4 * 12 + 12)
+
+
 def test_the_service_reports_telemetry_when_it_stops(memory_buses: Buses, karn: KarnCatalog, tmp_path: Path) -> None:
     bus = memory_buses("urza")
     service = UrzaService(bus, UrzaLibrary(tmp_path / "shared", [karn]))

@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from esper_core.errors import EsperError
-from esper_core.leyline import BlueprintDescriptor, BlueprintTier, SlotKind
+from esper_core.leyline import BlueprintDescriptor, BlueprintTier, GrowthMode, SlotKind
 from esper_core.protocols import SlotShape
 from esper_urza.errors import ArtifactBuildError
 from esper_urza.karn import KarnCatalog
 from esper_urza.options import TezzeretOptions
+from esper_urza.parameters import artifact_key
+from esper_urza.records import ArtifactRecord
 from esper_urza.tezzeret import Tezzeret, load_artifact
 
 CONV_SLOT = SlotShape(SlotKind.SLOT_KIND_CONV2D, (16, 14, 14))
@@ -187,3 +189,101 @@ def test_compiling_is_checked_against_eager_and_falls_back_to_eager(karn: KarnCa
         karn, "BP052", VECTOR_SLOT, {}
     )
     assert not fallback.record.compiled and "no-such-backend" in fallback.record.report["compile_error"]
+
+
+# -- width slots ----------------------------------------------------------------------------------------------------
+WIDTH_SLOT = SlotShape(
+    SlotKind.SLOT_KIND_CONV2D, (2, 14, 14), read_kind=SlotKind.SLOT_KIND_CONV2D, read_shape=(1, 28, 28)
+)
+VECTOR_WIDTH_SLOT = SlotShape(SlotKind.SLOT_KIND_VECTOR, (8,), read_kind=SlotKind.SLOT_KIND_VECTOR, read_shape=(12,))
+
+
+class OneWidthBlueprint(OneBlueprint):
+    """FK001 as a width blueprint (vector to vector)."""
+
+    def descriptors(self) -> Sequence[BlueprintDescriptor]:
+        (descriptor,) = super().descriptors()
+        descriptor.growth_mode = GrowthMode.GROWTH_MODE_WIDTH
+        descriptor.read_kinds.append(SlotKind.SLOT_KIND_VECTOR)
+        return [descriptor]
+
+
+def test_a_width_artifact_is_probed_with_the_read_shape_and_records_both_sides(karn: KarnCatalog) -> None:
+    built = Tezzeret().build(karn, "BP057", WIDTH_SLOT, {"width": 4})
+    record = built.record
+    guard = record.guard
+    assert (guard.slot_kind, guard.shape, guard.dtype, guard.read_kind, guard.read_shape) == (
+        "conv2d",
+        (2, 14, 14),
+        "float32",
+        "conv2d",
+        (1, 28, 28),
+    )
+    assert record.slot == WIDTH_SLOT and record.initial_output_ratio == 0.0
+    assert record.parameter_count == (4 * 9 + 4) + (2 * 4 * 9 + 2)
+    assert record.guard.describe() == "float32[N x 1 x 28 x 28] (conv2d) -> float32[N x 2 x 14 x 14] (conv2d)"
+    payload = torch.load(io.BytesIO(built.data), weights_only=True)
+    assert json.loads(payload["record"])["guard"] == {
+        "slot_kind": "conv2d",
+        "shape": [2, 14, 14],
+        "dtype": "float32",
+        "read_kind": "conv2d",
+        "read_shape": [1, 28, 28],
+    }
+    loaded, state = load_artifact(built.data, sha256=record.sha256)
+    assert loaded.slot == WIDTH_SLOT
+    module = karn.build("BP057", loaded.slot, loaded.parameters)
+    module.load_state_dict(state)  # strict: it fits the module the catalog builds for the width slot
+
+
+def test_a_width_slot_has_its_own_artifact_key_and_a_residual_key_is_what_it_always_was() -> None:
+    parameters = {"width": 4.0}
+    written = SlotShape(WIDTH_SLOT.kind, WIDTH_SLOT.shape)
+    residual_key = artifact_key("karn", "BP057", parameters, written)
+    before_width_slots = json.dumps(
+        {"catalog": "karn", "blueprint": "BP057", "parameters": parameters, "kind": "conv2d", "shape": [2, 14, 14]},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    assert residual_key == hashlib.sha256(before_width_slots.encode()).hexdigest()
+    width_key = artifact_key("karn", "BP057", parameters, WIDTH_SLOT)
+    other_read = SlotShape(WIDTH_SLOT.kind, WIDTH_SLOT.shape, read_kind=WIDTH_SLOT.read_kind, read_shape=(3, 28, 28))
+    assert len({residual_key, width_key, artifact_key("karn", "BP057", parameters, other_read)}) == 3
+
+
+def test_a_record_without_a_read_side_is_a_residual_one(karn: KarnCatalog) -> None:
+    """Artifacts stored before width slots existed have no read side in their guard: they stay valid, as residual."""
+    record = Tezzeret().build(karn, "BP009", CONV_SLOT, {}).record
+    data = record.to_json()
+    assert data["guard"] == {"slot_kind": "conv2d", "shape": [16, 14, 14], "dtype": "float32"}
+    parsed = ArtifactRecord.from_json(data, sha256=record.sha256, size_bytes=record.size_bytes)
+    assert parsed.slot == CONV_SLOT and not parsed.guard.is_width
+    assert parsed.guard.fits(CONV_SLOT) and not parsed.guard.fits(WIDTH_SLOT)
+
+
+def test_a_width_module_that_returns_the_read_shape_is_refused() -> None:
+    error = refused(OneWidthBlueprint(lambda slot: nn.Linear(12, 12)), VECTOR_WIDTH_SLOT)
+    assert error.check == "shape" and error.numbers == {"expected": "[2, 8]", "got": "[2, 12]"}
+    assert "differs from the written activation's [2, 8] (it read [2, 12])" in str(error)
+
+
+def test_a_width_module_must_start_near_zero_and_count_its_parameters() -> None:
+    def zero_width(slot: SlotShape) -> nn.Module:
+        layer = nn.Linear(slot.read_shape[0], slot.shape[0])
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    built = Tezzeret().build(OneWidthBlueprint(zero_width), "FK001", VECTOR_WIDTH_SLOT, {})  # type: ignore[arg-type]
+    assert built.record.parameter_count == 12 * 8 + 8 and built.record.slot == VECTOR_WIDTH_SLOT
+    error = refused(OneWidthBlueprint(lambda slot: nn.Linear(12, 8)), VECTOR_WIDTH_SLOT)
+    assert error.check == "initial_output"
+    error = refused(OneWidthBlueprint(zero_width, estimate=7), VECTOR_WIDTH_SLOT)
+    assert error.check == "parameter_count" and error.numbers == {"estimate": 7, "actual": 104}
+
+
+def test_a_blueprint_of_the_other_growth_mode_is_a_value_error(karn: KarnCatalog) -> None:
+    with pytest.raises(ValueError, match="BP057 is a width blueprint"):
+        Tezzeret().build(karn, "BP057", CONV_SLOT, {})
+    with pytest.raises(ValueError, match="BP009 is a residual blueprint"):
+        Tezzeret().build(karn, "BP009", WIDTH_SLOT, {})

@@ -116,6 +116,31 @@ class BlueprintCatalog(Protocol):
         ...
 
 
+@runtime_checkable
+class WidthSeed(Protocol):
+    """The structure of a width blueprint's module (``z_B <- z_B + s(a_A)``): new units between two host layers.
+
+    Why a protocol: a width seed *is* the host with more channels or neurons in one layer, so an executor can
+    initialise its new units the way the host's own were (from the activations and gradients it measures, as in
+    GROWTH-METHODS.md) only if it can find them. ``grow_in`` is the first convolution or linear layer, which computes
+    the new units from the read activation ``a_A`` (its output channels or features are the new units); ``grow_out``
+    is the last one, which maps the new units into the written activation and starts at exactly zero (so the host's
+    function is preserved at the graft). :meth:`hidden` is what ``grow_out`` reads: the new units after their
+    activation function, any resampling to the written activation's grid and any flattening, so that
+    ``module(a) == grow_out(hidden(a))``.
+
+    A catalog's width modules need not satisfy it (the seed contract is only the mapping and the zero start), but
+    an executor can initialise only those that do. Karn's width blueprints all do.
+    """
+
+    grow_in: torch.nn.Module
+    grow_out: torch.nn.Module
+
+    def hidden(self, a: torch.Tensor) -> torch.Tensor:
+        """The new units' values for the read activation ``a`` (batch first): what ``grow_out`` reads."""
+        ...
+
+
 @attrs.frozen
 class FetchedSeed:
     """A ready-to-use seed module from an artifact store, and where it came from."""

@@ -2,8 +2,12 @@
 
 Any catalog can use these (they depend only on Leyline): parameters arrive as floats (Leyline maps are double);
 a missing one takes its bound's ``default_value``; an integer-bounded one is rounded; an unknown name or an
-out-of-bounds value is a ``ValueError`` naming the blueprint, the parameter, the value and the bounds; a slot kind
-the blueprint does not grow in is a ``ValueError``.
+out-of-bounds value is a ``ValueError`` naming the blueprint, the parameter, the value and the bounds; a slot the
+blueprint does not grow in (another growth mode, a kind it does not write or read, a malformed shape) is a
+``ValueError``.
+
+A width slot's artifacts are distinct from a residual slot's: the key and the guard name the read side too. A
+residual slot's key is computed exactly as before width slots existed, so stored residual artifacts keep their keys.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 
-from esper_core.leyline import BlueprintDescriptor, BlueprintParameterBounds, BlueprintTier, SlotKind
+from esper_core.leyline import BlueprintDescriptor, BlueprintParameterBounds, BlueprintTier, SlotKind, growth
 from esper_core.protocols import SlotShape
 
 #: Dimensions of a slot's shape (batch excluded) for each kind.
@@ -59,9 +63,12 @@ def select_descriptors(
     tiers: Iterable[str | BlueprintTier.ValueType] | None = None,
     slot_kind: SlotKind.ValueType | None = None,
     max_risk: float | None = None,
+    slot: SlotShape | None = None,
 ) -> list[BlueprintDescriptor]:
-    """The descriptors in one of ``tiers`` (names or enum values), growing in ``slot_kind``, no riskier than
-    ``max_risk``; a filter left as ``None`` passes everything. Catalogs and the library query with it."""
+    """The descriptors in one of ``tiers`` (names or enum values), writing into ``slot_kind`` activations (residual
+    and width blueprints alike), no riskier than ``max_risk``, and fitting ``slot`` (its growth mode and the kinds
+    it writes and reads: :func:`esper_core.leyline.growth.fits`); a filter left as ``None`` passes everything.
+    Catalogs and the library query with it."""
     wanted = None if tiers is None else {tier_from_name(tier) for tier in tiers}
     return [
         descriptor
@@ -69,6 +76,7 @@ def select_descriptors(
         if (wanted is None or descriptor.tier in wanted)
         and (slot_kind is None or slot_kind in descriptor.slot_kinds)
         and (max_risk is None or descriptor.risk <= max_risk)
+        and (slot is None or growth.fits(descriptor, slot))
     ]
 
 
@@ -116,33 +124,62 @@ def resolve_parameters(descriptor: BlueprintDescriptor, parameters: Mapping[str,
 
 
 def check_slot(descriptor: BlueprintDescriptor, slot: SlotShape) -> None:
-    """Raise ``ValueError`` unless ``descriptor`` grows in ``slot``'s kind and the shape is well formed."""
-    rank = SLOT_RANKS.get(slot.kind)
+    """Raise ``ValueError`` unless ``descriptor`` grows in ``slot``: the same growth mode (a width blueprint only in
+    a width slot, a residual one only in a residual slot), a kind it writes into (and, for a width slot, a kind it
+    reads; an empty list of kinds means any), and well-formed shapes on both sides."""
+    where = describe_blueprint(descriptor)
+    _check_shape(where, slot.kind, slot.shape, "slot")
+    mode, wanted = growth.mode_of(descriptor), growth.slot_mode(slot)
+    if mode != wanted:
+        if mode == growth.WIDTH:
+            hint = (
+                "a width blueprint reads one activation and writes into a later one: name a width slot "
+                "(READ->WRITE, e.g. 'blocks.0:input->blocks.1.0'), or choose a residual blueprint"
+            )
+        else:
+            hint = "a residual blueprint maps one activation to itself: choose a width blueprint for a width slot"
+        raise ValueError(f"{growth.misfit(descriptor, slot)}; {hint}")
+    if descriptor.slot_kinds and slot.kind not in descriptor.slot_kinds:
+        supported = ", ".join(kind_name(kind) for kind in descriptor.slot_kinds)
+        raise ValueError(
+            f"{where} does not grow in {kind_name(slot.kind)} slots (asked for {slot.describe()}); it supports: "
+            f"{supported}"
+        )
+    if slot.is_width:
+        _check_shape(where, slot.read_kind, slot.read_shape, "read")
+        if descriptor.read_kinds and slot.read_kind not in descriptor.read_kinds:
+            supported = ", ".join(kind_name(kind) for kind in descriptor.read_kinds)
+            raise ValueError(
+                f"{where} does not read {kind_name(slot.read_kind)} activations (asked for {slot.describe()}); it "
+                f"reads: {supported}"
+            )
+
+
+def _check_shape(where: str, kind: SlotKind.ValueType, shape: tuple[int, ...], side: str) -> None:
+    rank = SLOT_RANKS.get(kind)
     if rank is None:
-        raise ValueError(f"{describe_blueprint(descriptor)}: unsupported slot kind {slot.kind}")
-    if slot.kind not in descriptor.slot_kinds:
-        supported = ", ".join(kind_name(kind) for kind in descriptor.slot_kinds) or "none"
-        raise ValueError(
-            f"{describe_blueprint(descriptor)} does not grow in {kind_name(slot.kind)} slots "
-            f"(asked for {slot.describe()}); it supports: {supported}"
-        )
-    if len(slot.shape) != rank or any(int(size) < 1 for size in slot.shape):
-        raise ValueError(
-            f"{describe_blueprint(descriptor)}: a {kind_name(slot.kind)} slot has {rank} positive dimensions "
-            f"(batch excluded), got {list(slot.shape)}"
-        )
+        known = ", ".join(kind_name(known) for known in SLOT_RANKS)
+        raise ValueError(f"{where}: unsupported {side} kind {kind} (known: {known})")
+    if len(shape) != rank or any(int(size) < 1 for size in shape):
+        what = f"a {kind_name(kind)} slot" if side == "slot" else f"a {kind_name(kind)} read activation"
+        raise ValueError(f"{where}: {what} has {rank} positive dimensions (batch excluded), got {list(shape)}")
 
 
 def artifact_key(catalog: str, blueprint_id: str, parameters: Mapping[str, float], slot: SlotShape) -> str:
-    """The SHA-256 (hex) naming one artifact: catalog, blueprint, canonical parameters, slot kind and shape."""
+    """The SHA-256 (hex) naming one artifact: catalog, blueprint, canonical parameters, slot kind and shape, and for
+    a width slot the read kind and shape (a residual slot's key leaves them out, as it did before width slots)."""
+    fields: dict[str, object] = {
+        "catalog": catalog,
+        "blueprint": blueprint_id,
+        "parameters": {name: float(parameters[name]) for name in sorted(parameters)},
+        "kind": kind_name(slot.kind),
+        "shape": [int(size) for size in slot.shape],
+    }
+    if slot.is_width:
+        fields["read_kind"] = kind_name(slot.read_kind)
+        fields["read_shape"] = [int(size) for size in slot.read_shape]
     canonical = json.dumps(
-        {
-            "catalog": catalog,
-            "blueprint": blueprint_id,
-            "parameters": {name: float(parameters[name]) for name in sorted(parameters)},
-            "kind": kind_name(slot.kind),
-            "shape": [int(size) for size in slot.shape],
-        },
+        fields,
         sort_keys=True,
         separators=(",", ":"),
     )

@@ -4,7 +4,8 @@ should not build them itself.
 Selected with ``urza.store = "urza-prefetch"``. A fetch:
 
 1. publishes a ``KernelPrefetchRequest`` (a fresh ``request_id``, the run's id, the blueprint, its parameters, the
-   slot's kind and shape) on ``oona.streams.kernel_requests``;
+   slot's kind and shape, and for a width slot the kind and shape its seed reads) on
+   ``oona.streams.kernel_requests``;
 2. waits for the reply with that request id on ``kernel_ready`` or ``kernel_errors``, read with a consumer group of
    its own (every store sees every reply; replies to other requests are acknowledged and skipped), at most
    ``urza.prefetch.timeout_s``;
@@ -103,6 +104,9 @@ class PrefetchStore:
             slot_kind=slot.kind,
             slot_shape=[int(size) for size in slot.shape],
         )
+        if slot.is_width:  # the seed reads another activation than it writes: the service builds for both sides
+            request.read_kind = slot.read_kind
+            request.read_shape.extend(int(size) for size in slot.read_shape)
         request.issued_at.GetCurrentTime()
         with self._lock:  # one wait at a time: a concurrent wait would acknowledge (and lose) this one's reply
             if self._closed:

@@ -20,21 +20,86 @@ import attrs
 
 from esper_core.leyline import BlueprintDescriptor
 from esper_core.protocols import SlotShape
-from esper_urza.parameters import kind_from_name
+from esper_urza.parameters import kind_from_name, kind_name
 
 ARTIFACT_FORMAT = "esper-urza-artifact/1"
 
 
 @attrs.frozen(eq=False)
 class GuardSpec:
-    """What the artifact's module accepts and returns: the slot's kind and shape (batch excluded) and the dtype."""
+    """What the artifact's module accepts and returns: the slot's kind and shape (batch excluded) and the dtype.
+
+    A width artifact's module reads another activation than it writes: ``read_kind`` and ``read_shape`` name it
+    (empty for a residual artifact, whose module reads what it writes, and for every artifact stored before width
+    slots existed, which therefore stay valid as residual ones)."""
 
     slot_kind: str
     shape: tuple[int, ...]
     dtype: str
+    read_kind: str = ""
+    read_shape: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, slot: SlotShape, dtype: str) -> GuardSpec:
+        """The guard of an artifact built for ``slot``."""
+        shape = tuple(int(size) for size in slot.shape)
+        if not slot.is_width:
+            return cls(kind_name(slot.kind), shape, dtype)
+        read_shape = tuple(int(size) for size in slot.read_shape)
+        return cls(kind_name(slot.kind), shape, dtype, kind_name(slot.read_kind), read_shape)
+
+    @property
+    def is_width(self) -> bool:
+        return bool(self.read_shape)
+
+    @property
+    def slot(self) -> SlotShape:
+        """The slot the artifact was built for."""
+        if not self.is_width:
+            return SlotShape(kind_from_name(self.slot_kind), self.shape)
+        return SlotShape(
+            kind_from_name(self.slot_kind),
+            self.shape,
+            read_kind=kind_from_name(self.read_kind),
+            read_shape=self.read_shape,
+        )
+
+    def fits(self, slot: SlotShape) -> bool:
+        """Whether the artifact was built for exactly ``slot`` (both sides: a residual artifact never serves a width
+        slot of the same written shape, nor the other way round)."""
+        other = GuardSpec.of(slot, self.dtype)
+        return (self.slot_kind, self.shape, self.read_kind, self.read_shape) == (
+            other.slot_kind,
+            other.shape,
+            other.read_kind,
+            other.read_shape,
+        )
 
     def describe(self) -> str:
-        return f"{self.dtype}[N x {' x '.join(str(size) for size in self.shape)}] ({self.slot_kind})"
+        written = f"{self.dtype}[N x {' x '.join(str(size) for size in self.shape)}] ({self.slot_kind})"
+        if not self.is_width:
+            return written
+        read = f"{self.dtype}[N x {' x '.join(str(size) for size in self.read_shape)}] ({self.read_kind})"
+        return f"{read} -> {written}"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready; a residual guard is written exactly as before width slots existed."""
+        data: dict[str, Any] = {"slot_kind": self.slot_kind, "shape": list(self.shape), "dtype": self.dtype}
+        if self.is_width:
+            data["read_kind"] = self.read_kind
+            data["read_shape"] = list(self.read_shape)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GuardSpec:
+        """The guard in ``data`` (one without a read side, as every artifact before width slots, is residual)."""
+        return cls(
+            str(data["slot_kind"]),
+            tuple(int(size) for size in data["shape"]),
+            str(data["dtype"]),
+            str(data.get("read_kind", "")),
+            tuple(int(size) for size in data.get("read_shape", ())),
+        )
 
 
 @attrs.frozen(eq=False)
@@ -70,7 +135,7 @@ class ArtifactRecord:
 
     @property
     def slot(self) -> SlotShape:
-        return SlotShape(kind_from_name(self.guard.slot_kind), tuple(self.guard.shape))
+        return self.guard.slot
 
     def descriptor(self) -> BlueprintDescriptor:
         return BlueprintDescriptor.FromString(self.descriptor_bytes)
@@ -89,7 +154,7 @@ class ArtifactRecord:
             "quarantine_only": self.quarantine_only,
             "approval_required": self.approval_required,
             "parameters": dict(self.parameters),
-            "guard": {"slot_kind": self.guard.slot_kind, "shape": list(self.guard.shape), "dtype": self.guard.dtype},
+            "guard": self.guard.to_json(),
             "parameter_count": self.parameter_count,
             "forward_latency_ms": self.forward_latency_ms,
             "build_ms": self.build_ms,
@@ -113,7 +178,6 @@ class ArtifactRecord:
     ) -> ArtifactRecord:
         if data.get("format") != ARTIFACT_FORMAT:
             raise ValueError(f"not an {ARTIFACT_FORMAT} record (format {data.get('format')!r})")
-        guard = data["guard"]
         return cls(
             key=str(data["key"]),
             catalog=str(data["catalog"]),
@@ -125,7 +189,7 @@ class ArtifactRecord:
             quarantine_only=bool(data["quarantine_only"]),
             approval_required=bool(data["approval_required"]),
             parameters={str(k): float(v) for k, v in data["parameters"].items()},
-            guard=GuardSpec(str(guard["slot_kind"]), tuple(int(size) for size in guard["shape"]), str(guard["dtype"])),
+            guard=GuardSpec.from_json(data["guard"]),
             sha256=sha256,
             size_bytes=size_bytes,
             parameter_count=int(data["parameter_count"]),

@@ -6,8 +6,9 @@ consumer group ``urza`` (so several service processes share the work).
 The group is created with the stream's history (requests published before the first service started are answered
 too); a group that exists already keeps its position. For each request:
 
-1. fetch the artifact through the :class:`~esper_urza.library.UrzaLibrary` at ``urza.root``: warm from memory or
-   disk, or built by Tezzeret on a miss and saved durably before the fetch returns;
+1. fetch the artifact through the :class:`~esper_urza.library.UrzaLibrary` at ``urza.root`` for the slot the request
+   names (its kind and shape, and for a width slot its ``read_kind`` and ``read_shape``): warm from memory or disk, or
+   built by Tezzeret on a miss and saved durably before the fetch returns;
 2. reply ``KernelArtifactReady`` on ``kernel_ready`` (the artifact's key as ``artifact_ref``, its SHA-256 as
    ``checksum``, Tezzeret's forward timings as the prewarm percentiles), or ``KernelArtifactError`` on
    ``kernel_errors`` with a reason naming what was wrong; the envelope's correlation id is the request id;
@@ -66,6 +67,16 @@ def describe_failure(error: BaseException) -> str:
     if isinstance(error, ArtifactBuildError):
         return f"build refused: {text}"
     return f"the urza service failed ({type(error).__name__}): {text}"
+
+
+def request_slot(request: KernelPrefetchRequest) -> SlotShape:
+    """The slot a request asks for: its written kind and shape and, when ``read_shape`` is set (a width slot), the
+    kind and shape its seed reads."""
+    shape = tuple(int(size) for size in request.slot_shape)
+    if not request.read_shape:
+        return SlotShape(request.slot_kind, shape)
+    read_shape = tuple(int(size) for size in request.read_shape)
+    return SlotShape(request.slot_kind, shape, read_kind=request.read_kind, read_shape=read_shape)
 
 
 def prewarm_percentiles(record: ArtifactRecord) -> tuple[float, float]:
@@ -154,7 +165,7 @@ class UrzaService:
         """The reply for ``request``: the artifact fetched (built and stored on a miss) and where to find it."""
         if not request.request_id:
             raise ValueError("the request has no request_id, so its reply could not be matched to it")
-        slot = SlotShape(request.slot_kind, tuple(int(size) for size in request.slot_shape))
+        slot = request_slot(request)
         started = time.perf_counter()
         fetched, record = self.library.fetch_artifact(request.blueprint_id, slot, dict(request.parameters))
         if fetched.source == "built":

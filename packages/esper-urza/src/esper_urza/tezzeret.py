@@ -2,11 +2,15 @@
 
 For one build it: validates the parameters and slot against the descriptor; instantiates the module with a seed
 derived from the artifact key (so the same request always gives the same initial weights, and the caller's random
-stream is left exactly as it was); probes it on random input (output shape, dtype, finiteness, initial output near
-zero); checks the catalog's parameter-count estimate against the module; times the forward pass; optionally
-compiles it (checked against eager, eager on failure); and serializes descriptor + parameters + guard spec +
-``state_dict`` with a SHA-256 over the file's bytes. A failed check raises :class:`ArtifactBuildError` naming the
-blueprint, the check and its numbers. Never a pickled module.
+stream is left exactly as it was); probes it on random input of the shape it reads (output of the shape it writes,
+dtype, finiteness, initial output near zero); checks the catalog's parameter-count estimate against the module;
+times the forward pass; optionally compiles it (checked against eager, eager on failure); and serializes
+descriptor + parameters + guard spec + ``state_dict`` with a SHA-256 over the file's bytes. A failed check raises
+:class:`ArtifactBuildError` naming the blueprint, the check and its numbers. Never a pickled module.
+
+A residual slot's module reads and writes one activation, so the probe has the slot's shape and so must the output.
+A width slot's module reads the earlier activation (``slot.read_shape``) and writes the later one (``slot.shape``):
+the probe has the read shape, the output must have the written shape, and the guard records both sides.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from esper_urza.parameters import (
     artifact_key,
     check_slot,
     describe_blueprint,
-    kind_name,
     resolve_parameters,
     tier_name,
 )
@@ -131,11 +134,11 @@ class Tezzeret:
             if not isinstance(module, nn.Module):
                 raise refuse("build", f"the builder returned {type(module).__name__}, not a torch.nn.Module")
             generator = torch.Generator().manual_seed(seed_for(key))
-            probe = torch.randn(self.options.probe_batch, *slot.shape, generator=generator)
+            probe = torch.randn(self.options.probe_batch, *slot.input.shape, generator=generator)
         module.eval()
         report: dict[str, Any] = {}
         output = self._forward(module, probe, refuse)
-        self._check_output(probe, output, refuse, report)
+        self._check_output(probe, output, slot, refuse, report)
         count = self._check_parameter_count(
             catalog, blueprint_id=blueprint_id, slot=slot, parameters=resolved, module=module, refuse=refuse
         )
@@ -161,9 +164,7 @@ class Tezzeret:
             quarantine_only=bool(descriptor.quarantine_only),
             approval_required=bool(descriptor.approval_required),
             parameters=resolved,
-            guard=GuardSpec(
-                kind_name(slot.kind), tuple(int(size) for size in slot.shape), str(probe.dtype).split(".")[-1]
-            ),
+            guard=GuardSpec.of(slot, str(probe.dtype).split(".")[-1]),
             sha256="",
             size_bytes=0,
             parameter_count=count,
@@ -194,12 +195,20 @@ class Tezzeret:
             raise refuse("output_type", f"the forward pass returned {type(output).__name__}, not a tensor")
         return output
 
-    def _check_output(self, probe: Tensor, output: Tensor, refuse: Refuse, report: dict[str, Any]) -> None:
-        if tuple(output.shape) != tuple(probe.shape):
+    def _check_output(
+        self, probe: Tensor, output: Tensor, slot: SlotShape, refuse: Refuse, report: dict[str, Any]
+    ) -> None:
+        expected = (probe.shape[0], *(int(size) for size in slot.shape))
+        if tuple(output.shape) != expected:
+            whose = (
+                f"the written activation's {list(expected)} (it read {list(probe.shape)})"
+                if slot.is_width
+                else f"the input's {list(expected)}"
+            )
             raise refuse(
                 "shape",
-                f"output shape {list(output.shape)} differs from the input's {list(probe.shape)}",
-                expected=str(list(probe.shape)),
+                f"output shape {list(output.shape)} differs from {whose}",
+                expected=str(list(expected)),
                 got=str(list(output.shape)),
             )
         if output.dtype != probe.dtype:

@@ -1,9 +1,12 @@
 """``esper blueprints``: every blueprint of every installed catalog, with its tier, risk, parameter bounds and its
-trainable-parameter count at a slot shape (``--slot conv2d:16x14x14``).
+trainable-parameter count at a slot shape (``--slot conv2d:16x14x14``), or at a width slot, which reads one
+activation and writes into a later one (``--slot 'conv2d:1x28x28->conv2d:2x14x14'``, the read side first, quoted so
+that the shell does not take ``>`` for a redirect).
 
 Catalogs are found through the registry (``esper_urza_blueprint_catalogs``) and built with their default options, so
-a third-party catalog is listed as soon as its package is installed. A blueprint that does not grow in the slot's
-kind shows "—" for the count.
+a third-party catalog is listed as soon as its package is installed. A blueprint that does not fit the slot (another
+growth mode, or a kind it does not write or read: :func:`esper_core.leyline.growth.misfit`) shows "—" for the count,
+and the JSON row says why.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from esper_core.errors import EsperError
-from esper_core.leyline import BlueprintTier, SlotKind
+from esper_core.leyline import BlueprintTier, SlotKind, growth
 from esper_core.plugins.registry import Registry
 from esper_core.protocols import SlotShape
 
@@ -35,8 +38,24 @@ NO_COUNT = "—"
 
 
 def parse_slot(text: str) -> SlotShape:
-    """``KIND:SHAPE`` (``conv2d:16x14x14``, ``vector:128``, ``sequence:16x64``) as a :class:`SlotShape`."""
-    kind_text, _, shape_text = text.strip().partition(":")
+    """``KIND:SHAPE`` (``conv2d:16x14x14``, ``vector:128``, ``sequence:16x64``), a residual slot, or
+    ``READ_KIND:SHAPE->KIND:SHAPE`` (``conv2d:1x28x28->conv2d:2x14x14``), a width slot reading the first activation
+    and writing into the second, as a :class:`SlotShape`."""
+    if growth.ARROW not in text:
+        kind, shape = _parse_side(text, text)
+        return SlotShape(kind, shape)
+    read_text, _, write_text = text.partition(growth.ARROW)
+    if not read_text.strip() or not write_text.strip() or growth.ARROW in write_text:
+        raise argparse.ArgumentTypeError(
+            f"a width slot is written READ->WRITE, each KIND:SHAPE, like conv2d:1x28x28->conv2d:2x14x14, not {text!r}"
+        )
+    read_kind, read_shape = _parse_side(read_text, text)
+    kind, shape = _parse_side(write_text, text)
+    return SlotShape(kind, shape, read_kind=read_kind, read_shape=read_shape)
+
+
+def _parse_side(side: str, text: str) -> tuple[SlotKind.ValueType, tuple[int, ...]]:
+    kind_text, _, shape_text = side.strip().partition(":")
     examples = ", ".join(example for _, _, example in _KINDS.values())
     if kind_text.lower() not in _KINDS:
         raise argparse.ArgumentTypeError(f"unknown slot kind {kind_text!r} in {text!r}; use one of: {examples}")
@@ -47,7 +66,7 @@ def parse_slot(text: str) -> SlotShape:
         shape = ()
     if len(shape) != rank or any(size < 1 for size in shape):
         raise argparse.ArgumentTypeError(f"a {kind_text} slot is written like {example}, not {text!r}")
-    return SlotShape(kind, shape)
+    return kind, shape
 
 
 def _kind_name(kind: SlotKind.ValueType) -> str:
@@ -62,7 +81,10 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         type=parse_slot,
         default=parse_slot(DEFAULT_SLOT),
         metavar="KIND:SHAPE",
-        help=f"slot to count parameters at: conv2d:CxHxW, vector:D or sequence:LxD (default {DEFAULT_SLOT})",
+        help=(
+            f"slot to count parameters at: conv2d:CxHxW, vector:D or sequence:LxD (default {DEFAULT_SLOT}); a width "
+            "slot is READ->WRITE, quoted, e.g. 'conv2d:1x28x28->conv2d:2x14x14' (width blueprints fit only those)"
+        ),
     )
     parser.add_argument(
         "--tier",
@@ -95,11 +117,13 @@ def collect(registry: Registry, slot: SlotShape, tiers: list[str] | None = None)
                 continue
             count: int | None = None
             problem = ""
-            if slot.kind in descriptor.slot_kinds:
+            misfit = growth.misfit(descriptor, slot)
+            if misfit is None:
                 try:
                     count = int(catalog.parameter_count(descriptor.blueprint_id, slot, {}))
                 except (KeyError, ValueError) as error:
                     problem = str(error)
+            width = growth.mode_of(descriptor) == growth.WIDTH
             rows.append(
                 {
                     "catalog": spec.name,
@@ -108,7 +132,9 @@ def collect(registry: Registry, slot: SlotShape, tiers: list[str] | None = None)
                     "tier": tier,
                     "risk": round(float(descriptor.risk), 4),
                     "stage": int(descriptor.stage),
+                    "growth_mode": "width" if width else "residual",
                     "slot_kinds": [_kind_name(kind) for kind in descriptor.slot_kinds],
+                    "read_kinds": [_kind_name(kind) for kind in descriptor.read_kinds],
                     "approval_required": bool(descriptor.approval_required),
                     "quarantine_only": bool(descriptor.quarantine_only),
                     "parameters": {
@@ -121,6 +147,8 @@ def collect(registry: Registry, slot: SlotShape, tiers: list[str] | None = None)
                         }
                         for name, bound in sorted(descriptor.allowed_parameters.items())
                     },
+                    "fits": misfit is None,
+                    "misfit": misfit or "",
                     "parameter_count": count,
                     "error": problem,
                     "description": descriptor.description,
@@ -141,10 +169,12 @@ def run(args: argparse.Namespace) -> int:
     slot: SlotShape = args.slot
     rows = collect(registry, slot, args.tier)
     if args.json:
-        print(json.dumps({"slot": {"kind": _kind_name(slot.kind), "shape": list(slot.shape)}, "blueprints": rows}))
+        described: dict[str, Any] = {"kind": _kind_name(slot.kind), "shape": list(slot.shape)}
+        if slot.is_width:
+            described |= {"read_kind": _kind_name(slot.read_kind), "read_shape": list(slot.read_shape)}
+        print(json.dumps({"slot": described, "blueprints": rows}))
         return 0
-    shape = "x".join(str(size) for size in slot.shape)
-    table = Table(title=f"Esper blueprints (parameters at {_kind_name(slot.kind)}:{shape})", show_lines=False)
+    table = Table(title=f"Esper blueprints (parameters at {escape(_slot_text(slot))})", show_lines=False)
     table.add_column("catalog", no_wrap=True)
     table.add_column("id", no_wrap=True)
     table.add_column("name", no_wrap=True)
@@ -162,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
             row["name"],
             row["tier"] + flags,
             f"{row['risk']:.2f}",
-            " ".join(_SHORT_KINDS.get(kind, kind) for kind in row["slot_kinds"]),
+            _kinds(row),
             _bounds(row),
             count if not row["error"] else "error",
         )
@@ -171,7 +201,26 @@ def run(args: argparse.Namespace) -> int:
         console = Console(width=max(console.width, 150))
     console.print(table)
     console.print(
-        f"{len(rows)} blueprints. count: trainable parameters at the slot ({NO_COUNT}: not for this slot kind). "
+        f"{len(rows)} blueprints. count: trainable parameters at the slot ({NO_COUNT}: does not fit it, a residual "
+        "blueprint at a width slot or the other way round, or a kind it does not grow in). kinds: what a residual "
+        "blueprint grows in; read→written for a width blueprint. "
         "parameters: default \\[bounds]. (A) approval required, (Q) quarantine-only."
     )
     return 0
+
+
+def _slot_text(slot: SlotShape) -> str:
+    def side(kind: SlotKind.ValueType, shape: tuple[int, ...]) -> str:
+        return f"{_kind_name(kind)}:{'x'.join(str(size) for size in shape)}"
+
+    written = side(slot.kind, slot.shape)
+    return f"{side(slot.read_kind, slot.read_shape)}{growth.ARROW}{written}" if slot.is_width else written
+
+
+def _kinds(row: dict[str, Any]) -> str:
+    """``conv vec seq`` for a residual blueprint; ``conv→vec`` (what it reads → what it writes) for a width one."""
+    written = " ".join(_SHORT_KINDS.get(kind, kind) for kind in row["slot_kinds"]) or "any"
+    if row["growth_mode"] != "width":
+        return written
+    read = " ".join(_SHORT_KINDS.get(kind, kind) for kind in row["read_kinds"]) or "any"
+    return f"{read}→{written}"

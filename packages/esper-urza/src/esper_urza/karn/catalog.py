@@ -21,7 +21,9 @@ def copy_descriptor(descriptor: BlueprintDescriptor) -> BlueprintDescriptor:
 
 
 class KarnCatalog:
-    """Blueprints of genuinely different seed modules, each mapping its slot's shape to itself from a zero start.
+    """Blueprints of genuinely different seed modules from a zero start: residual ones, each mapping its slot's shape
+    to itself, and width ones, each mapping a width slot's read shape to its written shape (new channels or neurons
+    between two layers, :class:`esper_core.protocols.WidthSeed` modules).
 
     ``descriptors()`` lists them all, HIGH_RISK stressors included: what a run may germinate is decided by
     ``urza.allowed_tiers`` (default ``["SAFE"]``) where the controller and the seed executor read it.
@@ -60,9 +62,11 @@ class KarnCatalog:
         tiers: Iterable[str | BlueprintTier.ValueType] | None = None,
         slot_kind: SlotKind.ValueType | None = None,
         max_risk: float | None = None,
+        slot: SlotShape | None = None,
     ) -> list[BlueprintDescriptor]:
-        """Descriptors filtered by tier (names or enum values), slot kind and maximum risk."""
-        return select_descriptors(self.descriptors(), tiers=tiers, slot_kind=slot_kind, max_risk=max_risk)
+        """Descriptors filtered by tier (names or enum values), the slot kind they write into, maximum risk, and the
+        slot they must fit (``slot``: its growth mode, and for a width slot the kinds it reads and writes)."""
+        return select_descriptors(self.descriptors(), tiers=tiers, slot_kind=slot_kind, max_risk=max_risk, slot=slot)
 
     def resolve(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> dict[str, float]:
         """The full, checked parameter set for building ``blueprint_id`` at ``slot`` (raises like ``build``)."""
@@ -73,7 +77,8 @@ class KarnCatalog:
 
     def build(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> nn.Module:
         """A new module for ``slot`` whose output starts at zero. ``KeyError`` for an unknown id; ``ValueError`` for
-        a bad parameter or a slot kind the blueprint does not grow in."""
+        a bad parameter or a slot the blueprint does not grow in (another growth mode, a kind it does not write or
+        read, shapes it cannot map)."""
         resolved = self.resolve(blueprint_id, slot, parameters)
         return self._blueprints[blueprint_id].builder(slot, resolved)
 

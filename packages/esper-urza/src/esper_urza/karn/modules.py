@@ -4,6 +4,11 @@
 host activation, so there is no identity path inside, and the last projection (or a final scale) starts at zero so a
 freshly grafted seed changes nothing until it has learned something.
 
+Width modules (the last section) serve width slots, ``z_B <- z_B + s(a_A)``: they read an earlier activation and
+write into a later one, computing exactly what ``width`` more channels or neurons in the host layer between the two
+would add, and start at exactly zero. Each has the :class:`esper_core.protocols.WidthSeed` structure (``grow_in``,
+``grow_out``, ``hidden``), so that an executor can initialise the new units from the host's statistics.
+
 Shapes (batch first): conv2d ``(N, C, H, W)``, vector ``(N, D)``, sequence ``(N, L, D)``. "Features" means ``C`` for
 conv2d slots and ``D`` otherwise. Every constructor takes already-resolved sizes (see :mod:`esper_urza.karn.table`,
 which computes the same sizes to count parameters without building).
@@ -513,6 +518,88 @@ class NeuralODE(nn.Module):
         for _ in range(self.steps):
             delta = delta + self.fc2(torch.tanh(self.fc1(x + delta))) / self.steps
         return delta
+
+
+# -- width slots: new channels or neurons between two layers --------------------------------------------------------
+def resample_max(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``x`` max-pooled onto a ``size`` grid: by the integer factor when both sides divide (what a host's max-pool
+    between two blocks does; a factor of 1 leaves ``x`` as it is), by adaptive max pooling otherwise (any sizes,
+    a larger grid included)."""
+    height, width = x.shape[-2:]
+    out_height, out_width = size
+    if height % out_height == 0 and width % out_width == 0:
+        factor = (height // out_height, width // out_width)
+        return x if factor == (1, 1) else functional.max_pool2d(x, factor)
+    return functional.adaptive_max_pool2d(x, size)
+
+
+class ChannelGrowth(nn.Module):
+    """``width`` new channels between two conv layers: ``grow_in`` computes them from the read feature map as a host
+    conv layer would (k x k, padding k // 2), ReLU, max-pooling onto the written map's grid, and ``grow_out``, a 3x3
+    convolution (padding 1) from them into the written channels, starting at zero (weights and bias): the host with
+    ``width`` more channels in that layer, its function unchanged."""
+
+    def __init__(self, channels_in: int, width: int, kernel: int, channels_out: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+        self.grow_in = nn.Conv2d(channels_in, width, kernel, padding=kernel // 2)
+        self.grow_out = zero_(nn.Conv2d(width, channels_out, 3, padding=1))
+
+    def hidden(self, a: Tensor) -> Tensor:
+        return resample_max(functional.relu(self.grow_in(a)), self.size)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self.grow_out(self.hidden(a))
+
+
+class HeadChannelGrowth(nn.Module):
+    """``width`` new channels in the last conv block, feeding a linear head: ``grow_in`` (k x k conv, padding k // 2),
+    ReLU, then what the host's head does to its channels (``pool`` 0: a global average over space, as a ``gap``
+    head; ``pool`` p > 0: a p x p max-pool, as the pool ending a block before a ``flatten`` head; 1: no pool), a
+    flatten, and ``grow_out``, a linear map into the written features, starting at zero."""
+
+    def __init__(self, channels_in: int, width: int, kernel: int, pool: int, cells: int, features_out: int) -> None:
+        super().__init__()
+        self.pool = pool
+        self.grow_in = nn.Conv2d(channels_in, width, kernel, padding=kernel // 2)
+        self.grow_out = zero_(nn.Linear(width * cells, features_out))
+
+    def hidden(self, a: Tensor) -> Tensor:
+        units = functional.relu(self.grow_in(a))
+        if self.pool == 0:
+            return units.mean(dim=(2, 3))
+        if self.pool > 1:
+            units = functional.max_pool2d(units, self.pool)
+        return units.flatten(1)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self.grow_out(self.hidden(a))
+
+
+class NeuronGrowth(nn.Module):
+    """``width`` new neurons between two linear layers: ``grow_in`` (linear), ReLU, ``grow_out`` (linear into the
+    written features, starting at zero). Applied to the last dimension, so a sequence is grown token by token."""
+
+    def __init__(self, features_in: int, width: int, features_out: int, activation: str = "relu") -> None:
+        super().__init__()
+        self.activation = activation
+        self.grow_in = nn.Linear(features_in, width)
+        self.grow_out = zero_(nn.Linear(width, features_out))
+
+    def hidden(self, a: Tensor) -> Tensor:
+        units = self.grow_in(a)
+        return functional.gelu(units) if self.activation == "gelu" else functional.relu(units)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self.grow_out(self.hidden(a))
+
+
+class FeedForwardGrowth(NeuronGrowth):
+    """``width`` new feed-forward neurons of a sequence model: per token, ``grow_in`` (linear), GELU, ``grow_out``
+    (linear into the written features, starting at zero); the sequence keeps its length."""
+
+    def __init__(self, features_in: int, width: int, features_out: int) -> None:
+        super().__init__(features_in, width, features_out, activation="gelu")
 
 
 # -- HIGH_RISK stressors --------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ exact by construction; the conformance suite checks it anyway.
 Ids keep the prototype's scheme and, where the prototype named the same idea, its id, name, tier, risk and
 curriculum stage (BP009 is still ``residual_block``). Prototype ids whose idea is not offered (identity, dropout,
 plain activations, cross-attention without a second input, ...) stay unused; blueprints the prototype lacked start
-at BP051.
+at BP051, and the width blueprints (new channels or neurons between two layers, for width slots) at BP057.
+
+A width blueprint's sizes come from both sides of its slot: what it reads (``slot.input``, the earlier activation)
+and what it writes (``slot``). Its ``width`` is the number of new units, an absolute count.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from esper_core.leyline import BlueprintDescriptor, BlueprintParameterBounds, BlueprintTier, SlotKind
+from esper_core.leyline import BlueprintDescriptor, BlueprintParameterBounds, BlueprintTier, GrowthMode, SlotKind
 from esper_core.protocols import SlotShape
 
 if TYPE_CHECKING:
@@ -35,6 +38,9 @@ SAFE = BlueprintTier.BLUEPRINT_TIER_SAFE
 EXPERIMENTAL = BlueprintTier.BLUEPRINT_TIER_EXPERIMENTAL
 HIGH_RISK = BlueprintTier.BLUEPRINT_TIER_HIGH_RISK
 
+RESIDUAL = GrowthMode.GROWTH_MODE_RESIDUAL
+WIDTH = GrowthMode.GROWTH_MODE_WIDTH
+
 Parameters = Mapping[str, float]
 Builder = Callable[[SlotShape, Parameters], "nn.Module"]
 Counter = Callable[[SlotShape, Parameters], int]
@@ -43,8 +49,9 @@ Counter = Callable[[SlotShape, Parameters], int]
 @attrs.frozen(eq=False)
 class Blueprint:
     """A descriptor with its builder and its parameter counter. Both receive resolved parameters (every declared
-    name present, integer ones rounded; see :func:`esper_urza.parameters.resolve_parameters`) and a slot of a kind
-    the descriptor lists."""
+    name present, integer ones rounded; see :func:`esper_urza.parameters.resolve_parameters`) and a slot that
+    :func:`esper_urza.parameters.check_slot` accepted (its growth mode, kinds the descriptor lists, well-formed
+    shapes)."""
 
     descriptor: BlueprintDescriptor
     builder: Builder
@@ -113,7 +120,10 @@ def blueprint(
     builder: Builder,
     counter: Counter,
     parameters: Mapping[str, BlueprintParameterBounds] | None = None,
+    reads: tuple[SlotKind.ValueType, ...] = (),
 ) -> Blueprint:
+    """A Karn blueprint. ``kinds`` are the kinds it writes into; ``reads``, given only for a width blueprint, the
+    kinds it reads (a blueprint with ``reads`` is a width blueprint, any other a residual one)."""
     descriptor = BlueprintDescriptor(
         blueprint_id=blueprint_id,
         name=name,
@@ -125,6 +135,8 @@ def blueprint(
         description=description,
         slot_kinds=list(kinds),
         catalog="karn",
+        growth_mode=WIDTH if reads else RESIDUAL,
+        read_kinds=list(reads),
     )
     for key, value in (parameters or {}).items():
         descriptor.allowed_parameters[key].CopyFrom(value)
@@ -172,6 +184,94 @@ def _nas_count(slot: SlotShape, p: Parameters) -> int:
 
 def _stressor_count(slot: SlotShape, p: Parameters) -> int:
     return linear_count(features(slot), features(slot))
+
+
+# -- width sizes: both sides of the slot -----------------------------------------------------------------------------
+def read_features(slot: SlotShape) -> int:
+    """The feature width of what a width slot reads (C or D)."""
+    return features(slot.input)
+
+
+def _kernel(p: Parameters) -> int:
+    """The conv kernel's side: odd, so that padding k // 2 keeps the map's size (an even value means the next odd)."""
+    kernel = whole(p, "kernel")
+    return kernel if kernel % 2 else kernel + 1
+
+
+def _pool(slot: SlotShape, p: Parameters) -> int:
+    """The head pool's side: 0 (a global average) or ``pool`` lowered to the read map's smaller side."""
+    pool = whole(p, "pool")
+    _, height, width = slot.read_shape
+    return 0 if pool == 0 else min(pool, height, width)
+
+
+def _cells(slot: SlotShape, p: Parameters) -> int:
+    """Positions per new channel after the head pool (1 for a global average; a p x p max-pool floors, as
+    ``nn.MaxPool2d`` does)."""
+    pool = _pool(slot, p)
+    _, height, width = slot.read_shape
+    return 1 if pool == 0 else (height // pool) * (width // pool)
+
+
+def _tokens(slot: SlotShape) -> int:
+    """Feature dimensions of a sequence width slot, whose two sides must have one length (the growth is per token)."""
+    read_length, length = int(slot.read_shape[0]), int(slot.shape[0])
+    if read_length != length:
+        raise ValueError(
+            f"BP060 (feedforward_growth) grows feed-forward neurons token by token, so it reads and writes sequences "
+            f"of one length; {slot.describe()} reads {read_length} tokens and writes {length}: choose a width slot "
+            "within one sequence length"
+        )
+    return length
+
+
+def _channel_growth(slot: SlotShape, p: Parameters) -> nn.Module:
+    _, height, width = slot.shape
+    module: nn.Module = _modules().ChannelGrowth(
+        read_features(slot), whole(p, "width"), _kernel(p), features(slot), (int(height), int(width))
+    )
+    return module
+
+
+def _channel_growth_count(slot: SlotShape, p: Parameters) -> int:
+    grown = whole(p, "width")
+    return conv_count(read_features(slot), grown, _kernel(p)) + conv_count(grown, features(slot), 3)
+
+
+def _head_growth(slot: SlotShape, p: Parameters) -> nn.Module:
+    module: nn.Module = _modules().HeadChannelGrowth(
+        read_features(slot), whole(p, "width"), _kernel(p), _pool(slot, p), _cells(slot, p), features(slot)
+    )
+    return module
+
+
+def _head_growth_count(slot: SlotShape, p: Parameters) -> int:
+    grown = whole(p, "width")
+    return conv_count(read_features(slot), grown, _kernel(p)) + linear_count(grown * _cells(slot, p), features(slot))
+
+
+def _neuron_count(slot: SlotShape, p: Parameters) -> int:
+    return linear_count(read_features(slot), whole(p, "width")) + linear_count(whole(p, "width"), features(slot))
+
+
+def _feedforward_growth(slot: SlotShape, p: Parameters) -> nn.Module:
+    _tokens(slot)
+    module: nn.Module = _modules().FeedForwardGrowth(read_features(slot), whole(p, "width"), features(slot))
+    return module
+
+
+def _feedforward_count(slot: SlotShape, p: Parameters) -> int:
+    _tokens(slot)
+    return _neuron_count(slot, p)
+
+
+def _width(default: int, unit: str) -> BlueprintParameterBounds:
+    return bound(1, 256, default, f"new {unit} (an absolute count)", integer=True)
+
+
+_KERNEL = bound(
+    1, 5, 3, "side of the new channels' convolution: 1, 3 or 5 (an even value means the next odd)", integer=True
+)
 
 
 def default_blueprints() -> list[Blueprint]:
@@ -649,5 +749,79 @@ def default_blueprints() -> list[Blueprint]:
                 + linear_count(int(s.shape[0]) * whole(p, "hidden_multiple"), int(s.shape[0]))
             ),
             parameters={"hidden_multiple": bound(1, 4, 2, "hidden width as a multiple of L", integer=True)},
+        ),
+        # -- width blueprints: z_B <- z_B + s(a_A), new units between two layers -----------------------------------
+        blueprint(
+            "BP057",
+            "channel_growth",
+            tier=SAFE,
+            risk=0.3,
+            stage=1,
+            kinds=(CONV,),
+            reads=(CONV,),
+            description=(
+                "New channels in a conv layer: a kxk conv of the read map, ReLU, max-pooled onto the written map, "
+                "and a zero-initialized 3x3 conv into it."
+            ),
+            builder=_channel_growth,
+            counter=_channel_growth_count,
+            parameters={"width": _width(8, "channels"), "kernel": _KERNEL},
+        ),
+        blueprint(
+            "BP058",
+            "head_channel_growth",
+            tier=SAFE,
+            risk=0.3,
+            stage=1,
+            kinds=(VECTOR,),
+            reads=(CONV,),
+            description=(
+                "New channels in the last conv block: a kxk conv, ReLU, a pool (global average, or pxp max), flattened "
+                "into a zero-initialized linear map."
+            ),
+            builder=_head_growth,
+            counter=_head_growth_count,
+            parameters={
+                "width": _width(8, "channels"),
+                "kernel": _KERNEL,
+                "pool": bound(
+                    0,
+                    8,
+                    2,
+                    "0: global average over space (a gap head); p: p x p max-pool before the flatten (lowered to the "
+                    "map's side)",
+                    integer=True,
+                ),
+            },
+        ),
+        blueprint(
+            "BP059",
+            "neuron_growth",
+            tier=SAFE,
+            risk=0.3,
+            stage=1,
+            kinds=(VECTOR,),
+            reads=(VECTOR,),
+            description=(
+                "New neurons in a linear layer: a linear map of the read vector, ReLU, and a zero-initialized linear."
+            ),
+            builder=lambda s, p: m().NeuronGrowth(read_features(s), whole(p, "width"), f(s)),
+            counter=_neuron_count,
+            parameters={"width": _width(32, "neurons")},
+        ),
+        blueprint(
+            "BP060",
+            "feedforward_growth",
+            tier=SAFE,
+            risk=0.3,
+            stage=1,
+            kinds=(SEQUENCE,),
+            reads=(SEQUENCE,),
+            description=(
+                "New feed-forward neurons of a sequence model: per token, linear, GELU, a zero-initialized linear."
+            ),
+            builder=_feedforward_growth,
+            counter=_feedforward_count,
+            parameters={"width": _width(64, "feed-forward neurons")},
         ),
     ]

@@ -47,7 +47,6 @@ from esper_urza.options import UrzaOptions
 from esper_urza.parameters import (
     artifact_key,
     check_slot,
-    kind_name,
     resolve_parameters,
     select_descriptors,
 )
@@ -350,11 +349,13 @@ class UrzaLibrary:
         tiers: Iterable[str | BlueprintTier.ValueType] | None = None,
         slot_kind: SlotKind.ValueType | None = None,
         max_risk: float | None = None,
+        slot: SlotShape | None = None,
     ) -> list[BlueprintDescriptor]:
-        """Descriptors the library's catalogs offer, filtered by tier, slot kind and maximum risk."""
+        """Descriptors the library's catalogs offer, filtered by tier, written slot kind, maximum risk and the slot
+        they must fit (its growth mode, and the kinds a width slot reads and writes)."""
         offered = [self._catalogs[blueprint_id][1] for blueprint_id in sorted(self._catalogs)]
         found = []
-        for descriptor in select_descriptors(offered, tiers=tiers, slot_kind=slot_kind, max_risk=max_risk):
+        for descriptor in select_descriptors(offered, tiers=tiers, slot_kind=slot_kind, max_risk=max_risk, slot=slot):
             copied = BlueprintDescriptor()
             copied.CopyFrom(descriptor)
             found.append(copied)
@@ -430,10 +431,7 @@ class UrzaLibrary:
     def _check_guard(record: ArtifactRecord, slot: SlotShape | None) -> None:
         if slot is None:
             return
-        if (kind_name(slot.kind), tuple(int(size) for size in slot.shape)) != (
-            record.guard.slot_kind,
-            record.guard.shape,
-        ):
+        if not record.guard.fits(slot):
             raise ArtifactIntegrityError(
                 f"artifact {record.key[:12]} of {record.blueprint_id} was built for {record.slot.describe()}, "
                 f"not {slot.describe()}"

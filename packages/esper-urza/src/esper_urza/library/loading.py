@@ -4,7 +4,9 @@ Why: an artifact file is parsed with ``torch.load``, and a fetch hands its weigh
 was altered, truncated, replaced by another request's or outgrown by its blueprint must never get that far. A load
 checks, in order, that the row's file exists (``missing``), that its bytes hash to the row's SHA-256 **before** they
 are parsed (``corrupt``), that they parse as an artifact with ``weights_only=True`` (``unreadable``), that the
-artifact inside is the one asked for (``mismatch``), and that its ``state_dict`` still fits the module the catalog
+artifact inside is the one asked for, built for exactly the slot asked for (``mismatch``: its key, and its guard's
+written kind and shape and, for a width slot, its read kind and shape; an artifact without a read side is a
+residual one), and that its ``state_dict`` still fits the module the catalog
 builds now (``stale``). The first failure evicts the artifact (its row, if it still names that version, and its
 file), counts an integrity failure and reports ``artifact_<reason>``; the fetch then builds a fresh one. The same
 eviction serves the sweep that opening and :meth:`~esper_urza.library.UrzaLibrary.verify` run over every row.
@@ -80,7 +82,7 @@ class ArtifactLoader:
         except ArtifactIntegrityError:
             self.evict_broken(location, "unreadable")
             return None
-        if embedded.key != key or embedded.guard.shape != tuple(int(size) for size in slot.shape):
+        if embedded.key != key or not embedded.guard.fits(slot):
             self.evict_broken(location, "mismatch")
             return None
         # From here on the verified bytes speak for the artifact (its blueprint, parameters, slot), not the row.
