@@ -44,8 +44,10 @@ from esper_core.leyline import (
     SeedOperation,
     SeedState,
     SystemStatePacket,
+    growth,
     lifecycle,
 )
+from esper_core.protocols import SlotShape
 
 from esper_example_plugin import __version__
 from esper_example_plugin.catalog import BLUEPRINT_ID
@@ -220,7 +222,7 @@ class GreedyPolicy:
         free = [
             seed
             for seed in state.seeds
-            if lifecycle.can_germinate(seed) and (not descriptor.slot_kinds or seed.slot_kind in descriptor.slot_kinds)
+            if lifecycle.can_germinate(seed) and growth.fits(descriptor, SlotShape.of(seed))
         ]
         if not free:
             return f"no DORMANT, un-embargoed slot that {o.blueprint} grows in"
