@@ -18,7 +18,7 @@ from esper_core.tolaria.assembly import start_run
 from esper_core.tolaria.record import read_record
 from esper_core.tolaria.trainer import Summary, Trainer
 
-from tolaria_runs import BASE, schedule
+from tolaria_runs import BASE
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "tolaria.md"
 #: BASE's fast, deterministic settings for every section but [run], which comes from the guide's rings.toml.
@@ -61,15 +61,27 @@ def train(registry: Registry, config_file: Path | None, *overrides: str) -> tupl
 
 @pytest.mark.slow
 def test_the_guides_task_reference_trains_and_grows_seeds_in_its_slots(example: Path) -> None:
-    overrides = (f"run.runs_dir={example / 'runs'}", "run.name=rings", *schedule(2))
+    width_slot = "hidden.0:input->hidden.1.0"
+    scheduled = f'[{{epoch = 2, blueprint = "BP052"}}, {{epoch = 3, blueprint = "BP059", slot = "{width_slot}"}}]'
+    overrides = (
+        f"run.runs_dir={example / 'runs'}",
+        "run.name=rings",
+        "tamiyo.policy=fixed-schedule",
+        f"tamiyo.fixed-schedule.germinations={scheduled}",
+    )
     summary, run_dir = train(Registry.create(env={}), example / "rings.toml", *overrides)
     record = read_record(run_dir)
     started = record[0]
     assert started["kind"] == "run_started" and record[-1]["kind"] == "run_finished"
-    assert started["task"] == "rings" and [slot["slotId"] for slot in started["slots"]] == ["hidden.0", "hidden.1"]
+    slots = [slot["slotId"] for slot in started["slots"]]
+    assert started["task"] == "rings" and slots == ["hidden.0", width_slot, "hidden.1"]  # in forward order
     assert [entry["epoch"] for entry in record if entry["kind"] == "epoch"] == list(range(1, 11))  # rings.toml: 10
     germinated = [e for e in record if e["kind"] == "transition" and e["target"] == "GERMINATED"]
-    assert [entry["slot"] for entry in germinated] == ["hidden.0"]  # the scheduled seed grew in the custom host
+    # The scheduled seeds grew in the custom host: a residual one, and new neurons in its width slot.
+    assert [(entry["slot"], entry["blueprint"]) for entry in germinated] == [
+        ("hidden.0", "BP052"),
+        (width_slot, "BP059"),
+    ]
     assert summary.epochs == 10
     assert summary.test_accuracy is not None and summary.test_accuracy > 0.8  # three balanced classes: chance is 1/3
 
