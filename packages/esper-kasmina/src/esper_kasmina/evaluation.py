@@ -17,6 +17,11 @@ So the data is loaded once, the host prefix runs once, and only the layers after
 times, in one batched forward (better use of the hardware than V small ones). Losses and counts accumulate on the
 device; the only host sync is at the end. A host whose forward is not batch-size agnostic (it hard-codes the
 batch size after a slot) is detected on the first batch and measured with one forward per variant instead.
+
+The pass's compute is counted, not timed (:mod:`esper_core.flops`): the FLOPs per sample of the pass and of a
+plain validation forward (variant 0 alone), counted on the first batch of a configuration of seeds and kept in
+the caller's cache, times the samples. The counterfactual measurement's cost is the difference. Nothing is
+counted per batch; a configuration seen before costs nothing to count.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import attrs
 import torch
 from torch import nn
 
+from esper_core.flops import count_flops, evaluation_mode, flop_counter
 from esper_core.leyline import lifecycle
-from esper_kasmina.probes import evaluation_mode
 from esper_kasmina.slot import Measurement, SeedSlot
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -65,6 +70,35 @@ class Evaluation:
     variants: int
     fused: bool
     seconds: float
+    #: Counted FLOPs of the whole pass (validation and counterfactual variants).
+    flops: int = 0
+    #: Counted FLOPs a plain validation pass (the model as it is, no counterfactual variants) costs.
+    validation_flops: int = 0
+
+    @property
+    def measurement_flops(self) -> int:
+        """What the counterfactual measurements added to the validation pass, in counted FLOPs."""
+        return self.flops - self.validation_flops
+
+
+#: Per configuration of seeds (see :func:`configuration`) and input shape: the counted FLOPs per sample of a fused
+#: evaluation pass and of a plain validation forward. Kept by the caller across evaluations.
+FlopsCache = dict[tuple[Any, ...], tuple[float, float]]
+
+
+def configuration(slots: Sequence[SeedSlot]) -> tuple[Any, ...]:
+    """What the cost of a forward depends on: every slot's stage, its seed (blueprint and parameters) and hook."""
+    return tuple(
+        (
+            slot.slot_id,
+            slot.stage,
+            slot.record.seed_id,
+            slot.record.blueprint_id,
+            tuple(sorted(slot.record.parameters.items())),
+            slot.hooked,
+        )
+        for slot in slots
+    )
 
 
 def _as_is_alpha(slot: SeedSlot) -> float:
@@ -82,15 +116,24 @@ def _batch_size(inputs: Any) -> int:
     return int(first.shape[0])
 
 
+def _trailing_shape(inputs: Any) -> tuple[Any, ...]:
+    """The inputs' shapes without the batch dimension (what a per-sample cost depends on)."""
+    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return tuple(tuple(item.shape[1:]) if isinstance(item, torch.Tensor) else None for item in items)
+
+
 def evaluate(
     model: nn.Module,
     slots: Sequence[SeedSlot],
     batches: Iterable[tuple[Any, Any]],
     loss_fn: LossFn,
     correct_fn: CorrectFn,
+    flops_cache: FlopsCache | None = None,
 ) -> Evaluation:
-    """Validation metrics of ``model`` over ``batches`` and every measured seed's off/on metrics."""
+    """Validation metrics of ``model`` over ``batches`` and every measured seed's off/on metrics, with the pass's
+    counted FLOPs (counted on the first batch unless ``flops_cache`` knows this configuration already)."""
     start = time.perf_counter()
+    cache: FlopsCache = {} if flops_cache is None else flops_cache
     measured = [slot for slot in slots if slot.stage in lifecycle.MEASURED and slot.hooked]
     as_is = {slot.slot_id: _as_is_alpha(slot) for slot in measured}
     variants: list[dict[str, float]] = [as_is]
@@ -114,17 +157,32 @@ def evaluate(
     sizes: list[int] = []
     samples = 0
     fused = True
+    per_sample: tuple[float, float] | None = None  # FLOPs per sample: the pass, a plain validation forward
     with evaluation_mode(model), torch.no_grad():
         for inputs, targets in batches:
             batch = _batch_size(inputs)
             samples += batch
             sizes.append(batch)
-            outputs: list[Any] | None = [_forward(model, inputs)] if count == 1 else None
-            if outputs is None and fused:
-                outputs = _fused_forward(model, measured, inputs, batch, count, alphas)
+            key: tuple[Any, ...] = ()
+            if per_sample is None:
+                key = (configuration(slots), count, _trailing_shape(inputs))
+                per_sample = cache.get(key)
+            counting = per_sample is None  # the first batch of a configuration not seen before
+            outputs: list[Any] | None = None
+            if count == 1:
+                outputs, counted = _counted(counting, _forwards, model, inputs)
+                plain = counted
+            elif fused:
+                outputs, counted, prefix = _counted_fused(counting, model, measured, inputs, batch, count, alphas)
+                # The prefix ran once, everything after it once per variant, variant 0 being the plain forward.
+                plain = prefix + (counted - prefix) // count
                 fused = outputs is not None
-            if outputs is None:
-                outputs = _variant_forwards(model, measured, inputs, count, alphas)
+            if outputs is None:  # not fused: one whole forward per variant
+                outputs, counted = _counted(counting, _variant_forwards, model, measured, inputs, count, alphas)
+                plain = counted // count
+            if counting:
+                per_sample = (counted / batch, plain / batch)
+                cache[key] = per_sample
             batch_losses.append(torch.stack([loss_fn(output, targets).double() for output in outputs]))
             for variant, output in enumerate(outputs):
                 correct[variant] += correct_fn(output, targets).double()
@@ -153,7 +211,50 @@ def evaluate(
         variants=count,
         fused=fused or count == 1,
         seconds=time.perf_counter() - start,
+        flops=round(per_sample[0] * samples) if per_sample else 0,
+        validation_flops=round(per_sample[1] * samples) if per_sample else 0,
     )
+
+
+def _counted(counting: bool, function: Callable[..., list[Any]], *args: Any) -> tuple[list[Any], int]:
+    """``function(*args)``, with the FLOPs it ran when ``counting`` (else 0)."""
+    if not counting:
+        return function(*args), 0
+    outputs, counted = count_flops(lambda: function(*args))
+    return outputs, counted
+
+
+def _forwards(model: nn.Module, inputs: Any) -> list[Any]:
+    """The plain forward, as the one output of the one variant."""
+    return [_forward(model, inputs)]
+
+
+def _counted_fused(
+    counting: bool,
+    model: nn.Module,
+    measured: Sequence[SeedSlot],
+    inputs: Any,
+    batch: int,
+    count: int,
+    alphas: dict[str, torch.Tensor],
+) -> tuple[list[Any] | None, int, int]:
+    """The fused forward, with (when ``counting``) its FLOPs and those of the prefix: the layers up to the expansion
+    slot's module, which run once (read as the counter stands when that module returns, before its slot
+    replicates the batch)."""
+    if not counting:
+        return _fused_forward(model, measured, inputs, batch, count, alphas), 0, 0
+    target = measured[0]._target
+    assert target is not None
+    prefix: list[int] = []
+    with flop_counter() as counter:
+        handle = target.register_forward_hook(
+            lambda _m, _i, _o: prefix.append(int(counter.get_total_flops())), prepend=True
+        )
+        try:
+            outputs = _fused_forward(model, measured, inputs, batch, count, alphas)
+        finally:
+            handle.remove()
+    return outputs, int(counter.get_total_flops()), prefix[0] if prefix else 0
 
 
 def _stderr(differences: torch.Tensor) -> float | None:
