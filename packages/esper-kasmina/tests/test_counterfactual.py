@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import esper_kasmina.evaluation
 from esper_core.flops import count_flops
 from esper_core.leyline import CommandStatus, SeedOperation, lifecycle
+from esper_kasmina.evaluation import evaluate
 
 from kasmina_rig import Rig, correct, lenient
 
@@ -218,3 +219,34 @@ def test_the_pass_is_counted_once_per_configuration_of_seeds(
     after = rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct)
     assert len(counters) == 2, "a cull changes the configuration: counted anew"
     assert after.flops < measured.flops
+
+
+def test_a_costly_measurement_runs_on_every_kth_batch_and_validation_on_all(rig_factory: Callable[..., Rig]) -> None:
+    rig = prepared(rig_factory)
+    batches = [(rig.inputs[start : start + 8], rig.targets[start : start + 8]) for start in range(0, 32, 8)]
+    full = evaluate(rig.model, rig.kasmina.slots, batches, nn.functional.cross_entropy, correct)
+    passes = full.measurement_flops / full.validation_flops  # what the variants add, in plain validation passes
+    capped = evaluate(
+        rig.model, rig.kasmina.slots, batches, nn.functional.cross_entropy, correct, max_measurement_passes=passes / 2
+    )
+    assert (full.measured_samples, capped.measured_samples) == (32, 16)  # batches 0 and 2
+    assert capped.measurement_flops == pytest.approx(full.measurement_flops / 2, rel=1e-9)
+    assert capped.validation_flops == full.validation_flops
+    assert (capped.loss, capped.accuracy) == pytest.approx((full.loss, full.accuracy), rel=1e-12)  # every batch
+    # Each contribution pairs its off and on variants on the batches that ran them.
+    differences = [
+        naive_on(rig, "head.2", 0.0, inputs, targets) - naive_on(rig, "head.2", 1.0, inputs, targets)
+        for inputs, targets in batches[::2]
+    ]
+    assert capped.seeds["head.2"].contribution == pytest.approx(sum(differences) / 2, abs=1e-5)
+    _, everything = count_flops(
+        lambda: evaluate(
+            rig.model,
+            rig.kasmina.slots,
+            batches,
+            nn.functional.cross_entropy,
+            correct,
+            max_measurement_passes=passes / 2,
+        )
+    )
+    assert capped.flops == everything

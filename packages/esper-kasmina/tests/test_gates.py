@@ -103,6 +103,7 @@ def test_g4_refuses_a_seed_that_adds_too_much_compute(rig_factory: Callable[...,
     assert check.measured == pytest.approx(overhead(64))  # 5.33: counted, exactly the hand computation
     assert check.threshold == 1.0
     assert "step_overhead" in result.detail and "FLOPs" in result.detail
+    assert "14,592 over 2,304 per probe sample" in check.detail  # 2,304 + 192 * 64
     assert rig.stage("1") == SeedLifecycleStage.SEED_STAGE_EMBARGOED
 
 

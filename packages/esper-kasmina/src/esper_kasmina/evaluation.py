@@ -26,6 +26,7 @@ counted per batch; a configuration seen before costs nothing to count.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -74,6 +75,9 @@ class Evaluation:
     flops: int = 0
     #: Counted FLOPs a plain validation pass (the model as it is, no counterfactual variants) costs.
     validation_flops: int = 0
+    #: Samples the counterfactual variants scored (all of them unless ``max_measurement_passes`` thinned them out;
+    #: 0 without a measured seed).
+    measured_samples: int = 0
 
     @property
     def measurement_flops(self) -> int:
@@ -129,9 +133,17 @@ def evaluate(
     loss_fn: LossFn,
     correct_fn: CorrectFn,
     flops_cache: FlopsCache | None = None,
+    max_measurement_passes: float = 0.0,
 ) -> Evaluation:
     """Validation metrics of ``model`` over ``batches`` and every measured seed's off/on metrics, with the pass's
-    counted FLOPs (counted on the first batch unless ``flops_cache`` knows this configuration already)."""
+    counted FLOPs (counted on the first batch unless ``flops_cache`` knows this configuration already).
+
+    ``max_measurement_passes`` (0: no limit) caps what the counterfactual variants add, in plain validation passes
+    of counted FLOPs: when they would add more, they run on every k-th batch only (the first included), the
+    smallest k that keeps them within the cap, while the validation metrics still use every batch. A seed's off and
+    on variants always score the same batches, so its contribution stays an unbiased paired estimate; its standard
+    error, from fewer batches, says how much noisier it became.
+    """
     start = time.perf_counter()
     cache: FlopsCache = {} if flops_cache is None else flops_cache
     measured = [slot for slot in slots if slot.stage in lifecycle.MEASURED and slot.hooked]
@@ -152,16 +164,20 @@ def evaluate(
     alphas = {
         slot.slot_id: torch.tensor([variant[slot.slot_id] for variant in variants], device=device) for slot in measured
     }
-    batch_losses: list[torch.Tensor] = []  # per batch: each variant's mean loss (one small tensor, no sync)
+    # Per batch, each variant's mean loss (one small tensor, no sync), and the right answers per variant: over the
+    # batches where the variants ran, and (variant 0, the model as it is) over every batch.
+    batch_losses: list[torch.Tensor] = []
+    plain_losses: list[torch.Tensor] = []
     correct = torch.zeros(count, dtype=torch.float64, device=device)
+    plain_correct = torch.zeros((), dtype=torch.float64, device=device)
     sizes: list[int] = []
-    samples = 0
+    measured_sizes: list[int] = []
     fused = True
     per_sample: tuple[float, float] | None = None  # FLOPs per sample: the pass, a plain validation forward
+    stride = 1  # the variants run on every stride-th batch
     with evaluation_mode(model), torch.no_grad():
-        for inputs, targets in batches:
+        for number, (inputs, targets) in enumerate(batches):
             batch = _batch_size(inputs)
-            samples += batch
             sizes.append(batch)
             key: tuple[Any, ...] = ()
             if per_sample is None:
@@ -169,7 +185,7 @@ def evaluate(
                 per_sample = cache.get(key)
             counting = per_sample is None  # the first batch of a configuration not seen before
             outputs: list[Any] | None = None
-            if count == 1:
+            if count == 1 or number % stride:
                 outputs, counted = _counted(counting, _forwards, model, inputs)
                 plain = counted
             elif fused:
@@ -183,37 +199,56 @@ def evaluate(
             if counting:
                 per_sample = (counted / batch, plain / batch)
                 cache[key] = per_sample
-            batch_losses.append(torch.stack([loss_fn(output, targets).double() for output in outputs]))
-            for variant, output in enumerate(outputs):
-                correct[variant] += correct_fn(output, targets).double()
-    if samples == 0:
+            if number == 0 and count > 1 and max_measurement_passes > 0 and per_sample is not None:
+                stride = _stride(per_sample, max_measurement_passes)
+            losses = torch.stack([loss_fn(output, targets).double() for output in outputs])
+            plain_losses.append(losses[0])
+            plain_correct += correct_fn(outputs[0], targets).double()
+            if len(outputs) == count:
+                batch_losses.append(losses)
+                measured_sizes.append(batch)
+                for variant, output in enumerate(outputs):
+                    correct[variant] += correct_fn(output, targets).double()
+    if not sizes:
         raise ValueError("evaluation needs at least one batch")
-    per_batch = torch.stack(batch_losses)  # (batches, variants)
+    samples, measured_samples = sum(sizes), sum(measured_sizes)
     weights = torch.tensor(sizes, dtype=torch.float64, device=device)
-    mean_loss = ((per_batch * weights[:, None]).sum(dim=0) / samples).tolist()
-    accuracy = (correct / samples).tolist()
-    seeds = {
-        slot_id: SeedMeasurement(
-            slot_id,
-            mean_loss[off],
-            mean_loss[on],
-            accuracy[off],
-            accuracy[on],
-            _stderr(per_batch[:, off] - per_batch[:, on]),
-        )
-        for slot_id, (off, on) in index.items()
-    }
+    loss = float((torch.stack(plain_losses) * weights).sum() / samples)
+    accuracy = float(plain_correct / samples)
+    seeds: dict[str, SeedMeasurement] = {}
+    if index:
+        per_batch = torch.stack(batch_losses)  # (measured batches, variants)
+        measured_weights = torch.tensor(measured_sizes, dtype=torch.float64, device=device)
+        mean_loss = ((per_batch * measured_weights[:, None]).sum(dim=0) / measured_samples).tolist()
+        rates = (correct / measured_samples).tolist()
+        for slot_id, (off, on) in index.items():
+            stderr = _stderr(per_batch[:, off] - per_batch[:, on])
+            seeds[slot_id] = SeedMeasurement(slot_id, mean_loss[off], mean_loss[on], rates[off], rates[on], stderr)
+    pass_flops = validation_flops = 0
+    if per_sample is not None:
+        pass_flops = round(per_sample[0] * measured_samples + per_sample[1] * (samples - measured_samples))
+        validation_flops = round(per_sample[1] * samples)
     return Evaluation(
-        loss=mean_loss[0],
-        accuracy=accuracy[0],
+        loss=loss,
+        accuracy=accuracy,
         samples=samples,
         seeds=seeds,
         variants=count,
         fused=fused or count == 1,
         seconds=time.perf_counter() - start,
-        flops=round(per_sample[0] * samples) if per_sample else 0,
-        validation_flops=round(per_sample[1] * samples) if per_sample else 0,
+        flops=pass_flops,
+        validation_flops=validation_flops,
+        measured_samples=measured_samples if index else 0,
     )
+
+
+def _stride(per_sample: tuple[float, float], cap: float) -> int:
+    """The smallest k such that running the variants on every k-th batch adds at most ``cap`` plain passes."""
+    pass_flops, plain_flops = per_sample
+    if plain_flops <= 0:
+        return 1
+    extra = (pass_flops - plain_flops) / plain_flops
+    return max(1, math.ceil(extra / cap - 1e-9))
 
 
 def _counted(counting: bool, function: Callable[..., list[Any]], *args: Any) -> tuple[list[Any], int]:

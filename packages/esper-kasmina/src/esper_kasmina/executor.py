@@ -159,7 +159,15 @@ class KasminaSeedExecutor:
         """Validation of the host with every measured seed's counterfactual contribution (one fused pass)."""
         if len(self._flops_cache) > 64:  # configurations of seeds come and go; a few are live at a time
             self._flops_cache.clear()
-        result = evaluate(self._model(), self.slots, batches, loss_fn, correct_fn, self._flops_cache)
+        result = evaluate(
+            self._model(),
+            self.slots,
+            batches,
+            loss_fn,
+            correct_fn,
+            self._flops_cache,
+            self.options.max_measurement_passes,
+        )
         self.previous_loss, self.last_loss = self.last_loss, result.loss
         self.last_evaluation = result
         for slot in self.slots:

@@ -279,8 +279,8 @@ class GateChecks:
                 cost.overhead <= o.max_step_overhead,
                 cost.overhead,
                 o.max_step_overhead,
-                f"counted FLOPs of a training step on the probe batch with the seed over without it, minus 1 "
-                f"({cost.with_seed.total:,} over {cost.without.total:,})",
+                f"counted FLOPs of a training step with the seed over without it, minus 1 "
+                f"({cost.with_seed.per_sample():,.0f} over {cost.without.per_sample():,.0f} per probe sample)",
             )
         )
         if o.max_step_ms > 0:

@@ -33,6 +33,16 @@ class KasminaOptions:
     #: model of the loss), so straight-through training settles at a bounded step instead of overshooting. 0: off.
     training_curvature: float = attrs.field(default=1.0, validator=not_negative)
 
+    # -- counterfactual measurement ---------------------------------------------------------------------------
+    #: The variants that measure each seed's contribution inside the validation pass may add at most this many
+    #: plain validation passes of counted FLOPs (0: no limit); beyond it they run on every k-th validation batch
+    #: only (the validation metrics still use every batch). With a 9:1 training/validation split a training epoch
+    #: costs some 20-27 validation passes, so 3 keeps the measurement under about 13 % of an epoch's compute. One
+    #: seed in flight never reaches it on the efficacy experiment's CNN (1.8 passes at most); two seeds blending at
+    #: once (3.7) are measured on every second batch: the same expected contribution, its standard error about
+    #: 1.4 times larger (docs/kasmina.md).
+    max_measurement_passes: float = attrs.field(default=3.0, validator=not_negative)
+
     # -- gates ------------------------------------------------------------------------------------------------
     #: G0: a seed may add at most this fraction of the host's parameter count (0 disables the check).
     max_seed_parameter_fraction: float = attrs.field(default=1.0, validator=not_negative)

@@ -243,15 +243,18 @@ def step_cost(model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], pr
     joint training, gradients through the seed into the host), and the same with the host alone.
 
     Counted, not timed: the result depends on the model and the probe batch only, never on the machine's load, and
-    costs one pass of each (no warm-up, no repeats).
+    costs one pass of each on a few of the probe's samples (no warm-up, no repeats).
     """
     parameters = [*host, *slot.seed_parameters()]
-    samples = _batch_size(probe.inputs)
+    # The ratio is per sample: a few probe samples give it exactly, at a fraction of a full probe pass's cost.
+    few = Probe(flops.first(probe.inputs, flops.COUNT_SAMPLES), flops.first(probe.targets, flops.COUNT_SAMPLES),
+                probe.loss_fn)  # fmt: skip
+    samples = _batch_size(few.inputs)
     with evaluation_mode(model):
         with as_stage(slot, lifecycle.PROBATIONARY):
-            with_seed = flops.count_step(lambda: probe.loss(model), parameters, samples)
+            with_seed = flops.count_step(lambda: few.loss(model), parameters, samples)
         with host_alone(slot):
-            without = flops.count_step(lambda: probe.loss(model), list(host), samples)
+            without = flops.count_step(lambda: few.loss(model), list(host), samples)
     return StepCost(with_seed=with_seed, without=without)
 
 

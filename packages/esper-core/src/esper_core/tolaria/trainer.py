@@ -14,10 +14,10 @@ counts accumulate on the device and are read once, at the epoch's end); then a d
    plugins; telemetry is relayed from the bus to the sinks;
 7. a checkpoint.
 
-The run's compute is counted, not timed (``History.training_flops`` and its siblings): the FLOPs of one training
-step are counted on a batch of training data whenever the seeds' configuration changed at a decision point (a
-germination, a stage change, a cull; a restore), cached, and multiplied by the samples trained; the validation
-pass reports its own. Nothing is counted per batch.
+The run's compute is counted, not timed (``History.training_flops`` and its siblings): the FLOPs of a training step
+are counted on a few training samples whenever the seeds in the forward pass changed at a decision point (a stage
+change, a cull; a restore), cached per sample, and multiplied by the samples trained; the validation pass reports
+its own. Nothing is counted per batch.
 
 A non-finite loss, or a training loss above ``loss_spike_factor`` times the previous epoch's, rolls the run back to
 its last checkpoint and culls the seeds that were in the forward pass (the one responsible, when only one was), with
@@ -36,7 +36,7 @@ import attrs
 import torch
 from google.protobuf.json_format import MessageToDict
 
-from esper_core.flops import count_training_step
+from esper_core.flops import COUNT_SAMPLES, count_training_step
 from esper_core.leyline import (
     AdaptationCommand,
     CommandResult,
@@ -174,11 +174,13 @@ class Trainer:
 
     # -- compute ----------------------------------------------------------------------------------------------
     def _configuration(self) -> tuple[Any, ...]:
-        """What a training step's cost depends on: each slot's stage and seed."""
+        """What a training step's cost depends on: the seeds in the forward pass, each with its stage (a germinated,
+        culled or embargoed seed computes nothing)."""
         return tuple(
             (s.slot_id, s.stage, s.seed_id, s.blueprint_id, tuple(sorted(s.blueprint_parameters.items())),
              s.parameter_count)
             for s in self.run.executor.export_seed_states()
+            if s.stage in lifecycle.IN_FORWARD
         )  # fmt: skip
 
     def refresh_step_cost(self) -> None:
@@ -188,7 +190,7 @@ class Trainer:
         if self._step_cost is not None and self._step_cost[0] == configuration:
             return
         run = self.run
-        batch = run.data.train[0][: run.options.batch_size]
+        batch = run.data.train[0][: min(run.options.batch_size, COUNT_SAMPLES)]  # per sample exact on any batch
         counted = count_training_step(run.model, batch, self._optimized_parameters())
         self._step_cost = (configuration, counted.per_sample())
 
