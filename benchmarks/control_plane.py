@@ -12,11 +12,15 @@ step):
   waited for;
 - ``apply``: Kasmina verifying and applying the command (its gates included);
 - ``observe``: the controller judging its earlier decisions (field reports);
-- ``record``: the run record, the plugin hooks, the bus and the telemetry relayed to the sinks (which flush).
+- ``record``: the run record, the plugin hooks, the bus and the telemetry relayed to the sinks (which flush);
+- ``count``: counting a training step's FLOPs anew when the command changed the seeds (the run's compute record).
 
 Validation (with its counterfactual measurements) and the checkpoint are excluded: the control plane is the decision
 point less its validation pass, divided by the epoch's training time (``EpochStats.seconds``). The figure is given
 per decision point (median and worst over the run) and over the whole run (sums).
+
+Each epoch's compute, as the run records it (counted FLOPs), is shown beside it: the share of the epoch's training,
+validation and counterfactual-measurement FLOPs that the measurement took (``cf share``).
 
 Usage: python benchmarks/control_plane.py [--epochs 15] [--train-limit 0] [--threads 1] [--json out.json]
 """
@@ -43,7 +47,7 @@ from esper_core.tolaria.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "fashion-mnist.toml"
-PARTS = ["kasmina", "packet", "decide", "apply", "observe", "record"]
+PARTS = ["kasmina", "packet", "decide", "apply", "observe", "record", "count"]
 TARGET = 0.005
 
 
@@ -89,14 +93,21 @@ def measure(epochs: int, train_limit: int, threads: int, workdir: Path) -> dict[
     watch.wrap(trainer, "_apply", "apply")
     watch.wrap(run.controller, "observe", "observe")
     watch.wrap(trainer.recorder, "decision_point", "record")
+    watch.wrap(trainer, "refresh_step_cost", "count")
     rows: list[dict[str, Any]] = []
+    spent = {"validation": 0, "measurement": 0}
 
     def on_epoch(
         epoch: int, stats: EpochStats, state: SystemStatePacket, command: AdaptationCommand, result: CommandResult
     ) -> None:
-        spent = watch.take()
-        control = spent["decision_point"] - spent.get("validation", 0.0)
-        parts = {name: spent.get(name, 0.0) for name in PARTS}
+        history = trainer.history
+        validation_flops = history.validation_flops - spent["validation"]
+        measurement_flops = history.measurement_flops - spent["measurement"]
+        spent["validation"], spent["measurement"] = history.validation_flops, history.measurement_flops
+        epoch_flops = stats.training_flops + validation_flops + measurement_flops
+        spent_s = watch.take()
+        control = spent_s["decision_point"] - spent_s.get("validation", 0.0)
+        parts = {name: spent_s.get(name, 0.0) for name in PARTS}
         rows.append({
             "epoch": epoch,
             "train_seconds": stats.seconds,
@@ -104,8 +115,12 @@ def measure(epochs: int, train_limit: int, threads: int, workdir: Path) -> dict[
             "share": control / stats.seconds,
             "parts_seconds": parts,
             "other_seconds": control - sum(parts.values()),
-            "validation_seconds": spent.get("validation", 0.0),
-            "checkpoint_seconds": spent.get("checkpoint", 0.0),
+            "validation_seconds": spent_s.get("validation", 0.0),
+            "checkpoint_seconds": spent_s.get("checkpoint", 0.0),
+            "training_flops": stats.training_flops,
+            "validation_flops": validation_flops,
+            "measurement_flops": measurement_flops,
+            "measurement_share": measurement_flops / epoch_flops if epoch_flops else 0.0,
             "command": lifecycle.command_name(command),
             "seeds_in_flight": sum(seed.stage in lifecycle.IN_FLIGHT for seed in state.seeds),
         })  # fmt: skip
@@ -144,21 +159,28 @@ def main() -> None:
         "control_plane_ms_median": round(statistics.median(row["control_plane_seconds"] for row in rows) * 1000, 3),
         "train_seconds_median": round(statistics.median(row["train_seconds"] for row in rows), 3),
         "parts_ms": part_ms,
+        "measurement_share_max": round(max(row["measurement_share"] for row in rows), 5),
         "train_samples": measured["train_samples"],
         "threads": measured["threads"],
         "per_epoch": rows,
     }
     print(f"examples/fashion-mnist.toml, {measured['train_samples']} training images, {measured['threads']} thread(s)")
-    print("epoch  train s  control ms   share   kasmina  packet  decide   apply observe  record  other  command")
+    print("epoch  train s  control ms   share   kasmina  packet  decide   apply observe  record   count  other  "
+          "cf share  command")  # fmt: skip
     for row in rows:
         parts = "".join(f"{row['parts_seconds'][name] * 1000:8.2f}" for name in PARTS)
         print(f"{row['epoch']:5d} {row['train_seconds']:8.2f} {row['control_plane_seconds'] * 1000:11.2f} "
-              f"{row['share'] * 100:6.3f}% {parts} {row['other_seconds'] * 1000:6.2f}  {row['command']} "
+              f"{row['share'] * 100:6.3f}% {parts} {row['other_seconds'] * 1000:6.2f}  "
+              f"{row['measurement_share'] * 100:7.2f}%  {row['command']} "
               f"({row['seeds_in_flight']} in flight)")  # fmt: skip
     medians = "  ".join(f"{name} {part_ms[name]['median']:.2f}" for name in PARTS)
     print(f"median per part (ms): {medians}")
     print(f"control plane / epoch training: median {statistics.median(shares) * 100:.3f}%, worst "
           f"{max(shares) * 100:.3f}%, whole run {overall * 100:.3f}%  (target <= {TARGET * 100:.1f}%)")  # fmt: skip
+    flops = {part: sum(row[f"{part}_flops"] for row in rows) for part in ("training", "validation", "measurement")}
+    print(f"counterfactual measurement / epoch compute (counted FLOPs): worst "
+          f"{results['measurement_share_max'] * 100:.2f}%, whole run "
+          f"{flops['measurement'] / sum(flops.values()) * 100:.2f}%")  # fmt: skip
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

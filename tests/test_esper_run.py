@@ -53,6 +53,15 @@ def test_a_run_grows_records_everything_and_checkpoints(tmp_path: Path) -> None:
     assert sorted(path.name for path in (run_dir / "checkpoints").glob("*.pt")) == ["epoch-0007.pt", "epoch-0008.pt"]
     reloaded = Registry.create(env={}).load_config(run_dir / "config.toml", env={})
     assert reloaded.to_toml() == (run_dir / "config.toml").read_text()
+    # Compute, counted: every epoch's training is in the total; the seed made steps dearer once it trained.
+    epochs = [entry for entry in record if entry["kind"] == "epoch"]
+    assert sum(entry["training_flops"] for entry in epochs) == summary.training_flops
+    parts = ("training_flops", "validation_flops", "measurement_flops")
+    assert epochs[-1]["total_flops"] == sum(entry[part] for entry in epochs for part in parts)
+    assert epochs[-1]["total_flops"] < summary.total_flops  # then the final validation and test passes
+    assert epochs[3]["training_flops"] > epochs[0]["training_flops"]  # germinated at 2, TRAINING in epoch 4
+    assert any(entry["measurement_flops"] > 0 for entry in epochs)  # its counterfactuals, while measured
+    assert summary.total_flops == summary.training_flops + summary.validation_flops + summary.measurement_flops
 
 
 def test_the_command_line_prints_progress_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,6 +175,8 @@ def test_a_seed_that_turns_to_nan_is_rolled_back_and_culled(tmp_path: Path) -> N
     epochs = [entry for entry in record if entry["kind"] == "epoch"]
     assert [entry["epoch"] for entry in epochs] == [1, 2, 3, 4, 5, 6]
     assert all(entry["train_loss"] is not None and math.isfinite(entry["train_loss"]) for entry in epochs)
+    # The epoch thrown away was trained all the same: its compute stays in the run's total.
+    assert summary.training_flops > sum(entry["training_flops"] for entry in epochs)
 
 
 def test_a_loss_spike_is_a_divergence() -> None:

@@ -1,5 +1,5 @@
 """Tolaria's trainer, piece by piece, on a tiny synthetic run: the controller under a timeout and conservative mode,
-divergence, and what a checkpoint brings back (counters, sinks, clocks)."""
+divergence, what a checkpoint brings back (counters, sinks, clocks), and the run's counted compute."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ from typing import Any
 import attrs
 import pytest
 
-from esper_core.leyline import AdaptationCommand, CommandType, SystemStatePacket, TelemetryPacket
+from esper_core.flops import count_training_step
+from esper_core.leyline import (
+    AdaptationCommand,
+    CommandResult,
+    CommandSeedOperation,
+    CommandStatus,
+    CommandType,
+    SeedOperation,
+    SystemStatePacket,
+    TelemetryPacket,
+)
 from esper_core.plugins import Registry
 from esper_core.testing.clock import FakeClock
 from esper_core.tolaria.assembly import start_run
@@ -168,3 +178,83 @@ def test_each_run_reads_the_bus_in_a_group_of_its_own_and_leaves_it_when_done(tr
     assert bus.streams.telemetry in bus.subscriptions
     trainer.finish()
     assert bus.subscriptions == []
+
+
+# -- compute ------------------------------------------------------------------------------------------------------
+#: The TINY host (16 -> 8 -> 4) per sample, a multiply-add being 2 FLOPs: forward 2 (16*8 + 8*4); backward the first
+#: layer's weight gradient (the input needs none) and the head's input and weight gradients.
+HOST_FORWARD = 2 * (16 * 8 + 8 * 4)
+HOST_STEP = HOST_FORWARD + 2 * 16 * 8 + 2 * 2 * 8 * 4
+
+
+def seed_command(trainer: Trainer, operation: SeedOperation.ValueType, blueprint: str = "") -> CommandResult:
+    parameters = {"hidden_multiple": 1.0} if blueprint else {}
+    command = AdaptationCommand(
+        command_type=CommandType.COMMAND_SEED,
+        target_slot_id="layers.0",
+        seed_operation=CommandSeedOperation(operation=operation, blueprint_id=blueprint, parameters=parameters),
+    )
+    result = trainer.run.executor.apply(trainer.signer.sign(command))
+    assert result.status == CommandStatus.COMMAND_STATUS_APPLIED, result.detail
+    return result
+
+
+def test_training_compute_is_counted_once_and_multiplied_by_the_samples(
+    trainer: Trainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = []
+
+    def counting(*args: Any) -> Any:
+        counts.append(args)
+        return count_training_step(*args)
+
+    monkeypatch.setattr("esper_core.tolaria.trainer.count_training_step", counting)
+    samples = len(trainer.run.data.train[0])  # 461: the last batch of 64 is partial, and counts its own samples
+    first = trainer.train_epoch(1)
+    trainer.decision_point(1, first)
+    second = trainer.train_epoch(2)
+    assert first.training_flops == second.training_flops == HOST_STEP * samples
+    assert trainer.history.training_flops == 2 * HOST_STEP * samples
+    assert len(counts) == 1, "nothing changed what a step computes: one count, not one per epoch or batch"
+
+
+def test_a_decision_point_counts_its_validation_pass(trainer: Trainer) -> None:
+    trainer.decision_point(1, stats())
+    assert trainer.history.validation_flops == HOST_FORWARD * len(trainer.run.data.val[0])
+    assert trainer.history.measurement_flops == 0  # no seed to measure
+    (entry,) = [e for e in trainer.run.record.entries() if e["kind"] == "epoch"]
+    assert entry["validation_flops"] == trainer.history.validation_flops == entry["total_flops"]
+
+
+def test_a_seed_in_the_forward_pass_raises_the_step_count_and_a_cull_lowers_it(trainer: Trainer) -> None:
+    assert trainer.training_flops_per_sample() == HOST_STEP
+    seed_command(trainer, SeedOperation.SEED_OP_GERMINATE, "BP052")  # 8 -> 8 -> 8, not in the forward pass yet
+    trainer.refresh_step_cost()
+    assert trainer.training_flops_per_sample() == HOST_STEP
+    seed_command(trainer, SeedOperation.SEED_OP_START_TRAINING)
+    trainer.refresh_step_cost()
+    # TRAINING: the seed's forward 2 (8*8 + 8*8); backward its two weight gradients and its second layer's input
+    # gradient (it reads a detached activation), 2*8*8 each.
+    assert trainer.training_flops_per_sample() == HOST_STEP + 256 + 3 * 128
+    seed_command(trainer, SeedOperation.SEED_OP_CULL)
+    trainer.refresh_step_cost()
+    assert trainer.training_flops_per_sample() == HOST_STEP
+
+
+def test_compute_totals_survive_a_checkpoint(trainer: Trainer) -> None:
+    stats = trainer.train_epoch(1)
+    trainer.decision_point(1, stats)
+    trainer.history.epoch = 1
+    trainer.checkpoint()
+    saved = attrs.asdict(trainer.history)
+    trainer.decision_point(2, trainer.train_epoch(2))  # the work a crash would lose
+    assert trainer.history.total_flops > saved["training_flops"] + saved["validation_flops"]
+    assert trainer.restore_latest() is not None
+    restored = attrs.asdict(trainer.history)
+    for name in ("training_flops", "validation_flops", "measurement_flops"):
+        assert restored[name] == saved[name], name
+    assert saved["training_flops"] > 0 and saved["validation_flops"] > 0
+    summary = trainer.finish()  # adds the final validation and test passes, and keeps the parts' sum
+    assert summary.training_flops == saved["training_flops"]
+    assert summary.total_flops == summary.training_flops + summary.validation_flops + summary.measurement_flops
+    assert summary.validation_flops > saved["validation_flops"]

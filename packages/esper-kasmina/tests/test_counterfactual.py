@@ -1,5 +1,6 @@
 """Every seed's counterfactual contribution comes out of the validation pass itself, and matches a naive
-computation that runs one full validation pass per variant."""
+computation that runs one full validation pass per variant; the pass's compute is counted once per configuration of
+seeds, and scaled to every sample."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+import esper_kasmina.evaluation
+from esper_core.flops import count_flops
 from esper_core.leyline import CommandStatus, SeedOperation, lifecycle
+from esper_kasmina.evaluation import evaluate
 
 from kasmina_rig import Rig, correct, lenient
 
@@ -134,6 +139,8 @@ def test_a_host_that_is_not_batch_agnostic_is_measured_variant_by_variant(rig_fa
     evaluation = rig.kasmina.evaluate([(rig.inputs, rig.targets)], nn.functional.cross_entropy, correct)
     assert not evaluation.fused and evaluation.variants == 2
     assert evaluation.seeds["act"].loss_on == pytest.approx(naive(rig, {"act": 1.0})[0], rel=1e-5)
+    # Not fused, each variant is a whole forward: the failed fused attempt is not what later batches cost.
+    assert evaluation.flops == 2 * evaluation.validation_flops > 0
 
 
 def test_a_contribution_comes_with_the_standard_error_of_its_per_batch_differences(
@@ -165,3 +172,81 @@ def naive_on(rig: Rig, slot_id: str, alpha: float, inputs: torch.Tensor, targets
         return naive(rig, {slot_id: alpha, "features.2": 0.0})[0]
     finally:
         rig.inputs, rig.targets = saved_inputs, saved_targets
+
+
+def plain_flops(rig: Rig, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Counted FLOPs of a plain validation pass of the model as it is (no counterfactual variants)."""
+    rig.model.eval()
+    with torch.no_grad():
+        _, counted = count_flops(lambda: [rig.model(inputs) for inputs, _ in batches])
+    rig.model.train()
+    return counted
+
+
+def test_the_pass_counts_its_flops_on_one_batch_and_scales_them_to_every_sample(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = prepared(rig_factory)
+    batches = [(rig.inputs[a:b], rig.targets[a:b]) for a, b in ((0, 16), (16, 29), (29, 32))]
+    first = rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct)
+    # The same pass again (this configuration is counted already), counted from outside on every batch: exactly
+    # what the first reported from its first batch, the last partial batch included.
+    second, everything = count_flops(lambda: rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct))
+    assert first.flops == second.flops == everything
+    assert first.validation_flops == plain_flops(rig, batches)
+    # Four variants, the host prefix up to features.2 once: the measurement costs less than three more passes.
+    assert 0 < first.measurement_flops < 3 * first.validation_flops
+
+
+def test_the_pass_is_counted_once_per_configuration_of_seeds(
+    rig_factory: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = prepared(rig_factory)
+    counters = []
+    original = esper_kasmina.evaluation.flop_counter
+
+    def counter() -> FlopCounterMode:
+        counters.append(1)
+        return original()
+
+    monkeypatch.setattr(esper_kasmina.evaluation, "flop_counter", counter)
+    batches = [(rig.inputs[:16], rig.targets[:16]), (rig.inputs[16:], rig.targets[16:])]
+    rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct)
+    assert len(counters) == 1, "counted on the first batch only"
+    measured = rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct)
+    assert len(counters) == 1, "a configuration seen before is not counted again"
+    rig.command(SeedOperation.SEED_OP_CULL, "features.2")
+    after = rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct)
+    assert len(counters) == 2, "a cull changes the configuration: counted anew"
+    assert after.flops < measured.flops
+
+
+def test_a_costly_measurement_runs_on_every_kth_batch_and_validation_on_all(rig_factory: Callable[..., Rig]) -> None:
+    rig = prepared(rig_factory)
+    batches = [(rig.inputs[start : start + 8], rig.targets[start : start + 8]) for start in range(0, 32, 8)]
+    full = evaluate(rig.model, rig.kasmina.slots, batches, nn.functional.cross_entropy, correct)
+    passes = full.measurement_flops / full.validation_flops  # what the variants add, in plain validation passes
+    capped = evaluate(
+        rig.model, rig.kasmina.slots, batches, nn.functional.cross_entropy, correct, max_measurement_passes=passes / 2
+    )
+    assert (full.measured_samples, capped.measured_samples) == (32, 16)  # batches 0 and 2
+    assert capped.measurement_flops == pytest.approx(full.measurement_flops / 2, rel=1e-9)
+    assert capped.validation_flops == full.validation_flops
+    assert (capped.loss, capped.accuracy) == pytest.approx((full.loss, full.accuracy), rel=1e-12)  # every batch
+    # Each contribution pairs its off and on variants on the batches that ran them.
+    differences = [
+        naive_on(rig, "head.2", 0.0, inputs, targets) - naive_on(rig, "head.2", 1.0, inputs, targets)
+        for inputs, targets in batches[::2]
+    ]
+    assert capped.seeds["head.2"].contribution == pytest.approx(sum(differences) / 2, abs=1e-5)
+    _, everything = count_flops(
+        lambda: evaluate(
+            rig.model,
+            rig.kasmina.slots,
+            batches,
+            nn.functional.cross_entropy,
+            correct,
+            max_measurement_passes=passes / 2,
+        )
+    )
+    assert capped.flops == everything

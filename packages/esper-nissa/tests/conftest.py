@@ -30,6 +30,10 @@ def epoch_entry(
         "epoch_seconds": 2.0,
         "decision_ms": 1.5,
         "evaluation_variants": 1,
+        "training_flops": 3_000_000_000,
+        "validation_flops": 100_000_000,
+        "measurement_flops": 0,
+        "total_flops": 3_100_000_000 * epoch,
     }
     fields.update(metrics)
     return fields
@@ -100,6 +104,8 @@ def write_growing_run(run_dir: Path, *, finished: bool = True) -> Path:
             test_accuracy=0.9175, host_parameters=HOST, parameters=HOST + 500, fossilized=1, culled=2, rollbacks=1,
             wall_seconds=14.25, train_seconds=12.0,
             decisions={"noop": 2, "germinate": 2, "start_grafting": 1, "fossilize": 1},
+            training_flops=18_000_000_000, validation_flops=900_000_000, measurement_flops=350_000_000,
+            total_flops=19_250_000_000,
         )  # fmt: skip
     record.close()
     return run_dir

@@ -51,6 +51,7 @@ def test_a_growing_run_gets_its_plots_and_its_numbers(growing_run: Path) -> None
         "| seeds culled | 2 |",
         "| rollbacks | 1 |",
         "| wall time | 14.2 s |",
+        "| compute (counted FLOPs) | 19.2 GFLOP (training 18, validation 0.9, counterfactuals 0.35) |",
         "| s0 | conv-residual | epoch 2 | FOSSILIZED (epoch 5) | +0.0425 | SUCCESS |   |",
         "| s1 | mlp-adapter | epoch 3 | CULLED (epoch 4) | n/a | ABORTED | G1 gradient health failed |",
         "| s2 | attention-lite | epoch 5 | CULLED (epoch 6) | n/a |   | rollback: the training loss spiked |",
@@ -103,6 +104,7 @@ def test_a_run_without_seeds(seedless_run: Path) -> None:
     assert "| noop | 4 | 0 |" in summary
     assert "| test accuracy | n/a |" in summary
     assert "| parameters (host + seeds) | 10,000 (+0, +0.00 %) |" in summary
+    assert "| compute (counted FLOPs) | n/a |" in summary  # a record written before compute was counted
     assert "## Rollbacks" not in summary and "## Failures" not in summary
     assert load_history(seedless_run).markers == ()
 
@@ -130,6 +132,7 @@ def test_a_killed_run_is_reported_from_what_its_record_holds(killed_run: Path) -
         "| seeds culled | 2 |",
         "| rollbacks | 1 |",
         "| training time (recorded epochs) | 12.0 s |",
+        "| compute (counted FLOPs, recorded epochs) | 18.6 GFLOP |",  # the last epoch's running total
         "| noop | 2 | 0 |",  # counted from the decision entries
         "| start_grafting | 1 | 1 |",
     ):

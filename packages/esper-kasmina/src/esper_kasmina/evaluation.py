@@ -17,10 +17,16 @@ So the data is loaded once, the host prefix runs once, and only the layers after
 times, in one batched forward (better use of the hardware than V small ones). Losses and counts accumulate on the
 device; the only host sync is at the end. A host whose forward is not batch-size agnostic (it hard-codes the
 batch size after a slot) is detected on the first batch and measured with one forward per variant instead.
+
+The pass's compute is counted, not timed (:mod:`esper_core.flops`): the FLOPs per sample of the pass and of a
+plain validation forward (variant 0 alone), counted on the first batch of a configuration of seeds and kept in
+the caller's cache, times the samples. The counterfactual measurement's cost is the difference. Nothing is
+counted per batch; a configuration seen before costs nothing to count.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -29,8 +35,8 @@ import attrs
 import torch
 from torch import nn
 
+from esper_core.flops import count_flops, evaluation_mode, flop_counter
 from esper_core.leyline import lifecycle
-from esper_kasmina.probes import evaluation_mode
 from esper_kasmina.slot import Measurement, SeedSlot
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -65,6 +71,38 @@ class Evaluation:
     variants: int
     fused: bool
     seconds: float
+    #: Counted FLOPs of the whole pass (validation and counterfactual variants).
+    flops: int = 0
+    #: Counted FLOPs a plain validation pass (the model as it is, no counterfactual variants) costs.
+    validation_flops: int = 0
+    #: Samples the counterfactual variants scored (all of them unless ``max_measurement_passes`` thinned them out;
+    #: 0 without a measured seed).
+    measured_samples: int = 0
+
+    @property
+    def measurement_flops(self) -> int:
+        """What the counterfactual measurements added to the validation pass, in counted FLOPs."""
+        return self.flops - self.validation_flops
+
+
+#: Per configuration of seeds (see :func:`configuration`) and input shape: the counted FLOPs per sample of a fused
+#: evaluation pass and of a plain validation forward. Kept by the caller across evaluations.
+FlopsCache = dict[tuple[Any, ...], tuple[float, float]]
+
+
+def configuration(slots: Sequence[SeedSlot]) -> tuple[Any, ...]:
+    """What the cost of a forward depends on: every slot's stage, its seed (blueprint and parameters) and hook."""
+    return tuple(
+        (
+            slot.slot_id,
+            slot.stage,
+            slot.record.seed_id,
+            slot.record.blueprint_id,
+            tuple(sorted(slot.record.parameters.items())),
+            slot.hooked,
+        )
+        for slot in slots
+    )
 
 
 def _as_is_alpha(slot: SeedSlot) -> float:
@@ -82,15 +120,32 @@ def _batch_size(inputs: Any) -> int:
     return int(first.shape[0])
 
 
+def _trailing_shape(inputs: Any) -> tuple[Any, ...]:
+    """The inputs' shapes without the batch dimension (what a per-sample cost depends on)."""
+    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return tuple(tuple(item.shape[1:]) if isinstance(item, torch.Tensor) else None for item in items)
+
+
 def evaluate(
     model: nn.Module,
     slots: Sequence[SeedSlot],
     batches: Iterable[tuple[Any, Any]],
     loss_fn: LossFn,
     correct_fn: CorrectFn,
+    flops_cache: FlopsCache | None = None,
+    max_measurement_passes: float = 0.0,
 ) -> Evaluation:
-    """Validation metrics of ``model`` over ``batches`` and every measured seed's off/on metrics."""
+    """Validation metrics of ``model`` over ``batches`` and every measured seed's off/on metrics, with the pass's
+    counted FLOPs (counted on the first batch unless ``flops_cache`` knows this configuration already).
+
+    ``max_measurement_passes`` (0: no limit) caps what the counterfactual variants add, in plain validation passes
+    of counted FLOPs: when they would add more, they run on every k-th batch only (the first included), the
+    smallest k that keeps them within the cap, while the validation metrics still use every batch. A seed's off and
+    on variants always score the same batches, so its contribution stays an unbiased paired estimate; its standard
+    error, from fewer batches, says how much noisier it became.
+    """
     start = time.perf_counter()
+    cache: FlopsCache = {} if flops_cache is None else flops_cache
     measured = [slot for slot in slots if slot.stage in lifecycle.MEASURED and slot.hooked]
     as_is = {slot.slot_id: _as_is_alpha(slot) for slot in measured}
     variants: list[dict[str, float]] = [as_is]
@@ -109,51 +164,132 @@ def evaluate(
     alphas = {
         slot.slot_id: torch.tensor([variant[slot.slot_id] for variant in variants], device=device) for slot in measured
     }
-    batch_losses: list[torch.Tensor] = []  # per batch: each variant's mean loss (one small tensor, no sync)
+    # Per batch, each variant's mean loss (one small tensor, no sync), and the right answers per variant: over the
+    # batches where the variants ran, and (variant 0, the model as it is) over every batch.
+    batch_losses: list[torch.Tensor] = []
+    plain_losses: list[torch.Tensor] = []
     correct = torch.zeros(count, dtype=torch.float64, device=device)
+    plain_correct = torch.zeros((), dtype=torch.float64, device=device)
     sizes: list[int] = []
-    samples = 0
+    measured_sizes: list[int] = []
     fused = True
+    per_sample: tuple[float, float] | None = None  # FLOPs per sample: the pass, a plain validation forward
+    stride = 1  # the variants run on every stride-th batch
     with evaluation_mode(model), torch.no_grad():
-        for inputs, targets in batches:
+        for number, (inputs, targets) in enumerate(batches):
             batch = _batch_size(inputs)
-            samples += batch
             sizes.append(batch)
-            outputs: list[Any] | None = [_forward(model, inputs)] if count == 1 else None
-            if outputs is None and fused:
-                outputs = _fused_forward(model, measured, inputs, batch, count, alphas)
+            key: tuple[Any, ...] = ()
+            if per_sample is None:
+                key = (configuration(slots), count, _trailing_shape(inputs))
+                per_sample = cache.get(key)
+            counting = per_sample is None  # the first batch of a configuration not seen before
+            outputs: list[Any] | None = None
+            if count == 1 or number % stride:
+                outputs, counted = _counted(counting, _forwards, model, inputs)
+                plain = counted
+            elif fused:
+                outputs, counted, prefix = _counted_fused(counting, model, measured, inputs, batch, count, alphas)
+                # The prefix ran once, everything after it once per variant, variant 0 being the plain forward.
+                plain = prefix + (counted - prefix) // count
                 fused = outputs is not None
-            if outputs is None:
-                outputs = _variant_forwards(model, measured, inputs, count, alphas)
-            batch_losses.append(torch.stack([loss_fn(output, targets).double() for output in outputs]))
-            for variant, output in enumerate(outputs):
-                correct[variant] += correct_fn(output, targets).double()
-    if samples == 0:
+            if outputs is None:  # not fused: one whole forward per variant
+                outputs, counted = _counted(counting, _variant_forwards, model, measured, inputs, count, alphas)
+                plain = counted // count
+            if counting:
+                per_sample = (counted / batch, plain / batch)
+                cache[key] = per_sample
+            if number == 0 and count > 1 and max_measurement_passes > 0 and per_sample is not None:
+                stride = _stride(per_sample, max_measurement_passes)
+            losses = torch.stack([loss_fn(output, targets).double() for output in outputs])
+            plain_losses.append(losses[0])
+            plain_correct += correct_fn(outputs[0], targets).double()
+            if len(outputs) == count:
+                batch_losses.append(losses)
+                measured_sizes.append(batch)
+                for variant, output in enumerate(outputs):
+                    correct[variant] += correct_fn(output, targets).double()
+    if not sizes:
         raise ValueError("evaluation needs at least one batch")
-    per_batch = torch.stack(batch_losses)  # (batches, variants)
+    samples, measured_samples = sum(sizes), sum(measured_sizes)
     weights = torch.tensor(sizes, dtype=torch.float64, device=device)
-    mean_loss = ((per_batch * weights[:, None]).sum(dim=0) / samples).tolist()
-    accuracy = (correct / samples).tolist()
-    seeds = {
-        slot_id: SeedMeasurement(
-            slot_id,
-            mean_loss[off],
-            mean_loss[on],
-            accuracy[off],
-            accuracy[on],
-            _stderr(per_batch[:, off] - per_batch[:, on]),
-        )
-        for slot_id, (off, on) in index.items()
-    }
+    loss = float((torch.stack(plain_losses) * weights).sum() / samples)
+    accuracy = float(plain_correct / samples)
+    seeds: dict[str, SeedMeasurement] = {}
+    if index:
+        per_batch = torch.stack(batch_losses)  # (measured batches, variants)
+        measured_weights = torch.tensor(measured_sizes, dtype=torch.float64, device=device)
+        mean_loss = ((per_batch * measured_weights[:, None]).sum(dim=0) / measured_samples).tolist()
+        rates = (correct / measured_samples).tolist()
+        for slot_id, (off, on) in index.items():
+            stderr = _stderr(per_batch[:, off] - per_batch[:, on])
+            seeds[slot_id] = SeedMeasurement(slot_id, mean_loss[off], mean_loss[on], rates[off], rates[on], stderr)
+    pass_flops = validation_flops = 0
+    if per_sample is not None:
+        pass_flops = round(per_sample[0] * measured_samples + per_sample[1] * (samples - measured_samples))
+        validation_flops = round(per_sample[1] * samples)
     return Evaluation(
-        loss=mean_loss[0],
-        accuracy=accuracy[0],
+        loss=loss,
+        accuracy=accuracy,
         samples=samples,
         seeds=seeds,
         variants=count,
         fused=fused or count == 1,
         seconds=time.perf_counter() - start,
+        flops=pass_flops,
+        validation_flops=validation_flops,
+        measured_samples=measured_samples if index else 0,
     )
+
+
+def _stride(per_sample: tuple[float, float], cap: float) -> int:
+    """The smallest k such that running the variants on every k-th batch adds at most ``cap`` plain passes."""
+    pass_flops, plain_flops = per_sample
+    if plain_flops <= 0:
+        return 1
+    extra = (pass_flops - plain_flops) / plain_flops
+    return max(1, math.ceil(extra / cap - 1e-9))
+
+
+def _counted(counting: bool, function: Callable[..., list[Any]], *args: Any) -> tuple[list[Any], int]:
+    """``function(*args)``, with the FLOPs it ran when ``counting`` (else 0)."""
+    if not counting:
+        return function(*args), 0
+    outputs, counted = count_flops(lambda: function(*args))
+    return outputs, counted
+
+
+def _forwards(model: nn.Module, inputs: Any) -> list[Any]:
+    """The plain forward, as the one output of the one variant."""
+    return [_forward(model, inputs)]
+
+
+def _counted_fused(
+    counting: bool,
+    model: nn.Module,
+    measured: Sequence[SeedSlot],
+    inputs: Any,
+    batch: int,
+    count: int,
+    alphas: dict[str, torch.Tensor],
+) -> tuple[list[Any] | None, int, int]:
+    """The fused forward, with (when ``counting``) its FLOPs and those of the prefix: the layers up to the expansion
+    slot's module, which run once (read as the counter stands when that module returns, before its slot
+    replicates the batch)."""
+    if not counting:
+        return _fused_forward(model, measured, inputs, batch, count, alphas), 0, 0
+    target = measured[0]._target
+    assert target is not None
+    prefix: list[int] = []
+    with flop_counter() as counter:
+        handle = target.register_forward_hook(
+            lambda _m, _i, _o: prefix.append(int(counter.get_total_flops())), prepend=True
+        )
+        try:
+            outputs = _fused_forward(model, measured, inputs, batch, count, alphas)
+        finally:
+            handle.remove()
+    return outputs, int(counter.get_total_flops()), prefix[0] if prefix else 0
 
 
 def _stderr(differences: torch.Tensor) -> float | None:

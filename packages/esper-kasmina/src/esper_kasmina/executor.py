@@ -47,7 +47,7 @@ from esper_core.protocols import ArtifactStore, BlueprintCatalog
 from esper_core.signing import CommandVerifier
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Level, Metric, build_telemetry_packet
 from esper_kasmina import growth_statistics, probes, schedules
-from esper_kasmina.evaluation import CorrectFn, Evaluation, LossFn, evaluate
+from esper_kasmina.evaluation import CorrectFn, Evaluation, FlopsCache, LossFn, evaluate
 from esper_kasmina.gates import GateChecks, describe, first_failure, passed
 from esper_kasmina.host import SlotBank, attach_slots, host_parameters
 from esper_kasmina.optimizer import SeedParameterGroups
@@ -91,6 +91,8 @@ class KasminaSeedExecutor:
         self.epoch = 0
         self.global_step = 0
         self.last_evaluation: Evaluation | None = None
+        #: The counted FLOPs per sample of an evaluation pass, per configuration of seeds (counted once each).
+        self._flops_cache: FlopsCache = {}
         #: Validation losses at this and at the previous decision point (the G2 loss-spike check compares them).
         self.last_loss: float | None = None
         self.previous_loss: float | None = None
@@ -155,7 +157,17 @@ class KasminaSeedExecutor:
     # -- decision points --------------------------------------------------------------------------------------
     def evaluate(self, batches: Iterable[tuple[Any, Any]], loss_fn: LossFn, correct_fn: CorrectFn) -> Evaluation:
         """Validation of the host with every measured seed's counterfactual contribution (one fused pass)."""
-        result = evaluate(self._model(), self.slots, batches, loss_fn, correct_fn)
+        if len(self._flops_cache) > 64:  # configurations of seeds come and go; a few are live at a time
+            self._flops_cache.clear()
+        result = evaluate(
+            self._model(),
+            self.slots,
+            batches,
+            loss_fn,
+            correct_fn,
+            self._flops_cache,
+            self.options.max_measurement_passes,
+        )
         self.previous_loss, self.last_loss = self.last_loss, result.loss
         self.last_evaluation = result
         for slot in self.slots:
@@ -480,7 +492,9 @@ class KasminaSeedExecutor:
             return self.gates.shadowing_entry(model, slot, probe)
         if target == lifecycle.PROBATIONARY:
             loss = self.last_evaluation.loss if self.last_evaluation else None
-            return self.gates.probation_entry(model, slot, host, probe, loss)
+            # The step's cost is that of everything it trains: the host and the other seeds in the forward pass.
+            others = [p for other in self.slots if other is not slot and other.hooked for p in other.seed_parameters()]
+            return self.gates.probation_entry(model, slot, [*host, *others], probe, loss)
         return []
 
     def _fine_tune(self, slot: SeedSlot, command: AdaptationCommand, result: CommandResult) -> None:

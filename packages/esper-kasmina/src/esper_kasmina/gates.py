@@ -16,8 +16,8 @@ G2     BLENDING               seed loss measured and not regressed since trainin
                               validation loss; output and gradients still healthy
 G3     SHADOWING              output finite, shape, dtype and device right; contribution at least the threshold
                               (within ``contribution_noise_z`` standard errors)
-G4     PROBATIONARY           validation loss not worse than at germination beyond tolerance; step-time overhead
-                              within budget
+G4     PROBATIONARY           validation loss not worse than at germination beyond tolerance; the counted FLOPs a
+                              seed adds to a training step within budget (and, if set, the step's time)
 G5     DORMANT (reset)        seed module, hook and optimizer group gone
 =====  =====================  =====================================================================================
 """
@@ -248,6 +248,12 @@ class GateChecks:
     def probation_entry(
         self, model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], probe: Probe, val_loss: float | None
     ) -> list[GateResult]:
+        """G4: the seed has not made validation worse since it germinated, and it does not make training much more
+        expensive. The cost is counted (FLOPs of a training step on the probe batch, with the seed training jointly
+        as it will from now on, over without it), so the verdict never depends on how busy the machine is; an
+        absolute time limit (``max_step_ms``) is there for who wants one, and times.
+
+        ``host``: every other parameter a training step trains (the host's, and the other seeds')."""
         g4, o = lifecycle.G4, self.options
         results = []
         baseline = slot.record.val_loss_at_germination
@@ -265,17 +271,30 @@ class GateChecks:
                     "validation loss now over at germination, minus 1",
                 )
             )
-        ratio = probes.step_time_ratio(model, slot, host, probe)
+        cost = probes.step_cost(model, slot, host, probe)
         results.append(
             check(
                 g4,
                 "step_overhead",
-                ratio - 1.0 <= o.max_step_overhead,
-                ratio - 1.0,
+                cost.overhead <= o.max_step_overhead,
+                cost.overhead,
                 o.max_step_overhead,
-                "probe step time with the seed over without it, minus 1",
+                f"counted FLOPs of a training step with the seed over without it, minus 1 "
+                f"({cost.with_seed.per_sample():,.0f} over {cost.without.per_sample():,.0f} per probe sample)",
             )
         )
+        if o.max_step_ms > 0:
+            milliseconds = probes.step_milliseconds(model, slot, host, probe)
+            results.append(
+                check(
+                    g4,
+                    "step_time",
+                    milliseconds <= o.max_step_ms,
+                    milliseconds,
+                    o.max_step_ms,
+                    "median time of a training step on the probe batch with the seed, in ms",
+                )
+            )
         return results
 
     # -- G5 ---------------------------------------------------------------------------------------------------

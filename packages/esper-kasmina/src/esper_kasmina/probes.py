@@ -17,6 +17,8 @@ import attrs
 import torch
 from torch import nn
 
+from esper_core import flops
+from esper_core.flops import StepFlops, evaluation_mode
 from esper_core.leyline import lifecycle
 from esper_core.leyline.lifecycle import Stage
 from esper_kasmina.slot import SeedSlot
@@ -35,17 +37,6 @@ class Probe:
     def loss(self, model: nn.Module) -> torch.Tensor:
         outputs = model(*self.inputs) if isinstance(self.inputs, (tuple, list)) else model(self.inputs)
         return self.loss_fn(outputs, self.targets)
-
-
-@contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.train(training)
 
 
 @contextmanager
@@ -283,10 +274,44 @@ def loss_with_seed(model: nn.Module, slot: SeedSlot, seed: nn.Module, probe: Pro
         slot.sync_hook()
 
 
-def step_time_ratio(
+@attrs.frozen
+class StepCost:
+    """Counted FLOPs of a training step's forward and backward on the probe batch, with a seed and without it."""
+
+    with_seed: StepFlops
+    without: StepFlops
+
+    @property
+    def overhead(self) -> float:
+        """The relative increase of the step's cost the seed brings: with over without, minus 1."""
+        return self.with_seed.total / max(self.without.total, 1) - 1.0
+
+
+def step_cost(model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], probe: Probe) -> StepCost:
+    """Count one forward + backward on the probe batch with the seed as it will train once it passes (PROBATIONARY:
+    joint training, gradients through the seed into the host), and the same with the host alone.
+
+    Counted, not timed: the result depends on the model and the probe batch only, never on the machine's load, and
+    costs one pass of each on a few of the probe's samples (no warm-up, no repeats).
+    """
+    parameters = [*host, *slot.seed_parameters()]
+    # The ratio is per sample: a few probe samples give it exactly, at a fraction of a full probe pass's cost.
+    few = Probe(flops.first(probe.inputs, flops.COUNT_SAMPLES), flops.first(probe.targets, flops.COUNT_SAMPLES),
+                probe.loss_fn)  # fmt: skip
+    samples = _batch_size(few.inputs)
+    with evaluation_mode(model):
+        with as_stage(slot, lifecycle.PROBATIONARY):
+            with_seed = flops.count_step(lambda: few.loss(model), parameters, samples)
+        with host_alone(slot):
+            without = flops.count_step(lambda: few.loss(model), list(host), samples)
+    return StepCost(with_seed=with_seed, without=without)
+
+
+def step_milliseconds(
     model: nn.Module, slot: SeedSlot, host: Sequence[nn.Parameter], probe: Probe, repeats: int = 5
 ) -> float:
-    """Median time of a forward + backward on the probe batch with the seed over the same without it."""
+    """Median wall-clock time of one forward + backward on the probe batch with the seed as in PROBATIONARY, in ms,
+    after one warm-up pass. Timed: it depends on the machine and its load (only ``kasmina.max_step_ms`` uses it)."""
     parameters = [*host, *slot.seed_parameters()]
 
     def timed() -> float:
@@ -294,10 +319,11 @@ def step_time_ratio(
         _gradients(probe.loss(model), parameters)
         return time.perf_counter() - start
 
-    with evaluation_mode(model):
-        timed()  # warm up both paths once
-        with_seed = [timed() for _ in range(repeats)]
-        with host_alone(slot):
-            timed()
-            without = [timed() for _ in range(repeats)]
-    return statistics.median(with_seed) / max(statistics.median(without), 1e-9)
+    with evaluation_mode(model), as_stage(slot, lifecycle.PROBATIONARY):
+        timed()
+        return statistics.median(timed() for _ in range(repeats)) * 1000.0
+
+
+def _batch_size(inputs: Any) -> int:
+    first = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+    return int(first.shape[0])

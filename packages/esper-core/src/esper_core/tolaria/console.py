@@ -19,6 +19,7 @@ from esper_core.leyline import (
 )
 from esper_core.tolaria.history import EpochStats, Summary
 from esper_core.tolaria.trainer import Trainer
+from esper_core.units import format_flops
 
 #: The progress bar is redrawn at most this often (in steps), so the display costs nothing measurable per batch.
 REFRESH_EVERY = 25
@@ -92,6 +93,16 @@ class RunDisplay:
         self.console.print(line, highlight=False)
 
 
+def compute(summary: Summary) -> str:
+    """The run's counted FLOPs and their parts."""
+    parts = (
+        ("training", summary.training_flops),
+        ("validation", summary.validation_flops),
+        ("counterfactuals", summary.measurement_flops),
+    )
+    return format_flops(summary.total_flops, parts)
+
+
 def print_summary(console: Console, summary: Summary, run_dir: Path) -> None:
     table = Table(title=f"Run {run_dir.name}", show_header=False)
     table.add_column("", style="bold")
@@ -114,6 +125,7 @@ def print_summary(console: Console, summary: Summary, run_dir: Path) -> None:
         ("rollbacks", str(summary.rollbacks)),
         ("decisions", ", ".join(f"{name} {count}" for name, count in sorted(summary.decisions.items()))),
         ("wall time", f"{summary.wall_seconds:.0f} s (training {summary.train_seconds:.0f} s)"),
+        ("compute (counted FLOPs)", compute(summary)),
         ("run directory", str(run_dir)),
     ]
     for name, value in rows:

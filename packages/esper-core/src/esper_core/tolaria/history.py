@@ -1,7 +1,13 @@
 """What Tolaria's loop carries from one epoch to the next, and what it reports at the end.
 
 :class:`History` is saved in every checkpoint (plain data: it loads with ``weights_only``), so a resumed run continues
-with the same counters, losses and clocks as the run that was interrupted.
+with the same counters, losses, clocks and compute totals as the run that was interrupted.
+
+Compute is counted, never timed (:mod:`esper_core.flops`): FLOPs of the forward and backward passes, the operators
+PyTorch's counter knows (matrix products, convolutions, attention). ``training`` is every training step's forward
+and backward (not the optimizer's update, which is element-wise); ``validation`` every plain validation pass;
+``measurement`` what the counterfactual variants fused into those passes added. The probe passes of gates and slot
+statistics are not in them (tens of samples per decision point, against an epoch of training).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ class EpochStats:
     train_accuracy: float
     seconds: float
     samples: int
+    #: Counted FLOPs of the training steps (forward + backward) of the epoch so far.
+    training_flops: int = 0
 
 
 @attrs.define
@@ -44,6 +52,21 @@ class History:
     #: Seconds the run has been running up to the last checkpoint, across resumes: the time a resumed run was down
     #: is not in it (work lost after the last checkpoint is, since it is done again).
     wall_seconds: float = 0.0
+    #: Counted FLOPs spent so far (see the module's notes), across resumes. A rollback keeps them: the work was
+    #: done, even if its result was thrown away.
+    training_flops: int = 0
+    validation_flops: int = 0
+    measurement_flops: int = 0
+
+    @property
+    def total_flops(self) -> int:
+        return self.training_flops + self.validation_flops + self.measurement_flops
+
+    def add_evaluation(self, validation: Any) -> None:
+        """Count an evaluation pass's compute (an executor that counts none reports 0)."""
+        flops, plain = int(getattr(validation, "flops", 0)), int(getattr(validation, "validation_flops", 0))
+        self.validation_flops += plain
+        self.measurement_flops += max(flops - plain, 0)
 
 
 @attrs.frozen
@@ -65,6 +88,12 @@ class Summary:
     wall_seconds: float
     train_seconds: float
     decisions: dict[str, int]
+    #: Counted FLOPs of the whole run (see the module's notes); validation includes the final validation and test
+    #: passes, measurement their counterfactual variants.
+    training_flops: int = 0
+    validation_flops: int = 0
+    measurement_flops: int = 0
+    total_flops: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -58,6 +58,10 @@ class RunRecorder:
             stages[name] = stages.get(name, 0) + 1
         operation = lifecycle.command_name(command)
         self.decisions[operation] = self.decisions.get(operation, 0) + 1
+        # Counted FLOPs: the epoch's training so far, this decision point's validation pass and what its
+        # counterfactual variants added, and the run's total up to here (History's notes say what counts).
+        validation_flops = int(getattr(validation, "validation_flops", 0))
+        measurement_flops = max(int(getattr(validation, "flops", 0)) - validation_flops, 0)
         with run.record.batch():  # the decision point's entries, written together and made durable by one fsync
             run.record.append(
                 "epoch", epoch=epoch, global_step=history.global_step, train_loss=finite(stats.train_loss),
@@ -67,6 +71,8 @@ class RunRecorder:
                 epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
                 validation_seconds=getattr(validation, "seconds", None),
                 evaluation_variants=getattr(validation, "variants", 1),
+                training_flops=stats.training_flops, validation_flops=validation_flops,
+                measurement_flops=measurement_flops, total_flops=history.total_flops,
             )  # fmt: skip
             run.record.append(
                 "decision", epoch=epoch, operation=operation, slot=command.target_slot_id,
@@ -101,6 +107,9 @@ class RunRecorder:
             Metric("tolaria.validation.accuracy", validation.accuracy),
             Metric("tolaria.epoch.seconds", stats.seconds, "s"),
             Metric("tolaria.epoch_hook.latency_ms", history.hook_ms or 0.0, "ms"),
+            Metric("tolaria.compute.training_flops", float(stats.training_flops), "FLOP"),
+            Metric("tolaria.compute.measurement_flops", float(measurement_flops), "FLOP"),
+            Metric("tolaria.compute.total_flops", float(history.total_flops), "FLOP"),
             Metric("tolaria.parameters", float(state.metrics.parameter_count)),
             Metric("tolaria.rollbacks", float(history.rollbacks)),
             Metric("tolaria.conservative_mode", float(history.conservative_left > 0)),

@@ -14,6 +14,11 @@ counts accumulate on the device and are read once, at the epoch's end); then a d
    plugins; telemetry is relayed from the bus to the sinks;
 7. a checkpoint.
 
+The run's compute is counted, not timed (``History.training_flops`` and its siblings): the FLOPs of a training step
+are counted on a few training samples whenever the seeds in the forward pass changed at a decision point (a stage
+change, a cull; a restore), cached per sample, and multiplied by the samples trained; the validation pass reports
+its own. Nothing is counted per batch.
+
 A non-finite loss, or a training loss above ``loss_spike_factor`` times the previous epoch's, rolls the run back to
 its last checkpoint and culls the seeds that were in the forward pass (the one responsible, when only one was), with
 a signed command; it is recorded. After ``max_rollbacks`` the run stops.
@@ -31,6 +36,7 @@ import attrs
 import torch
 from google.protobuf.json_format import MessageToDict
 
+from esper_core.flops import COUNT_SAMPLES, count_training_step
 from esper_core.leyline import (
     AdaptationCommand,
     CommandResult,
@@ -77,6 +83,8 @@ class Trainer:
         self._running_since = self.clock()
         self.on_epoch: EpochCallback | None = None
         self.on_step: StepCallback | None = None
+        #: The seeds' configuration and the counted FLOPs per sample of a training step in it (None: count anew).
+        self._step_cost: tuple[tuple[Any, ...], float] | None = None
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> Summary:
@@ -123,6 +131,9 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
         correct = torch.zeros((), dtype=torch.float64, device=run.device)
         every = run.tolaria.decision_every_steps
+        per_sample = self.training_flops_per_sample()
+        epoch_flops = 0
+        stretch_from = 0  # the first sample of the epoch trained with the current per-sample cost
         run.model.train()
         start = time.perf_counter()
         for step in range(steps):
@@ -141,16 +152,54 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(step + 1, steps)
             if every and history.global_step % every == 0 and step < steps - 1:
-                partial = EpochStats(float("nan"), float("nan"), time.perf_counter() - start, (step + 1) * size)
+                done = (step + 1) * size
+                stretch = round(per_sample * (done - stretch_from))
+                epoch_flops += stretch
+                history.training_flops += stretch
+                stretch_from = done
+                partial = EpochStats(float("nan"), float("nan"), time.perf_counter() - start, done, epoch_flops)
                 self.decision_point(epoch, partial, checkpoint_epoch=False)
+                per_sample = self.training_flops_per_sample()
                 run.model.train()
         seconds = time.perf_counter() - start
         history.train_seconds += seconds
         count = len(inputs)
-        return EpochStats(float(loss_sum.item()) / count, float(correct.item()) / count, seconds, count)
+        stretch = round(per_sample * (count - stretch_from))  # the last, partial batch counts its own samples
+        epoch_flops += stretch
+        history.training_flops += stretch
+        return EpochStats(float(loss_sum.item()) / count, float(correct.item()) / count, seconds, count, epoch_flops)
 
     def _optimized_parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.run.optimizer.param_groups for p in group["params"]]
+
+    # -- compute ----------------------------------------------------------------------------------------------
+    def _configuration(self) -> tuple[Any, ...]:
+        """What a training step's cost depends on: the seeds in the forward pass, each with its stage (a germinated,
+        culled or embargoed seed computes nothing)."""
+        return tuple(
+            (s.slot_id, s.stage, s.seed_id, s.blueprint_id, tuple(sorted(s.blueprint_parameters.items())),
+             s.parameter_count)
+            for s in self.run.executor.export_seed_states()
+            if s.stage in lifecycle.IN_FORWARD
+        )  # fmt: skip
+
+    def refresh_step_cost(self) -> None:
+        """Count a training step's FLOPs anew if the seeds' configuration changed since the last count (at a decision
+        point, after the command: a germination, a stage change or a cull changes it)."""
+        configuration = self._configuration()
+        if self._step_cost is not None and self._step_cost[0] == configuration:
+            return
+        run = self.run
+        batch = run.data.train[0][: min(run.options.batch_size, COUNT_SAMPLES)]  # per sample exact on any batch
+        counted = count_training_step(run.model, batch, self._optimized_parameters())
+        self._step_cost = (configuration, counted.per_sample())
+
+    def training_flops_per_sample(self) -> float:
+        """The counted FLOPs per training sample (forward + backward) of the model as it is now."""
+        if self._step_cost is None:
+            self.refresh_step_cost()
+        assert self._step_cost is not None
+        return self._step_cost[1]
 
     # -- decision points --------------------------------------------------------------------------------------
     def decision_point(
@@ -161,6 +210,7 @@ class Trainer:
         validation = run.executor.evaluate(
             self.batches(*run.data.val, max(run.options.batch_size, 256)), run.task.loss, run.task.correct
         )
+        history.add_evaluation(validation)
         run.executor.decision_point(epoch, history.global_step)
         seeds = run.executor.export_seed_states()
         state = build_state_packet(
@@ -172,6 +222,7 @@ class Trainer:
         result, apply_ms = self._apply(command)
         reports = run.controller.observe(state, command, result)
         events = run.executor.drain_events()
+        self.refresh_step_cost()  # the command may have changed what a training step computes
         # The hook's own cost: validation is work the run needs anyway, and scales with the validation set.
         validation_s = float(getattr(validation, "seconds", 0.0))
         history.hook_ms = (time.perf_counter() - start - validation_s) * 1000.0
@@ -241,9 +292,13 @@ class Trainer:
                 f"epoch {epoch}: {reason}, and the run has already rolled back {self.history.rollbacks} "
                 "times; it stops here (raise tolaria.max_rollbacks, or lower the learning rate)"
             )
+        spent = self.history  # the compute of the epoch thrown away was spent all the same
         if self.restore_latest() is None:
             raise RunError(f"epoch {epoch}: {reason}, and there is no checkpoint to roll back to")
         history = self.history  # the restored one: restore replaces the object
+        history.training_flops, history.validation_flops, history.measurement_flops = (
+            spent.training_flops, spent.validation_flops, spent.measurement_flops
+        )  # fmt: skip
         history.rollbacks += 1  # the count the latest checkpoint holds: every rollback re-saves it (below)
         culled = []
         for seed in blamed:
@@ -312,6 +367,7 @@ class Trainer:
         run.controller.load_state_dict(state["controller"])
         restore_rng(state["rng"])
         self.history = History(**state["history"])
+        self._step_cost = None  # the restored seeds may differ: count again before training
         # Checkpoints written before the recorder existed hold its counters at the top level.
         self.recorder.load_state_dict(
             state.get("recorder") or {"decisions": state["decisions"], "culled": state["culled"]}
@@ -327,10 +383,14 @@ class Trainer:
         run = self.run
         seeds = run.executor.export_seed_states()
         validation = run.executor.evaluate(self.batches(*run.data.val, 512), run.task.loss, run.task.correct)
+        # The run's compute with the final passes (not kept in the history: a resumed finished run does them again).
+        compute = attrs.evolve(self.history)
+        compute.add_evaluation(validation)
         test_loss = test_accuracy = None
         if run.data.test is not None:
             test = run.executor.evaluate(self.batches(*run.data.test, 512), run.task.loss, run.task.correct)
             test_loss, test_accuracy = test.loss, test.accuracy
+            compute.add_evaluation(test)
         summary = Summary(
             epochs=self.history.epoch,
             train_loss=self.history.train_losses[-1] if self.history.train_losses else float("nan"),
@@ -346,6 +406,10 @@ class Trainer:
             wall_seconds=self.history.wall_seconds + self.clock() - self._running_since,
             train_seconds=self.history.train_seconds,
             decisions=dict(self.recorder.decisions),
+            training_flops=compute.training_flops,
+            validation_flops=compute.validation_flops,
+            measurement_flops=compute.measurement_flops,
+            total_flops=compute.total_flops,
         )
         run.record.append("run_finished", **summary.as_dict())
         run.registry.run_finished(

@@ -31,6 +31,8 @@ class EpochPoint:
     parameters: float | None = None
     host_parameters: float | None = None
     epoch_seconds: float | None = None
+    #: Counted FLOPs of the run up to this epoch's decision point (records written before compute was counted: None).
+    total_flops: float | None = None
 
 
 @attrs.frozen
@@ -269,6 +271,7 @@ def history_from_entries(entries: Iterable[Mapping[str, Any]]) -> RunHistory:
                 parameters=number(entry.get("parameters")),
                 host_parameters=number(entry.get("host_parameters")),
                 epoch_seconds=number(entry.get("epoch_seconds")),
+                total_flops=number(entry.get("total_flops")),
             )
         elif kind == "decision":
             operation = text(entry.get("operation")) or "unknown"

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from esper_core.units import format_flops
 from esper_nissa.report.history import RunHistory, SeedRow, integer, number
 
 #: The plots the summary links to, with their captions.
@@ -62,6 +63,13 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     return lines
 
 
+def flops(total: float | None, parts: Sequence[tuple[str, float | None]] = ()) -> str:
+    """A counted FLOP total with its parts (those the record holds)."""
+    if total is None or not math.isfinite(total):
+        return _shown(total, "")
+    return format_flops(total, [(name, value) for name, value in parts if value is not None and math.isfinite(value)])
+
+
 def _growth(parameters: float | None, host: float | None) -> str:
     shown = count(parameters)
     if parameters is None or host is None or not math.isfinite(parameters) or not math.isfinite(host) or host <= 0:
@@ -92,6 +100,17 @@ def final_numbers(history: RunHistory) -> list[tuple[str, str]]:
             ("rollbacks", count(number(f("rollbacks")))),
             ("wall time", seconds(number(f("wall_seconds")))),
             ("training time", seconds(number(f("train_seconds")))),
+            (
+                "compute (counted FLOPs)",
+                flops(
+                    number(f("total_flops")),
+                    [
+                        ("training", number(f("training_flops"))),
+                        ("validation", number(f("validation_flops"))),
+                        ("counterfactuals", number(f("measurement_flops"))),
+                    ],
+                ),
+            ),
         ]
     else:
         recorded = [p.epoch_seconds for p in history.epochs if p.epoch_seconds is not None]
@@ -106,6 +125,7 @@ def final_numbers(history: RunHistory) -> list[tuple[str, str]]:
             ("seeds culled", str(sum(row.stage == "CULLED" for row in history.seeds))),
             ("rollbacks", str(len(history.rollbacks))),
             ("training time (recorded epochs)", seconds(sum(recorded) if recorded else None)),
+            ("compute (counted FLOPs, recorded epochs)", flops(last.total_flops if last else None)),
         ]
     best = [p for p in history.epochs if p.val_accuracy is not None and math.isfinite(p.val_accuracy)]
     if best:
