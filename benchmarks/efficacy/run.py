@@ -5,6 +5,9 @@
 - ``fixed-schedule``: the small host, growing the heuristic's favourite blueprint for conv slots (BP056,
   wide_residual) at fixed epochs in the shallowest free slots, advanced without judgement.
 - ``heuristic``: the small host with the heuristic controller (examples/fashion-mnist.toml as it is).
+- ``gromo`` (only when asked, ``--arms ... gromo``; it needs ``pip install -r requirements/efficacy.txt``): GroMo's own
+  growth to ``--gromo-budget`` parameters, run by ``gromo_arm.py`` (see GROMO.md). Without GroMo it is skipped with
+  the install hint; the other arms run as usual.
 
 Each run is a real ``esper run`` in its own process; the table comes from the runs' records. Runs go two at a
 time by default (``--workers``), each on one torch thread, so wall times compare across arms of one invocation.
@@ -38,10 +41,14 @@ ARMS: dict[str, list[str]] = {
         'tamiyo.fixed-schedule.germinations=[{epoch = 3, blueprint = "BP056"}, {epoch = 6, blueprint = "BP056"}]',
     ],
     "heuristic": [],
+    "gromo": [],  # not an esper run: run_gromo
 }
+GROMO, GROMO_MISSING = "gromo", 3  # gromo_arm.py's exit status when GroMo is not installed
 
 
-def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict[str, Any]:
+def run_one(arm: str, seed: int, epochs: int, out: Path, gromo_budget: int) -> dict[str, Any] | None:
+    if arm == GROMO:
+        return run_gromo(seed, epochs, out, gromo_budget)
     name = f"{arm}-seed{seed}"
     overrides = [*ARMS[arm], f"run.seed={seed}", f"run.epochs={epochs}", f"run.runs_dir={out}", f"run.name={name}",
                  "run.threads=1", "nissa.report.automatic=false"]  # fmt: skip
@@ -54,6 +61,21 @@ def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict[str, Any]:
         raise RuntimeError(f"{name} failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
     finished = _finished(out / name)
     return {"arm": arm, "seed": seed, "wall_seconds": wall, **finished}
+
+
+def run_gromo(seed: int, epochs: int, out: Path, budget: int) -> dict[str, Any] | None:
+    """The gromo arm in its own process, timed like the others; None (the reason on stderr) without GroMo."""
+    command = [sys.executable, str(Path(__file__).with_name("gromo_arm.py")), "--seeds", str(seed), "--epochs",
+               str(epochs), "--budget", str(budget), "--out", str(out)]  # fmt: skip
+    start = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if completed.returncode == GROMO_MISSING:
+        print(f"gromo seed {seed} skipped: {completed.stderr.strip()}", file=sys.stderr, flush=True)
+        return None
+    if completed.returncode != 0:
+        raise RuntimeError(f"gromo seed {seed} failed ({completed.returncode}):\n{completed.stderr}")
+    return {**json.loads(completed.stdout.splitlines()[-1]), "wall_seconds": wall}
 
 
 def _finished(run_dir: Path) -> dict[str, Any]:
@@ -110,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=[arm for arm in ARMS if arm != GROMO])
+    parser.add_argument("--gromo-budget", type=int, default=2047, help="the gromo arm grows to at most this")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "efficacy")
     options = parser.parse_args(argv)
     out: Path = options.out.resolve()
@@ -118,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(arm, seed) for seed in options.seeds for arm in options.arms]
     results: list[dict[str, Any]] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=options.workers) as pool:
-        futures = {pool.submit(run_one, arm, seed, options.epochs, out): (arm, seed) for arm, seed in jobs}
+        futures = {
+            pool.submit(run_one, arm, seed, options.epochs, out, options.gromo_budget): (arm, seed)
+            for arm, seed in jobs
+        }
         for future in concurrent.futures.as_completed(futures):
             result = future.result()
+            if result is None:
+                continue
             results.append(result)
             line = (
                 f"{result['arm']:>15} seed {result['seed']}: test accuracy {result['test_accuracy']:.2%}, "
