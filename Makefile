@@ -21,6 +21,7 @@ $(STAMP): requirements/*.txt $(foreach p,$(PACKAGES),packages/esper-$(p)/pyproje
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(CONSTRAINTS) torch==2.13.0 numpy
 	$(PIP) install --quiet $(CONSTRAINTS) -r requirements/dev.txt $(EDITABLE) -e 'packages/esper-core[testing,redis,train]'
+	$(PIP) install --quiet $(CONSTRAINTS) -r requirements/efficacy.txt  # the efficacy experiment's gromo arm (tested)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -86,7 +86,7 @@ def test_growth_attempts_are_spread_over_the_epoch_and_end_it(arm: Any) -> None:
 
 @pytest.mark.slow
 def test_one_gromo_growth_step_grows_the_host_within_the_budget(arm: Any) -> None:
-    gromo = pytest.importorskip("gromo")
+    gromo = arm.require_gromo()  # `make venv` installs it: a missing GroMo fails here, never skips
     import torch
 
     torch.manual_seed(0)
