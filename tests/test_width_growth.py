@@ -23,33 +23,37 @@ pytestmark = pytest.mark.slow
 CONV = SlotKind.SLOT_KIND_CONV2D
 VECTOR = SlotKind.SLOT_KIND_VECTOR
 #: The synthetic task's hosts (16 features: a 4x4 image for the CNN, whose last block has no pool before its gap head)
-#: and a width slot of each, with the width blueprint for it and the slot it is.
+#: and a width slot of each, with the width blueprint for it, the slot it is, and the parameters the schedule sets.
 CASES = {
     "mlp-neurons": (
         ["run.synthetic.host=mlp"],
         "layers.0:input->layers.1.0",
         "BP059",
         SlotShape(VECTOR, (32,), read_kind=VECTOR, read_shape=(16,)),
+        {},
     ),
     "cnn-channels": (
         ["run.synthetic.host=cnn", "run.synthetic.widths=[4, 8]"],
         "blocks.0:input->blocks.1.0",
         "BP057",
         SlotShape(CONV, (8, 2, 2), read_kind=CONV, read_shape=(1, 4, 4)),
+        {"width": 3},  # the schedule sizes it: 3 new channels, not the default 8
     ),
     "cnn-head-channels": (
         ["run.synthetic.host=cnn", "run.synthetic.widths=[4, 8]"],
         "blocks.1:input->head",
         "BP058",
         SlotShape(VECTOR, (4,), read_kind=CONV, read_shape=(4, 2, 2)),
+        {},
     ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_width_blueprint_grows_through_the_whole_lifecycle(tmp_path: Path, case: str) -> None:
-    host, slot_id, blueprint_id, slot = CASES[case]
-    germination = f'{{epoch = 1, blueprint = "{blueprint_id}", slot = "{slot_id}"}}'
+    host, slot_id, blueprint_id, slot, parameters = CASES[case]
+    sizes = ", ".join(f"{name} = {value}" for name, value in parameters.items())
+    germination = f'{{epoch = 1, blueprint = "{blueprint_id}", slot = "{slot_id}", parameters = {{{sizes}}}}}'
     overrides = [
         *BASE,
         *host,
@@ -83,5 +87,5 @@ def test_a_width_blueprint_grows_through_the_whole_lifecycle(tmp_path: Path, cas
         "PROBATIONARY",
         "FOSSILIZED",
     ], story
-    added = KarnCatalog().parameter_count(blueprint_id, slot, {})
+    added = KarnCatalog().parameter_count(blueprint_id, slot, parameters)
     assert summary.fossilized == 1 and summary.parameters == summary.host_parameters + added, story

@@ -128,6 +128,9 @@ class ScheduledGermination:
     epoch: int
     blueprint: str = ""
     slot: str = ""
+    #: Blueprint parameters that replace their defaults, e.g. ``{width = 12}`` (a name the blueprint does not declare
+    #: is refused by Kasmina's G0 with the names it knows).
+    parameters: dict[str, float] = attrs.Factory(dict)
 
 
 @section("tamiyo.fixed-schedule")

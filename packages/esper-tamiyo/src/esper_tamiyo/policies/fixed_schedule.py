@@ -1,7 +1,8 @@
 """The ``fixed-schedule`` baseline (``[tamiyo.fixed-schedule]``): grow on a timetable, without judgement.
 
 At each configured epoch it germinates the configured blueprint (or the first offered one that fits) into the
-configured slot (or the shallowest DORMANT one). Otherwise it advances seeds as soon as Kasmina allows, latest stage
+configured slot (or the shallowest DORMANT one), with the blueprint's default parameters unless the schedule sets
+some (``parameters = {width = 12}``). Otherwise it advances seeds as soon as Kasmina allows, latest stage
 first, and fossilizes after ``probation_epochs`` whatever the seed's contribution. It never culls (Kasmina's gates
 still can). It exists so that experiments can tell how much of a result comes from *deciding* when and where to
 grow.
@@ -78,7 +79,7 @@ class FixedSchedulePolicy:
                         f"germinate {descriptor.blueprint_id} in {seed.slot_id}: scheduled for epoch {planned.epoch}",
                         policy=NAME,
                         blueprint_id=descriptor.blueprint_id,
-                        parameters=default_parameters(descriptor),
+                        parameters={**default_parameters(descriptor), **planned.parameters},
                         schedule=SCHEDULES[self.options.blend_schedule],
                     )
         return None
