@@ -149,3 +149,46 @@ def test_width_init_zero_keeps_the_blueprints_zero_start(rig_factory: Callable[.
     rig.command(SeedOperation.SEED_OP_GERMINATE, "0:input->2", "BP950", width=4)
     seed = rig.kasmina.bank.get("0:input->2").seed  # type: ignore[union-attr]
     assert isinstance(seed, nn.Module) and float(seed.grow_out.weight.detach().abs().sum()) == 0.0  # type: ignore[union-attr, arg-type]
+
+
+def test_gradmax_starts_incoming_weights_at_zero_along_the_steepest_directions() -> None:
+    torch.manual_seed(5)
+    slot = vector_slot(6, 4)
+    a = torch.randn(200, 6)
+    g = torch.randn(200, 4) + a[:, :4] * torch.tensor([3.0, 2.0, 0.5, 0.1])
+    seed = ZeroWidth(slot, width=2)
+    done = initialise(seed, slot, a, g, lambda: 0.0, method="gradmax")
+    assert done.method == "gradmax"
+    assert float(seed.grow_in.weight.detach().abs().sum()) == 0.0  # type: ignore[arg-type]
+    # The function barely moves: the units output their small bias through W_out.
+    assert float(seed(a).detach().abs().max()) <= 2 * growth_statistics.GRADMAX_BIAS
+    # The incoming weights' first gradient (of E[g.d], d the seed's output) is W_out^T E[g a^T] ...
+    seed.zero_grad()
+    (g * seed(a)).sum(dim=1).mean().backward()
+    cross = g.T.double() @ a.double() / len(a)  # E[g a^T]
+    out = seed.grow_out.weight.detach().double()  # type: ignore[union-attr]
+    assert seed.grow_in.weight.grad is not None  # type: ignore[union-attr]
+    assert torch.allclose(seed.grow_in.weight.grad.double(), out.T @ cross, atol=1e-4)  # type: ignore[union-attr]
+    # ... whose norm no other W_out with orthonormal columns beats: it is the top-2 singular values' norm.
+    best = torch.linalg.svdvals(cross)[:2].pow(2).sum().sqrt()
+    assert float(seed.grow_in.weight.grad.norm()) == pytest.approx(float(best), rel=1e-4)  # type: ignore[union-attr]
+    for _ in range(20):
+        q, _ = torch.linalg.qr(torch.randn(4, 2, dtype=torch.float64))
+        assert float((q.T @ cross).norm()) <= float(best) + 1e-9
+
+
+def test_gradmax_on_a_seed_reading_feature_maps_uses_the_least_squares_fit_and_says_so() -> None:
+    torch.manual_seed(6)
+    slot = SlotShape(CONV, (3, 4, 4), read_kind=CONV, read_shape=(2, 8, 8))
+    seed = ZeroWidth(slot, width=3)
+    a, gradient = torch.randn(8, 2, 8, 8), torch.randn(8, 3, 4, 4)
+
+    def loss() -> float:
+        with torch.no_grad():
+            d = seed(a)
+            return float(((gradient * d).sum(dim=(1, 2, 3)) + 0.5 * (d * d).sum(dim=(1, 2, 3))).mean())
+
+    done = initialise(seed, slot, a, gradient, loss, method="gradmax")
+    assert "gradmax needs a vector read" in done.describe()
+    with pytest.raises(ValueError, match="unknown width initialisation 'magic'"):
+        initialise(seed, slot, torch.randn(8, 2, 8, 8), torch.randn(8, 3, 4, 4), lambda: 0.0, method="magic")

@@ -422,7 +422,7 @@ class KasminaSeedExecutor:
         record.val_loss_at_germination = self.last_evaluation.loss if self.last_evaluation else None
         record.predicted_decrease = None
         reason = f"germinated {descriptor.name}"
-        if slot.is_width and self.options.width_init == "statistics":
+        if slot.is_width and self.options.width_init != "zero":
             reason += f"; {self._initialise_width(slot, module).describe()}"
         slot.install_seed(module)
         record.parameter_count = sum(p.numel() for p in slot.seed_parameters())
@@ -436,7 +436,12 @@ class KasminaSeedExecutor:
         model, probe = self._model(), self._probe()
         read, gradient = probes.read_and_gradient(model, slot, probe)
         return growth_statistics.initialise(
-            module, slot.shape(), read, gradient, lambda: probes.loss_with_seed(model, slot, module, probe)
+            module,
+            slot.shape(),
+            read,
+            gradient,
+            lambda: probes.loss_with_seed(model, slot, module, probe),
+            self.options.width_init,
         )
 
     def _advance(self, slot: SeedSlot, command: AdaptationCommand, result: CommandResult) -> None:

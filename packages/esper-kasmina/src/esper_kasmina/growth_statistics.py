@@ -20,6 +20,12 @@ they are not promises.
   ``grow_in`` keeps its random start and ``grow_out`` is the least-squares fit of ``-g`` on the resulting features.
   Either way a line search over a scale of ``grow_out`` on the probe batch (the seed at full strength) picks how
   much of it to keep; a scale of 0, a non-finite statistic or a zero gradient leave the zero start, and say why.
+- ``method="gradmax"`` (GradMax, Evci et al. 2022), for seeds that read vectors or tokens: the new units' incoming
+  weights start at zero and their outgoing weights at the ``k`` leading left singular vectors of ``E[g a^T]``
+  (orthonormal columns), which maximises the norm of the incoming weights' first gradient, ``W_out^T E[g a^T]``.
+  GradMax assumes ``act'(0) = 1``; PyTorch's ReLU has derivative 0 at 0, so the units' biases start at
+  :data:`GRADMAX_BIAS` (their output, ``W_out`` times it, is a negligible constant). It predicts nothing itself: the
+  reported decrease is TINY's for the same width. Seeds that read feature maps use the least-squares fit.
 
 Nothing here runs per batch: statistics come from the probe pass of a decision point, initialisation happens once
 per germination.
@@ -48,6 +54,10 @@ RIDGE = 1e-3
 SCALES: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 1.0, 1.5)
 #: Features of a local patch, per read channel, for feature maps (a 3x3 neighbourhood).
 PATCH = 3
+#: GradMax: the new units' starting bias, so that ReLU passes their incoming weights' gradient (see above).
+GRADMAX_BIAS = 1e-3
+#: How a width seed may start from the statistics (``kasmina.width_init``, besides "zero").
+METHODS = ("statistics", "gradmax")
 
 
 @attrs.frozen
@@ -137,10 +147,14 @@ def initialise(
     read: torch.Tensor,
     gradient: torch.Tensor,
     probe_loss: Any,
+    method: str = "statistics",
 ) -> Initialised:
     """Set a width seed's weights from the statistics (see the module's docstring); keep the zero start when that
     is all the statistics support. ``probe_loss(scale)`` is the probe batch's loss with the seed's ``grow_out``
-    scaled by ``scale`` and the seed at full strength."""
+    scaled by ``scale`` and the seed at full strength. ``method``: "statistics" (TINY / least squares) or
+    "gradmax"."""
+    if method not in METHODS:
+        raise ValueError(f"unknown width initialisation {method!r}: choose one of {', '.join(METHODS)} (or zero)")
     if not is_width_seed(seed):
         return Initialised("zero", 0.0, 0.0, "the blueprint has no grow_in/grow_out/hidden structure")
     if not (torch.isfinite(read).all() and torch.isfinite(gradient).all()):
@@ -149,14 +163,18 @@ def initialise(
         return Initialised("zero", 0.0, 0.0, "the loss's gradient at the write point is zero")
     grow_in, grow_out = cast(nn.Module, seed.grow_in), cast(nn.Module, seed.grow_out)
     saved = {name: tensor.detach().clone() for name, tensor in seed.state_dict().items()}
+    linear = isinstance(grow_in, nn.Linear) and isinstance(grow_out, nn.Linear)
     with torch.no_grad():
-        if isinstance(grow_in, nn.Linear) and isinstance(grow_out, nn.Linear):
+        if linear:
             found = moments(read, gradient, slot)
             if found is None:
                 return Initialised("zero", 0.0, 0.0, "the statistics are not usable")
-            method, decrease = "tiny", _paired_linear(grow_in, grow_out, found)
+            if method == "gradmax":
+                return _gradmax(cast(nn.Linear, grow_in), cast(nn.Linear, grow_out), found)
+            used, decrease = "tiny", _paired_linear(cast(nn.Linear, grow_in), cast(nn.Linear, grow_out), found)
         else:
-            method, decrease = "least squares", _fit_outgoing(seed, grow_out, read, gradient)
+            used = "least squares" if method == "statistics" else "least squares; gradmax needs a vector read"
+            decrease = _fit_outgoing(seed, grow_out, read, gradient)
         if not math.isfinite(decrease):
             seed.load_state_dict(saved)
             return Initialised("zero", 0.0, 0.0, "the fit is not finite")
@@ -172,7 +190,22 @@ def initialise(
             return Initialised("zero", 0.0, decrease, "no scale of the fit lowered the probe loss")
         for name, tensor in grow_out.state_dict().items():
             tensor.copy_(fitted[name] * best)
-    return Initialised(method, best, decrease)
+    return Initialised(used, best, decrease)
+
+
+def _gradmax(grow_in: nn.Linear, grow_out: nn.Linear, found: Moments) -> Initialised:
+    """GradMax: zero incoming weights, outgoing weights along the leading left singular vectors of ``E[g a^T]``."""
+    width = grow_in.out_features
+    u, _values, _vt = torch.linalg.svd(found.cross.T, full_matrices=False)  # E[g a^T]: (D_write, D_read)
+    k = min(width, u.shape[1])
+    dtype = grow_out.weight.dtype
+    grow_in.weight.zero_()
+    grow_in.bias.fill_(GRADMAX_BIAS)
+    grow_out.weight.zero_()
+    grow_out.weight[:, :k] = u[:, :k].to(dtype)
+    if grow_out.bias is not None:
+        grow_out.bias.zero_()
+    return Initialised("gradmax", 1.0, predicted_decrease(found, widths=(width,))[0])
 
 
 def _paired_linear(grow_in: nn.Linear, grow_out: nn.Linear, found: Moments) -> float:

@@ -33,9 +33,10 @@ class KasminaOptions:
     #: model of the loss), so straight-through training settles at a bounded step instead of overshooting. 0: off.
     training_curvature: float = attrs.field(default=1.0, validator=not_negative)
     #: How a width seed's new units start: "statistics" (fitted to the loss's gradient on the probe batch, TINY-style,
-    #: then a line search over their scale; see esper_kasmina.growth_statistics) or "zero" (the blueprint's own zero
-    #: start). Either way the seed enters the host's output only through BLENDING.
-    width_init: Literal["statistics", "zero"] = "statistics"
+    #: then a line search over their scale; see esper_kasmina.growth_statistics), "gradmax" (zero incoming weights,
+    #: outgoing weights that maximise their first gradient; seeds reading feature maps use the least-squares fit) or
+    #: "zero" (the blueprint's own zero start). Either way the seed enters the host's output only through BLENDING.
+    width_init: Literal["statistics", "gradmax", "zero"] = "statistics"
 
     # -- counterfactual measurement ---------------------------------------------------------------------------
     #: The variants that measure each seed's contribution inside the validation pass may add at most this many
