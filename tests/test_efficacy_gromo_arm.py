@@ -52,17 +52,18 @@ def test_without_gromo_the_arm_stops_with_the_install_hint(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_without_gromo_the_harness_runs_the_other_arms(tmp_path: Path) -> None:
+def test_without_gromo_only_the_gromo_arm_fails_and_the_harness_says_so(tmp_path: Path) -> None:
     out = tmp_path / "efficacy"
-    command = [sys.executable, str(EFFICACY / "run.py"), "--arms", "static-small", "gromo", "--seeds", "0",
-               "--epochs", "1", "--out", str(out)]  # fmt: skip
+    command = [sys.executable, str(EFFICACY / "run.py"), "--arms", "static-small", "static-large", "heuristic", "gromo",
+               "--seeds", "0", "--epochs", "1", "--train-limit", "512", "--out", str(out)]  # fmt: skip
     completed = subprocess.run(
         command, capture_output=True, text=True, env=hidden_gromo(tmp_path), check=False, timeout=600
     )
-    assert completed.returncode == 0, completed.stderr
-    assert HINT in completed.stderr
+    assert completed.returncode == 3, completed.stderr
+    assert HINT in completed.stderr and "FAILED gromo seed 0" in completed.stderr
     results = json.loads((out / "results.json").read_text())
-    assert [(row["arm"], row["seed"]) for row in results] == [("static-small", 0)]
+    assert sorted(row["arm"] for row in results) == ["heuristic", "static-large", "static-small"]
+    assert "| heuristic |" in completed.stdout  # the other arms' table is still there
 
 
 def test_flop_tally_counts_a_step_once_per_shape_and_adds_it_for_every_step(arm: Any) -> None:

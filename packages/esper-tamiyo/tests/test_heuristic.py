@@ -81,6 +81,17 @@ def test_widths_are_sized_to_a_fair_share_of_the_budget_left_or_left_at_their_de
     assert dict(default.seed_operation.parameters) == {"width": 4.0}  # type: ignore[attr-defined]
 
 
+def test_no_seed_is_sized_beyond_what_kasminas_g0_lets_one_seed_add() -> None:
+    # budget 0.5 x 20 000 = 10 000 for one seed, but one seed may add at most 0.1 x 20 000 = 2 000: BP201 (1 600 per
+    # unit of width) at width 1, never the 9 600 of width 6
+    capped = run(policy(max_concurrent_seeds=1, max_seed_parameter_fraction=0.1), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    operation = capped.seed_operation  # type: ignore[attr-defined]
+    assert (operation.blueprint_id, dict(operation.parameters)) == ("BP201", {"width": 1.0})
+    # at 0.005 x 20 000 = 100 not even the smallest blueprint (BP101: 160) fits: nothing is proposed
+    none = run(policy(max_seed_parameter_fraction=0.005), [1.0, 0.9, 0.9, 0.9], [slot("a")])
+    assert none.command_type == CommandType.COMMAND_NOOP  # type: ignore[attr-defined]
+
+
 def test_at_width_slots_the_predicted_loss_decrease_chooses_where_to_grow() -> None:
     width_blueprint = blueprint("BP301", kinds=[CONV])
     width_blueprint.growth_mode = GrowthMode.GROWTH_MODE_WIDTH

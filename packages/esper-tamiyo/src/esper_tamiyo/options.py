@@ -121,6 +121,9 @@ class HeuristicOptions:
     #: Blueprints with a ``width`` parameter get the largest width whose parameters fit a fair share of the budget
     #: left (``budget / max_concurrent_seeds``) instead of their default: "share". "default": their default width.
     sizing: Literal["share", "default"] = "share"
+    #: One seed may add at most this fraction of the host's parameters: sizing stays under it, and larger blueprints
+    #: are not proposed (Kasmina's G0 refuses them: keep it at most ``kasmina.max_seed_parameter_fraction``).
+    max_seed_parameter_fraction: float = attrs.field(default=1.0, validator=positive)
 
 
 @attrs.frozen

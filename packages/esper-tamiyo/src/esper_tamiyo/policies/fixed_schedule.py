@@ -39,6 +39,14 @@ class FixedSchedulePolicy:
     def decide(self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]) -> AdaptationCommand:
         for index, planned in enumerate(self.options.germinations):
             if index not in self.done and state.current_epoch >= planned.epoch:
+                slots = [seed.slot_id for seed in state.seeds]
+                if planned.slot and planned.slot not in slots:
+                    self.done.add(index)  # said once; the rest of the schedule goes on
+                    return noop(
+                        f"the germination scheduled for epoch {planned.epoch} names slot {planned.slot!r}, which this "
+                        f"host does not have (its slots: {', '.join(slots)}); fix tamiyo.fixed-schedule.germinations",
+                        NAME,
+                    )
                 command = self._germinate(planned, state, blueprints)
                 if command is not None:
                     self.done.add(index)

@@ -285,18 +285,20 @@ class HeuristicPolicy:
         """Blueprints that fit ``seed``'s slot and ``budget``, best first, each with the parameters to use.
 
         A seed should add real capacity but leave room for the others: blueprints with a width are sized to a fair
-        share of the budget left (``budget / max_concurrent_seeds``), and the cost term prefers a parameter count close
+        share of the budget left (``budget / max_concurrent_seeds``, at most ``max_seed_parameter_fraction`` of the
+        host), and the cost term prefers a parameter count close
         to that share, penalizing the log of the ratio, so a 4-parameter scale and a blueprint that eats the whole
         budget both score low.
         """
         o = self.options
-        share = budget / o.max_concurrent_seeds if budget > 0 else 0.0
+        largest = o.max_seed_parameter_fraction * (self.host_parameters or 1)
+        share = min(budget / o.max_concurrent_seeds, largest) if budget > 0 else 0.0
         ranked = []
         for position, descriptor in enumerate(blueprints):
             if not growth.fits(descriptor, SlotShape.of(seed)):
                 continue
             parameters, cost = self.sized(descriptor, seed, share)
-            if cost is not None and cost > budget:
+            if cost is not None and (cost > budget or (self.host_parameters and cost > largest)):
                 continue
             fit = abs(math.log(max(cost, 1) / share)) if cost is not None and share > 0 else 0.0
             preference = 0.0
