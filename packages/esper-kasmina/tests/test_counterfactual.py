@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import esper_core.flops
 import esper_kasmina.evaluation
 from esper_core.flops import count_flops
 from esper_core.leyline import CommandStatus, SeedOperation, lifecycle
@@ -210,6 +211,7 @@ def test_the_pass_is_counted_once_per_configuration_of_seeds(
         return original()
 
     monkeypatch.setattr(esper_kasmina.evaluation, "flop_counter", counter)
+    monkeypatch.setattr(esper_core.flops, "flop_counter", counter)  # plain passes count through count_flops
     batches = [(rig.inputs[:16], rig.targets[:16]), (rig.inputs[16:], rig.targets[16:])]
     rig.kasmina.evaluate(batches, nn.functional.cross_entropy, correct)
     assert len(counters) == 1, "counted on the first batch only"
@@ -239,6 +241,12 @@ def test_a_costly_measurement_runs_on_every_kth_batch_and_validation_on_all(rig_
         for inputs, targets in batches[::2]
     ]
     assert capped.seeds["head.2"].contribution == pytest.approx(sum(differences) / 2, abs=1e-5)
+    # The subset's levels are moved to the whole set's, so G2 compares like with like across thinned passes.
+    subset = evaluate(rig.model, rig.kasmina.slots, batches[::2], nn.functional.cross_entropy, correct)
+    shift = full.loss - subset.loss
+    for slot_id, seed in capped.seeds.items():
+        assert seed.loss_off == pytest.approx(subset.seeds[slot_id].loss_off + shift, rel=1e-9)
+        assert seed.loss_on == pytest.approx(subset.seeds[slot_id].loss_on + shift, rel=1e-9)
     _, everything = count_flops(
         lambda: evaluate(
             rig.model,

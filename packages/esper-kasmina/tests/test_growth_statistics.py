@@ -192,3 +192,12 @@ def test_gradmax_on_a_seed_reading_feature_maps_uses_the_least_squares_fit_and_s
     assert "gradmax needs a vector read" in done.describe()
     with pytest.raises(ValueError, match="unknown width initialisation 'magic'"):
         initialise(seed, slot, torch.randn(8, 2, 8, 8), torch.randn(8, 3, 4, 4), lambda: 0.0, method="magic")
+
+
+def test_gradmax_says_when_the_width_exceeds_what_the_statistics_can_direct() -> None:
+    torch.manual_seed(7)
+    slot = vector_slot(3, 2)  # E[g a^T] is 2 x 3: rank 2 at most
+    seed = ZeroWidth(slot, width=5)
+    done = initialise(seed, slot, torch.randn(64, 3), torch.randn(64, 2), lambda: 0.0, method="gradmax")
+    assert "3 of 5 units beyond the statistics' rank start idle" in done.describe()
+    assert float(seed.grow_out.weight.detach()[:, 2:].abs().sum()) == 0.0  # type: ignore[index]

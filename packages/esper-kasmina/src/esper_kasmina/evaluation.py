@@ -140,9 +140,10 @@ def evaluate(
 
     ``max_measurement_passes`` (0: no limit) caps what the counterfactual variants add, in plain validation passes
     of counted FLOPs: when they would add more, they run on every k-th batch only (the first included), the
-    smallest k that keeps them within the cap, while the validation metrics still use every batch. A seed's off and
-    on variants always score the same batches, so its contribution stays an unbiased paired estimate; its standard
-    error, from fewer batches, says how much noisier it became.
+    smallest k that keeps them within the cap on average (a few percent over it when the batch count is not a
+    multiple of k), while the validation metrics still use every batch. A seed's off and on variants always score
+    the same batches, so its contribution stays an unbiased paired estimate; its standard error, from fewer
+    batches, says how much noisier it became; their levels are shifted to the whole set's (see below).
     """
     start = time.perf_counter()
     cache: FlopsCache = {} if flops_cache is None else flops_cache
@@ -219,8 +220,13 @@ def evaluate(
     if index:
         per_batch = torch.stack(batch_losses)  # (measured batches, variants)
         measured_weights = torch.tensor(measured_sizes, dtype=torch.float64, device=device)
-        mean_loss = ((per_batch * measured_weights[:, None]).sum(dim=0) / measured_samples).tolist()
-        rates = (correct / measured_samples).tolist()
+        mean_loss = (per_batch * measured_weights[:, None]).sum(dim=0) / measured_samples
+        rates = correct / measured_samples
+        # On a subset of the batches, each variant's level is shifted by how that subset differs from the whole
+        # set (the model as it is, variant 0, ran on both): a seed's off/on levels stay comparable with the plain
+        # validation loss and with their own earlier, unthinned values (G2 compares them); differences are unchanged.
+        mean_loss = (mean_loss + (loss - float(mean_loss[0]))).tolist()
+        rates = (rates + (accuracy - float(rates[0]))).tolist()
         for slot_id, (off, on) in index.items():
             stderr = _stderr(per_batch[:, off] - per_batch[:, on])
             seeds[slot_id] = SeedMeasurement(slot_id, mean_loss[off], mean_loss[on], rates[off], rates[on], stderr)

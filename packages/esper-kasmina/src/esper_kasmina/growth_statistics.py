@@ -200,12 +200,16 @@ def _gradmax(grow_in: nn.Linear, grow_out: nn.Linear, found: Moments) -> Initial
     k = min(width, u.shape[1])
     dtype = grow_out.weight.dtype
     grow_in.weight.zero_()
-    grow_in.bias.fill_(GRADMAX_BIAS)
+    if grow_in.bias is not None:
+        grow_in.bias.fill_(GRADMAX_BIAS)
     grow_out.weight.zero_()
     grow_out.weight[:, :k] = u[:, :k].to(dtype)
     if grow_out.bias is not None:
         grow_out.bias.zero_()
-    return Initialised("gradmax", 1.0, predicted_decrease(found, widths=(width,))[0])
+    # Units beyond the rank of E[g a^T] have no direction to take: GradMax gives them none, so they start (almost)
+    # without gradient. Said in the event rather than hidden.
+    spare = f"; {width - k} of {width} units beyond the statistics' rank start idle" if width > k else ""
+    return Initialised("gradmax" + spare, 1.0, predicted_decrease(found, widths=(width,))[0])
 
 
 def _paired_linear(grow_in: nn.Linear, grow_out: nn.Linear, found: Moments) -> float:

@@ -70,10 +70,9 @@ class KasminaOptions:
     max_regression: float = attrs.field(default=0.02, validator=not_negative)
     #: G4: a training step with the seed may cost at most (1 + this) times as much as without it, in FLOPs counted
     #: on the probe batch (forward + backward, the seed training jointly as in PROBATIONARY). The default lets
-    #: through every seed the Fashion-MNIST efficacy experiment grew, with room (the costliest, a wide residual at
-    #: the first block of the bare 1,020-parameter CNN, adds 6.8 times the host's step: docs/kasmina.md), and
-    #: refuses a seed an order of magnitude costlier than the model it joins. On a larger host, where a useful seed
-    #: is a small part of the step, set it lower.
+    #: through the seed the Fashion-MNIST example grows (8 new channels in the first block of the bare 1,020-parameter
+    #: CNN add 7.15 times the host's step: docs/kasmina.md) and refuses a seed an order of magnitude costlier than
+    #: the model it joins. On a larger host, where a useful seed is a small part of the step, set it lower.
     max_step_overhead: float = attrs.field(default=8.0, validator=not_negative)
     #: G4: if above 0, a training step on the probe batch with the seed may take at most this many milliseconds
     #: (timed, median of 5: the verdict then depends on the machine and its load). 0: no time limit.
