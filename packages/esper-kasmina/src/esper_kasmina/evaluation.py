@@ -220,13 +220,13 @@ def evaluate(
     if index:
         per_batch = torch.stack(batch_losses)  # (measured batches, variants)
         measured_weights = torch.tensor(measured_sizes, dtype=torch.float64, device=device)
-        mean_loss = (per_batch * measured_weights[:, None]).sum(dim=0) / measured_samples
-        rates = correct / measured_samples
+        subset_loss = (per_batch * measured_weights[:, None]).sum(dim=0) / measured_samples
+        subset_rates = correct / measured_samples
         # On a subset of the batches, each variant's level is shifted by how that subset differs from the whole
         # set (the model as it is, variant 0, ran on both): a seed's off/on levels stay comparable with the plain
         # validation loss and with their own earlier, unthinned values (G2 compares them); differences are unchanged.
-        mean_loss = (mean_loss + (loss - float(mean_loss[0]))).tolist()
-        rates = (rates + (accuracy - float(rates[0]))).tolist()
+        mean_loss: list[float] = (subset_loss + (loss - float(subset_loss[0]))).tolist()
+        rates: list[float] = (subset_rates + (accuracy - float(subset_rates[0]))).tolist()
         for slot_id, (off, on) in index.items():
             stderr = _stderr(per_batch[:, off] - per_batch[:, on])
             seeds[slot_id] = SeedMeasurement(slot_id, mean_loss[off], mean_loss[on], rates[off], rates[on], stderr)
