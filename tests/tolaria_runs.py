@@ -42,6 +42,8 @@ VOLATILE = {
     "wall_seconds",
     "train_seconds",
     "report",
+    "packet",  # the state packet and the signed command carry timestamps, nonces and signatures
+    "command",
 }
 #: Gate checks that measure time (G4's optional ``kasmina.max_step_ms``): their numbers are not reproducible. G4's
 #: ``step_overhead`` counts FLOPs: its number is.

@@ -16,17 +16,38 @@ decision point is written after the batch, and a resume cuts the record back to 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from esper_core.errors import EsperError
 from esper_core.storage import AppendOnlyLog, atomic_write_bytes, read_records
 from esper_core.storage.appendlog import encode_record, scan
 
 RECORD_FILE = "record.log"
+
+
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+def encode_message(message: Message) -> str:
+    """A protobuf message as a record stores it: its serialized bytes in base64 (exact, schema-evolvable)."""
+    return base64.b64encode(message.SerializeToString()).decode("ascii")
+
+
+def decode_message(text: str, message_type: type[MessageT]) -> MessageT:
+    """The message :func:`encode_message` stored; ``ValueError`` naming the type when it does not parse."""
+    message = message_type()
+    try:
+        message.ParseFromString(base64.b64decode(text, validate=True))
+    except (ValueError, DecodeError) as error:
+        raise ValueError(f"a run record's {message_type.__name__} does not decode: {error}") from None
+    return message
 
 
 def read_record(path: str | Path) -> list[dict[str, Any]]:

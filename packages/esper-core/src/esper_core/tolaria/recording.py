@@ -27,6 +27,7 @@ from esper_core.protocols import ResumableSink
 from esper_core.telemetry import Event, Metric, build_telemetry_packet
 from esper_core.tolaria.assembly import Run
 from esper_core.tolaria.history import EpochStats, History
+from esper_core.tolaria.record import encode_message
 
 
 class RunRecorder:
@@ -81,6 +82,7 @@ class RunRecorder:
                 policy=command.decision.policy_name,
                 status=value_name(CommandStatus, result.status, "COMMAND_STATUS_"), detail=result.detail,
                 gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
+                packet=encode_message(state), command=encode_message(command),
             )  # fmt: skip
             self._record_transitions(epoch, events)
             for report in reports:
@@ -88,6 +90,7 @@ class RunRecorder:
                     "field_report",
                     epoch=epoch,
                     report=report.report_id,
+                    command_id=report.command_id,
                     slot=report.slot_id,
                     blueprint=report.blueprint_id,
                     outcome=value_name(FieldReportOutcome, report.outcome, "FIELD_REPORT_OUTCOME_"),
