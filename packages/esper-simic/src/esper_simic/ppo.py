@@ -1,0 +1,163 @@
+"""Proximal policy optimisation over episodes of decisions: generalised advantages and the clipped update.
+
+Independent of what the policy looks at: the model is any ``nn.Module`` that maps a batch of observations to action
+logits ``(B, A)`` and values ``(B,)``, so the same update can train Tamiyo's learned policy on encoded state packets
+and, in the tests, a small network on an environment whose optimal policy is known.
+
+- :func:`generalized_advantages` (Schulman et al., 2016): ``A_t = sum_k (gamma lam)^k delta_{t+k}`` with
+  ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)``, over one episode, bootstrapped with the value after its last step
+  (0 for an episode that ended); the value targets are ``A_t + V(s_t)``.
+- :func:`ppo_update` (Schulman et al., 2017): a few epochs of minibatches of the clipped surrogate
+  ``min(rho A, clip(rho, 1 - eps, 1 + eps) A)``, a value loss and an entropy bonus, with normalised advantages and
+  clipped gradient norms. A non-finite loss raises :class:`NonFiniteLoss` with the model and the optimizer restored
+  to where the update found them: the last good state is what a caller keeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import attrs
+import torch
+from torch import nn
+
+from esper_core.config.validators import at_least, not_negative, open_fraction, positive
+
+__all__ = [
+    "NonFiniteLoss",
+    "PPOOptions",
+    "Rollout",
+    "UpdateStats",
+    "generalized_advantages",
+    "ppo_update",
+]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The update's loss was NaN or infinite: nothing was changed."""
+
+
+@attrs.frozen
+class PPOOptions:
+    clip: float = attrs.field(default=0.2, validator=open_fraction)
+    value_coef: float = attrs.field(default=0.5, validator=not_negative)
+    entropy_coef: float = attrs.field(default=0.01, validator=not_negative)
+    epochs: int = attrs.field(default=4, validator=at_least(1))
+    minibatch: int = attrs.field(default=64, validator=at_least(1))
+    max_grad_norm: float = attrs.field(default=0.5, validator=positive)
+    gamma: float = attrs.field(default=1.0, validator=not_negative)
+    lam: float = attrs.field(default=0.95, validator=not_negative)
+
+
+@attrs.frozen
+class Rollout:
+    """Steps gathered by the behaviour policy, flattened over episodes."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    #: The behaviour policy's log-probability of each action.
+    log_probs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+@attrs.frozen
+class UpdateStats:
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    #: Mean of ``(rho - 1) - log rho`` (an unbiased estimate of KL(old || new)) over the last epoch.
+    approx_kl: float
+    #: Share of samples whose ratio was clipped in the last epoch.
+    clip_fraction: float
+
+
+def generalized_advantages(
+    rewards: Sequence[float] | torch.Tensor,
+    values: Sequence[float] | torch.Tensor,
+    bootstrap: float = 0.0,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and value targets of one episode's steps (see the module)."""
+    reward = torch.as_tensor(rewards, dtype=torch.float64)
+    value = torch.as_tensor(values, dtype=torch.float64)
+    if reward.shape != value.shape or reward.dim() != 1:
+        raise ValueError(f"rewards and values must be two equal 1-D sequences, got {tuple(reward.shape)} and "
+                         f"{tuple(value.shape)}")  # fmt: skip
+    following = torch.cat([value[1:], torch.tensor([float(bootstrap)], dtype=torch.float64)])
+    delta = reward + gamma * following - value
+    advantages = torch.zeros_like(delta)
+    running = 0.0
+    for step in range(len(delta) - 1, -1, -1):
+        running = float(delta[step]) + gamma * lam * running
+        advantages[step] = running
+    return advantages.float(), (advantages + value).float()
+
+
+def ppo_update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    options: PPOOptions,
+    generator: torch.Generator,
+) -> UpdateStats:
+    """Improve ``model`` on ``rollout`` (see the module); minibatch order comes from ``generator``."""
+    size = len(rollout.actions)
+    if size == 0:
+        raise ValueError("a PPO update needs at least one step")
+    advantages = rollout.advantages
+    if size > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+    totals = {"policy": 0.0, "value": 0.0, "entropy": 0.0}
+    batches = 0
+    kl = clipped = 0.0
+    for epoch in range(options.epochs):
+        order = torch.randperm(size, generator=generator)
+        last = epoch == options.epochs - 1
+        kl_sum = clipped_count = 0.0
+        for start in range(0, size, options.minibatch):
+            index = order[start : start + options.minibatch]
+            logits, values = model(rollout.observations[index])
+            every = torch.log_softmax(logits, dim=-1)  # log-probabilities of every action
+            log_prob = every.gather(1, rollout.actions[index].long().unsqueeze(1)).squeeze(1)
+            log_ratio = log_prob - rollout.log_probs[index]
+            ratio = log_ratio.exp()
+            advantage = advantages[index]
+            surrogate = torch.min(ratio * advantage, ratio.clamp(1 - options.clip, 1 + options.clip) * advantage)
+            policy_loss = -surrogate.mean()
+            value_loss = (values - rollout.returns[index]).pow(2).mean()
+            entropy = -(every.exp() * every).sum(dim=-1).mean()
+            loss = policy_loss + options.value_coef * value_loss - options.entropy_coef * entropy
+            if not torch.isfinite(loss):
+                model.load_state_dict(saved[0])
+                optimizer.load_state_dict(saved[1])
+                raise NonFiniteLoss(
+                    f"the PPO loss is not finite (policy {float(policy_loss.detach())}, value "
+                    f"{float(value_loss.detach())}): "
+                    "the policy and the optimizer are as they were before this update"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+            optimizer.step()
+            totals["policy"] += float(policy_loss.detach())
+            totals["value"] += float(value_loss.detach())
+            totals["entropy"] += float(entropy.detach())
+            batches += 1
+            if last:
+                with torch.no_grad():
+                    kl_sum += float(((ratio - 1) - log_ratio).sum())
+                    clipped_count += float(((ratio - 1).abs() > options.clip).sum())
+        if last:
+            kl, clipped = kl_sum / size, clipped_count / size
+    return UpdateStats(
+        policy_loss=totals["policy"] / batches,
+        value_loss=totals["value"] / batches,
+        entropy=totals["entropy"] / batches,
+        approx_kl=kl if math.isfinite(kl) else float("nan"),
+        clip_fraction=clipped,
+    )
