@@ -16,22 +16,15 @@ from esper_simic.experience import RunDamaged, episode_from_run
 from esper_simic.replay import ReplayStore
 from esper_simic.rewards import Progress, RewardWeights, rewards
 
+from tolaria_runs import BASE
+
 pytestmark = pytest.mark.slow
 
 OVERRIDES = [
-    "run.task=synthetic",
-    "run.threads=1",
+    *BASE,  # the synthetic task, quick and with lenient budgets, as the Tolaria run tests use it
     "run.epochs=5",
-    "run.synthetic.samples=2048",
-    "run.synthetic.widths=[16, 16]",
-    "nissa.sinks=[]",
     "nissa.report.automatic=false",
-    "kasmina.blend_steps=10",
-    "kasmina.max_step_overhead=1e9",
-    "kasmina.max_seed_parameter_fraction=5",
     "kasmina.max_regression=1e9",
-    "tamiyo.decision_budget_ms=1e9",
-    "tamiyo.risk.hook_budget_ms=1e9",
     "tamiyo.policy=fixed-schedule",
     "tamiyo.fixed-schedule.germinations=[{epoch = 1}]",
 ]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from esper_core.config.validators import at_least, not_negative, open_fraction, positive
+from esper_simic.returns import discounted_backward, shifted
 
 __all__ = [
     "NonFiniteLoss",
@@ -87,13 +88,8 @@ def generalized_advantages(
     if reward.shape != value.shape or reward.dim() != 1:
         raise ValueError(f"rewards and values must be two equal 1-D sequences, got {tuple(reward.shape)} and "
                          f"{tuple(value.shape)}")  # fmt: skip
-    following = torch.cat([value[1:], torch.tensor([float(bootstrap)], dtype=torch.float64)])
-    delta = reward + gamma * following - value
-    advantages = torch.zeros_like(delta)
-    running = 0.0
-    for step in range(len(delta) - 1, -1, -1):
-        running = float(delta[step]) + gamma * lam * running
-        advantages[step] = running
+    delta = reward + gamma * shifted(value, bootstrap) - value
+    advantages = discounted_backward(delta, gamma * lam)
     return advantages.float(), (advantages + value).float()
 
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from esper_simic.returns import discounted_backward, shifted
+
 __all__ = ["vtrace"]
 
 
@@ -43,13 +45,7 @@ def vtrace(
     ratio = log_ratio.exp()
     rho = ratio.clamp(max=rho_bar)
     c = ratio.clamp(max=c_bar)
-    following = torch.cat([value[1:], torch.tensor([float(bootstrap)], dtype=torch.float64)])
-    delta = rho * (reward + gamma * following - value)
-    targets = torch.zeros_like(value)
-    correction = 0.0  # v_{s+1} - V(x_{s+1})
-    for step in range(len(reward) - 1, -1, -1):
-        correction = float(delta[step]) + gamma * float(c[step]) * correction
-        targets[step] = value[step] + correction
-    next_targets = torch.cat([targets[1:], torch.tensor([float(bootstrap)], dtype=torch.float64)])
-    advantages = rho * (reward + gamma * next_targets - value)
+    delta = rho * (reward + gamma * shifted(value, bootstrap) - value)
+    targets = value + discounted_backward(delta, gamma * c)  # v_s - V(x_s), accumulated backwards
+    advantages = rho * (reward + gamma * shifted(targets, bootstrap) - value)
     return targets.float(), advantages.float()
