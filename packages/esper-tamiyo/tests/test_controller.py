@@ -3,6 +3,7 @@ updates between decisions; built through the registry by name."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -221,3 +222,49 @@ class TestTamiyoConforms(ControllerConformance):
     @pytest.fixture
     def blueprints(self) -> list[Any]:
         return BLUEPRINTS
+
+
+def test_a_failing_policy_is_named_with_its_exception_in_the_command_and_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from esper_core.leyline.annotations import POLICY_ERROR
+
+    tamiyo, _ = controller(Scripted(ZeroDivisionError("division by zero")))
+    with caplog.at_level("ERROR", logger="esper_tamiyo.controller"):
+        command = tamiyo.decide(packet(4, 0.5, [slot("a")]))
+    assert command.annotations[POLICY_ERROR] == "policy 'scripted' failed: ZeroDivisionError: division by zero"
+    assert "policy 'scripted' failed: ZeroDivisionError" in caplog.text
+
+
+def test_every_command_names_the_blueprints_on_offer() -> None:
+    from esper_core.leyline.annotations import OFFERED_BLUEPRINTS
+
+    tamiyo, _ = controller(Scripted(noop("wait", "scripted")))
+    command = tamiyo.decide(packet(4, 0.5, [slot("a")]))
+    assert json.loads(command.annotations[OFFERED_BLUEPRINTS]) == ["BP101"]
+
+
+def test_the_followed_policy_store_swaps_versions_between_decisions_and_rolls_back(tmp_path: Path) -> None:
+    import torch
+
+    from esper_core.storage.policy_store import PolicyStore
+    from esper_tamiyo.learned import LearnedPolicy
+
+    trainer_side = LearnedPolicy()
+    store = PolicyStore(tmp_path / "policies")
+    live = LearnedPolicy()
+    tamiyo, _ = controller(live, options=TamiyoOptions(policy_store=str(store.directory)))
+    state = packet(4, 0.5, [slot("a")])
+    assert tamiyo.decide(state).decision.policy_version.startswith("untrained-")  # an empty store: nothing to load
+
+    def weights(scale: float) -> dict[str, torch.Tensor]:
+        return {name: tensor * scale for name, tensor in trainer_side.network.state_dict().items()}
+
+    store.publish("v1", trainer_side.export_update(policy_version="v1", state_dict=weights(1.0)), {"ok": True})
+    assert tamiyo.decide(state).decision.policy_version == "v1"
+    store.publish("v2", trainer_side.export_update(policy_version="v2", state_dict=weights(0.5)), {"ok": True})
+    assert tamiyo.decide(state).decision.policy_version == "v2"
+    assert tamiyo.decide(state).decision.policy_version == "v2"  # unchanged store: nothing reloaded
+    store.rollback()  # v1 was issued before v2: only a rollback the store asks for may go back
+    assert tamiyo.decide(state).decision.policy_version == "v1"
+    assert live.verdicts == {"accepted": 3}

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         BlueprintDescriptor,
         CommandResult,
         FieldReport,
+        PolicyUpdate,
         SeedLifecycleEvent,
         SystemStatePacket,
         TelemetryPacket,
@@ -74,6 +75,80 @@ class TamiyoPolicy(Protocol):
 
         ``blueprints`` are the descriptors the policy may germinate (already filtered to what the run allows).
         """
+        ...
+
+
+class UpdateOutcome(Protocol):
+    """What a policy says about an update it was handed: whether it is live now, and why not."""
+
+    accepted: bool
+    reason: str
+    detail: str
+
+
+@runtime_checkable
+class TrainablePolicy(TamiyoPolicy, Protocol):
+    """A policy whose weights a learner (Simic) trains and ships back as Leyline ``PolicyUpdate``s.
+
+    The learner reaches it only through the registry (``registry.build(registry.policy(name), ...)``), so it trains
+    exactly the encoding and network the controller serves, never a copy of its own. The encoded states, batches and
+    actions are the policy's own types; the learner only passes them back. Tamiyo's ``learned`` policy implements it
+    (docs/learned-policy.md, "How Simic trains exactly this network").
+    """
+
+    @property
+    def feature_schema_digest(self) -> str:
+        """SHA-256 of the feature encoding: experience encoded under another digest must not be mixed in."""
+        ...
+
+    @property
+    def architecture_digest(self) -> str:
+        """SHA-256 of the network's architecture: updates for another architecture are refused."""
+        ...
+
+    @property
+    def policy_version(self) -> str:
+        """The version the live weights report in each decision's metadata."""
+        ...
+
+    def encode(self, state: SystemStatePacket, blueprints: Sequence[BlueprintDescriptor]) -> Any:
+        """The encoding of one decision point, exactly as :meth:`decide` sees it."""
+        ...
+
+    def collate(self, states: Sequence[Any]) -> Any:
+        """A padded batch of encoded decision points."""
+        ...
+
+    def action_from_command(self, command: AdaptationCommand, encoded: Any) -> Any:
+        """The action a recorded command stands for (any policy's command); ``ValueError`` when it does not fit."""
+        ...
+
+    def clone_network(self) -> torch.nn.Module:
+        """A trainable copy of the live network (the live one is never trained in place)."""
+        ...
+
+    def new_network(self) -> torch.nn.Module:
+        """A fresh, untrained network of the same architecture."""
+        ...
+
+    def evaluate_actions(self, batch: Any, actions: Sequence[Any], network: torch.nn.Module | None = None) -> Any:
+        """``(log_prob, value, entropy)`` tensors of recorded ``actions`` under ``network``, with gradients."""
+        ...
+
+    def export_update(
+        self,
+        *,
+        policy_version: str,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        policy_id: str = "",
+        training_run_id: str = "",
+        training_metrics: Mapping[str, float] | None = None,
+    ) -> PolicyUpdate:
+        """A signed ``PolicyUpdate`` carrying ``state_dict`` for this policy's schema and architecture."""
+        ...
+
+    def load_update(self, update: PolicyUpdate, *, allow_rollback: bool = False) -> UpdateOutcome:
+        """Check ``update`` and make it live if it passes; a refused update changes nothing."""
         ...
 
 

@@ -1,9 +1,10 @@
 """Tamiyo, the controller: state packet in, one signed command out, and the judged outcome of every decision.
 
-``decide(state)``: apply any policy update waiting on the bus (between decisions, so a swap is atomic), ask the
-policy, pass the proposal through the risk engine, fill the decision metadata, sign (a fresh command id as nonce,
-the issue time), and publish a telemetry packet. A policy that raises yields a signed no-op with the reason; a
-decision slower than its budget is reported and makes the next one conservative.
+``decide(state)``: apply any policy update waiting on the bus or newly live in the followed policy store (between
+decisions, so a swap is atomic), ask the policy, pass the proposal through the risk engine, fill the decision
+metadata, sign (a fresh command id as nonce, the issue time), and publish a telemetry packet. A policy that raises
+yields a signed no-op with the reason (and the ``tamiyo.policy_error`` annotation: the console prints it, the run
+record keeps it); a decision slower than its budget is reported and makes the next one conservative.
 
 ``observe(state, command, result)``: open, advance and close field-report windows; return the reports written now
 (they are also appended to the crash-safe log and published on the bus).
@@ -14,6 +15,8 @@ Tolaria's side.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,13 +32,17 @@ from esper_core.leyline import (
     SystemStatePacket,
     lifecycle,
 )
+from esper_core.leyline.annotations import OFFERED_BLUEPRINTS, POLICY_ERROR
 from esper_core.protocols import TamiyoPolicy
 from esper_core.signing import CommandSigner
+from esper_core.storage.policy_store import PolicyStore, PolicyStoreError, StoreWatcher
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Metric, build_telemetry_packet
 from esper_tamiyo.commands import noop
 from esper_tamiyo.options import TamiyoOptions
 from esper_tamiyo.reports import FieldReports
 from esper_tamiyo.risk import RiskEngine
+
+logger = logging.getLogger(__name__)
 
 
 def offered_blueprints(
@@ -67,6 +74,7 @@ class TamiyoController:
         self.policy = policy
         self.blueprints = list(blueprints)
         self.by_id = {descriptor.blueprint_id: descriptor for descriptor in self.blueprints}
+        self._offered = json.dumps(sorted(self.by_id), separators=(",", ":"))
         self.signer = signer
         self.risk = risk or RiskEngine()
         self.reports = reports or FieldReports(self.options, training_run_id=training_run_id)
@@ -79,17 +87,22 @@ class TamiyoController:
         self._pending_events: list[Event] = []
         if self.bus is not None:
             self.bus.subscribe([self.bus.streams.policy])
+        self.store_watcher = StoreWatcher(PolicyStore(self.options.policy_store)) if self.options.policy_store else None
 
     # -- decisions --------------------------------------------------------------------------------------------
     def decide(self, state: SystemStatePacket) -> AdaptationCommand:
         with self._lock:
             start = time.perf_counter()
             self._consume_policy_updates()
+            self._follow_policy_store()
+            failure = ""
             try:
                 proposal = self.policy.decide(state, self.blueprints)
             except Exception as error:  # noqa: BLE001 - a failing policy must not stop training
-                proposal = noop(f"the policy failed: {type(error).__name__}: {error}", self.policy.name)
-                self._pending_events.append(Event("policy_error", str(error), ERROR))
+                failure = f"policy {self.policy.name!r} failed: {type(error).__name__}: {error}"
+                proposal = noop(f"the {failure}; waiting instead", self.policy.name)
+                self._pending_events.append(Event("policy_error", failure, ERROR))
+                logger.error("tamiyo: %s (a safe no-op was decided instead)", failure)
             if not proposal.decision.policy_name:
                 proposal.decision.policy_name = self.policy.name
             review = self.risk.review(proposal, state, self.by_id)
@@ -99,6 +112,9 @@ class TamiyoController:
             command.training_run_id = state.training_run_id or self.training_run_id
             command.decision_epoch = state.current_epoch
             command.decision_step = state.global_step
+            command.annotations[OFFERED_BLUEPRINTS] = self._offered
+            if failure:
+                command.annotations[POLICY_ERROR] = failure
             if not command.decision.policy_version:
                 command.decision.policy_version = str(getattr(self.policy, "version", "1"))
             latency = (time.perf_counter() - start) * 1000.0
@@ -164,13 +180,13 @@ class TamiyoController:
             return written
 
     # -- policy updates ---------------------------------------------------------------------------------------
-    def apply_policy_update(self, update: PolicyUpdate) -> tuple[bool, str]:
+    def apply_policy_update(self, update: PolicyUpdate, *, allow_rollback: bool = False) -> tuple[bool, str]:
         """Hand an update to the policy; it is refused (with the reason) if the policy cannot take updates."""
         load = getattr(self.policy, "load_update", None)
         if load is None:
             verdict: tuple[bool, str] = (False, f"policy {self.policy.name!r} does not take weight updates")
         else:
-            outcome = load(update)
+            outcome = load(update, allow_rollback=True) if allow_rollback else load(update)
             verdict = (bool(outcome.accepted), f"{getattr(outcome, 'reason', '')}: {getattr(outcome, 'detail', '')}")
         name = "policy_update_applied" if verdict[0] else "policy_update_rejected"
         self._pending_events.append(
@@ -185,6 +201,21 @@ class TamiyoController:
             if isinstance(message.payload, PolicyUpdate):
                 self.apply_policy_update(message.payload)
             self.bus.ack(message)
+
+    def _follow_policy_store(self) -> None:
+        """Load the store's live version when it changed (a rollback may go back in issue time: the store says so)."""
+        if self.store_watcher is None:
+            return
+        store = self.store_watcher.store
+        try:
+            live = self.store_watcher.changed()
+            if live is None:
+                return
+            update = store.read(live.version)
+        except PolicyStoreError as error:
+            self._pending_events.append(Event("policy_store_unreadable", str(error), WARNING))
+            return
+        self.apply_policy_update(update, allow_rollback=live.rolled_back)
 
     # -- persistence ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -30,6 +30,9 @@ class TamiyoOptions:
     regression_margin: float = attrs.field(default=0.01, validator=not_negative)
     #: Where field reports are appended, relative to the run directory.
     field_report_log: str = "tamiyo/field_reports.log"
+    #: A policy store directory to follow (``esper simic publish`` writes one): its live version is loaded into the
+    #: policy between two decisions, a rollback included. Empty: none (updates still arrive on Oona's policy stream).
+    policy_store: str = ""
 
 
 @section("tamiyo.risk")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -17,6 +18,7 @@ from esper_core.leyline import (
     lifecycle,
     value_name,
 )
+from esper_core.leyline.annotations import POLICY_ERROR
 from esper_core.tolaria.history import EpochStats, Summary
 from esper_core.tolaria.trainer import Trainer
 from esper_core.units import format_flops
@@ -91,6 +93,11 @@ class RunDisplay:
         if self.task_id is not None:
             self.progress.reset(self.task_id)
         self.console.print(line, highlight=False)
+        failure = command.annotations.get(POLICY_ERROR)
+        if failure:
+            self.console.print(
+                f"    [red]error:[/] {escape(failure)}; a safe no-op was decided instead", highlight=False
+            )
 
 
 def compute(summary: Summary) -> str:

@@ -23,6 +23,7 @@ from esper_core.leyline import (
     lifecycle,
     value_name,
 )
+from esper_core.leyline.annotations import POLICY_ERROR
 from esper_core.protocols import ResumableSink
 from esper_core.telemetry import Event, Metric, build_telemetry_packet
 from esper_core.tolaria.assembly import Run
@@ -79,7 +80,8 @@ class RunRecorder:
                 "decision", epoch=epoch, operation=operation, slot=command.target_slot_id,
                 blueprint=command.seed_operation.blueprint_id, rationale=command.decision.rationale,
                 risk_reason=command.decision.risk_reason, rules=list(command.decision.risk_rules_fired),
-                policy=command.decision.policy_name,
+                policy=command.decision.policy_name, policy_version=command.decision.policy_version,
+                policy_error=command.annotations.get(POLICY_ERROR) or None,
                 status=value_name(CommandStatus, result.status, "COMMAND_STATUS_"), detail=result.detail,
                 gates=[MessageToDict(gate) for gate in result.gates], command_id=command.command_id,
                 packet=encode_message(state), command=encode_message(command),
