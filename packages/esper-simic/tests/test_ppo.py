@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from esper_simic.ppo import NonFiniteLoss, PPOOptions, Rollout, generalized_advantages, ppo_update
+from esper_simic.scoring import Scorer, logits_scorer
 
 
 def test_generalized_advantages_match_the_definition() -> None:
@@ -47,7 +48,9 @@ def best_action(state: int) -> int:
     return (2 * state + 1) % ACTIONS
 
 
-def collect(model: Tiny, episodes: int, generator: torch.Generator, gamma: float, lam: float) -> tuple[Rollout, float]:
+def collect(
+    model: Tiny, episodes: int, generator: torch.Generator, gamma: float, lam: float
+) -> tuple[Rollout, Scorer, float]:
     """Episodes of a contextual chain: each step shows a random state; only the state's best action earns 1, and
     every earning is paid at the episode's end (so credit has to flow back through the advantages)."""
     observations, actions, log_probs, advantages, returns = [], [], [], [], []
@@ -68,9 +71,8 @@ def collect(model: Tiny, episodes: int, generator: torch.Generator, gamma: float
         advantages.append(advantage)
         returns.append(target)
         total += earned
-    rollout = Rollout(torch.cat(observations), torch.cat(actions), torch.cat(log_probs), torch.cat(advantages),
-                      torch.cat(returns))  # fmt: skip
-    return rollout, total / episodes
+    rollout = Rollout(torch.cat(log_probs), torch.cat(advantages), torch.cat(returns))
+    return rollout, logits_scorer(model, torch.cat(observations), torch.cat(actions)), total / episodes
 
 
 def test_ppo_learns_the_known_optimal_policy_within_a_bound() -> None:
@@ -81,9 +83,9 @@ def test_ppo_learns_the_known_optimal_policy_within_a_bound() -> None:
     options = PPOOptions(minibatch=64, epochs=4, gamma=1.0, lam=0.95)
     returns = []
     for _ in range(40):  # the bound: 40 iterations of 32 episodes
-        rollout, mean_return = collect(model, 32, generator, options.gamma, options.lam)
+        rollout, score, mean_return = collect(model, 32, generator, options.gamma, options.lam)
         returns.append(mean_return)
-        stats = ppo_update(model, optimizer, rollout, options, generator)
+        stats = ppo_update(model, optimizer, rollout, options, generator, score)
         assert stats.approx_kl >= -1e-6 and 0.0 <= stats.clip_fraction <= 1.0
     with torch.no_grad():
         logits, _ = model(torch.eye(STATES))
@@ -97,13 +99,14 @@ def test_a_non_finite_loss_leaves_the_policy_and_optimizer_as_they_were() -> Non
     model = Tiny(STATES, ACTIONS)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(1)
-    rollout, _ = collect(model, 4, generator, 1.0, 0.95)
-    ppo_update(model, optimizer, rollout, PPOOptions(epochs=1), generator)  # the optimizer now has state
+    rollout, score, _ = collect(model, 4, generator, 1.0, 0.95)
+    ppo_update(model, optimizer, rollout, PPOOptions(epochs=1), generator, score)  # the optimizer now has state
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     steps = [state["step"].clone() for state in optimizer.state.values()]
-    poisoned = Rollout(rollout.observations, rollout.actions, rollout.log_probs, rollout.advantages,
-                       torch.cat([rollout.returns[:-1], torch.tensor([float("nan")])]))  # fmt: skip
+    poisoned = Rollout(
+        rollout.log_probs, rollout.advantages, torch.cat([rollout.returns[:-1], torch.tensor([float("nan")])])
+    )
     with pytest.raises(NonFiniteLoss, match="as they were before this update"):
-        ppo_update(model, optimizer, poisoned, PPOOptions(epochs=2, minibatch=4), generator)
+        ppo_update(model, optimizer, poisoned, PPOOptions(epochs=2, minibatch=4), generator, score)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert [state["step"] for state in optimizer.state.values()] == steps

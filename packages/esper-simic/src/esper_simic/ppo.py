@@ -1,8 +1,9 @@
 """Proximal policy optimisation over episodes of decisions: generalised advantages and the clipped update.
 
-Independent of what the policy looks at: the model is any ``nn.Module`` that maps a batch of observations to action
-logits ``(B, A)`` and values ``(B,)``, so the same update can train Tamiyo's learned policy on encoded state packets
-and, in the tests, a small network on an environment whose optimal policy is known.
+Independent of what the policy looks at: the update asks a :data:`~esper_simic.scoring.Scorer` for the log-probability
+of each recorded action, the value and the entropy, so the same update trains Tamiyo's learned policy (factored, masked
+action heads over encoded state packets) and, in the tests, a small network on an environment whose optimal policy is
+known.
 
 - :func:`generalized_advantages` (Schulman et al., 2016): ``A_t = sum_k (gamma lam)^k delta_{t+k}`` with
   ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)``, over one episode, bootstrapped with the value after its last step
@@ -25,6 +26,7 @@ from torch import nn
 
 from esper_core.config.validators import at_least, not_negative, open_fraction, positive
 from esper_simic.returns import discounted_backward, shifted
+from esper_simic.scoring import Scorer
 
 __all__ = [
     "NonFiniteLoss",
@@ -54,11 +56,9 @@ class PPOOptions:
 
 @attrs.frozen
 class Rollout:
-    """Steps gathered by the behaviour policy, flattened over episodes."""
+    """Steps gathered by the behaviour policy, flattened over episodes (the scorer holds what each step observed)."""
 
-    observations: torch.Tensor
-    actions: torch.Tensor
-    #: The behaviour policy's log-probability of each action.
+    #: The policy's log-probability of each recorded action before this update (the ratio's denominator).
     log_probs: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
@@ -99,9 +99,11 @@ def ppo_update(
     rollout: Rollout,
     options: PPOOptions,
     generator: torch.Generator,
+    score: Scorer,
 ) -> UpdateStats:
-    """Improve ``model`` on ``rollout`` (see the module); minibatch order comes from ``generator``."""
-    size = len(rollout.actions)
+    """Improve ``model`` on ``rollout`` (see the module), scoring minibatches with ``score``; minibatch order comes from
+    ``generator``."""
+    size = len(rollout.log_probs)
     if size == 0:
         raise ValueError("a PPO update needs at least one step")
     advantages = rollout.advantages
@@ -117,16 +119,14 @@ def ppo_update(
         kl_sum = clipped_count = 0.0
         for start in range(0, size, options.minibatch):
             index = order[start : start + options.minibatch]
-            logits, values = model(rollout.observations[index])
-            every = torch.log_softmax(logits, dim=-1)  # log-probabilities of every action
-            log_prob = every.gather(1, rollout.actions[index].long().unsqueeze(1)).squeeze(1)
+            log_prob, values, entropies = score(index)
             log_ratio = log_prob - rollout.log_probs[index]
             ratio = log_ratio.exp()
             advantage = advantages[index]
             surrogate = torch.min(ratio * advantage, ratio.clamp(1 - options.clip, 1 + options.clip) * advantage)
             policy_loss = -surrogate.mean()
             value_loss = (values - rollout.returns[index]).pow(2).mean()
-            entropy = -(every.exp() * every).sum(dim=-1).mean()
+            entropy = entropies.mean()
             loss = policy_loss + options.value_coef * value_loss - options.entropy_coef * entropy
             if not torch.isfinite(loss):
                 model.load_state_dict(saved[0])
