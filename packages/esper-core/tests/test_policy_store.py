@@ -24,7 +24,7 @@ def test_publishing_makes_a_version_live_and_keeps_what_travels_with_it(tmp_path
     live = store.live()
     assert live is not None and live.version == "v2" and live.generation == 2
     assert store.read("v1").payload == b"v1" and store.metadata("v2")["evaluation"] == {"return": 0.2}
-    with pytest.raises(PolicyStoreError, match="'v2' is already published.*rollback --to v2"):
+    with pytest.raises(PolicyStoreError, match=r"'v2' is already published.*rollback --to v2"):
         store.publish("v2", update("v2"), {})
 
 
@@ -51,12 +51,12 @@ def test_bad_names_and_damaged_files_are_refused_with_the_path(tmp_path: Path) -
     with pytest.raises(PolicyStoreError, match=r"no version 'v1' \(published: none\)"):
         store.read("v1")
     (tmp_path / "store.json").write_text("{not json")
-    with pytest.raises(PolicyStoreError, match="store.json is not a policy store index"):
+    with pytest.raises(PolicyStoreError, match=r"store\.json is not a policy store index"):
         store.live()
     (tmp_path / "store.json").unlink()
     store.publish("v1", update("v1"), {})
     store.update_path("v1").write_bytes(b"\xff\xff\xff")
-    with pytest.raises(PolicyStoreError, match="v1.update is not a PolicyUpdate"):
+    with pytest.raises(PolicyStoreError, match=r"v1\.update is not a PolicyUpdate"):
         store.read("v1")
 
 

@@ -13,6 +13,7 @@ recovered from; a run recorded before decision points kept their packets is refu
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,29 @@ def episode_from_run(run_dir: str | Path, schema_digest: str, weights: RewardWei
         "host_parameters": host_parameters,
         "total_flops": last.total_flops,
         "return": sum(step["reward"] for step in steps),
+        # Reported next to the returns; no reward, evaluation verdict or training step ever reads it.
+        "test_accuracy": finished.get("test_accuracy") if finished is not None else None,
+        "budget": budget_of(directory),
     }
     episode = Episode(str(started.get("run_id") or directory.name), schema_digest, tuple(steps), outcome)
     return RunExperience(episode, damage, finished is not None)
+
+
+#: The options that bound a policy's germinations: the budget every decision was made under.
+BUDGET_KEYS = ("max_added_parameter_fraction", "max_seed_parameter_fraction")
+
+
+def budget_of(run_dir: Path) -> dict[str, float]:
+    """The parameter budget the run's policy decided under, from the run's resolved ``config.toml`` (the deciding
+    policy's own section): a learner re-encodes the run's decisions under the same budget. Empty when unknown."""
+    path = (run_dir if run_dir.is_dir() else run_dir.parent) / "config.toml"
+    try:
+        config = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    tamiyo = config.get("tamiyo", {})
+    section = tamiyo.get(str(tamiyo.get("policy", "")), {})
+    return {key: float(section[key]) for key in BUDGET_KEYS if isinstance(section.get(key), (int, float))}
 
 
 def _progress(entry: Mapping[str, Any]) -> Progress:

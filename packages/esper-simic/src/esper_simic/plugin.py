@@ -1,7 +1,35 @@
-"""Registers esper-simic with Esper through the ``esper`` entry-point group.
+"""Registers esper-simic with Esper: the ``esper simic`` command and its configuration sections (``[simic]``,
+``[simic.ground]``, ``[simic.train]``, ``[simic.evaluate]``, ``[simic.rewards]``).
 
-It implements no hooks yet: so far Simic is a Python API, episodes from run directories
-(:mod:`esper_simic.experience`), rewards (:mod:`esper_simic.rewards`) and the replay store
-(:mod:`esper_simic.replay`); collection, training and publication arrive with issue #13 (docs/simic.md). It is
-installed and listed by ``esper plugins`` so that the package layout and discovery are real from the start.
+Imported whenever Esper starts, so it imports nothing heavy: the option classes are plain attrs classes and the
+command loads torch only when it runs.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from esper_core import hookimpl
+from esper_core.plugins import CliCommandSpec
+from esper_simic.cli import configure_simic, run_simic
+
+
+@hookimpl
+def esper_core_config_sections() -> Iterator[type]:
+    from esper_simic.evaluation import EvaluateOptions
+    from esper_simic.ground import GroundOptions
+    from esper_simic.options import TrainOptions
+    from esper_simic.rewards import RewardWeights
+    from esper_simic.workbench import SimicOptions
+
+    yield from (SimicOptions, GroundOptions, TrainOptions, EvaluateOptions, RewardWeights)
+
+
+@hookimpl
+def esper_core_cli_commands() -> Iterator[CliCommandSpec]:
+    yield CliCommandSpec(
+        name="simic",
+        help="train the learned policy: collect | train | evaluate | publish | rollback",
+        configure=configure_simic,
+        run=run_simic,
+    )

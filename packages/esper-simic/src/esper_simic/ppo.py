@@ -137,7 +137,7 @@ def ppo_update(
                     "the policy and the optimizer are as they were before this update"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
             nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
             optimizer.step()
             totals["policy"] += float(policy_loss.detach())

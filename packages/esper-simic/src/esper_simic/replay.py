@@ -32,6 +32,7 @@ from typing import Any
 
 import attrs
 
+from esper_core.errors import EsperError
 from esper_core.storage.appendlog import AppendOnlyLog, encode_record, scan
 from esper_core.storage.atomic import atomic_write_bytes, atomic_write_text
 
@@ -50,7 +51,7 @@ MANIFEST = "store.json"
 LOG = "episodes.log"
 
 
-class SchemaMismatchError(ValueError):
+class SchemaMismatchError(EsperError, ValueError):
     """Episodes of one feature schema offered to a store (or a store opened) for another."""
 
 

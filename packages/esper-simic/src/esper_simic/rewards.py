@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from esper_core.config import section
 from esper_core.config.validators import not_negative
 
 
@@ -40,8 +41,11 @@ class Progress:
     total_flops: int
 
 
+@section("simic.rewards")
 @attrs.frozen
 class RewardWeights:
+    """The costs a decision's reward is charged (``[simic.rewards]``)."""
+
     #: Reward given up per host's worth of added parameters.
     parameter_cost: float = attrs.field(default=0.05, validator=not_negative)
     #: Reward given up per bare-host epoch of extra compute.

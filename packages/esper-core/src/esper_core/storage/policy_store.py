@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 from google.protobuf.message import DecodeError
 
+from esper_core.errors import EsperError
 from esper_core.leyline import PolicyUpdate
 from esper_core.storage.atomic import atomic_write_bytes, atomic_write_text
 
@@ -34,7 +35,7 @@ INDEX = "store.json"
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
-class PolicyStoreError(ValueError):
+class PolicyStoreError(EsperError, ValueError):
     """A store operation that cannot be done; the message names the store, the version and what to do."""
 
 

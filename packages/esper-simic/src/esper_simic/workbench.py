@@ -1,0 +1,118 @@
+"""What every ``esper simic`` command works with: the configuration, the trainable policy built through the registry,
+the blueprint catalog, the signing key and the workspace's directories.
+
+Simic never imports the policy it trains: it asks the registry for the policy named by ``simic.policy`` (Tamiyo's
+``learned`` by default), with the same configuration a run would give it, and checks that what it got satisfies
+:class:`esper_core.protocols.TrainablePolicy`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from esper_core.config import section
+from esper_core.config.validators import at_least, not_negative
+from esper_core.errors import ConfigError
+from esper_core.leyline import BlueprintDescriptor
+from esper_core.plugins.registry import Registry
+from esper_core.plugins.selectors import UrzaSelection
+from esper_core.protocols import TrainablePolicy
+from esper_core.signing import SECRET_ENV_VAR, SigningKey
+from esper_core.storage.policy_store import PolicyStore
+from esper_simic.replay import ReplayStore
+
+__all__ = ["SimicOptions", "Workbench", "open_workbench"]
+
+
+@section("simic")
+@attrs.frozen
+class SimicOptions:
+    """Simic's workspace and the policy it trains (docs/simic.md)."""
+
+    #: The policy Simic trains: a plugin policy satisfying ``esper_core.protocols.TrainablePolicy``.
+    policy: str = "learned"
+    #: Where the replay store, ground runs, candidates and evaluations live (relative to the working directory).
+    workspace: str = "var/simic"
+    #: The policy store publications go to (empty: ``WORKSPACE/policies``); runs follow it with
+    #: ``tamiyo.policy_store``.
+    policy_store: str = ""
+    #: Parallel worker processes for ground runs (collection and evaluation).
+    workers: int = attrs.field(default=2, validator=at_least(1))
+    #: The replay store keeps at most this many episodes, none older than ``max_age_hours`` (0: no limit).
+    replay_capacity: int = attrs.field(default=20_000, validator=at_least(1))
+    max_age_hours: float = attrs.field(default=0.0, validator=not_negative)
+
+
+@attrs.frozen
+class Workbench:
+    registry: Registry
+    config: Any
+    options: SimicOptions
+    policy: TrainablePolicy
+    catalog: dict[str, BlueprintDescriptor]
+    signing_key: SigningKey | None
+    workspace: Path
+    #: How the configuration was loaded, to load it again with a run's budget (:meth:`policy_under`).
+    source: tuple[str | None, tuple[str, ...]] = (None, ())
+    _budgeted: dict[tuple[tuple[str, float], ...], TrainablePolicy] = attrs.field(factory=dict)
+
+    def policy_under(self, budget: Mapping[str, float]) -> TrainablePolicy:
+        """The policy configured with ``budget`` (``max_added_parameter_fraction``, ...): a run's decisions are
+        re-encoded under the budget they were made under, since the policy's legality masks depend on it."""
+        if not budget:
+            return self.policy
+        key = tuple(sorted(budget.items()))
+        if key not in self._budgeted:
+            path, overrides = self.source
+            extra = [f"tamiyo.{self.options.policy}.{name}={value}" for name, value in key]
+            config = self.registry.load_config(Path(path) if path else None, overrides=[*overrides, *extra])
+            self._budgeted[key] = self.registry.build(
+                self.registry.policy(self.options.policy), config=config, signing_key=self.signing_key
+            )
+        return self._budgeted[key]
+
+    def replay(self) -> ReplayStore:
+        return ReplayStore(
+            self.workspace / "replay",
+            self.policy.feature_schema_digest,
+            capacity=self.options.replay_capacity,
+            max_age_seconds=self.options.max_age_hours * 3600.0,
+        )
+
+    def policy_store(self) -> PolicyStore:
+        return PolicyStore(
+            Path(self.options.policy_store) if self.options.policy_store else self.workspace / "policies"
+        )
+
+    def require_secret(self, why: str) -> None:
+        """Runs that load Simic's updates must verify them: they need the secret Simic signs with."""
+        if self.signing_key is None:
+            raise ConfigError(
+                f"{why} needs {SECRET_ENV_VAR}: the runs verify the policy's updates with it and Simic signs them with "
+                f"it. Set it in the environment (at least 32 characters), e.g. export {SECRET_ENV_VAR}=$(openssl rand "
+                "-hex 32)"
+            )
+
+
+def open_workbench(registry: Registry, config_path: str | Path | None, overrides: Sequence[str]) -> Workbench:
+    """Load the configuration and build the trainable policy and the catalog through the registry."""
+    config = registry.load_config(Path(config_path) if config_path else None, overrides=list(overrides))
+    options = config.get(SimicOptions)
+    key = SigningKey.from_env(os.environ)
+    catalogs = [
+        registry.build(registry.blueprint_catalog(name), config=config) for name in config.get(UrzaSelection).catalogs
+    ]
+    policy = registry.build(registry.policy(options.policy), config=config, signing_key=key, catalogs=catalogs)
+    if not isinstance(policy, TrainablePolicy):
+        raise ConfigError(
+            f"simic.policy = {options.policy!r}: that policy cannot be trained (it does not take weight updates); "
+            "Simic trains policies satisfying esper_core.protocols.TrainablePolicy, such as 'learned'"
+        )
+    catalog = {descriptor.blueprint_id: descriptor for c in catalogs for descriptor in c.descriptors()}
+    source = (str(config_path) if config_path else None, tuple(overrides))
+    return Workbench(registry, config, options, policy, catalog, key, Path(options.workspace), source)
