@@ -131,6 +131,10 @@ def test_every_runs_controller_gets_each_policy_update(service: TamiyoService, b
             what=f"run {run_id}'s controller handed the update",
         )
     assert service.counters["decisions"] == 4
+    late = RemoteController(client(backend, "tolaria-late"), training_run_id="late", timeout_s=60)
+    late.decide(state("late", 1))  # a run first seen after the update gets it before its first decision
+    wait_until(lambda: "policy_update_rejected" in events_of(telemetry(), "late"), what="the late run handed it")
+    late.close()
 
 
 @pytest.mark.parametrize("run_id", ["../escape", "a/b", "/absolute", ".hidden"])

@@ -25,10 +25,10 @@ class TrainOptions:
     #: Start from the live policy's weights (``"live"``) or from a fresh, untrained network (``"fresh"``).
     start: str = attrs.field(default="live", validator=attrs.validators.in_(["live", "fresh"]))
     #: Passes of behaviour cloning over the demonstrated decisions before PPO (0: none).
-    clone_epochs: int = attrs.field(default=30, validator=not_negative)
+    clone_epochs: int = attrs.field(default=60, validator=not_negative)
     #: PPO iterations (each re-scores every step, then ``ppo_epochs`` passes of minibatches).
     iterations: int = attrs.field(default=20, validator=not_negative)
-    learning_rate: float = attrs.field(default=1e-3, validator=positive)
+    learning_rate: float = attrs.field(default=3e-3, validator=positive)
     minibatch: int = attrs.field(default=64, validator=at_least(1))
     ppo_epochs: int = attrs.field(default=4, validator=at_least(1))
     clip: float = attrs.field(default=0.2, validator=open_fraction)

@@ -22,8 +22,9 @@ of its own inside the service (:class:`RunBus`): what it publishes (its telemetr
 stream) is sent after the command, in the same round trip; and it does not read the policy stream at each decision
 itself (a round trip per decision, and with one consumer group for every run, an update would reach only one of
 them): the service reads ``policy`` together with ``decisions``, in the same blocking read, and hands each
-``PolicyUpdate`` to every run's controller, which applies it before its next decision. A run seen for the first time
-after an update does not get it.
+``PolicyUpdate`` to every run's controller, which applies it before its next decision. The service keeps the
+latest update it read, and a run seen for the first time after it gets it before its first decision: every run
+decides with the policy published last, whenever it started.
 
 Field-report logs go under ``[tamiyo.service] data_dir``, one directory per run.
 """
@@ -156,6 +157,8 @@ class TamiyoService:
         #: Replies to runs (commands, field reports), sent with the next read ahead of everything else.
         self.outbox: list[Outgoing] = []
         self.decided: OrderedDict[str, _Decided] = OrderedDict()
+        #: The latest ``PolicyUpdate`` read: handed to each run's controller built after it.
+        self.latest_update: BusMessage | None = None
         self.counters = {
             "decisions": 0,
             "repeated": 0,
@@ -219,6 +222,7 @@ class TamiyoService:
             self._observe(correlation, payload)
         elif isinstance(payload, PolicyUpdate):
             self.counters["policy_updates"] += 1
+            self.latest_update = message
             for run_bus in self.run_buses.values():
                 run_bus.inbox.append(message)
 
@@ -272,6 +276,8 @@ class TamiyoService:
         run_dir = self.options.data_dir / (run_id or "unnamed")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_bus = RunBus(self.bus)
+        if self.latest_update is not None:
+            run_bus.inbox.append(self.latest_update)
         controller = registry.build(
             registry.controller("tamiyo"),
             config=context.config,
