@@ -35,6 +35,7 @@ from esper_core.plugins import (
     RunInfo,
     SeedExecutorSpec,
     ServiceSpec,
+    SimicTrainerSpec,
     TaskSpec,
     TelemetrySinkSpec,
 )
@@ -158,6 +159,11 @@ def test_hook_esper_tolaria_seed_executors(register_plugin: Any, esper_registry:
 def test_hook_esper_weatherlight_services(register_plugin: Any, esper_registry: Registry) -> None:
     spec = ServiceSpec(name="tamiyo", factory=lambda context: None)
     _provider_roundtrip(register_plugin, esper_registry, "esper_weatherlight_services", spec, "service")
+
+
+def test_hook_esper_simic_trainers(register_plugin: Any, esper_registry: Registry) -> None:
+    spec = SimicTrainerSpec(name="imitate", factory=lambda context: None)
+    _provider_roundtrip(register_plugin, esper_registry, "esper_simic_trainers", spec, "simic_trainer")
 
 
 class Recorder:

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from esper_core.plugins import Registry
+from esper_core.protocols import DecisionEpisode
 from esper_simic.collect import collect
 from esper_simic.ground import GroundOptions, heuristic_exploration, plan
 from esper_simic.options import TrainOptions
-from esper_simic.trainer import PreparedEpisode, UnusableEpisode, prepare, train
+from esper_simic.trainer import UnusableEpisode, prepare, train
 from esper_simic.workbench import Workbench, open_workbench
 
 pytestmark = pytest.mark.slow
@@ -31,7 +32,7 @@ def workbench(tmp_path_factory: pytest.TempPathFactory) -> Workbench:
 
 
 @pytest.fixture(scope="module")
-def episodes(workbench: Workbench) -> list[PreparedEpisode]:
+def episodes(workbench: Workbench) -> list[DecisionEpisode]:
     with workbench.replay() as store:
         summary = collect(plan(QUICK, seed=0, count=4), heuristic_exploration, store, workbench.workspace / "runs")
         assert not summary.failed
@@ -45,7 +46,7 @@ def weights_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
     return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_heuristic_decisions_are_re_encoded_as_demonstrations(episodes: list[PreparedEpisode]) -> None:
+def test_heuristic_decisions_are_re_encoded_as_demonstrations(episodes: list[DecisionEpisode]) -> None:
     steps = [step for episode in episodes for step in episode.steps]
     assert len(steps) >= 4 * 6 and all(step.demonstrated and step.behaviour_log_prob == 0.0 for step in steps)
     assert any(step.action.operation != 0 for step in steps), "the heuristic grew somewhere"
@@ -53,7 +54,7 @@ def test_heuristic_decisions_are_re_encoded_as_demonstrations(episodes: list[Pre
 
 
 def test_cloning_then_ppo_makes_the_heuristics_decisions_likely(
-    workbench: Workbench, episodes: list[PreparedEpisode]
+    workbench: Workbench, episodes: list[DecisionEpisode]
 ) -> None:
     result = train(workbench.policy, episodes, attrs.evolve(FAST, clone_epochs=40))
     clone = [row for row in result.curves if row["phase"] == 0.0]
@@ -61,17 +62,17 @@ def test_cloning_then_ppo_makes_the_heuristics_decisions_likely(
     assert clone[-1]["likelihood"] > clone[0]["likelihood"] + 0.05 and clone[-1]["likelihood"] > 0.85
     ppo = [row for row in result.curves if row["phase"] == 1.0]
     assert len(ppo) == 3 and all(math.isfinite(row["value_loss"]) and row["approx_kl"] >= -1e-6 for row in ppo)
-    assert result.stopped is None and result.demonstrations == result.steps
+    assert result.stopped is None
 
 
-def test_training_is_deterministic_given_its_seed(workbench: Workbench, episodes: list[PreparedEpisode]) -> None:
+def test_training_is_deterministic_given_its_seed(workbench: Workbench, episodes: list[DecisionEpisode]) -> None:
     first = train(workbench.policy, episodes, FAST).state_dict
     assert weights_equal(first, train(workbench.policy, episodes, FAST).state_dict)
     assert not weights_equal(first, train(workbench.policy, episodes, attrs.evolve(FAST, seed=1)).state_dict)
 
 
 def test_a_killed_training_resumes_exactly_from_its_checkpoint(
-    workbench: Workbench, episodes: list[PreparedEpisode], tmp_path: Path
+    workbench: Workbench, episodes: list[DecisionEpisode], tmp_path: Path
 ) -> None:
     whole = train(workbench.policy, episodes, FAST)
     checkpoint = tmp_path / "checkpoint.pt"
@@ -81,7 +82,7 @@ def test_a_killed_training_resumes_exactly_from_its_checkpoint(
 
 
 def test_a_non_finite_loss_stops_training_with_the_last_good_weights(
-    workbench: Workbench, episodes: list[PreparedEpisode]
+    workbench: Workbench, episodes: list[DecisionEpisode]
 ) -> None:
     poisoned = [*episodes[:-1], attrs.evolve(episodes[-1], steps=tuple(
         attrs.evolve(step, reward=float("nan")) for step in episodes[-1].steps

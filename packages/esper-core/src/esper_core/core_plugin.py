@@ -108,7 +108,7 @@ def esper_core_config_sections() -> Iterator[type]:
     from esper_core.oona.options import OonaOptions
     from esper_core.oona.redis_backend import RedisOptions
     from esper_core.plugins.options import PluginsOptions
-    from esper_core.plugins.selectors import NissaSelection, TamiyoSelection, UrzaSelection
+    from esper_core.plugins.selectors import NissaSelection, SimicSelection, TamiyoSelection, UrzaSelection
     from esper_core.security_options import SecurityOptions
     from esper_core.tolaria.options import RunOptions, TolariaOptions
     from esper_core.weatherlight.options import WeatherlightOptions
@@ -122,4 +122,5 @@ def esper_core_config_sections() -> Iterator[type]:
     yield RunOptions
     yield TolariaOptions
     yield TamiyoSelection
+    yield SimicSelection
     yield NissaSelection

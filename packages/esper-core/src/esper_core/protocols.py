@@ -15,6 +15,8 @@ import attrs
 from esper_core.leyline import SeedState, SlotKind
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from esper_core.leyline import (
@@ -150,6 +152,63 @@ class TrainablePolicy(TamiyoPolicy, Protocol):
     def load_update(self, update: PolicyUpdate, *, allow_rollback: bool = False) -> UpdateOutcome:
         """Check ``update`` and make it live if it passes; a refused update changes nothing."""
         ...
+
+
+@attrs.frozen
+class DecisionStep:
+    """One recorded decision point as a trainable policy encodes it: what a Simic trainer learns from."""
+
+    #: The policy's encoding of the state packet (its ``encode``), and the action the command stands for.
+    encoded: Any
+    action: Any
+    #: Log-probability the deciding policy gave the action (0 for a deterministic policy such as the heuristic).
+    behaviour_log_prob: float
+    #: What the decision earned until the next decision point (Simic's rewards: validation accuracy gained less
+    #: the costs of parameters and compute).
+    reward: float
+    #: Decided by another policy: a demonstration a trainer may imitate.
+    demonstrated: bool
+
+
+@attrs.frozen
+class DecisionEpisode:
+    """One run's decision points in order."""
+
+    episode_id: str
+    steps: tuple[DecisionStep, ...]
+
+
+@attrs.frozen
+class TrainingOutcome:
+    """What a Simic trainer returns: new weights for the policy, its learning curves, and why it stopped early."""
+
+    state_dict: Mapping[str, Any]
+    #: One row per pass (numbers only): what ``esper simic train`` saves and plots.
+    curves: list[dict[str, float]]
+    #: Why training stopped before its end with the last good weights (a non-finite loss), or None.
+    stopped: str | None = None
+
+
+@runtime_checkable
+class SimicTrainer(Protocol):
+    """A training algorithm for Simic: new weights for a trainable policy from episodes of its encoded decisions.
+
+    The trainer trains a copy (``policy.clone_network()`` or ``policy.new_network()``), never the live network,
+    scores recorded actions with ``policy.evaluate_actions``, and returns finite weights of the policy's
+    architecture. Given the same inputs it returns the same weights. With ``checkpoint`` it saves its state after
+    each pass and resumes from it. ``progress(phase, done, total, row)`` is called after each pass.
+    """
+
+    name: str
+
+    def train(
+        self,
+        policy: TrainablePolicy,
+        episodes: Sequence[DecisionEpisode],
+        *,
+        checkpoint: Path | None = None,
+        progress: Callable[[str, int, int, Mapping[str, float]], None] | None = None,
+    ) -> TrainingOutcome: ...
 
 
 @runtime_checkable

@@ -152,9 +152,9 @@ def _ground(workbench: Any, args: argparse.Namespace, store: Any) -> Any:
 def _train(workbench: Any, args: argparse.Namespace) -> int:
     from esper_core.storage.atomic import atomic_write_bytes, atomic_write_text
     from esper_simic.publication import CANDIDATE_UPDATE, TRAINING
-    from esper_simic.trainer import TrainOptions, UnusableEpisode, prepare, train
+    from esper_simic.trainer import UnusableEpisode, prepare
 
-    options = workbench.config.get(TrainOptions)
+    trainer = workbench.trainer()
     version = args.version or time.strftime("simic-%Y%m%d-%H%M%S", time.gmtime())
     directory = workbench.workspace / "candidates" / version
     directory.mkdir(parents=True, exist_ok=True)
@@ -172,20 +172,21 @@ def _train(workbench: Any, args: argparse.Namespace) -> int:
         raise ConfigError(f"the replay store in {workbench.workspace / 'replay'} has no usable episode: collect first")
     started = time.process_time()
     with _bar(f"training {version}") as (bar, task):
-        result = train(
+        result = trainer.train(
             workbench.policy,
             prepared,
-            options,
             checkpoint=directory / "checkpoint.pt",
             progress=lambda phase, done, total, row: bar.update(
                 task, description=f"{phase}", completed=done, total=total
             ),
         )
     cpu_seconds = time.process_time() - started
+    steps = sum(len(episode.steps) for episode in prepared)
+    demonstrations = sum(step.demonstrated for episode in prepared for step in episode.steps)
     final = result.curves[-1] if result.curves else {}
     metrics = {key: float(value) for key, value in final.items()} | {
         "episodes": float(len(prepared)),
-        "steps": float(result.steps),
+        "steps": float(steps),
         "cpu_seconds": cpu_seconds,
     }
     update = workbench.policy.export_update(
@@ -196,18 +197,19 @@ def _train(workbench: Any, args: argparse.Namespace) -> int:
         "version": version,
         "episodes": len(prepared),
         "unusable": unusable,
-        "steps": result.steps,
-        "demonstrations": result.demonstrations,
+        "steps": steps,
+        "demonstrations": demonstrations,
         "cpu_seconds": cpu_seconds,
         "stopped": result.stopped,
-        "options": attrs.asdict(options),
+        "trainer": workbench.selection.trainer,
+        "options": attrs.asdict(trainer.options) if attrs.has(type(getattr(trainer, "options", None))) else None,
     }
     atomic_write_text(directory / TRAINING, json.dumps(summary, indent=2))
     atomic_write_text(directory / "curves.json", json.dumps(result.curves, indent=1))
     if result.stopped:
         print(f"warning: {result.stopped}")
     print(
-        f"candidate {version}: {len(prepared)} episodes, {result.steps} decisions ({result.demonstrations} "
+        f"candidate {version}: {len(prepared)} episodes, {steps} decisions ({demonstrations} "
         f"demonstrations), {cpu_seconds:.0f} CPU s -> {directory}"
     )
     return 0

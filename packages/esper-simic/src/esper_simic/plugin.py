@@ -1,5 +1,5 @@
-"""Registers esper-simic with Esper: the ``esper simic`` command and its configuration sections (``[simic]``,
-``[simic.ground]``, ``[simic.train]``, ``[simic.evaluate]``, ``[simic.rewards]``).
+"""Registers esper-simic with Esper: the ``esper simic`` command its configuration sections (``[simic]``,
+``[simic.ground]``, ``[simic.evaluate]``, ``[simic.rewards]``) and the built-in ``ppo`` trainer (``[simic.train]``).
 
 Imported whenever Esper starts, so it imports nothing heavy: the option classes are plain attrs classes and the
 command loads torch only when it runs.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from esper_core import hookimpl
-from esper_core.plugins import CliCommandSpec
+from esper_core.plugins import BuildContext, CliCommandSpec, SimicTrainerSpec
 from esper_simic.cli import configure_simic, run_simic
 
 
@@ -18,11 +18,10 @@ from esper_simic.cli import configure_simic, run_simic
 def esper_core_config_sections() -> Iterator[type]:
     from esper_simic.evaluation import EvaluateOptions
     from esper_simic.ground import GroundOptions
-    from esper_simic.options import TrainOptions
     from esper_simic.rewards import RewardWeights
     from esper_simic.workbench import SimicOptions
 
-    yield from (SimicOptions, GroundOptions, TrainOptions, EvaluateOptions, RewardWeights)
+    yield from (SimicOptions, GroundOptions, EvaluateOptions, RewardWeights)
 
 
 @hookimpl
@@ -32,4 +31,22 @@ def esper_core_cli_commands() -> Iterator[CliCommandSpec]:
         help="train the learned policy: collect | train | evaluate | publish | rollback",
         configure=configure_simic,
         run=run_simic,
+    )
+
+
+def build_ppo_trainer(context: BuildContext) -> object:
+    from esper_simic.trainer import PPOTrainer
+
+    return PPOTrainer(context.options)
+
+
+@hookimpl
+def esper_simic_trainers() -> Iterator[SimicTrainerSpec]:
+    from esper_simic.options import TrainOptions
+
+    yield SimicTrainerSpec(
+        name="ppo",
+        factory=build_ppo_trainer,
+        options=TrainOptions,
+        description="Behaviour cloning of the heuristic's decisions, then PPO with V-trace-corrected advantages.",
     )

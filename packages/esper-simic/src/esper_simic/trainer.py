@@ -30,12 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 
 from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, SystemStatePacket
 from esper_core.leyline.annotations import OFFERED_BLUEPRINTS
-from esper_core.protocols import TrainablePolicy
+from esper_core.protocols import DecisionEpisode, DecisionStep, TrainablePolicy, TrainingOutcome
 from esper_core.storage.atomic import atomic_write_bytes
 from esper_core.tolaria.record import decode_message
 from esper_simic.cloning import clone_behaviour
@@ -45,15 +44,7 @@ from esper_simic.replay import Episode
 from esper_simic.scoring import Scores
 from esper_simic.vtrace import vtrace
 
-__all__ = [
-    "PreparedEpisode",
-    "PreparedStep",
-    "TrainOptions",
-    "TrainResult",
-    "UnusableEpisode",
-    "prepare",
-    "train",
-]
+__all__ = ["PPOTrainer", "TrainOptions", "UnusableEpisode", "prepare", "train"]
 
 #: The learned policy's own annotations (docs/learned-policy.md): the blueprints it encoded, and its schema digest.
 LEARNED_BLUEPRINTS = "learned.blueprints"
@@ -62,35 +53,6 @@ LEARNED_SCHEMA = "learned.feature_schema_digest"
 
 class UnusableEpisode(ValueError):
     """An episode the policy cannot re-encode; the message names the episode, the step and why."""
-
-
-@attrs.frozen
-class PreparedStep:
-    encoded: Any
-    action: Any
-    #: The behaviour policy's log-probability of the action (0 for a deterministic policy).
-    behaviour_log_prob: float
-    reward: float
-    #: Decided by another policy: a demonstration to clone.
-    demonstrated: bool
-
-
-@attrs.frozen
-class PreparedEpisode:
-    episode_id: str
-    steps: tuple[PreparedStep, ...]
-
-
-@attrs.frozen
-class TrainResult:
-    """The trained weights, the learning curves (one row per phase and iteration) and how training ended."""
-
-    state_dict: dict[str, torch.Tensor]
-    curves: list[dict[str, float]]
-    steps: int
-    demonstrations: int
-    #: Why training stopped before its last iteration (a non-finite loss), or None.
-    stopped: str | None = None
 
 
 def _blueprints(command: AdaptationCommand, catalog: Mapping[str, BlueprintDescriptor], where: str) -> list[Any]:
@@ -109,7 +71,7 @@ def _blueprints(command: AdaptationCommand, catalog: Mapping[str, BlueprintDescr
     return [catalog[blueprint] for blueprint in ids]
 
 
-def prepare(episode: Episode, policy: TrainablePolicy, catalog: Mapping[str, BlueprintDescriptor]) -> PreparedEpisode:
+def prepare(episode: Episode, policy: TrainablePolicy, catalog: Mapping[str, BlueprintDescriptor]) -> DecisionEpisode:
     """Re-encode ``episode`` with ``policy`` (see the module). Raises :class:`UnusableEpisode` naming the step."""
     steps = []
     for number, step in enumerate(episode.steps):
@@ -130,7 +92,7 @@ def prepare(episode: Episode, policy: TrainablePolicy, catalog: Mapping[str, Blu
             and command.annotations.get(LEARNED_SCHEMA) == policy.feature_schema_digest
         )
         steps.append(
-            PreparedStep(
+            DecisionStep(
                 encoded=encoded,
                 action=action,
                 behaviour_log_prob=float(command.decision.action_log_prob) if sampled else 0.0,
@@ -138,13 +100,13 @@ def prepare(episode: Episode, policy: TrainablePolicy, catalog: Mapping[str, Blu
                 demonstrated=not sampled,
             )
         )
-    return PreparedEpisode(episode.episode_id, tuple(steps))
+    return DecisionEpisode(episode.episode_id, tuple(steps))
 
 
 class _Scoring:
     """Scores of chosen steps under a network, batching through the policy's own collate and evaluate_actions."""
 
-    def __init__(self, policy: TrainablePolicy, network: torch.nn.Module, steps: Sequence[PreparedStep]) -> None:
+    def __init__(self, policy: TrainablePolicy, network: torch.nn.Module, steps: Sequence[DecisionStep]) -> None:
         self.policy, self.network, self.steps = policy, network, steps
 
     def of(self, indices: Sequence[int]) -> Scores:
@@ -176,12 +138,12 @@ def _save_checkpoint(
 
 def train(
     policy: TrainablePolicy,
-    episodes: Sequence[PreparedEpisode],
+    episodes: Sequence[DecisionEpisode],
     options: TrainOptions | None = None,
     *,
     checkpoint: Path | None = None,
     progress: Callable[[str, int, int, Mapping[str, float]], None] | None = None,
-) -> TrainResult:
+) -> TrainingOutcome:
     """Clone, then improve with PPO (see the module); ``progress(phase, done, total, row)`` after each pass."""
     options = options or TrainOptions()
     steps = [step for episode in episodes for step in episode.steps]
@@ -251,11 +213,30 @@ def train(
         stopped = f"{error}; training stopped with the last good weights"
     network.eval()
     state = {name: tensor.detach().clone() for name, tensor in network.state_dict().items()}
-    return TrainResult(state, curves, len(steps), len(demonstrated), stopped)
+    return TrainingOutcome(state, curves, stopped)
+
+
+class PPOTrainer:
+    """The built-in :class:`esper_core.protocols.SimicTrainer` (``simic.trainer = "ppo"``): :func:`train`."""
+
+    name = "ppo"
+
+    def __init__(self, options: TrainOptions | None = None) -> None:
+        self.options = options or TrainOptions()
+
+    def train(
+        self,
+        policy: TrainablePolicy,
+        episodes: Sequence[DecisionEpisode],
+        *,
+        checkpoint: Path | None = None,
+        progress: Callable[[str, int, int, Mapping[str, float]], None] | None = None,
+    ) -> TrainingOutcome:
+        return train(policy, episodes, self.options, checkpoint=checkpoint, progress=progress)
 
 
 def _rollout(
-    scoring: _Scoring, episodes: Sequence[PreparedEpisode], options: TrainOptions
+    scoring: _Scoring, episodes: Sequence[DecisionEpisode], options: TrainOptions
 ) -> tuple[Rollout, dict[str, float]]:
     """V-trace targets and advantages of every episode under the network as it is now."""
     log_probs, values = scoring.everything()

@@ -20,8 +20,8 @@ from esper_core.config.validators import at_least, not_negative
 from esper_core.errors import ConfigError
 from esper_core.leyline import BlueprintDescriptor
 from esper_core.plugins.registry import Registry
-from esper_core.plugins.selectors import UrzaSelection
-from esper_core.protocols import TrainablePolicy
+from esper_core.plugins.selectors import SimicSelection, UrzaSelection
+from esper_core.protocols import SimicTrainer, TrainablePolicy
 from esper_core.signing import SECRET_ENV_VAR, SigningKey
 from esper_core.storage.policy_store import PolicyStore
 from esper_simic.replay import ReplayStore
@@ -32,10 +32,9 @@ __all__ = ["SimicOptions", "Workbench", "open_workbench"]
 @section("simic")
 @attrs.frozen
 class SimicOptions:
-    """Simic's workspace and the policy it trains (docs/simic.md)."""
+    """Simic's workspace (docs/simic.md); the policy and the trainer it uses are core's selectors (``simic.policy``,
+    ``simic.trainer``: :class:`esper_core.plugins.selectors.SimicSelection`)."""
 
-    #: The policy Simic trains: a plugin policy satisfying ``esper_core.protocols.TrainablePolicy``.
-    policy: str = "learned"
     #: Where the replay store, ground runs, candidates and evaluations live (relative to the working directory).
     workspace: str = "var/simic"
     #: The policy store publications go to (empty: ``WORKSPACE/policies``); runs follow it with
@@ -53,6 +52,7 @@ class Workbench:
     registry: Registry
     config: Any
     options: SimicOptions
+    selection: SimicSelection
     policy: TrainablePolicy
     catalog: dict[str, BlueprintDescriptor]
     signing_key: SigningKey | None
@@ -60,6 +60,16 @@ class Workbench:
     #: How the configuration was loaded, to load it again with a run's budget (:meth:`policy_under`).
     source: tuple[str | None, tuple[str, ...]] = (None, ())
     _budgeted: dict[tuple[tuple[str, float], ...], TrainablePolicy] = attrs.field(factory=dict)
+
+    def trainer(self) -> SimicTrainer:
+        """The configured training algorithm, built through the registry."""
+        trainer = self.registry.build(self.registry.simic_trainer(self.selection.trainer), config=self.config)
+        if not isinstance(trainer, SimicTrainer):
+            raise ConfigError(
+                f"simic.trainer = {self.selection.trainer!r} built {type(trainer).__name__}, which has no "
+                "train(policy, episodes, ...) method (esper_core.protocols.SimicTrainer)"
+            )
+        return trainer
 
     def policy_under(self, budget: Mapping[str, float]) -> TrainablePolicy:
         """The policy configured with ``budget`` (``max_added_parameter_fraction``, ...): a run's decisions are
@@ -69,10 +79,10 @@ class Workbench:
         key = tuple(sorted(budget.items()))
         if key not in self._budgeted:
             path, overrides = self.source
-            extra = [f"tamiyo.{self.options.policy}.{name}={value}" for name, value in key]
+            extra = [f"tamiyo.{self.selection.policy}.{name}={value}" for name, value in key]
             config = self.registry.load_config(Path(path) if path else None, overrides=[*overrides, *extra])
             self._budgeted[key] = self.registry.build(
-                self.registry.policy(self.options.policy), config=config, signing_key=self.signing_key
+                self.registry.policy(self.selection.policy), config=config, signing_key=self.signing_key
             )
         return self._budgeted[key]
 
@@ -86,7 +96,7 @@ class Workbench:
 
     def policy_store(self) -> PolicyStore:
         return PolicyStore(
-            Path(self.options.policy_store) if self.options.policy_store else self.workspace / "policies"
+            Path(self.selection.policy_store) if self.selection.policy_store else self.workspace / "policies"
         )
 
     def require_secret(self, why: str) -> None:
@@ -103,16 +113,17 @@ def open_workbench(registry: Registry, config_path: str | Path | None, overrides
     """Load the configuration and build the trainable policy and the catalog through the registry."""
     config = registry.load_config(Path(config_path) if config_path else None, overrides=list(overrides))
     options = config.get(SimicOptions)
+    selection = config.get(SimicSelection)
     key = SigningKey.from_env(os.environ)
     catalogs = [
         registry.build(registry.blueprint_catalog(name), config=config) for name in config.get(UrzaSelection).catalogs
     ]
-    policy = registry.build(registry.policy(options.policy), config=config, signing_key=key, catalogs=catalogs)
+    policy = registry.build(registry.policy(selection.policy), config=config, signing_key=key, catalogs=catalogs)
     if not isinstance(policy, TrainablePolicy):
         raise ConfigError(
-            f"simic.policy = {options.policy!r}: that policy cannot be trained (it does not take weight updates); "
+            f"simic.policy = {selection.policy!r}: that policy cannot be trained (it does not take weight updates); "
             "Simic trains policies satisfying esper_core.protocols.TrainablePolicy, such as 'learned'"
         )
     catalog = {descriptor.blueprint_id: descriptor for c in catalogs for descriptor in c.descriptors()}
     source = (str(config_path) if config_path else None, tuple(overrides))
-    return Workbench(registry, config, options, policy, catalog, key, Path(options.workspace), source)
+    return Workbench(registry, config, options, selection, policy, catalog, key, Path(options.workspace), source)

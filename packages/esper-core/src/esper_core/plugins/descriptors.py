@@ -135,6 +135,11 @@ class SeedExecutorSpec(ComponentSpec):
     """A seed executor (Kasmina); the factory returns an :class:`esper_core.protocols.SeedExecutor`."""
 
 
+@attrs.frozen(kw_only=True)
+class SimicTrainerSpec(ComponentSpec):
+    """A Simic training algorithm; the factory returns an :class:`esper_core.protocols.SimicTrainer`."""
+
+
 def _names(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 

@@ -25,6 +25,7 @@ from esper_core.plugins.descriptors import (
     PolicySpec,
     SeedExecutorSpec,
     ServiceSpec,
+    SimicTrainerSpec,
     TaskSpec,
     TelemetrySinkSpec,
 )
@@ -210,6 +211,30 @@ def esper_weatherlight_services():
     yield ServiceSpec(name="tamiyo", factory=build_tamiyo_service)""",
 )
 
+SIMIC_TRAINERS = PluginPoint(
+    hook="esper_simic_trainers",
+    spec_type=SimicTrainerSpec,
+    kind="Simic trainer",
+    config_key="simic.trainer",
+    summary=(
+        "Simic training algorithms: given a trainable policy and episodes of its encoded decisions with their rewards, "
+        "return new weights for it."
+    ),
+    protocol="esper_core.protocols.SimicTrainer",
+    called_by="``esper simic train`` and ``esper serve simic``, once per training.",
+    example="""\
+class ImitateOnly:
+    name = "imitate"
+    def train(self, policy, episodes, *, checkpoint=None, progress=None):
+        network = policy.clone_network()
+        ...  # fit network to the demonstrated actions
+        return TrainingOutcome(state_dict=network.state_dict(), curves=[])
+
+@hookimpl
+def esper_simic_trainers():
+    yield SimicTrainerSpec(name="imitate", factory=lambda context: ImitateOnly())""",
+)
+
 CLI_COMMANDS = PluginPoint(
     hook="esper_core_cli_commands",
     spec_type=CliCommandSpec,
@@ -243,6 +268,7 @@ PLUGIN_POINTS: tuple[PluginPoint, ...] = (
     TASKS,
     SEED_EXECUTORS,
     SERVICES,
+    SIMIC_TRAINERS,
     CLI_COMMANDS,
 )
 

@@ -27,6 +27,7 @@ from esper_core.plugins.descriptors import (
     PolicySpec,
     SeedExecutorSpec,
     ServiceSpec,
+    SimicTrainerSpec,
     TaskSpec,
     TelemetrySinkSpec,
     normalize_name,
@@ -205,6 +206,12 @@ class Registry:
 
     def service(self, name: str) -> ServiceSpec:
         return self.get(ServiceSpec, name)
+
+    def simic_trainers(self) -> list[SimicTrainerSpec]:
+        return self.available(SimicTrainerSpec)
+
+    def simic_trainer(self, name: str) -> SimicTrainerSpec:
+        return self.get(SimicTrainerSpec, name)
 
     def cli_commands(self) -> list[CliCommandSpec]:
         return self.available(CliCommandSpec)

@@ -31,6 +31,15 @@ class TamiyoSelection:
     policy: str = "heuristic"
 
 
+@section("simic")
+@attrs.frozen
+class SimicSelection:
+    #: The policy Simic trains: a plugin policy satisfying ``esper_core.protocols.TrainablePolicy``.
+    policy: str = "learned"
+    #: The training algorithm (``esper plugins`` lists them; ``ppo`` is built in, options in ``[simic.train]``).
+    trainer: str = "ppo"
+
+
 @section("nissa")
 @attrs.frozen
 class NissaSelection:

@@ -18,6 +18,7 @@ from esper_core.testing.conformance.policy import TamiyoPolicyConformance
 from esper_core.testing.conformance.sink import TelemetrySinkConformance
 from esper_core.testing.conformance.store import ArtifactStoreConformance
 from esper_core.testing.conformance.task import TaskConformance
+from esper_core.testing.conformance.trainer import SimicTrainerConformance
 
 __all__ = [
     "ArtifactStoreConformance",
@@ -25,6 +26,7 @@ __all__ = [
     "BusBackendConformance",
     "ControllerConformance",
     "SeedExecutorConformance",
+    "SimicTrainerConformance",
     "TamiyoPolicyConformance",
     "TaskConformance",
     "TelemetrySinkConformance",
