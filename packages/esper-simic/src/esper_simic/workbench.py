@@ -96,7 +96,7 @@ class Workbench:
 
     def policy_store(self) -> PolicyStore:
         return PolicyStore(
-            Path(self.selection.policy_store) if self.selection.policy_store else self.workspace / "policies"
+            Path(self.options.policy_store) if self.options.policy_store else self.workspace / "policies"
         )
 
     def require_secret(self, why: str) -> None:
