@@ -59,7 +59,8 @@ def test_cloning_then_ppo_makes_the_heuristics_decisions_likely(
     result = train(workbench.policy, episodes, attrs.evolve(FAST, clone_epochs=40))
     clone = [row for row in result.curves if row["phase"] == 0.0]
     assert clone[-1]["clone_loss"] < clone[0]["clone_loss"] / 3
-    assert clone[-1]["likelihood"] > clone[0]["likelihood"] + 0.05 and clone[-1]["likelihood"] > 0.85
+    assert clone[0]["likelihood"] < 0.3 and clone[-1]["likelihood"] > 0.75  # geometric mean over the decisions
+    assert clone[-1]["agreement"] > 0.9
     ppo = [row for row in result.curves if row["phase"] == 1.0]
     assert len(ppo) == 3 and all(math.isfinite(row["value_loss"]) and row["approx_kl"] >= -1e-6 for row in ppo)
     assert result.stopped is None

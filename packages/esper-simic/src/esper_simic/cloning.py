@@ -10,6 +10,7 @@ it asks a :data:`~esper_simic.scoring.Scorer` for the demonstrated actions' log-
 from __future__ import annotations
 
 import copy
+import math
 
 import attrs
 import torch
@@ -24,8 +25,11 @@ __all__ = ["CloningStats", "clone_behaviour"]
 @attrs.frozen
 class CloningStats:
     loss: float
-    #: Mean probability the policy gives the demonstrated action, after the update (1: it always decides alike).
+    #: Geometric mean of the probability the policy gives each demonstrated action, after the update (1: it always
+    #: decides alike). Unlike the arithmetic mean, rare decisions (a germination among many waits) weigh in fully.
     likelihood: float
+    #: Share of the demonstrated actions the policy now gives at least even odds (those it surely takes greedily).
+    agreement: float
 
 
 def clone_behaviour(
@@ -59,5 +63,9 @@ def clone_behaviour(
             total += float(loss.detach())
             batches += 1
     with torch.no_grad():
-        likelihood = float(score(torch.arange(size)).log_prob.exp().mean())
-    return CloningStats(loss=total / batches, likelihood=likelihood)
+        log_prob = score(torch.arange(size)).log_prob
+    return CloningStats(
+        loss=total / batches,
+        likelihood=float(log_prob.mean().exp()),
+        agreement=float((log_prob >= math.log(0.5)).double().mean()),
+    )

@@ -196,7 +196,11 @@ def train(
                     minibatch=options.minibatch,
                     generator=generator,
                 )
-                after("clone", options.clone_epochs, {"clone_loss": cloned.loss, "likelihood": cloned.likelihood})
+                after(
+                    "clone",
+                    options.clone_epochs,
+                    {"clone_loss": cloned.loss, "likelihood": cloned.likelihood, "agreement": cloned.agreement},
+                )
         everything = list(range(len(steps)))
         while phase_done["ppo"] < options.iterations:
             rollout, row = _rollout(scoring, episodes, options)
