@@ -18,6 +18,7 @@ from hypothesis import given, settings
 
 from esper_core.leyline import (
     BlueprintDescriptor,
+    BlueprintParameterBounds,
     HardwareContext,
     SeedLifecycleStage,
     SeedState,
@@ -37,18 +38,25 @@ from esper_tamiyo.learned import (
     schema_digest,
     updates,
 )
-from esper_tamiyo.learned.actions import GERMINATE, NUM_OPERATIONS
+from esper_tamiyo.learned import encoder as encoder_module
+from esper_tamiyo.learned.actions import GERMINATE, NUM_OPERATIONS, WIDTH_CLASSES
 from esper_tamiyo.learned.policy import intra_op_threads
 from esper_tamiyo.learned.schema import (
     BLUEPRINT_DIM,
+    BLUEPRINT_FEATURES,
     DEFAULT_BLUEPRINT_VOCABULARY,
     GLOBAL_DIM,
     GLOBAL_FEATURES,
     SLOT_DIM,
     SLOT_FEATURES,
+    WIDTH_DIM,
 )
+from esper_tamiyo.options import HeuristicOptions
+
+from tamiyo_scenarios import CountingCatalog
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "learned-policy.md"
+GROUPS = ("global", "slot", "blueprint", "width")
 
 # The fixed decision point, as source, so that a child process builds exactly the same messages.
 BUILD = r"""
@@ -125,16 +133,18 @@ def namespace() -> dict[str, object]:
 
 
 def test_the_schema_is_versioned_and_its_digest_is_the_sha256_of_its_canonical_json() -> None:
-    assert FEATURE_SCHEMA["version"] == FEATURE_SCHEMA_VERSION == 1
+    assert FEATURE_SCHEMA["version"] == FEATURE_SCHEMA_VERSION == 2
     text = json.dumps(FEATURE_SCHEMA, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     assert schema_digest() == hashlib.sha256(text.encode()).hexdigest()
     assert schema_digest(512) != schema_digest()  # the vocabulary is part of the encoding
     assert len(FEATURE_SCHEMA["global"]) == GLOBAL_DIM
     assert len(FEATURE_SCHEMA["slot"]) == SLOT_DIM
     assert len(FEATURE_SCHEMA["blueprint"]) == BLUEPRINT_DIM
-    names = [feature["name"] for group in ("global", "slot", "blueprint") for feature in FEATURE_SCHEMA[group]]
+    assert len(FEATURE_SCHEMA["width"]) == WIDTH_DIM
+    assert FEATURE_SCHEMA["width_classes"] == list(WIDTH_CLASSES)
+    names = [feature["name"] for group in GROUPS for feature in FEATURE_SCHEMA[group]]
     assert all(names.count(name) <= 3 for name in names)
-    for group in ("global", "slot", "blueprint"):
+    for group in GROUPS:
         group_names = [feature["name"] for feature in FEATURE_SCHEMA[group]]
         assert len(group_names) == len(set(group_names)), group
 
@@ -143,15 +153,15 @@ def test_the_schema_digest_is_pinned() -> None:
     """Every ``PolicyUpdate`` carries this digest and is refused when it differs: a change here orphans every trained
     policy. If the change is intended, bump ``FEATURE_SCHEMA_VERSION``, update docs/learned-policy.md and these values.
     """
-    assert schema_digest() == "757e6f9177f5392e455000438efd6f63eab297de638de47206bc31db6b1c5d64"
-    assert schema_digest(512) == "e91264460276c529f5e48d036268385fbe9a6412b8ab8e440e8a10e344d9ec41"
+    assert schema_digest() == "f90f447a78d9dd8c3e79545de066bfd1617de085caee8bfcc3a81df4836a9f40"
+    assert schema_digest(512) == "121f22dfc56fe4b6252b6db7c73fc0ed68bb2fc762b34c945a1a49f15f1dae37"
 
 
 def test_every_feature_its_scaling_and_the_version_are_documented() -> None:
     doc = DOC.read_text()
     assert f"## Feature schema, version {FEATURE_SCHEMA_VERSION}" in doc
     assert schema_digest() in doc
-    for group in ("global", "slot", "blueprint"):
+    for group in GROUPS:
         assert f"### {group.capitalize()} features ({len(FEATURE_SCHEMA[group])})" in doc
         for index, feature in enumerate(FEATURE_SCHEMA[group]):
             source, scaling = (feature[key].replace("|", "\\|") for key in ("source", "scaling"))
@@ -163,6 +173,25 @@ def test_option_defaults_match_the_modules_they_configure() -> None:
     assert options.DEFAULT_BLUEPRINT_VOCABULARY == DEFAULT_BLUEPRINT_VOCABULARY
     assert options.DEFAULT_NOOP_BIAS == network.DEFAULT_NOOP_BIAS
     assert options.DEFAULT_MAX_PAYLOAD_BYTES == updates.DEFAULT_MAX_PAYLOAD_BYTES
+    # The budget: the encoder's defaults, and the heuristic's, so that the two policies compare at equal budgets.
+    learned, heuristic = LearnedPolicyOptions(), HeuristicOptions()
+    assert (
+        learned.max_added_parameter_fraction
+        == heuristic.max_added_parameter_fraction
+        == encoder_module.DEFAULT_MAX_ADDED_PARAMETER_FRACTION
+    )
+    assert (
+        learned.max_seed_parameter_fraction
+        == heuristic.max_seed_parameter_fraction
+        == encoder_module.DEFAULT_MAX_SEED_PARAMETER_FRACTION
+    )
+
+
+def test_the_width_classes_are_the_widths_kasmina_predicts_for() -> None:
+    """Each width class reads Kasmina's prediction for exactly its width; Tamiyo may not import Kasmina, so its
+    list is written out, and this checks the two did not drift apart."""
+    growth_statistics = pytest.importorskip("esper_kasmina.growth_statistics")
+    assert tuple(growth_statistics.CANDIDATE_WIDTHS) == WIDTH_CLASSES
 
 
 def test_importing_the_options_does_not_import_torch() -> None:
@@ -284,3 +313,74 @@ def test_the_options_read_from_a_configuration() -> None:
         load_config(sections=[LearnedPolicyOptions], text='[tamiyo.learned]\ndecoding = "beam"\n', env={})
     with pytest.raises(ConfigError, match="hidden_size"):
         load_config(sections=[LearnedPolicyOptions], text="[tamiyo.learned]\nhidden_size = 2\n", env={})
+    text = "[tamiyo.learned]\nmax_added_parameter_fraction = 0.25\nmax_seed_parameter_fraction = 0.1\n"
+    loaded = load_config(sections=[LearnedPolicyOptions], text=text, env={}).get(LearnedPolicyOptions)
+    assert (loaded.max_added_parameter_fraction, loaded.max_seed_parameter_fraction) == (0.25, 0.1)
+    for key, value, why in (
+        ("max_added_parameter_fraction", "-0.1", "cannot be negative"),
+        ("max_added_parameter_fraction", "nan", "cannot be negative"),
+        ("max_added_parameter_fraction", "inf", "must be a finite number"),
+        ("max_seed_parameter_fraction", "0", "must be positive"),
+        ("max_seed_parameter_fraction", "inf", "must be a finite number"),
+    ):
+        with pytest.raises(ConfigError, match=f"{key}.*{why}"):
+            load_config(sections=[LearnedPolicyOptions], text=f"[tamiyo.learned]\n{key} = {value}\n", env={})
+
+
+def test_width_slots_predictions_and_the_budget_are_encoded() -> None:
+    """Schema 2: what Kasmina measures at width slots, and the parameter budget with each germination's cost."""
+    dormant = SeedLifecycleStage.SEED_STAGE_DORMANT
+    conv = SlotKind.SLOT_KIND_CONV2D
+    decreases = [0.01, 0.02, 0.04, 0.08, 0.1, 0.12, 0.13]
+    width_slot = SeedState(
+        slot_id="w", stage=dormant, slot_kind=conv, slot_shape=[16, 8, 8], read_kind=conv, read_shape=[8, 8, 8],
+        candidate_widths=list(WIDTH_CLASSES), predicted_loss_decrease=decreases,
+    )  # fmt: skip
+    # Another producer's list: widths 2 and 8 only, the second not measured (NaN).
+    residual = SeedState(
+        slot_id="r", stage=dormant, slot_kind=conv, slot_shape=[16, 8, 8], candidate_widths=[2, 8],
+        predicted_loss_decrease=[0.1, math.nan],
+    )  # fmt: skip
+    busy = SeedState(
+        slot_id="b", stage=SeedLifecycleStage.SEED_STAGE_TRAINING, slot_kind=conv, slot_shape=[16, 8, 8],
+        seed_id="b#1", blueprint_id="BP101", parameter_count=2_000,
+    )  # fmt: skip
+    # The model holds 22 000 parameters, 2 000 of them in a seed: host 20 000, budget 10 000, 8 000 left.
+    state = SystemStatePacket(metrics=TrainingMetrics(parameter_count=22_000), seeds=[width_slot, residual, busy])
+    blueprint = BlueprintDescriptor(blueprint_id="BP101", slot_kinds=[conv])
+    blueprint.allowed_parameters["width"].CopyFrom(
+        BlueprintParameterBounds(min_value=1, max_value=256, default_value=4, integer=True)
+    )
+    encoder = FeatureEncoder(catalogs=[CountingCatalog([blueprint])])  # 160 parameters per unit of width here
+    encoded = encoder.encode(state, [blueprint])
+    g = dict(zip([f.name for f in GLOBAL_FEATURES], encoded.global_features.tolist(), strict=True))
+    assert g["parameter_budget"] == pytest.approx(0.5)
+    assert g["budget_left_fraction"] == pytest.approx(0.8) and g["budget_left_fraction.present"] == 1.0
+    assert g["added_parameter_fraction"] == pytest.approx(0.1)
+    assert g["nonfinite_inputs"] == pytest.approx(math.log1p(1))  # the NaN prediction
+    names = [f.name for f in SLOT_FEATURES]
+    w, r, b = (dict(zip(names, row, strict=True)) for row in encoded.slot_features.tolist())
+    assert (w["width_slot"], w["read_kind.CONV2D"], r["width_slot"], r["read_kind.CONV2D"]) == (1.0, 1.0, 0.0, 0.0)
+    for width, decrease in zip(WIDTH_CLASSES, decreases, strict=True):
+        assert w[f"predicted_decrease.{width}"] == pytest.approx(math.log1p(decrease * 10))
+        assert w[f"predicted_decrease.{width}.present"] == 1.0
+    assert r["predicted_decrease.1.present"] == 0.0  # nothing measured at or below 1
+    assert r["predicted_decrease.4"] == pytest.approx(math.log1p(1.0)) and r["predicted_decrease.4.present"] == 1.0
+    assert r["predicted_decrease.16.present"] == 0.0  # its largest candidate below is 8, which is NaN
+    assert b["predicted_decrease.64.present"] == 0.0
+    # The residual blueprint fits the residual slot only; there, widths 1..32 cost at most 5 120 of the 8 000 left.
+    assert encoded.fit_mask.tolist() == [[False], [True], [False]]
+    assert encoded.width_mask[1, 0].tolist() == [True] * 6 + [False]
+    assert encoded.width_values[1, 0].tolist() == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 0.0]
+    expected = [160 * width / 8_000 for width in WIDTH_CLASSES[:6]] + [0.0]
+    assert encoded.width_features[1, 0, :, 0].tolist() == pytest.approx(expected)
+    assert r["cheapest_germination"] == pytest.approx(160 / 8_000) and r["cheapest_germination.present"] == 1.0
+    assert w["cheapest_germination.present"] == 0.0 and w["can_germinate"] == 0.0  # no width blueprint offered
+    assert (
+        dict(zip([f.name for f in BLUEPRINT_FEATURES], encoded.blueprint_features[0].tolist(), strict=True))[
+            "width_factor"
+        ]
+        == 1.0
+    )
+    for tensor in (encoded.global_features, encoded.slot_features, encoded.width_features):
+        assert bool(torch.isfinite(tensor).all()) and float(tensor.abs().max()) <= 10.0

@@ -29,6 +29,7 @@ from esper_core.leyline import (
 )
 from esper_core.leyline import SeedLifecycleStage as Stage
 from esper_core.plugins import BuildContext, Registry
+from esper_core.protocols import SlotShape
 from esper_core.signing import SigningKey, sign_signature_field
 from esper_tamiyo.learned import (
     REJECTION_REASONS,
@@ -43,6 +44,8 @@ from esper_tamiyo.learned.encoder import EncodedBatch
 from esper_tamiyo.learned.network import PolicyOutput
 from esper_tamiyo.learned.policy import intra_op_threads
 from esper_tamiyo.learned.updates import payload_bytes
+
+from tamiyo_scenarios import CountingCatalog
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "learned-policy.md"
 
@@ -339,27 +342,44 @@ def test_concurrent_decisions_during_swaps_never_see_a_half_loaded_network() -> 
     assert {version for version, _ in seen} == {"v1.0", "v2.0"}
 
 
-def test_the_factory_uses_the_options_the_key_and_the_initial_update(tmp_path: Path) -> None:
+def test_the_factory_uses_the_options_the_key_the_catalogs_and_the_initial_update(tmp_path: Path) -> None:
     registry = Registry.create(autoload=False, env={})
     key = SigningKey.generate()
-    policy = build_learned_policy(BuildContext(registry=registry, options=None, signing_key=key))
+    catalog = CountingCatalog(BLUEPRINTS)
+    run = {"catalogs": [catalog]}  # what a run passes every component (the heuristic's factory reads the same)
+    policy = build_learned_policy(BuildContext(registry=registry, options=None, signing_key=key, services=run))
     assert isinstance(policy, LearnedPolicy) and policy.signing_key is key
+    assert policy.catalogs == (catalog,) and policy.encoder.catalogs == (catalog,)
+    # The catalog prices germinations: 4 x 8 x 10 = 320 parameters for the default width of 4 at these slots.
+    assert policy.encoder.cost("BP001", SlotShape.of(STATES[0].seeds[0]), {"width": 4.0}) == 320
     path = tmp_path / "start.update"
     save_update(policy.export_update(policy_version="from-file", state_dict=germinating_weights(policy)), path)
-    options = LearnedPolicyOptions(initial_update=path, decoding="sample", seed=4)
-    started = build_learned_policy(BuildContext(registry=registry, options=options, signing_key=key))
+    options = LearnedPolicyOptions(initial_update=path, decoding="sample", seed=4, max_added_parameter_fraction=0.2)
+    started = build_learned_policy(BuildContext(registry=registry, options=options, signing_key=key, services=run))
     assert started.policy_version == "from-file" and started.options.decoding == "sample"
+    assert started.encoder.max_added_parameter_fraction == 0.2
     assert started.decide(STATES[0], BLUEPRINTS).seed_operation.operation == SeedOperation.SEED_OP_GERMINATE
     with pytest.raises(ConfigError, match="invalid_signature"):
-        build_learned_policy(BuildContext(registry=registry, options=options, signing_key=SigningKey.generate()))
+        build_learned_policy(
+            BuildContext(registry=registry, options=options, signing_key=SigningKey.generate(), services=run)
+        )
     missing = LearnedPolicyOptions(initial_update=tmp_path / "nope.update")
     with pytest.raises(ConfigError, match="does not exist"):
-        build_learned_policy(BuildContext(registry=registry, options=missing, signing_key=key))
+        build_learned_policy(BuildContext(registry=registry, options=missing, signing_key=key, services=run))
     (tmp_path / "junk.update").write_bytes(b"\xff\xff\xff")
     with pytest.raises(ConfigError, match="not a serialized Leyline PolicyUpdate"):
         build_learned_policy(
-            BuildContext(registry=registry, options=LearnedPolicyOptions(initial_update=tmp_path / "junk.update"))
+            BuildContext(
+                registry=registry, options=LearnedPolicyOptions(initial_update=tmp_path / "junk.update"), services=run
+            )
         )
+
+
+def test_the_factory_prices_with_the_run_catalogs_by_default() -> None:
+    """Without catalogs passed in, the factory builds those ``urza.catalogs`` names, as the heuristic's does."""
+    registry = Registry.create(env={})
+    policy = build_learned_policy(BuildContext(registry=registry, options=None, signing_key=SigningKey.generate()))
+    assert [catalog.name for catalog in policy.catalogs] == ["karn"]
 
 
 def test_untrained_policies_are_identical_everywhere_and_exportable() -> None:

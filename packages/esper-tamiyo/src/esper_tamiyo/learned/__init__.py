@@ -75,16 +75,17 @@ def __getattr__(name: str) -> Any:
 def build_learned_policy(context: BuildContext) -> LearnedPolicy:
     """The ``learned`` policy for a run (a ``PolicySpec`` factory taking an ``esper_core.plugins.BuildContext``).
 
-    Uses ``context.options`` (:class:`LearnedPolicyOptions`, defaults when absent) and ``context.signing_key`` to
-    verify updates and sign exported ones. A configured ``initial_update`` is loaded at once; a missing or unreadable
-    file or a rejected update is a :class:`~esper_core.errors.ConfigError` naming the key and the reason (``esper``
-    prints it in one line).
+    Uses ``context.options`` (:class:`LearnedPolicyOptions`, defaults when absent), ``context.signing_key`` to
+    verify updates and sign exported ones, and the run's blueprint catalogs (``context.blueprint_catalogs()``, as the
+    heuristic does) to price germinations against the parameter budget. A configured ``initial_update`` is loaded at
+    once; a missing or unreadable file or a rejected update is a :class:`~esper_core.errors.ConfigError` naming the
+    key and the reason (``esper`` prints it in one line).
     """
     from esper_core.errors import ConfigError
     from esper_tamiyo.learned.policy import LearnedPolicy
 
     options = context.options if context.options is not None else LearnedPolicyOptions()
-    policy = LearnedPolicy(options, signing_key=context.signing_key)
+    policy = LearnedPolicy(options, signing_key=context.signing_key, catalogs=context.blueprint_catalogs())
     if options.initial_update is not None:
         path = Path(options.initial_update)
         try:

@@ -8,9 +8,13 @@
                                                                                  └─ value head      → []
     z_i = MLP(s_i ⊕ c):  slot head → [O] per slot (a slot logit for each operation),
                          blueprint head  q(z_i) · k(b_j) / √K,  schedule head → [3] per slot
+    width head:  Linear(SiLU(A z_i + B b_j)) + u_w · (width features of (i, j, w)) → [W] per (slot, blueprint)
 
 All heads read from one forward pass; masking and decoding live in :mod:`esper_tamiyo.learned.policy`. The operation
-head starts with zero weights and a strong NOOP bias, so an untrained network prefers NOOP whatever it sees.
+head starts with zero weights and a strong NOOP bias, so an untrained network prefers NOOP whatever it sees. The
+width head reads the slot context and the blueprint together, because how wide to grow depends on both (what the slot
+predicts for each width, what the blueprint costs there), plus each class's own cost over the budget left through
+per-class weights ``u`` (zero when untrained).
 
 ``architecture_digest`` is the SHA-256 of the architecture's name, version, configuration, :data:`STRUCTURE` and every
 parameter's name, shape and dtype: two networks with equal digests accept each other's ``state_dict``.
@@ -27,13 +31,14 @@ import torch
 from torch import nn
 
 from esper_core.config.validators import at_least
-from esper_tamiyo.learned.actions import NOOP, NUM_OPERATIONS, NUM_SCHEDULES
+from esper_tamiyo.learned.actions import NOOP, NUM_OPERATIONS, NUM_SCHEDULES, NUM_WIDTHS
 from esper_tamiyo.learned.encoder import EncodedBatch
-from esper_tamiyo.learned.schema import BLUEPRINT_DIM, DEFAULT_BLUEPRINT_VOCABULARY, GLOBAL_DIM, SLOT_DIM
+from esper_tamiyo.learned.schema import BLUEPRINT_DIM, DEFAULT_BLUEPRINT_VOCABULARY, GLOBAL_DIM, SLOT_DIM, WIDTH_DIM
 
 ARCHITECTURE_NAME = "esper.tamiyo.learned.factored-mlp"
 #: Bump whenever the module structure changes in a way parameter names and shapes might not reveal.
-ARCHITECTURE_VERSION = 1
+#: 2: the width head.
+ARCHITECTURE_VERSION = 2
 DEFAULT_NOOP_BIAS = 8.0
 #: What parameter names and shapes do not show; part of ``architecture_digest``. Keep in step with the code.
 STRUCTURE = {
@@ -42,6 +47,7 @@ STRUCTURE = {
     "blueprint_pooling": "masked mean",
     "trunk_norm": "LayerNorm after the trunk",
     "blueprint_logits": "query(slot context) . key(blueprint) / sqrt(key)",
+    "width_logits": "Linear(SiLU(Linear(slot context) + Linear(blueprint))) + per-class weights . width features",
     "embedding_padding_index": 0,
 }
 
@@ -60,6 +66,8 @@ class NetworkConfig:
     blueprint_dim: int = BLUEPRINT_DIM
     operations: int = NUM_OPERATIONS
     schedules: int = NUM_SCHEDULES
+    widths: int = NUM_WIDTHS
+    width_dim: int = WIDTH_DIM
 
     def as_json(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -73,6 +81,7 @@ class PolicyOutput(NamedTuple):
     blueprint_logits: torch.Tensor  # [N, S, B]
     schedule_logits: torch.Tensor  # [N, S, K]
     value: torch.Tensor  # [N]
+    width_logits: torch.Tensor  # [N, S, B, W]
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -88,7 +97,7 @@ def _masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 class PolicyNetwork(nn.Module):
-    """Encoders shared by every head; heads for operation, slot, blueprint, blending schedule and value."""
+    """Encoders shared by every head; heads for operation, slot, blueprint, blending schedule, width and value."""
 
     def __init__(self, config: NetworkConfig, *, noop_bias: float = DEFAULT_NOOP_BIAS) -> None:
         super().__init__()
@@ -106,6 +115,11 @@ class PolicyNetwork(nn.Module):
         self.blueprint_key = nn.Linear(h, config.key)
         self.schedule_head = nn.Linear(h, config.schedules)
         self.value_head = nn.Linear(h, 1)
+        self.width_slot = nn.Linear(h, config.key)
+        self.width_blueprint = nn.Linear(h, config.key, bias=False)
+        self.width_head = nn.Linear(config.key, config.widths)
+        #: How each width class's logit moves with its width features (its cost over the budget left).
+        self.width_feature_weight = nn.Parameter(torch.zeros(config.widths, config.width_dim))
         self._scale = float(config.key) ** -0.5
         with torch.no_grad():
             # Safe when untrained: the operation logits ignore the input and NOOP wins by exp(noop_bias).
@@ -124,6 +138,7 @@ class PolicyNetwork(nn.Module):
         blueprint_features: torch.Tensor,
         blueprint_index: torch.Tensor,
         blueprint_valid: torch.Tensor,
+        width_features: torch.Tensor,
     ) -> PolicyOutput:
         g = self.global_encoder(global_features)  # [N, H]
         s = self.slot_encoder(torch.cat([slot_features, self.blueprint_embedding(slot_blueprint_index)], dim=-1))
@@ -135,12 +150,15 @@ class PolicyNetwork(nn.Module):
         z = self.slot_context(torch.cat([s, c.unsqueeze(1).expand(-1, s.shape[1], -1)], dim=-1))  # [N, S, H]
         query = self.blueprint_query(z)  # [N, S, K]
         key = self.blueprint_key(b)  # [N, B, K]
+        pair = torch.nn.functional.silu(self.width_slot(z).unsqueeze(2) + self.width_blueprint(b).unsqueeze(1))
+        width_logits = self.width_head(pair) + (width_features * self.width_feature_weight).sum(dim=-1)
         return PolicyOutput(
             operation_logits=self.operation_head(c),
             slot_logits=self.slot_head(z).transpose(1, 2),
             blueprint_logits=torch.matmul(query, key.transpose(1, 2)) * self._scale,
             schedule_logits=self.schedule_head(z),
             value=self.value_head(c).squeeze(-1),
+            width_logits=width_logits,  # [N, S, B, W]
         )
 
     def forward_batch(self, batch: EncodedBatch) -> PolicyOutput:
@@ -152,6 +170,7 @@ class PolicyNetwork(nn.Module):
             batch.blueprint_features,
             batch.blueprint_index,
             batch.blueprint_valid,
+            batch.width_features,
         )
         return output
 

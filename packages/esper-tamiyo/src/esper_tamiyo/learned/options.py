@@ -11,28 +11,38 @@
     blueprint_vocabulary = 1024
     decoding = "greedy"        # or "sample" (seeded, reproducible)
     seed = 0
+    max_added_parameter_fraction = 0.5   # all seeds together: at most this fraction of the host's parameters
+    max_seed_parameter_fraction = 1.0    # one seed: at most this fraction of the host's parameters
     initial_update = "policies/latest.update"   # optional: a saved PolicyUpdate to load at start
 
 The sizes shape the network, so they are part of its ``architecture_digest`` (and the vocabulary also of the
-``feature_schema_digest``): an update trained with other sizes is refused. This module imports no torch, so a plugin
-can name the options class without paying for it.
+``feature_schema_digest``): an update trained with other sizes is refused. The budget fractions are not: they mask
+choices and scale budget features, so one trained policy can be served (and compared with the heuristic) at any
+budget. This module imports no torch, so a plugin can name the options class without paying for it.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
 from esper_core.config import section
-from esper_core.config.validators import at_least, not_negative
+from esper_core.config.validators import at_least, not_negative, positive
 
 # Literal copies of the defaults in schema.py, network.py and updates.py (a test keeps them equal), so that this
 # module, which the plugin imports at discovery, does not import torch.
 DEFAULT_BLUEPRINT_VOCABULARY = 1024
 DEFAULT_NOOP_BIAS = 8.0
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
+def finite(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """A finite number: an infinite budget would make every "fraction of the budget" feature 0/0."""
+    if not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number, got {value}")
 
 
 @section("tamiyo.learned")
@@ -61,3 +71,9 @@ class LearnedPolicyOptions:
     inference_threads: int = attrs.field(default=1, validator=at_least(0))
     #: Largest accepted update payload, in bytes.
     max_update_bytes: int = attrs.field(default=DEFAULT_MAX_PAYLOAD_BYTES, validator=at_least(1))
+    #: All seeds together may add at most this fraction of the host's parameters (the heuristic's option of the same
+    #: name, so the two compare at equal budgets). Germinations over the budget left are masked.
+    max_added_parameter_fraction: float = attrs.field(default=0.5, validator=[not_negative, finite])
+    #: One seed may add at most this fraction of the host's parameters (keep it at most
+    #: ``kasmina.max_seed_parameter_fraction``: Kasmina's G0 refuses larger seeds).
+    max_seed_parameter_fraction: float = attrs.field(default=1.0, validator=[positive, finite])

@@ -4,7 +4,13 @@ Decoding is factored and masked, so the policy cannot produce an illegal command
 
 1. the **operation** is drawn among those some slot allows (NOOP always is);
 2. the **slot** among those that allow the chosen operation (none for NOOP);
-3. for GERMINATE, the **blueprint** among the offered ones that fit the slot's kind, and the **blending schedule**.
+3. for GERMINATE, the **blueprint** among the offered ones that fit the slot and the parameter budget, and the
+   **blending schedule**;
+4. for a blueprint with a width factor (an integer ``width`` parameter), the **width** class among those inside its
+   bounds whose catalog cost fits the budget left and the per-seed cap.
+
+So no weights can make it propose a germination over its budget: an RL trainer compares it with the heuristic at
+equal budgets, and the budget is a mask, not a penalty it could learn to ignore.
 
 The joint log-probability of those choices is the command's ``action_log_prob``; :meth:`LearnedPolicy.evaluate_actions`
 computes exactly the same quantity (same masks, same code) for a batch of recorded decisions, with gradients, so
@@ -39,8 +45,10 @@ from esper_core.leyline import (
     PolicyUpdate,
     SystemStatePacket,
 )
+from esper_core.protocols import BlueprintCatalog
 from esper_core.signing import SigningKey
 from esper_tamiyo.learned.actions import (
+    ACTION_COLUMNS,
     GERMINATE,
     MAX_BLUEPRINTS,
     MAX_SLOTS,
@@ -50,7 +58,10 @@ from esper_tamiyo.learned.actions import (
     OPERATION_NAMES,
     SCHEDULES,
     SEED_OPERATIONS,
+    WIDTH_PARAMETER,
     PolicyAction,
+    germination_parameters,
+    nearest_width_class,
 )
 from esper_tamiyo.learned.encoder import EncodedBatch, EncodedState, FeatureEncoder, collate
 from esper_tamiyo.learned.network import (
@@ -77,16 +88,19 @@ MASKED_LOGIT = -1e9
 
 
 class ActionDistributions(NamedTuple):
-    """Masked log-probabilities of every factor, for a batch: ``[N, O]``, ``[N, O, S]``, ``[N, S, B]``, ``[N, S, K]``.
+    """Masked log-probabilities of every factor, for a batch: ``[N, O]``, ``[N, O, S]``, ``[N, S, B]``, ``[N, S, K]``,
+    ``[N, S, B, W]``.
 
     ``slot[n, o]`` is the distribution over slots given operation ``o``; ``blueprint[n, s]`` and ``schedule[n, s]``
-    are the distributions given slot ``s`` (used by GERMINATE only).
+    are the distributions given slot ``s``, ``width[n, s, b]`` the one given slot ``s`` and blueprint ``b`` (used by
+    GERMINATE only; a blueprint without a width factor has no legal width and its row is unused).
     """
 
     operation: torch.Tensor
     slot: torch.Tensor
     blueprint: torch.Tensor
     schedule: torch.Tensor
+    width: torch.Tensor
 
 
 class ActionEvaluation(NamedTuple):
@@ -104,11 +118,13 @@ def masked_distributions(output: PolicyOutput, batch: EncodedBatch) -> ActionDis
     noop[NOOP] = True
     operation_mask = slot_mask.any(dim=-1) | noop
     fit = batch.fit_mask & batch.blueprint_valid.unsqueeze(1) & batch.slot_valid.unsqueeze(2)
+    widths = batch.width_mask & fit.unsqueeze(-1)
     return ActionDistributions(
         operation=torch.log_softmax(output.operation_logits.masked_fill(~operation_mask, MASKED_LOGIT), dim=-1),
         slot=torch.log_softmax(output.slot_logits.masked_fill(~slot_mask, MASKED_LOGIT), dim=-1),
         blueprint=torch.log_softmax(output.blueprint_logits.masked_fill(~fit, MASKED_LOGIT), dim=-1),
         schedule=torch.log_softmax(output.schedule_logits, dim=-1),
+        width=torch.log_softmax(output.width_logits.masked_fill(~widths, MASKED_LOGIT), dim=-1),
     )
 
 
@@ -126,37 +142,87 @@ def _pick(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_actions(output: PolicyOutput, batch: EncodedBatch, actions: torch.Tensor) -> ActionEvaluation:
-    """Joint log-probability, value and entropy of ``actions`` (``[N, 4]``: operation, slot, blueprint, schedule).
+    """Joint log-probability, value and entropy of ``actions`` (``[N, 5]``: operation, slot, blueprint, schedule,
+    width, as :meth:`PolicyAction.as_row`).
 
     log p = log p(op) + [op ≠ NOOP] log p(slot | op) + [op = GERMINATE] (log p(blueprint | slot) + log p(schedule |
-    slot)); the entropy is that of each factor at the recorded choices, summed the same way.
+    slot)) + [op = GERMINATE and width ≠ -1] log p(width | slot, blueprint); the entropy is that of each factor at the
+    recorded choices, summed the same way.
     """
+    if actions.dim() != 2 or actions.shape[1] != len(ACTION_COLUMNS):
+        raise ValueError(
+            f"actions must be [N, {len(ACTION_COLUMNS)}] ({', '.join(ACTION_COLUMNS)}: PolicyAction.as_row), "
+            f"got a tensor of shape {tuple(actions.shape)}"
+        )
     d = masked_distributions(output, batch)
     rows = torch.arange(actions.shape[0])
-    operation, slot, blueprint, schedule = actions.unbind(dim=1)
+    operation, slot, blueprint, schedule, width = actions.unbind(dim=1)
     slot_index = slot.clamp(min=0)
     uses_slot = operation != NOOP
     germinates = operation == GERMINATE
+    sized = germinates & (width >= 0)
     slots = d.slot[rows, operation]  # [N, S]
-    has_slots = d.blueprint.shape[1] > 0
-    blueprints = d.blueprint[rows, slot_index.clamp(max=max(d.blueprint.shape[1] - 1, 0))] if has_slots else None
-    schedules = d.schedule[rows, slot_index.clamp(max=max(d.schedule.shape[1] - 1, 0))] if has_slots else None
+    slot_count, blueprint_count = d.blueprint.shape[1], d.blueprint.shape[2]
+    has_slots = slot_count > 0
+    at_slot = slot_index.clamp(max=max(slot_count - 1, 0))
+    blueprints = d.blueprint[rows, at_slot] if has_slots else None
+    schedules = d.schedule[rows, at_slot] if has_slots else None
+    has_pairs = has_slots and blueprint_count > 0
+    widths = d.width[rows, at_slot, blueprint.clamp(min=0, max=max(blueprint_count - 1, 0))] if has_pairs else None
     zero = output.value.new_zeros(actions.shape[0])
     blueprint_lp = _pick(blueprints, blueprint) if blueprints is not None else zero
     schedule_lp = _pick(schedules, schedule) if schedules is not None else zero
+    width_lp = _pick(widths, width) if widths is not None else zero
     log_prob = (
         _pick(d.operation, operation)
         + torch.where(uses_slot, _pick(slots, slot), zero)
         + torch.where(germinates, blueprint_lp + schedule_lp, zero)
+        + torch.where(sized, width_lp, zero)
     )
     blueprint_h = _entropy(blueprints) if blueprints is not None else zero
     schedule_h = _entropy(schedules) if schedules is not None else zero
+    width_h = _entropy(widths) if widths is not None else zero
     entropy = (
         _entropy(d.operation)
         + torch.where(uses_slot, _entropy(slots), zero)
         + torch.where(germinates, blueprint_h + schedule_h, zero)
+        + torch.where(sized, width_h, zero)
     )
     return ActionEvaluation(log_prob=log_prob, value=output.value, entropy=entropy)
+
+
+def check_action(action: PolicyAction, encoded: EncodedState) -> None:
+    """Raise ``ValueError`` unless ``action`` is legal under ``encoded``'s masks (what decoding could have chosen)."""
+    op, slot, blueprint = action.operation, action.slot, action.blueprint
+    if not 0 <= op < NUM_OPERATIONS:
+        raise ValueError(f"operation class {op} is outside the action space")
+    if op == NOOP:
+        return
+    name = OPERATION_NAMES[op]
+    if not 0 <= slot < len(encoded.slot_ids):
+        raise ValueError(f"slot index {slot} is outside the encoded {len(encoded.slot_ids)} slots")
+    if not bool(encoded.slot_mask[op, slot]):
+        raise ValueError(f"{name} is not legal on slot {encoded.slot_ids[slot]!r} (see the masks)")
+    if op != GERMINATE:
+        return
+    if not 0 <= blueprint < len(encoded.blueprints):
+        raise ValueError(f"blueprint index {blueprint} is outside the encoded {len(encoded.blueprints)}")
+    blueprint_id = encoded.blueprints[blueprint].blueprint_id
+    if not bool(encoded.fit_mask[slot, blueprint]):
+        raise ValueError(
+            f"{blueprint_id} is not legal in slot {encoded.slot_ids[slot]!r}: it does not fit the slot, or no "
+            "germination of it is within the parameter budget"
+        )
+    if not 0 <= action.schedule < NUM_SCHEDULES:
+        raise ValueError(f"schedule index {action.schedule} is outside the {NUM_SCHEDULES} schedules")
+    legal = [index for index, _ in encoded.width_candidates(slot, blueprint)]
+    if legal and action.width not in legal:
+        raise ValueError(
+            f"width class {action.width} is not legal for {blueprint_id} in slot {encoded.slot_ids[slot]!r} "
+            f"(legal: {legal})"
+        )
+    if not legal and action.width != -1:
+        raise ValueError(f"{blueprint_id} has no width factor, yet the action names width class {action.width}")
 
 
 @contextlib.contextmanager
@@ -174,31 +240,6 @@ def intra_op_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def germination_parameters(descriptor: BlueprintDescriptor) -> dict[str, float]:
-    """Each declared parameter at its default, forced inside its bounds (and whole for integer parameters).
-
-    Keys are read in sorted order; a parameter whose bounds are empty (min > max) or not finite is left out.
-    """
-    parameters: dict[str, float] = {}
-    for name in sorted(descriptor.allowed_parameters):
-        bounds = descriptor.allowed_parameters[name]
-        low, high = bounds.min_value, bounds.max_value
-        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-            continue
-        value = bounds.default_value if math.isfinite(bounds.default_value) else low
-        value = min(max(value, low), high)
-        if bounds.integer:
-            value = float(round(value))
-            if value < low:
-                value = float(math.ceil(low))
-            if value > high:
-                value = float(math.floor(high))
-            if not low <= value <= high:
-                continue  # no whole number inside the bounds
-        parameters[name] = value
-    return parameters
 
 
 @attrs.frozen
@@ -224,10 +265,24 @@ class LearnedPolicy:
 
     name = POLICY_NAME
 
-    def __init__(self, options: LearnedPolicyOptions | None = None, *, signing_key: SigningKey | None = None) -> None:
+    def __init__(
+        self,
+        options: LearnedPolicyOptions | None = None,
+        *,
+        signing_key: SigningKey | None = None,
+        catalogs: Sequence[BlueprintCatalog] = (),
+    ) -> None:
+        """``catalogs`` price germinations (``parameter_count``) so that none exceeds the budget of ``options``;
+        a blueprint no catalog knows can only germinate at its default width (docs/learned-policy.md)."""
         self.options = options or LearnedPolicyOptions()
         self.signing_key = signing_key
-        self.encoder = FeatureEncoder(self.options.blueprint_vocabulary)
+        self.catalogs = tuple(catalogs)
+        self.encoder = FeatureEncoder(
+            self.options.blueprint_vocabulary,
+            catalogs=self.catalogs,
+            max_added_parameter_fraction=self.options.max_added_parameter_fraction,
+            max_seed_parameter_fraction=self.options.max_seed_parameter_fraction,
+        )
         self.network_config = NetworkConfig(
             hidden=self.options.hidden_size,
             embedding=self.options.embedding_size,
@@ -300,14 +355,15 @@ class LearnedPolicy:
         legal = encoded.operation_mask()
         if not finite:
             action = PolicyAction(NOOP)
-            command = self._command(state, encoded, action, live, 0.0, None, (1.0, None, None))
+            command = self._command(state, encoded, action, live, 0.0, None, (1.0, None, None, None))
             command.decision.rationale = "NOOP: the network's output is not finite"
             return self._finish(command, started)
         operation = self._choose(operation_lp, [i for i, ok in enumerate(legal) if ok])
         log_prob = operation_lp[operation]
-        slot = blueprint = schedule = -1
+        slot = blueprint = schedule = width = -1
         slot_p: float | None = None
         blueprint_p: float | None = None
+        width_p: float | None = None
         if operation != NOOP:
             slot_lp = d.slot[0, operation].tolist()
             candidates = encoded.slot_mask[operation].nonzero().flatten().tolist()
@@ -321,10 +377,15 @@ class LearnedPolicy:
                 schedule = self._choose(schedule_lp, list(range(NUM_SCHEDULES)))
                 log_prob += blueprint_lp[blueprint] + schedule_lp[schedule]
                 blueprint_p = math.exp(blueprint_lp[blueprint])
-        action = PolicyAction(operation, slot, blueprint, schedule)
-        command = self._command(
-            state, encoded, action, live, log_prob, value, (math.exp(operation_lp[operation]), slot_p, blueprint_p)
-        )
+                widths = [index for index, _ in encoded.width_candidates(slot, blueprint)]
+                if widths:  # a blueprint with a width factor
+                    width_lp = d.width[0, slot, blueprint].tolist()
+                    width = self._choose(width_lp, widths)
+                    log_prob += width_lp[width]
+                    width_p = math.exp(width_lp[width])
+        action = PolicyAction(operation, slot, blueprint, schedule, width)
+        scores = (math.exp(operation_lp[operation]), slot_p, blueprint_p, width_p)
+        command = self._command(state, encoded, action, live, log_prob, value, scores)
         return self._finish(command, started)
 
     def _choose(self, log_probs: Sequence[float], candidates: Sequence[int]) -> int:
@@ -350,9 +411,10 @@ class LearnedPolicy:
         live: _Live,
         log_prob: float,
         value: float | None,
-        scores: tuple[float, float | None, float | None],
+        scores: tuple[float, float | None, float | None, float | None],
     ) -> AdaptationCommand:
-        confidence, slot_p, blueprint_p = scores
+        """The command for ``action``; ``scores`` are the probabilities of the operation, slot, blueprint and width."""
+        confidence, slot_p, blueprint_p, width_p = scores
         command = AdaptationCommand(
             version=1,
             training_run_id=state.training_run_id,
@@ -372,10 +434,20 @@ class LearnedPolicy:
             if action.operation == GERMINATE:
                 descriptor = encoded.blueprints[action.blueprint]
                 operation.blueprint_id = descriptor.blueprint_id
-                operation.parameters.update(germination_parameters(descriptor))
+                parameters = germination_parameters(descriptor)
+                width = ""
+                if action.width >= 0:
+                    parameters[WIDTH_PARAMETER] = float(
+                        encoded.width_values[action.slot, action.blueprint, action.width]
+                    )
+                    width = f", width {parameters[WIDTH_PARAMETER]:g} p={width_p or 0.0:.3f}"
+                operation.parameters.update(parameters)
                 operation.blend_schedule = SCHEDULES[action.schedule]
                 schedule = ("linear", "cosine", "tanh")[action.schedule]
-                rationale += f", blueprint {descriptor.blueprint_id} p={blueprint_p or 0.0:.3f}, {schedule} blend"
+                rationale += (
+                    f", blueprint {descriptor.blueprint_id} p={blueprint_p or 0.0:.3f}{width}, {schedule} blend"
+                )
+                rationale += f", budget left {encoded.budget_left:.0f} parameters"
             command.seed_operation.CopyFrom(operation)
             rationale += ")"
         legal = [OPERATION_NAMES[i] for i, ok in enumerate(encoded.operation_mask()) if ok]
@@ -418,36 +490,45 @@ class LearnedPolicy:
         """The :class:`PolicyAction` a command stands for, against the encoding of its decision point.
 
         Prefers ``decision.action_index``; falls back to reading the command (operation, slot id, blueprint id,
-        schedule) when the index is absent. Raises ``ValueError`` when the command does not fit the encoding.
+        schedule, and ``parameters["width"]`` read as the nearest legal width class) when the index is absent, which
+        is how another policy's decisions (the heuristic's, for behaviour cloning) become actions of this one. Raises
+        ``ValueError`` when the command does not fit the encoding or is not legal under its masks (for example a
+        germination over this policy's parameter budget): this policy could never have taken it.
         """
         if command.decision.HasField("action_index"):
             action = PolicyAction.from_index(command.decision.action_index)
         elif command.command_type != CommandType.COMMAND_SEED:
             action = PolicyAction(NOOP)
         else:
-            operation = SEED_OPERATIONS.index(command.seed_operation.operation)
-            slot = encoded.slot_ids.index(command.target_slot_id)
-            blueprint = schedule = -1
-            if operation == GERMINATE:
-                blueprint = encoded.blueprint_ids.index(command.seed_operation.blueprint_id)
-                schedule = SCHEDULES.index(command.seed_operation.blend_schedule)
-            action = PolicyAction(operation, slot, blueprint, schedule)
-        if not 0 <= action.operation < NUM_OPERATIONS:
-            raise ValueError(f"operation class {action.operation} is outside the action space")
-        if action.operation != NOOP and not 0 <= action.slot < len(encoded.slot_ids):
-            raise ValueError(f"slot index {action.slot} is outside the encoded {len(encoded.slot_ids)} slots")
-        if action.operation == GERMINATE and not 0 <= action.blueprint < len(encoded.blueprints):
-            raise ValueError(f"blueprint index {action.blueprint} is outside the encoded {len(encoded.blueprints)}")
+            try:
+                operation = SEED_OPERATIONS.index(command.seed_operation.operation)
+                slot = encoded.slot_ids.index(command.target_slot_id)
+                blueprint = schedule = width = -1
+                if operation == GERMINATE:
+                    blueprint = encoded.blueprint_ids.index(command.seed_operation.blueprint_id)
+                    schedule = SCHEDULES.index(command.seed_operation.blend_schedule)
+                    candidates = encoded.width_candidates(slot, blueprint)
+                    if candidates:
+                        given = command.seed_operation.parameters
+                        chosen = given.get(WIDTH_PARAMETER)
+                        if chosen is None:  # left out: the executor builds the default
+                            chosen = germination_parameters(encoded.blueprints[blueprint])[WIDTH_PARAMETER]
+                        width = nearest_width_class(chosen, candidates)
+            except ValueError as error:
+                raise ValueError(f"the command does not fit the encoding: {error}") from None
+            action = PolicyAction(operation, slot, blueprint, schedule, width)
+        check_action(action, encoded)
         return action
 
     def evaluate_actions(
         self, batch: EncodedBatch, actions: torch.Tensor | Sequence[PolicyAction], network: PolicyNetwork | None = None
     ) -> ActionEvaluation:
         """Joint log-probabilities, values and entropies of recorded ``actions`` under ``network`` (default: the
-        live one), with gradients when ``network`` requires them. ``actions`` is ``[N, 4]`` or a list of
-        :class:`PolicyAction`."""
+        live one), with gradients when ``network`` requires them. ``actions`` is ``[N, 5]`` (rows of
+        :meth:`PolicyAction.as_row`) or a list of :class:`PolicyAction`."""
         if not isinstance(actions, torch.Tensor):
-            actions = torch.tensor([action.as_row() for action in actions], dtype=torch.int64).reshape(-1, 4)
+            rows = [action.as_row() for action in actions]
+            actions = torch.tensor(rows, dtype=torch.int64).reshape(-1, len(ACTION_COLUMNS))
         model = network if network is not None else self.network
         return evaluate_actions(model.forward_batch(batch), batch, actions)
 

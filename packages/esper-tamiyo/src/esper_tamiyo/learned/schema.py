@@ -6,15 +6,18 @@ of the canonical JSON of :func:`feature_schema` is the ``feature_schema_digest``
 features (:mod:`esper_tamiyo.learned.encoder`) and from the action space (:mod:`esper_tamiyo.learned.actions`, whose
 operation and schedule classes, limits and legality rules the schema also records).
 
-Three groups of features, each a fixed-width float vector, plus integer indices for a learned blueprint embedding:
+Four groups of features, each a fixed-width float vector, plus integer indices for a learned blueprint embedding:
 
 - **global** (one vector per decision): progress, losses, accuracies, gradient statistics, learning rate,
-  latencies, counters, hardware load and the fraction of slots in each lifecycle stage;
+  latencies, counters, hardware load, the fraction of slots in each lifecycle stage, and the parameter budget;
 - **slot** (one row per ``SeedState``, in packet order): stage, slot kind, activation size, depth, alpha and its
   ramp, ages, contributions, seed loss trend, gradient norms, activation RMS, embargo, size, risk, isolation
-  violations, and which operations the slot allows;
+  violations, which operations the slot allows, whether it is a width slot and what it reads, the loss decrease
+  Kasmina predicts for each width class, and the cheapest germination the budget allows there;
 - **blueprint** (one row per offered descriptor, sorted by ``blueprint_id``): risk, tier, curriculum stage, flags,
-  supported slot kinds.
+  supported slot kinds;
+- **width** (one value per slot, blueprint and width class): the germination's parameter cost over the budget left,
+  which the width head weighs.
 
 Every optional (proto3 ``optional``) field becomes two features: its scaled value (0 when absent) and a presence
 flag, so "not measured" is never confused with zero. Each scaling is an object (:class:`Log1p`, :class:`SignedLog1p`,
@@ -39,10 +42,20 @@ from typing import Any
 import attrs
 
 from esper_core.leyline import BlendSchedule, BlueprintTier, OptimizerFamily, SeedLifecycleStage, SlotKind
-from esper_tamiyo.learned.actions import MASK_RULES, MAX_BLUEPRINTS, MAX_SLOTS, OPERATION_NAMES, SCHEDULES
+from esper_tamiyo.learned.actions import (
+    CHOICE_RULES,
+    MASK_RULES,
+    MAX_BLUEPRINTS,
+    MAX_SLOTS,
+    OPERATION_NAMES,
+    SCHEDULES,
+    WIDTH_CLASSES,
+    WIDTH_PARAMETER,
+)
 
 #: Bump whenever the meaning, order or scaling of any feature changes (the digest changes with the schema).
-FEATURE_SCHEMA_VERSION = 1
+#: 2: width slots, predicted loss decrease per width class, the parameter budget, the width head's cost features.
+FEATURE_SCHEMA_VERSION = 2
 DEFAULT_BLUEPRINT_VOCABULARY = 1024
 BLUEPRINT_INDEX_PREFIX = "esper.blueprint:"
 
@@ -182,6 +195,8 @@ ABOVE_BEST_SCALE = SignedLog1p(10.0)
 PERCENT_SCALE = Clip(0.0, 150.0, 100.0)
 SLOT_COUNT_SCALE = Log1p(div=math.log1p(MAX_SLOTS))
 BLUEPRINT_COUNT_SCALE = Log1p(div=math.log1p(MAX_BLUEPRINTS))
+BUDGET_SCALE = Clip(0.0, 10.0)
+BUDGET = "(see choice_masks.budget)"
 
 
 def _stage_name(stage: int) -> str:
@@ -243,6 +258,20 @@ def _global_schema() -> list[Feature]:
             f"sum of SeedState.parameter_count / {metrics}.parameter_count",
             "clip(x, 0, 1); 0 when the host count is 0",
         ),
+        Feature(
+            "parameter_budget", "tamiyo.learned.max_added_parameter_fraction (budget / host)", BUDGET_SCALE.describe()
+        ),
+        Feature("budget_left_fraction", f"budget left / budget {BUDGET}", "clip(x, 0, 1); 0 when absent"),
+        Feature(
+            "budget_left_fraction.present",
+            f"{metrics}.parameter_count and the budget",
+            "1 if parameter_count > 0 and the budget is > 0 else 0",
+        ),
+        Feature(
+            "added_parameter_fraction",
+            f"parameters of the seeds in a slot / host parameters {BUDGET}",
+            BUDGET_SCALE.describe(),
+        ),
         Feature("nonfinite_inputs", "NaN or infinite values among every encoded float field", LOG.describe()),
     ]
     return features
@@ -262,6 +291,7 @@ OPTIONAL_SLOT_FIELDS: tuple[tuple[str, Scale], ...] = (
 )
 SIZE_SCALE = Log1p(div=14.0)
 WIDTH_SCALE = Log1p(div=7.0)
+PREDICTED_DECREASE_SCALE = SignedLog1p(10.0)
 ALPHA_STEPS_SCALE = Log1p(div=5.0)
 AGE_SCALE = Log1p(div=4.0)
 EMBARGO_SCALE = Log1p(div=2.0)
@@ -317,6 +347,35 @@ def _slot_schema() -> list[Feature]:
         Feature("can_germinate", "GERMINATE is legal here (see masks)", FLAG),
         Feature("can_advance", "some advance operation is legal here (see masks)", FLAG),
         Feature("can_cull", "CULL is legal here (see masks)", FLAG),
+        Feature("width_slot", f"{seed}.read_shape", "1 if non-empty (a width slot) else 0"),
+    ]
+    features += [
+        Feature(
+            f"read_kind.{SlotKind.Name(kind).removeprefix('SLOT_KIND_')}",
+            f"{seed}.read_kind",
+            "one-hot; UNSPECIFIED (a residual slot) is all zeros",
+        )
+        for kind in SLOT_KINDS
+    ]
+    for width in WIDTH_CLASSES:
+        source = f"{seed}.predicted_loss_decrease at the largest {seed}.candidate_widths entry <= {width}"
+        features.append(
+            Feature(f"predicted_decrease.{width}", source, PREDICTED_DECREASE_SCALE.describe() + "; 0 when absent")
+        )
+        features.append(
+            Feature(
+                f"predicted_decrease.{width}.present",
+                source,
+                "1 if there is such an entry (both lists of one length) and it is not NaN else 0",
+            )
+        )
+    features += [
+        Feature(
+            "cheapest_germination",
+            f"smallest catalog cost of a legal germination here / budget left {BUDGET}",
+            "clip(x, 0, 1); 0 when absent",
+        ),
+        Feature("cheapest_germination.present", "legal germinations here", "1 if one has a known cost else 0"),
     ]
     return features
 
@@ -350,18 +409,39 @@ def _blueprint_schema() -> list[Feature]:
     features += [
         Feature("any_kind", f"{descriptor}.slot_kinds", "1 if empty (fits every slot kind) else 0"),
         Feature("parameter_count", f"len({descriptor}.allowed_parameters)", BLUEPRINT_PARAMETERS_SCALE.describe()),
-        Feature("fits_germinable_slot", "fits some slot where GERMINATE is legal", FLAG),
+        Feature("fits_germinable_slot", "legal (see choice_masks) in some slot where GERMINATE is legal", FLAG),
         Feature("in_use_fraction", "slots whose SeedState.blueprint_id is this blueprint", "count / slots"),
+        Feature(
+            "width_factor",
+            f"{descriptor}.allowed_parameters['{WIDTH_PARAMETER}']",
+            "1 if integer with a whole number inside finite bounds (the width head chooses it) else 0",
+        ),
     ]
     return features
+
+
+# -- width features ---------------------------------------------------------------------------------------------
+
+
+def _width_schema() -> list[Feature]:
+    return [
+        Feature(
+            "cost_fraction",
+            "catalog parameter_count(blueprint, slot, default parameters with the class's width) / budget left",
+            "clip(x, 0, 1); 0 when the class is masked or its cost is unknown",
+        )
+    ]
 
 
 GLOBAL_FEATURES: tuple[Feature, ...] = tuple(_global_schema())
 SLOT_FEATURES: tuple[Feature, ...] = tuple(_slot_schema())
 BLUEPRINT_FEATURES: tuple[Feature, ...] = tuple(_blueprint_schema())
+#: Features of each (slot, blueprint, width class): ``EncodedState.width_features [S, B, W, WIDTH_DIM]``.
+WIDTH_FEATURES: tuple[Feature, ...] = tuple(_width_schema())
 GLOBAL_DIM = len(GLOBAL_FEATURES)
 SLOT_DIM = len(SLOT_FEATURES)
 BLUEPRINT_DIM = len(BLUEPRINT_FEATURES)
+WIDTH_DIM = len(WIDTH_FEATURES)
 
 
 def feature_schema(vocabulary: int = DEFAULT_BLUEPRINT_VOCABULARY) -> dict[str, Any]:
@@ -373,6 +453,7 @@ def feature_schema(vocabulary: int = DEFAULT_BLUEPRINT_VOCABULARY) -> dict[str, 
         "global": [feature.as_json() for feature in GLOBAL_FEATURES],
         "slot": [feature.as_json() for feature in SLOT_FEATURES],
         "blueprint": [feature.as_json() for feature in BLUEPRINT_FEATURES],
+        "width": [feature.as_json() for feature in WIDTH_FEATURES],
         "blueprint_index": {
             "rule": f"1 + int.from_bytes(sha256(('{BLUEPRINT_INDEX_PREFIX}' + blueprint_id).encode('utf-8'))"
             ".digest()[:8], 'big') % (vocabulary - 1); 0 means no blueprint",
@@ -384,6 +465,9 @@ def feature_schema(vocabulary: int = DEFAULT_BLUEPRINT_VOCABULARY) -> dict[str, 
         "operations": list(OPERATION_NAMES),
         "schedules": [BlendSchedule.Name(schedule) for schedule in SCHEDULES],
         "masks": dict(MASK_RULES),
+        "width_parameter": WIDTH_PARAMETER,
+        "width_classes": list(WIDTH_CLASSES),
+        "choice_masks": dict(CHOICE_RULES),
     }
 
 

@@ -50,6 +50,7 @@ from esper_core.leyline import (
     lifecycle,
 )
 from esper_core.protocols import BlueprintCatalog, SlotShape
+from esper_tamiyo.budget import WIDTH, ParameterBudget, catalog_cost
 from esper_tamiyo.commands import (
     SCHEDULES,
     default_parameters,
@@ -59,8 +60,6 @@ from esper_tamiyo.commands import (
 from esper_tamiyo.options import HeuristicOptions
 
 NAME = "heuristic"
-#: The blueprint parameter budget sizing sets (the number of new channels, neurons or hidden units).
-WIDTH = "width"
 
 
 @attrs.define
@@ -237,19 +236,21 @@ class HeuristicPolicy:
         total = state.metrics.epochs_total
         return bool(total) and total - state.current_epoch < self.options.min_remaining_epochs
 
+    def budget(self, state: SystemStatePacket) -> ParameterBudget:
+        """The parameter budget at ``state`` (:mod:`esper_tamiyo.budget`, shared with the learned policy), with the
+        host's count of the first packet that gave one."""
+        return ParameterBudget.of(
+            state,
+            max_added_parameter_fraction=self.options.max_added_parameter_fraction,
+            max_seed_parameter_fraction=self.options.max_seed_parameter_fraction,
+            host=self.host_parameters,
+        )
+
     def budget_left(self, state: SystemStatePacket) -> float:
-        host = self.host_parameters or max(int(state.metrics.parameter_count), 1)
-        used = sum(seed.parameter_count for seed in state.seeds if seed.stage in lifecycle.HAS_SEED)
-        return self.options.max_added_parameter_fraction * host - used
+        return self.budget(state).left
 
     def _cost(self, descriptor: BlueprintDescriptor, seed: SeedState, parameters: Mapping[str, float]) -> int | None:
-        slot = SlotShape.of(seed)
-        for catalog in self.catalogs:
-            try:
-                return catalog.parameter_count(descriptor.blueprint_id, slot, parameters)
-            except (KeyError, ValueError):
-                continue
-        return None
+        return catalog_cost(self.catalogs, descriptor.blueprint_id, SlotShape.of(seed), parameters)
 
     def sized(
         self, descriptor: BlueprintDescriptor, seed: SeedState, share: float
@@ -416,9 +417,8 @@ class HeuristicPolicy:
 
     def _unused_budget(self, state: SystemStatePacket) -> str:
         """``"; N of M budget parameters unused"`` when more than half the budget was never spent (else empty)."""
-        host = self.host_parameters or max(int(state.metrics.parameter_count), 1)
-        total = self.options.max_added_parameter_fraction * host
-        left = self.budget_left(state)
+        budget = self.budget(state)
+        total, left = budget.total, budget.left
         return f"; {left:.0f} of {total:.0f} budget parameters unused" if total > 0 and left > total / 2 else ""
 
     # -- persistence ------------------------------------------------------------------------------------------
