@@ -18,7 +18,7 @@ from esper_core.storage.policy_store import PolicyStore
 from esper_core.testing.servers import RedisServer
 from esper_core.tolaria.record import read_record
 
-from test_remote_tamiyo import SECRET, bus_settings, fit, remote_run, wait_for_service
+from remote_runs import SECRET, bus_settings, fit, remote_run, start_service, wait_for_service
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +55,6 @@ def test_collect_train_evaluate_publish_and_a_running_service_swaps(
     tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(SECRET_ENV_VAR, SECRET)
-    from test_remote_tamiyo import start_service
-
     workspace = tmp_path / "simic"
     bus = bus_settings(redis_server.url)
     log = tmp_path / "service.log"

@@ -25,9 +25,7 @@ def test_a_candidate_directory_gets_its_learning_curves(tmp_path: Path, capsys: 
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
-def test_curves_that_are_not_rows_are_refused_with_the_path(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_curves_that_are_not_rows_are_refused_with_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "curves.json").write_text('{"return": 1}')
     assert main(["report", str(tmp_path)]) == 2
     assert "curves.json is not a list of rows" in capsys.readouterr().err
