@@ -12,7 +12,7 @@ from esper_core.plugins import Registry
 from esper_core.tolaria.assembly import start_run
 from esper_core.tolaria.record import decode_message, read_record
 from esper_core.tolaria.trainer import Trainer
-from esper_simic.experience import RunDamaged, episode_from_run
+from esper_simic.experience import RunDamaged, episode_from_run, rewards_of
 from esper_simic.replay import ReplayStore
 from esper_simic.rewards import Progress, RewardWeights, rewards
 
@@ -67,6 +67,10 @@ def test_rewards_add_up_to_the_accuracy_gained_less_the_costs(run_dir: Path) -> 
     grown = (outcome["parameters"] - steps[0]["parameters"]) / outcome["host_parameters"]
     assert grown > 0
     assert charged.episode.outcome["return"] == pytest.approx(outcome["return"] - grown)
+    # A learner recharges an episode with the weights it is configured with, from what the episode keeps.
+    assert rewards_of(found.episode, RewardWeights(parameter_cost=1.0, compute_cost=0.0)) == pytest.approx(
+        [step["reward"] for step in charged.episode.steps]
+    )
 
 
 def test_an_episode_goes_into_the_replay_store(run_dir: Path, tmp_path: Path) -> None:

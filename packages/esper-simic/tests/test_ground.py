@@ -22,7 +22,7 @@ def test_the_plan_is_a_function_of_seed_and_index() -> None:
     assert plan(GroundOptions(), seed=4, count=6) != first
     assert len({run.name for run in first}) == 6
     for run in first:
-        assert run.family in GroundOptions().families and 8 <= run.epochs <= 14 and 0.25 <= run.budget <= 1.5
+        assert run.family in GroundOptions().families and 10 <= run.epochs <= 16 and 0.5 <= run.budget <= 3.0
         assert f"tamiyo.heuristic.max_added_parameter_fraction={run.budget}" in run.overrides
         assert f"tamiyo.learned.max_added_parameter_fraction={run.budget}" in run.overrides  # the same budget
 

@@ -92,7 +92,7 @@ def _collect(workbench: Any, args: argparse.Namespace) -> int:
             added = 0
             for directory in args.runs:
                 try:
-                    experience = episode_from_run(directory, store.schema_digest)
+                    experience = episode_from_run(directory, store.schema_digest, workbench.reward_weights())
                 except RunDamaged as damaged:
                     print(f"skipped: {damaged}")
                     continue
@@ -144,6 +144,7 @@ def _ground(workbench: Any, args: argparse.Namespace, store: Any) -> Any:
             store,
             workbench.workspace / "runs",
             workers=workbench.options.workers,
+            weights=workbench.reward_weights(),
             keep_runs=args.keep_runs,
             progress=lambda name, done, total: bar.update(task, completed=done),
         )
@@ -163,7 +164,7 @@ def _train(workbench: Any, args: argparse.Namespace) -> int:
         for episode in store.episodes():
             try:
                 encoder = workbench.policy_under(episode.outcome.get("budget", {}))
-                prepared.append(prepare(episode, encoder, workbench.catalog))
+                prepared.append(prepare(episode, encoder, workbench.catalog, workbench.reward_weights()))
             except UnusableEpisode as error:
                 unusable.append(str(error))
     for reason in unusable:

@@ -134,6 +134,7 @@ def evaluate(
                 store,
                 store_dir / "runs",
                 workers=workbench.options.workers,
+                weights=workbench.reward_weights(),
                 progress=report,
             )
             table[arm] = {**summarise(store), "failed": [list(item) for item in summary.failed]}

@@ -25,7 +25,7 @@ from esper_core.tolaria.record import RECORD_FILE
 from esper_simic.replay import Episode
 from esper_simic.rewards import Progress, RewardWeights, rewards
 
-__all__ = ["RunDamaged", "RunExperience", "episode_from_run"]
+__all__ = ["RunDamaged", "RunExperience", "episode_from_run", "rewards_of"]
 
 
 class RunDamaged(ValueError):
@@ -123,12 +123,27 @@ def episode_from_run(run_dir: str | Path, schema_digest: str, weights: RewardWei
         "host_parameters": host_parameters,
         "total_flops": last.total_flops,
         "return": sum(step["reward"] for step in steps),
+        "epochs": last.epoch,
+        "host_epoch_flops": host_epoch_flops,
         # Reported next to the returns; no reward, evaluation verdict or training step ever reads it.
         "test_accuracy": finished.get("test_accuracy") if finished is not None else None,
         "budget": budget_of(directory),
     }
     episode = Episode(str(started.get("run_id") or directory.name), schema_digest, tuple(steps), outcome)
     return RunExperience(episode, damage, finished is not None)
+
+
+def rewards_of(episode: Episode, weights: RewardWeights) -> list[float]:
+    """The episode's rewards under ``weights``, from where the run stood at each decision point and at its end (what
+    the episode keeps): a learner charges the costs it is configured with, whatever they were at collection."""
+    outcome = episode.outcome
+    points = [
+        Progress(int(s["epoch"]), float(s["val_accuracy"] or 0.0), int(s["parameters"]), int(s["total_flops"]))
+        for s in episode.steps
+    ]
+    last = Progress(int(outcome["epochs"]), float(outcome["val_accuracy"]), int(outcome["parameters"]),
+                    int(outcome["total_flops"]))  # fmt: skip
+    return rewards([*points, last], int(outcome["host_parameters"]), float(outcome["host_epoch_flops"]), weights)
 
 
 #: The options that bound a policy's germinations: the budget every decision was made under.

@@ -47,9 +47,9 @@ class RewardWeights:
     """The costs a decision's reward is charged (``[simic.rewards]``)."""
 
     #: Reward given up per host's worth of added parameters.
-    parameter_cost: float = attrs.field(default=0.05, validator=not_negative)
+    parameter_cost: float = attrs.field(default=0.01, validator=not_negative)
     #: Reward given up per bare-host epoch of extra compute.
-    compute_cost: float = attrs.field(default=0.002, validator=not_negative)
+    compute_cost: float = attrs.field(default=0.0005, validator=not_negative)
 
 
 def rewards(

@@ -38,9 +38,11 @@ from esper_core.protocols import DecisionEpisode, DecisionStep, TrainablePolicy,
 from esper_core.storage.atomic import atomic_write_bytes
 from esper_core.tolaria.record import decode_message
 from esper_simic.cloning import clone_behaviour
+from esper_simic.experience import rewards_of
 from esper_simic.options import TrainOptions
 from esper_simic.ppo import NonFiniteLoss, Rollout, ppo_update
 from esper_simic.replay import Episode
+from esper_simic.rewards import RewardWeights
 from esper_simic.scoring import Scores
 from esper_simic.vtrace import vtrace
 
@@ -71,8 +73,15 @@ def _blueprints(command: AdaptationCommand, catalog: Mapping[str, BlueprintDescr
     return [catalog[blueprint] for blueprint in ids]
 
 
-def prepare(episode: Episode, policy: TrainablePolicy, catalog: Mapping[str, BlueprintDescriptor]) -> DecisionEpisode:
-    """Re-encode ``episode`` with ``policy`` (see the module). Raises :class:`UnusableEpisode` naming the step."""
+def prepare(
+    episode: Episode,
+    policy: TrainablePolicy,
+    catalog: Mapping[str, BlueprintDescriptor],
+    weights: RewardWeights | None = None,
+) -> DecisionEpisode:
+    """Re-encode ``episode`` with ``policy`` (see the module), its rewards charged with ``weights`` (default: those
+    it was collected with). Raises :class:`UnusableEpisode` naming the step."""
+    charged = rewards_of(episode, weights) if weights is not None and "host_epoch_flops" in episode.outcome else None
     steps = []
     for number, step in enumerate(episode.steps):
         where = f"episode {episode.episode_id}, decision point {number} (epoch {step.get('epoch')})"
@@ -96,7 +105,7 @@ def prepare(episode: Episode, policy: TrainablePolicy, catalog: Mapping[str, Blu
                 encoded=encoded,
                 action=action,
                 behaviour_log_prob=float(command.decision.action_log_prob) if sampled else 0.0,
-                reward=float(step["reward"]),
+                reward=charged[number] if charged is not None else float(step["reward"]),
                 demonstrated=not sampled,
             )
         )

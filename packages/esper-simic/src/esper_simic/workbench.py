@@ -25,6 +25,7 @@ from esper_core.protocols import SimicTrainer, TrainablePolicy
 from esper_core.signing import SECRET_ENV_VAR, SigningKey
 from esper_core.storage.policy_store import PolicyStore
 from esper_simic.replay import ReplayStore
+from esper_simic.rewards import RewardWeights
 
 __all__ = ["SimicOptions", "Workbench", "open_workbench"]
 
@@ -85,6 +86,11 @@ class Workbench:
                 self.registry.policy(self.selection.policy), config=config, signing_key=self.signing_key
             )
         return self._budgeted[key]
+
+    def reward_weights(self) -> RewardWeights:
+        """The costs rewards charge (``[simic.rewards]``)."""
+        weights: RewardWeights = self.config.get(RewardWeights)
+        return weights
 
     def replay(self) -> ReplayStore:
         return ReplayStore(
