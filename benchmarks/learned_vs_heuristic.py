@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,11 @@ def held_out_runs(name: str, changes: dict[str, Any], configurations: int, seeds
     return runs
 
 
+def _fixed(overrides: list[str]) -> Callable[[GroundRun], list[str]]:
+    """The same controller overrides for every run."""
+    return lambda run: overrides
+
+
 def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers: int) -> dict[str, Any]:
     """Every arm on every held-out run; per family and arm, the runs' outcomes."""
     workbench = open_workbench(Registry.create(), None, [*TRAIN_GROUND, f"simic.workspace={workspace}"])
@@ -142,7 +147,7 @@ def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers:
             overrides = arm_overrides(arm, live.path if arm == "learned" and live else None)
             directory = workspace / "held-out" / f"{family.split()[0]}-{arm}"
             with ReplayStore(directory / "replay", workbench.policy.feature_schema_digest, capacity=10_000) as store:
-                summary = collect(runs, lambda run, o=overrides: o, store, directory / "runs", workers=workers)
+                summary = collect(runs, _fixed(overrides), store, directory / "runs", workers=workers)
                 if summary.failed:
                     raise RuntimeError(f"{family} / {arm}: {summary.failed}")
                 table[family][arm] = [dict(episode.outcome, name=episode.episode_id) for episode in store.episodes()]
