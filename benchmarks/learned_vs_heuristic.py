@@ -84,8 +84,9 @@ def train_rounds(workspace: Path, rounds: int, episodes: int, learned_episodes: 
     """The training rounds (see the module); returns what each round did and the CPU time it all took."""
     history = []
     started, cpu_before = time.perf_counter(), children_cpu_seconds()
+    published_any = False
     for number in range(rounds + 1):
-        behaviour = "heuristic" if number == 0 else "learned"
+        behaviour = "learned" if published_any else "heuristic"  # on-policy once a version is live
         count = episodes if number == 0 else learned_episodes
         log.append(
             esper(workspace, "collect", "--behaviour", behaviour, "--episodes", str(count), "--seed", str(number))
@@ -98,7 +99,7 @@ def train_rounds(workspace: Path, rounds: int, episodes: int, learned_episodes: 
         published = False
         if verdict["passed"]:
             log.append(esper(workspace, "publish", str(candidate)))
-            published = True
+            published = published_any = True
         history.append({
             "round": number,
             "behaviour": behaviour,
@@ -137,14 +138,18 @@ def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers:
     """Every arm on every held-out run; per family and arm, the runs' outcomes."""
     workbench = open_workbench(Registry.create(), None, [*TRAIN_GROUND, f"simic.workspace={workspace}"])
     live = workbench.policy_store().live()
+    learned_update = live.path if live is not None else None
+    if learned_update is None:  # no candidate passed validation: compare the last one anyway, and say so
+        candidates = sorted((workspace / "candidates").glob("r*/candidate.update"))
+        learned_update = candidates[-1] if candidates else None
     table: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for family, changes in HELD_OUT.items():
         runs = held_out_runs(family, changes, configurations, seeds)
         table[family] = {}
         for arm in ARMS:
-            if arm == "learned" and live is None:
+            if arm == "learned" and learned_update is None:
                 continue
-            overrides = arm_overrides(arm, live.path if arm == "learned" and live else None)
+            overrides = arm_overrides(arm, learned_update if arm == "learned" else None)
             directory = workspace / "held-out" / f"{family.split()[0]}-{arm}"
             with ReplayStore(directory / "replay", workbench.policy.feature_schema_digest, capacity=10_000) as store:
                 summary = collect(runs, _fixed(overrides), store, directory / "runs", workers=workers)
@@ -152,7 +157,7 @@ def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers:
                     raise RuntimeError(f"{family} / {arm}: {summary.failed}")
                 table[family][arm] = [dict(episode.outcome, name=episode.episode_id) for episode in store.episodes()]
             print(f"{family} / {arm}: {len(table[family][arm])} runs", file=sys.stderr)
-    return {"live_version": live.version if live else None, "families": table}
+    return {"live_version": live.version if live else None, "learned_update": str(learned_update), "families": table}
 
 
 def _mean(values: Sequence[float]) -> tuple[float, float]:
