@@ -19,18 +19,13 @@ from esper_core.testing.servers import RedisServer
 from esper_core.tolaria.record import read_record
 
 from remote_runs import SECRET, bus_settings, fit, remote_run, start_service, wait_for_service
+from simic_runs import GROUND
 
 pytestmark = pytest.mark.slow
 
-#: A quick training ground: small synthetic MLP runs of a few epochs, one second each.
-GROUND = [
-    'simic.ground.families=["synthetic-mlp"]',
-    "simic.ground.widths=[3, 4]",
-    "simic.ground.blocks=[1, 2]",
-    "simic.ground.epochs=[6, 7]",
-    "simic.ground.samples=512",
-    "simic.workers=2",
-]
+#: The service builds a run's controller (its policy and catalog) on the run's first decision: on a loaded machine
+#: that can take longer than the remote runs' usual 2 s timeout, and a timed-out decision is the run's own no-op.
+PATIENT = ("tolaria.decision_timeout_s=30",)
 
 
 def simic(workspace: Path, *arguments: str, settings: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -62,7 +57,7 @@ def test_collect_train_evaluate_publish_and_a_running_service_swaps(
                                   "weatherlight.health_interval_s=0.5"], log)  # fmt: skip
     try:
         wait_for_service(redis_server.url, bus, 0)
-        before = remote_run(tmp_path / "before", bus, "run.epochs=6", "run.name=before")
+        before = remote_run(tmp_path / "before", bus, "run.epochs=6", "run.name=before", *PATIENT)
         fit(before)
         untrained = decisions(before)
         assert {d["operation"] for d in untrained} == {"noop"}  # untrained, the learned policy waits
@@ -70,11 +65,13 @@ def test_collect_train_evaluate_publish_and_a_running_service_swaps(
 
         assert "collected 6 episodes" in ok(simic(workspace, "collect", "--episodes", "6"))
         trained = ok(simic(workspace, "train", "--version", "v1",
-                          settings=("simic.train.iterations=2", "simic.train.clone_epochs=150")))  # fmt: skip
+                          settings=("simic.train.iterations=0", "simic.train.clone_epochs=150")))  # fmt: skip
         assert "candidate v1: 6 episodes" in trained
         candidate = workspace / "candidates" / "v1"
         curves = json.loads((candidate / "curves.json").read_text())
-        assert curves[-1]["phase"] == 1.0 and {"return", "entropy", "value_loss", "approx_kl"} <= set(curves[-1])
+        # Cloning only: the heuristic grows in the run below, so a policy that learned its decisions grows there too
+        # (PPO's own learning is tested in packages/esper-simic/tests: test_ppo, test_trainer, the conformance suite).
+        assert len(curves) == 150 and curves[-1]["agreement"] > 0.9
         # A loose tolerance: this test is about the plumbing; the experiment (docs/results.md) is about the numbers.
         evaluated = ok(simic(workspace, "evaluate", str(candidate),
                              settings=("simic.evaluate.runs=2", "simic.evaluate.tolerance=1.0")))  # fmt: skip
@@ -89,7 +86,7 @@ def test_collect_train_evaluate_publish_and_a_running_service_swaps(
         assert live is not None and live.version == "v1"
         assert store.metadata("v1")["evaluation"]["passed"]
 
-        after = remote_run(tmp_path / "after", bus, "run.epochs=8", "run.name=after")
+        after = remote_run(tmp_path / "after", bus, "run.epochs=8", "run.name=after", *PATIENT)
         fit(after)
         swapped = decisions(after)
         assert all(d["policy_version"] == "v1" for d in swapped), "the running service adopted v1"

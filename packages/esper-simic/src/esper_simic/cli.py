@@ -44,6 +44,11 @@ def configure_simic(parser: argparse.ArgumentParser) -> None:
     collect.add_argument("--behaviour", choices=("heuristic", "learned"), default="heuristic",
                          help="the heuristic (drawn thresholds) or the live learned version (sampling)")  # fmt: skip
     collect.add_argument("--keep-runs", action="store_true", help="keep the ground runs' directories")
+    collect.add_argument("--distributed", action="store_true",
+                         help="ask `esper serve simic-worker`s on the bus (oona.backend) to train them")  # fmt: skip
+    collect.add_argument("--timeout", type=float, default=600.0,
+                         help="with --distributed: give up on the runs still missing after this many seconds without "
+                              "a result (default 600)")  # fmt: skip
 
     train = commands.add_parser("train", help="train a candidate on the replay store")
     common(train)
@@ -138,6 +143,22 @@ def _ground(workbench: Any, args: argparse.Namespace, store: Any) -> Any:
 
     with _bar(f"collecting ({args.behaviour})") as (bar, task):
         bar.update(task, total=len([r for r in runs if r.name not in {e.episode_id for e in store.episodes()}]))
+        if args.distributed:
+            from esper_simic.distributed import collect_distributed
+
+            bus = workbench.shared_bus("collecting with workers", "simic-collector")
+            try:
+                return collect_distributed(
+                    runs,
+                    behaviour,
+                    store,
+                    bus,
+                    collection_id=f"{args.seed}-{args.start}-{time.time_ns()}",
+                    timeout_s=args.timeout,
+                    progress=lambda name, done, total: bar.update(task, completed=done),
+                )
+            finally:
+                bus.close()
         return collect(
             runs,
             behaviour,

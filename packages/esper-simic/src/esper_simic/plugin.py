@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from esper_core import hookimpl
-from esper_core.plugins import BuildContext, CliCommandSpec, SimicTrainerSpec
+from esper_core.plugins import BuildContext, CliCommandSpec, ServiceSpec, SimicTrainerSpec
 from esper_simic.cli import configure_simic, run_simic
 
 
@@ -49,4 +49,27 @@ def esper_simic_trainers() -> Iterator[SimicTrainerSpec]:
         factory=build_ppo_trainer,
         options=TrainOptions,
         description="Behaviour cloning of the heuristic's decisions, then PPO with V-trace-corrected advantages.",
+    )
+
+
+def build_collection_worker(context: BuildContext) -> object:
+    from esper_simic.distributed import CollectionWorker, WorkerOptions
+    from esper_simic.rewards import RewardWeights
+
+    options = context.options if isinstance(context.options, WorkerOptions) else WorkerOptions()
+    weights = context.config.get(RewardWeights) if context.config is not None else RewardWeights()
+    return CollectionWorker(context.bus, options, weights)
+
+
+@hookimpl
+def esper_weatherlight_services() -> Iterator[ServiceSpec]:
+    from esper_simic.distributed import WorkerOptions
+
+    yield ServiceSpec(
+        name="simic-worker",
+        factory=build_collection_worker,
+        options=WorkerOptions,
+        requires=("torch",),
+        description="Trains the ground runs `esper simic collect --distributed` asks for and sends their episodes "
+        "back (several machines share the work through Oona).",
     )

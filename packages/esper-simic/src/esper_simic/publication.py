@@ -17,7 +17,7 @@ from typing import Any
 
 from esper_core.errors import ConfigError
 from esper_core.leyline import PolicyUpdate
-from esper_core.oona import Oona, OonaOptions
+from esper_core.oona import OonaOptions
 from esper_core.storage.policy_store import LiveVersion
 from esper_simic.workbench import Workbench
 
@@ -43,13 +43,9 @@ def read_candidate(directory: Path) -> PolicyUpdate:
 
 def _send(workbench: Workbench, update: PolicyUpdate) -> bool:
     """Send ``update`` on the policy stream when the configured bus reaches other processes (Redis)."""
-    options = workbench.config.get(OonaOptions)
-    if options.backend == "memory":
+    if workbench.config.get(OonaOptions).backend == "memory":
         return False
-    workbench.require_secret("sending a policy update on the bus")
-    assert workbench.signing_key is not None
-    backend = workbench.registry.build(workbench.registry.bus_backend(options.backend), config=workbench.config)
-    bus = Oona(backend, signing_key=workbench.signing_key, options=options, source="simic")
+    bus = workbench.shared_bus("sending a policy update on the bus", "simic")
     try:
         bus.publish(update)
     finally:

@@ -19,6 +19,7 @@ from esper_core.config import section
 from esper_core.config.validators import at_least, not_negative
 from esper_core.errors import ConfigError
 from esper_core.leyline import BlueprintDescriptor
+from esper_core.oona import Oona, OonaOptions
 from esper_core.plugins.registry import Registry
 from esper_core.plugins.selectors import SimicSelection, UrzaSelection
 from esper_core.protocols import SimicTrainer, TrainablePolicy
@@ -71,6 +72,26 @@ class Workbench:
                 "train(policy, episodes, ...) method (esper_core.protocols.SimicTrainer)"
             )
         return trainer
+
+    def shared_bus(self, why: str, group: str) -> Oona:
+        """A client of the configured bus in consumer ``group``, which must reach other processes (Redis)."""
+        options = self.config.get(OonaOptions)
+        if options.backend == "memory":
+            raise ConfigError(
+                f"{why} needs a bus other processes can reach: set oona.backend to a Redis URL "
+                '(e.g. --set oona.backend="redis://127.0.0.1:6379/0")'
+            )
+        self.require_secret(why)
+        assert self.signing_key is not None
+        backend = self.registry.build(self.registry.bus_backend(options.backend), config=self.config)
+        return Oona(
+            backend,
+            signing_key=self.signing_key,
+            options=options,
+            group=group,
+            consumer=f"{group}-{os.getpid()}",
+            source="simic",
+        )
 
     def policy_under(self, budget: Mapping[str, float]) -> TrainablePolicy:
         """The policy configured with ``budget`` (``max_added_parameter_fraction``, ...): a run's decisions are

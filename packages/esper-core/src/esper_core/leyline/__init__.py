@@ -170,6 +170,12 @@ from esper_core.leyline.v1.learning_pb2 import (
     FieldReportDelta as FieldReportDelta,
 )
 from esper_core.leyline.v1.learning_pb2 import (
+    GroundRunRequest as GroundRunRequest,
+)
+from esper_core.leyline.v1.learning_pb2 import (
+    GroundRunResult as GroundRunResult,
+)
+from esper_core.leyline.v1.learning_pb2 import (
     MitigationAction as MitigationAction,
 )
 from esper_core.leyline.v1.learning_pb2 import (
@@ -226,6 +232,8 @@ PAYLOAD_TYPES: dict[BusMessageType.ValueType, type[Message]] = {
     BusMessageType.BUS_MESSAGE_TYPE_EMERGENCY_SIGNAL: EmergencySignal,
     BusMessageType.BUS_MESSAGE_TYPE_COMMAND_RESULT: CommandResult,
     BusMessageType.BUS_MESSAGE_TYPE_SEED_LIFECYCLE_EVENT: SeedLifecycleEvent,
+    BusMessageType.BUS_MESSAGE_TYPE_GROUND_RUN_REQUEST: GroundRunRequest,
+    BusMessageType.BUS_MESSAGE_TYPE_GROUND_RUN_RESULT: GroundRunResult,
     BusMessageType.BUS_MESSAGE_TYPE_BSDS_ISSUED: BSDSIssued,
     BusMessageType.BUS_MESSAGE_TYPE_BSDS_FAILED: BSDSFailed,
     BusMessageType.BUS_MESSAGE_TYPE_BENCHMARK_REPORT: BenchmarkReport,

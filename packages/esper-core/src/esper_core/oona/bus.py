@@ -118,6 +118,10 @@ def route_for(message_type: int, streams: StreamNames) -> str:
         return streams.kernel_errors
     if message_type == kinds.BUS_MESSAGE_TYPE_EMERGENCY_SIGNAL:
         return streams.emergency
+    if message_type == kinds.BUS_MESSAGE_TYPE_GROUND_RUN_REQUEST:
+        return streams.simic_jobs
+    if message_type == kinds.BUS_MESSAGE_TYPE_GROUND_RUN_RESULT:
+        return streams.simic_results
     return streams.normal
 
 

@@ -24,6 +24,10 @@ class StreamNames:
     decisions: str = "oona.tamiyo.decisions"
     #: ...and its signed commands and field reports back.
     commands: str = "oona.tamiyo.commands"
+    #: Simic's ground runs for collection workers (``esper serve simic-worker``)...
+    simic_jobs: str = "oona.simic.jobs"
+    #: ...and their episodes back.
+    simic_results: str = "oona.simic.results"
 
     def all(self) -> list[str]:
         return [getattr(self, field.name) for field in attrs.fields(StreamNames)]

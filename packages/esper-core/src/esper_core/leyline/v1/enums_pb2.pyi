@@ -569,6 +569,8 @@ class _BusMessageTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BusMes
     BUS_MESSAGE_TYPE_EMERGENCY_SIGNAL: _BusMessageType.ValueType  # 10
     BUS_MESSAGE_TYPE_COMMAND_RESULT: _BusMessageType.ValueType  # 11
     BUS_MESSAGE_TYPE_SEED_LIFECYCLE_EVENT: _BusMessageType.ValueType  # 12
+    BUS_MESSAGE_TYPE_GROUND_RUN_REQUEST: _BusMessageType.ValueType  # 13
+    BUS_MESSAGE_TYPE_GROUND_RUN_RESULT: _BusMessageType.ValueType  # 14
     BUS_MESSAGE_TYPE_BSDS_ISSUED: _BusMessageType.ValueType  # 20
     BUS_MESSAGE_TYPE_BSDS_FAILED: _BusMessageType.ValueType  # 21
     BUS_MESSAGE_TYPE_BENCHMARK_REPORT: _BusMessageType.ValueType  # 22
@@ -589,6 +591,8 @@ BUS_MESSAGE_TYPE_KERNEL_CATALOG_UPDATE: BusMessageType.ValueType  # 9
 BUS_MESSAGE_TYPE_EMERGENCY_SIGNAL: BusMessageType.ValueType  # 10
 BUS_MESSAGE_TYPE_COMMAND_RESULT: BusMessageType.ValueType  # 11
 BUS_MESSAGE_TYPE_SEED_LIFECYCLE_EVENT: BusMessageType.ValueType  # 12
+BUS_MESSAGE_TYPE_GROUND_RUN_REQUEST: BusMessageType.ValueType  # 13
+BUS_MESSAGE_TYPE_GROUND_RUN_RESULT: BusMessageType.ValueType  # 14
 BUS_MESSAGE_TYPE_BSDS_ISSUED: BusMessageType.ValueType  # 20
 BUS_MESSAGE_TYPE_BSDS_FAILED: BusMessageType.ValueType  # 21
 BUS_MESSAGE_TYPE_BENCHMARK_REPORT: BusMessageType.ValueType  # 22

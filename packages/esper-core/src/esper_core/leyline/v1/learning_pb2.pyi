@@ -398,3 +398,105 @@ class PolicyUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PolicyUpdate: _TypeAlias = PolicyUpdate  # noqa: Y015
+
+@_typing.final
+class GroundRunRequest(_message.Message):
+    """A ground run for a Simic collection worker (`esper serve simic-worker`): train one short run and send its episode.
+
+    Simic's collector publishes one per planned run it still needs; workers on any machine share them through one
+    consumer group, so each request is trained by one worker (a request left pending by a worker that died is claimed
+    by another). Idempotent: a result for a run the collector already stored is ignored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    COLLECTION_ID_FIELD_NUMBER: _builtins.int
+    RUN_NAME_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    SCHEMA_DIGEST_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Format version; Simic writes 1."""
+    collection_id: _builtins.str
+    """The collection this run belongs to (results for other collections are ignored by this one's collector)."""
+    run_name: _builtins.str
+    """The run's name: its directory under the worker's runs directory and the episode's id. Letters, digits, '.', '_'
+    and '-' only.
+    """
+    schema_digest: _builtins.str
+    """The feature-schema digest the collector's replay store is versioned by; the episode is tagged with it."""
+    @_builtins.property
+    def overrides(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """`esper run` configuration overrides (KEY=VALUE): the drawn host and task, the budget and the behaviour policy."""
+
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the collector asked (wall clock)."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        collection_id: _builtins.str = ...,
+        run_name: _builtins.str = ...,
+        overrides: _abc.Iterable[_builtins.str] | None = ...,
+        schema_digest: _builtins.str = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection_id", b"collection_id", "issued_at", b"issued_at", "overrides", b"overrides", "run_name", b"run_name", "schema_digest", b"schema_digest", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroundRunRequest: _TypeAlias = GroundRunRequest  # noqa: Y015
+
+@_typing.final
+class GroundRunResult(_message.Message):
+    """What a collection worker sends back for a GroundRunRequest: the episode, or why there is none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    COLLECTION_ID_FIELD_NUMBER: _builtins.int
+    RUN_NAME_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    EPISODE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Format version; Simic writes 1."""
+    collection_id: _builtins.str
+    """GroundRunRequest.collection_id and run_name of the request answered."""
+    run_name: _builtins.str
+    ok: _builtins.bool
+    """True when the run finished and its record gave an episode."""
+    error: _builtins.str
+    """Why not, when ok is false: the exception type and message."""
+    episode: _builtins.bytes
+    """The episode as the replay store records it (JSON, UTF-8): decision points with their packets, commands, rewards."""
+    seconds: _builtins.float
+    """Wall-clock seconds the worker spent on the run."""
+    worker: _builtins.str
+    """Which worker trained it (its consumer name)."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        collection_id: _builtins.str = ...,
+        run_name: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        episode: _builtins.bytes = ...,
+        seconds: _builtins.float = ...,
+        worker: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection_id", b"collection_id", "episode", b"episode", "error", b"error", "ok", b"ok", "run_name", b"run_name", "seconds", b"seconds", "version", b"version", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroundRunResult: _TypeAlias = GroundRunResult  # noqa: Y015
