@@ -5,8 +5,9 @@ Training, through the real command line in a workspace of its own (``esper simic
 1. round 0: ``collect`` ``--episodes`` ground runs decided by the heuristic (thresholds drawn per run), ``train``
    (behaviour cloning, then PPO with V-trace), ``evaluate`` on the validation plan against the heuristic and the live
    version, ``publish`` if it passed;
-2. rounds 1..R: ``collect --behaviour learned`` (the live version sampling) and train again from the live weights on
-   the whole replay store; evaluate; publish if it passed.
+2. rounds 1..R: ``collect --behaviour learned --update`` the previous round's candidate (sampling: on-policy
+   experience, whether or not that candidate was published), ``train --initial`` from that candidate on the whole
+   replay store, evaluate, publish if it passed.
 
 The training ground is ``[simic.ground]``'s defaults with the widths and block counts of ``TRAIN_GROUND``. The
 comparison then runs on **held-out** configurations — block widths and block counts (so slot counts) the ground never
@@ -84,22 +85,24 @@ def train_rounds(workspace: Path, rounds: int, episodes: int, learned_episodes: 
     """The training rounds (see the module); returns what each round did and the CPU time it all took."""
     history = []
     started, cpu_before = time.perf_counter(), children_cpu_seconds()
-    published_any = False
     for number in range(rounds + 1):
-        behaviour = "learned" if published_any else "heuristic"  # on-policy once a version is live
-        count = episodes if number == 0 else learned_episodes
-        log.append(
-            esper(workspace, "collect", "--behaviour", behaviour, "--episodes", str(count), "--seed", str(number))
-        )
+        previous = workspace / "candidates" / f"r{number - 1}"
+        if number == 0:
+            behaviour, count = "heuristic", episodes
+            log.append(esper(workspace, "collect", "--episodes", str(count), "--seed", "0"))
+        else:
+            behaviour, count = "learned", learned_episodes
+            log.append(esper(workspace, "collect", "--behaviour", "learned", "--update", str(previous),
+                             "--episodes", str(count), "--seed", str(number)))  # fmt: skip
         version = f"r{number}"
-        log.append(esper(workspace, "train", "--version", version))
+        log.append(esper(workspace, "train", "--version", version, *(["--initial", str(previous)] if number else [])))
         candidate = workspace / "candidates" / version
         log.append(esper(workspace, "evaluate", str(candidate)))
         verdict = json.loads((candidate / "evaluation.json").read_text())
         published = False
         if verdict["passed"]:
             log.append(esper(workspace, "publish", str(candidate)))
-            published = published_any = True
+            published = True
         history.append({
             "round": number,
             "behaviour": behaviour,

@@ -107,3 +107,8 @@ def test_simic_commands_say_what_is_missing(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no version before None" in result.stderr
     result = simic(workspace, "collect", "--behaviour", "learned")
     assert result.returncode == 2 and "nothing is published" in result.stderr
+    result = simic(workspace, "collect", "--behaviour", "learned", "--update", str(tmp_path))
+    assert result.returncode == 2 and "no policy update there" in result.stderr
+    (tmp_path / "junk.update").write_bytes(b"\xff\x00junk")
+    result = simic(workspace, "train", "--initial", str(tmp_path / "junk.update"))
+    assert result.returncode == 2 and "junk.update is not a readable policy update" in result.stderr

@@ -43,6 +43,9 @@ def configure_simic(parser: argparse.ArgumentParser) -> None:
     collect.add_argument("--start", type=int, default=0, help="index of the plan's first run (default 0)")
     collect.add_argument("--behaviour", choices=("heuristic", "learned"), default="heuristic",
                          help="the heuristic (drawn thresholds) or the live learned version (sampling)")  # fmt: skip
+    collect.add_argument("--update", type=Path, metavar="CANDIDATE",
+                         help="with --behaviour learned: sample from this candidate (a directory or .update file) "
+                              "instead of the live version")  # fmt: skip
     collect.add_argument("--keep-runs", action="store_true", help="keep the ground runs' directories")
     collect.add_argument("--distributed", action="store_true",
                          help="ask `esper serve simic-worker`s on the bus (oona.backend) to train them")  # fmt: skip
@@ -53,6 +56,9 @@ def configure_simic(parser: argparse.ArgumentParser) -> None:
     train = commands.add_parser("train", help="train a candidate on the replay store")
     common(train)
     train.add_argument("--version", help="the candidate's version (default simic-YYYYmmdd-HHMMSS)")
+    train.add_argument("--initial", type=Path, metavar="CANDIDATE",
+                       help="start from this candidate's weights (a directory or .update file) instead of the live "
+                            "policy's (with simic.train.start = 'live')")  # fmt: skip
 
     evaluate = commands.add_parser("evaluate", help="evaluate a candidate on held-out runs")
     common(evaluate)
@@ -126,19 +132,23 @@ def _ground(workbench: Any, args: argparse.Namespace, store: Any) -> Any:
         behaviour = heuristic_exploration
     else:
         workbench.require_secret("collecting with the learned policy")
-        live = workbench.policy_store().live()
-        if live is None:
-            raise ConfigError(
-                f"nothing is published in {workbench.policy_store().directory} yet: collect with --behaviour "
-                "heuristic, train, evaluate and publish first"
-            )
+        if args.update is not None:
+            update_path = _update_file(args.update)
+        else:
+            live = workbench.policy_store().live()
+            if live is None:
+                raise ConfigError(
+                    f"nothing is published in {workbench.policy_store().directory} yet: collect with --behaviour "
+                    "heuristic, train, evaluate and publish first (or sample from a candidate with --update)"
+                )
+            update_path = live.path
 
         def behaviour(run: Any) -> list[str]:
             return [
                 "tamiyo.policy=learned",
                 'tamiyo.learned.decoding="sample"',
                 f"tamiyo.learned.seed={run.seed}",
-                f'tamiyo.learned.initial_update="{live.path}"',
+                f'tamiyo.learned.initial_update="{update_path.resolve()}"',
             ]
 
     with _bar(f"collecting ({args.behaviour})") as (bar, task):
@@ -171,12 +181,28 @@ def _ground(workbench: Any, args: argparse.Namespace, store: Any) -> Any:
         )
 
 
+def _update_file(path: Path) -> Path:
+    """A candidate's update: ``path`` itself, or ``path/candidate.update`` for a candidate directory."""
+    from esper_simic.publication import CANDIDATE_UPDATE
+
+    found = path / CANDIDATE_UPDATE if path.is_dir() else path
+    if not found.is_file():
+        raise ConfigError(f"{path}: no policy update there (give a candidate directory or a .update file)")
+    return found
+
+
 def _train(workbench: Any, args: argparse.Namespace) -> int:
     from esper_core.storage.atomic import atomic_write_bytes, atomic_write_text
     from esper_simic.publication import CANDIDATE_UPDATE, TRAINING
     from esper_simic.trainer import UnusableEpisode, prepare
 
     trainer = workbench.trainer()
+    if args.initial is not None:
+        from esper_simic.publication import read_update_file
+
+        verdict = workbench.policy.load_update(read_update_file(_update_file(args.initial)))
+        if not verdict.accepted:
+            raise ConfigError(f"--initial {args.initial}: the policy refuses it ({verdict.reason}: {verdict.detail})")
     version = args.version or time.strftime("simic-%Y%m%d-%H%M%S", time.gmtime())
     directory = workbench.workspace / "candidates" / version
     directory.mkdir(parents=True, exist_ok=True)

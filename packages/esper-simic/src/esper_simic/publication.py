@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from esper_core.errors import ConfigError
 from esper_core.leyline import PolicyUpdate
 from esper_core.oona import OonaOptions
@@ -30,14 +32,18 @@ TRAINING = "training.json"
 
 def read_candidate(directory: Path) -> PolicyUpdate:
     path = directory / CANDIDATE_UPDATE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{directory} holds no candidate ({CANDIDATE_UPDATE}): train one with `esper simic train`"
-        ) from None
+    if not path.is_file():
+        raise ConfigError(f"{directory} holds no candidate ({CANDIDATE_UPDATE}): train one with `esper simic train`")
+    return read_update_file(path)
+
+
+def read_update_file(path: Path) -> PolicyUpdate:
+    """A ``PolicyUpdate`` saved by Simic (or ``save_update``); a file that is not one is refused with its path."""
     update = PolicyUpdate()
-    update.ParseFromString(data)
+    try:
+        update.ParseFromString(path.read_bytes())
+    except (OSError, DecodeError) as error:
+        raise ConfigError(f"{path} is not a readable policy update ({type(error).__name__}: {error})") from None
     return update
 
 
