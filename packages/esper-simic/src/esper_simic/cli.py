@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from esper_core.errors import ConfigError
 
 SUBCOMMANDS = ("collect", "train", "evaluate", "publish", "rollback")
@@ -124,141 +122,45 @@ def _collect(workbench: Any, args: argparse.Namespace) -> int:
 
 
 def _ground(workbench: Any, args: argparse.Namespace, store: Any) -> Any:
-    from esper_simic.collect import collect
-    from esper_simic.ground import GroundOptions, heuristic_exploration, plan
+    from esper_simic.ground import GroundOptions, plan
+    from esper_simic.rounds import behaviour_of, gather
 
     runs = plan(workbench.config.get(GroundOptions), args.seed, args.episodes, start=args.start)
-    if args.behaviour == "heuristic":
-        behaviour = heuristic_exploration
-    else:
-        workbench.require_secret("collecting with the learned policy")
-        if args.update is not None:
-            update_path = _update_file(args.update)
-        else:
-            live = workbench.policy_store().live()
-            if live is None:
-                raise ConfigError(
-                    f"nothing is published in {workbench.policy_store().directory} yet: collect with --behaviour "
-                    "heuristic, train, evaluate and publish first (or sample from a candidate with --update)"
-                )
-            update_path = live.path
-
-        def behaviour(run: Any) -> list[str]:
-            return [
-                "tamiyo.policy=learned",
-                'tamiyo.learned.decoding="sample"',
-                f"tamiyo.learned.seed={run.seed}",
-                f'tamiyo.learned.initial_update="{update_path.resolve()}"',
-            ]
-
+    behaviour = behaviour_of(workbench, args.behaviour, args.update)
     with _bar(f"collecting ({args.behaviour})") as (bar, task):
         bar.update(task, total=len([r for r in runs if r.name not in {e.episode_id for e in store.episodes()}]))
-        if args.distributed:
-            from esper_simic.distributed import collect_distributed
-
-            bus = workbench.shared_bus("collecting with workers", "simic-collector")
-            try:
-                return collect_distributed(
-                    runs,
-                    behaviour,
-                    store,
-                    bus,
-                    collection_id=f"{args.seed}-{args.start}-{time.time_ns()}",
-                    timeout_s=args.timeout,
-                    progress=lambda name, done, total: bar.update(task, completed=done),
-                )
-            finally:
-                bus.close()
-        return collect(
+        return gather(
+            workbench,
+            store,
             runs,
             behaviour,
-            store,
-            workbench.workspace / "runs",
-            workers=workbench.options.workers,
-            weights=workbench.reward_weights(),
+            distributed=args.distributed,
+            timeout_s=args.timeout,
             keep_runs=args.keep_runs,
             progress=lambda name, done, total: bar.update(task, completed=done),
         )
 
 
-def _update_file(path: Path) -> Path:
-    """A candidate's update: ``path`` itself, or ``path/candidate.update`` for a candidate directory."""
-    from esper_simic.publication import CANDIDATE_UPDATE
-
-    found = path / CANDIDATE_UPDATE if path.is_dir() else path
-    if not found.is_file():
-        raise ConfigError(f"{path}: no policy update there (give a candidate directory or a .update file)")
-    return found
-
-
 def _train(workbench: Any, args: argparse.Namespace) -> int:
-    from esper_core.storage.atomic import atomic_write_bytes, atomic_write_text
-    from esper_simic.publication import CANDIDATE_UPDATE, TRAINING
-    from esper_simic.trainer import UnusableEpisode, prepare
+    from esper_simic.rounds import train_candidate
 
-    trainer = workbench.trainer()
-    if args.initial is not None:
-        from esper_simic.publication import read_update_file
-
-        verdict = workbench.policy.load_update(read_update_file(_update_file(args.initial)))
-        if not verdict.accepted:
-            raise ConfigError(f"--initial {args.initial}: the policy refuses it ({verdict.reason}: {verdict.detail})")
     version = args.version or time.strftime("simic-%Y%m%d-%H%M%S", time.gmtime())
-    directory = workbench.workspace / "candidates" / version
-    directory.mkdir(parents=True, exist_ok=True)
-    prepared, unusable = [], []
-    with workbench.replay() as store:
-        for episode in store.episodes():
-            try:
-                encoder = workbench.policy_under(episode.outcome.get("budget", {}))
-                prepared.append(prepare(episode, encoder, workbench.catalog, workbench.reward_weights()))
-            except UnusableEpisode as error:
-                unusable.append(str(error))
-    for reason in unusable:
-        print(f"skipped: {reason}")
-    if not prepared:
-        raise ConfigError(f"the replay store in {workbench.workspace / 'replay'} has no usable episode: collect first")
-    started = time.process_time()
     with _bar(f"training {version}") as (bar, task):
-        result = trainer.train(
-            workbench.policy,
-            prepared,
-            checkpoint=directory / "checkpoint.pt",
+        summary = train_candidate(
+            workbench,
+            version,
+            initial=args.initial,
             progress=lambda phase, done, total, row: bar.update(
                 task, description=f"{phase}", completed=done, total=total
             ),
         )
-    cpu_seconds = time.process_time() - started
-    steps = sum(len(episode.steps) for episode in prepared)
-    demonstrations = sum(step.demonstrated for episode in prepared for step in episode.steps)
-    final = result.curves[-1] if result.curves else {}
-    metrics = {key: float(value) for key, value in final.items()} | {
-        "episodes": float(len(prepared)),
-        "steps": float(steps),
-        "cpu_seconds": cpu_seconds,
-    }
-    update = workbench.policy.export_update(
-        policy_version=version, state_dict=result.state_dict, training_metrics=metrics
-    )
-    atomic_write_bytes(directory / CANDIDATE_UPDATE, update.SerializeToString(deterministic=True))
-    summary = {
-        "version": version,
-        "episodes": len(prepared),
-        "unusable": unusable,
-        "steps": steps,
-        "demonstrations": demonstrations,
-        "cpu_seconds": cpu_seconds,
-        "stopped": result.stopped,
-        "trainer": workbench.selection.trainer,
-        "options": attrs.asdict(trainer.options) if attrs.has(type(getattr(trainer, "options", None))) else None,
-    }
-    atomic_write_text(directory / TRAINING, json.dumps(summary, indent=2))
-    atomic_write_text(directory / "curves.json", json.dumps(result.curves, indent=1))
-    if result.stopped:
-        print(f"warning: {result.stopped}")
+    for reason in summary["unusable"]:
+        print(f"skipped: {reason}")
+    if summary["stopped"]:
+        print(f"warning: {summary['stopped']}")
     print(
-        f"candidate {version}: {len(prepared)} episodes, {steps} decisions ({demonstrations} "
-        f"demonstrations), {cpu_seconds:.0f} CPU s -> {directory}"
+        f"candidate {version}: {summary['episodes']} episodes, {summary['steps']} decisions "
+        f"({summary['demonstrations']} demonstrations), {summary['cpu_seconds']:.0f} CPU s -> {summary['directory']}"
     )
     return 0
 

@@ -61,9 +61,29 @@ def build_collection_worker(context: BuildContext) -> object:
     return CollectionWorker(context.bus, options, weights)
 
 
+def build_simic_service(context: BuildContext) -> object:
+    from esper_simic.service import SimicService, SimicServiceOptions
+    from esper_simic.workbench import workbench_of
+
+    options = context.options if isinstance(context.options, SimicServiceOptions) else SimicServiceOptions()
+    if context.config is None:
+        raise ValueError("the simic service needs the configuration it was started with")
+    return SimicService(workbench_of(context.registry, context.config), options)
+
+
 @hookimpl
 def esper_weatherlight_services() -> Iterator[ServiceSpec]:
     from esper_simic.distributed import WorkerOptions
+    from esper_simic.service import SimicServiceOptions
+
+    yield ServiceSpec(
+        name="simic",
+        factory=build_simic_service,
+        options=SimicServiceOptions,
+        requires=("torch",),
+        description="Simic's loop, round after round: gather experience, train a candidate, evaluate it on held-out "
+        "runs, publish it if it is not worse (docs/simic.md).",
+    )
 
     yield ServiceSpec(
         name="simic-worker",

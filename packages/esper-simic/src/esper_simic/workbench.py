@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from esper_core.config import section
+from esper_core.config import EsperConfig, section
 from esper_core.config.validators import at_least, not_negative
 from esper_core.errors import ConfigError
 from esper_core.leyline import BlueprintDescriptor
@@ -59,8 +59,6 @@ class Workbench:
     catalog: dict[str, BlueprintDescriptor]
     signing_key: SigningKey | None
     workspace: Path
-    #: How the configuration was loaded, to load it again with a run's budget (:meth:`policy_under`).
-    source: tuple[str | None, tuple[str, ...]] = (None, ())
     _budgeted: dict[tuple[tuple[str, float], ...], TrainablePolicy] = attrs.field(factory=dict)
 
     def trainer(self) -> SimicTrainer:
@@ -96,15 +94,15 @@ class Workbench:
     def policy_under(self, budget: Mapping[str, float]) -> TrainablePolicy:
         """The policy configured with ``budget`` (``max_added_parameter_fraction``, ...): a run's decisions are
         re-encoded under the budget they were made under, since the policy's legality masks depend on it."""
-        if not budget:
+        spec = self.registry.policy(self.selection.policy)
+        if not budget or spec.options is None:
             return self.policy
         key = tuple(sorted(budget.items()))
         if key not in self._budgeted:
-            path, overrides = self.source
-            extra = [f"tamiyo.{self.selection.policy}.{name}={value}" for name, value in key]
-            config = self.registry.load_config(Path(path) if path else None, overrides=[*overrides, *extra])
+            configured = self.config.get(spec.options)
+            known = {name: value for name, value in key if name in attrs.fields_dict(type(configured))}
             self._budgeted[key] = self.registry.build(
-                self.registry.policy(self.selection.policy), config=config, signing_key=self.signing_key
+                spec, config=self.config, options=attrs.evolve(configured, **known), signing_key=self.signing_key
             )
         return self._budgeted[key]
 
@@ -139,6 +137,11 @@ class Workbench:
 def open_workbench(registry: Registry, config_path: str | Path | None, overrides: Sequence[str]) -> Workbench:
     """Load the configuration and build the trainable policy and the catalog through the registry."""
     config = registry.load_config(Path(config_path) if config_path else None, overrides=list(overrides))
+    return workbench_of(registry, config)
+
+
+def workbench_of(registry: Registry, config: EsperConfig) -> Workbench:
+    """The workbench of an already loaded configuration (``esper serve simic``'s)."""
     options = config.get(SimicOptions)
     selection = config.get(SimicSelection)
     key = SigningKey.from_env(os.environ)
@@ -152,5 +155,4 @@ def open_workbench(registry: Registry, config_path: str | Path | None, overrides
             "Simic trains policies satisfying esper_core.protocols.TrainablePolicy, such as 'learned'"
         )
     catalog = {descriptor.blueprint_id: descriptor for c in catalogs for descriptor in c.descriptors()}
-    source = (str(config_path) if config_path else None, tuple(overrides))
-    return Workbench(registry, config, options, selection, policy, catalog, key, Path(options.workspace), source)
+    return Workbench(registry, config, options, selection, policy, catalog, key, Path(options.workspace))

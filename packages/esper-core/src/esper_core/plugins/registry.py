@@ -263,10 +263,10 @@ class Registry:
         """Call ``spec``'s factory with its options (from ``config``, or defaults) and the given services.
 
         ``services`` fill :class:`BuildContext` fields (``run_dir``, ``signing_key``, ``bus``) and otherwise land in
-        ``context.services``.
+        ``context.services``; an explicit ``options=`` replaces the configured options (a variant of them).
         """
-        options = None
-        if spec.options is not None:
+        options = services.pop("options", None)
+        if options is None and spec.options is not None:
             options = config.get(spec.options) if config is not None else spec.options()
         fields = {field.name for field in attrs.fields(BuildContext)}
         direct = {key: value for key, value in services.items() if key in fields}
