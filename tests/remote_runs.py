@@ -4,6 +4,7 @@ the shared secret, a bus of the test's own, starting and waiting for the service
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -93,3 +94,14 @@ def fit(trainer: Trainer) -> Summary:
         return trainer.fit()
     finally:
         trainer.close()
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:
+    """SIGTERM each process still running (by pid), SIGKILL one that does not stop within ``timeout_s``."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()

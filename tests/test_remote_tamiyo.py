@@ -23,7 +23,7 @@ from esper_core.signing import SECRET_ENV_VAR
 from esper_core.testing.servers import RedisServer, wait_until
 from esper_core.tolaria.record import read_record
 
-from remote_runs import SECRET, bus_settings, fit, remote_run, start_service, wait_for_service
+from remote_runs import SECRET, bus_settings, fit, remote_run, start_service, stop_all, wait_for_service
 from tolaria_runs import schedule
 
 pytestmark = pytest.mark.slow
@@ -44,13 +44,7 @@ def secret(monkeypatch: pytest.MonkeyPatch) -> str:
 def services() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    stop_all(started)
 
 
 def applied(record: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from esper_core.signing import SECRET_ENV_VAR
 from esper_core.testing.servers import RedisServer, wait_until
 from esper_simic.replay import ReplayStore
 
-from remote_runs import SECRET, bus_settings, stream_of
+from remote_runs import SECRET, bus_settings, stop_all, stream_of
 from simic_runs import GROUND
 
 pytestmark = pytest.mark.slow
@@ -44,13 +44,7 @@ def start_worker(bus: Sequence[str], runs: Path, log: Path) -> subprocess.Popen[
 def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    stop_all(started)
 
 
 def wait_for_workers(url: str, bus: Sequence[str]) -> None:

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.slow
 #: The service builds a run's controller (its policy and catalog) on the run's first decision: on a loaded machine
 #: that can take longer than the remote runs' usual 2 s timeout, and a timed-out decision is the run's own no-op.
 PATIENT = ("tolaria.decision_timeout_s=30",)
+#: The served runs are hosts like the training ground's (a learner that cloned the heuristic grows where it did).
+GROUND_LIKE = ("run.synthetic.widths=[4, 4]", "run.synthetic.samples=512", "run.synthetic.slots=[]")
 
 
 def simic(workspace: Path, *arguments: str, settings: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -57,7 +59,7 @@ def test_collect_train_evaluate_publish_and_a_running_service_swaps(
                                   "weatherlight.health_interval_s=0.5"], log)  # fmt: skip
     try:
         wait_for_service(redis_server.url, bus, 0)
-        before = remote_run(tmp_path / "before", bus, "run.epochs=6", "run.name=before", *PATIENT)
+        before = remote_run(tmp_path / "before", bus, "run.epochs=6", "run.name=before", *PATIENT, *GROUND_LIKE)
         fit(before)
         untrained = decisions(before)
         assert {d["operation"] for d in untrained} == {"noop"}  # untrained, the learned policy waits
@@ -86,7 +88,7 @@ def test_collect_train_evaluate_publish_and_a_running_service_swaps(
         assert live is not None and live.version == "v1"
         assert store.metadata("v1")["evaluation"]["passed"]
 
-        after = remote_run(tmp_path / "after", bus, "run.epochs=8", "run.name=after", *PATIENT)
+        after = remote_run(tmp_path / "after", bus, "run.epochs=10", "run.name=after", *PATIENT, *GROUND_LIKE)
         fit(after)
         swapped = decisions(after)
         assert all(d["policy_version"] == "v1" for d in swapped), "the running service adopted v1"

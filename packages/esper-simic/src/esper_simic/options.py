@@ -28,7 +28,12 @@ class TrainOptions:
     clone_epochs: int = attrs.field(default=60, validator=not_negative)
     #: PPO iterations (each re-scores every step, then ``ppo_epochs`` passes of minibatches).
     iterations: int = attrs.field(default=20, validator=not_negative)
+    #: Adam's step size while cloning...
     learning_rate: float = attrs.field(default=3e-3, validator=positive)
+    #: ...and during PPO (smaller: PPO's updates must stay near the policy that scored the rollout).
+    ppo_learning_rate: float = attrs.field(default=3e-4, validator=positive)
+    #: PPO stops an update's epochs once the approximate KL passes 1.5 x this (0: never).
+    target_kl: float = attrs.field(default=0.02, validator=not_negative)
     minibatch: int = attrs.field(default=64, validator=at_least(1))
     ppo_epochs: int = attrs.field(default=4, validator=at_least(1))
     clip: float = attrs.field(default=0.2, validator=open_fraction)
@@ -54,4 +59,5 @@ class TrainOptions:
             minibatch=self.minibatch,
             max_grad_norm=self.max_grad_norm,
             gamma=self.gamma,
+            target_kl=self.target_kl,
         )

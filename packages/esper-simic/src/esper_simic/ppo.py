@@ -10,7 +10,9 @@ known.
   (0 for an episode that ended); the value targets are ``A_t + V(s_t)``.
 - :func:`ppo_update` (Schulman et al., 2017): a few epochs of minibatches of the clipped surrogate
   ``min(rho A, clip(rho, 1 - eps, 1 + eps) A)``, a value loss and an entropy bonus, with normalised advantages and
-  clipped gradient norms. A non-finite loss raises :class:`NonFiniteLoss` with the model and the optimizer restored
+  clipped gradient norms, stopping early once the approximate KL from the rollout's policy passes 1.5 x
+  ``target_kl`` (the clip alone does not stop a shared network from drifting far in many small steps). A non-finite
+  loss raises :class:`NonFiniteLoss` with the model and the optimizer restored
   to where the update found them: the last good state is what a caller keeps.
 """
 
@@ -52,6 +54,8 @@ class PPOOptions:
     max_grad_norm: float = attrs.field(default=0.5, validator=positive)
     gamma: float = attrs.field(default=1.0, validator=not_negative)
     lam: float = attrs.field(default=0.95, validator=not_negative)
+    #: Stop the epochs of an update once the approximate KL from the rollout's policy exceeds 1.5 x this (0: never).
+    target_kl: float = attrs.field(default=0.02, validator=not_negative)
 
 
 @attrs.frozen
@@ -73,6 +77,8 @@ class UpdateStats:
     approx_kl: float
     #: Share of samples whose ratio was clipped in the last epoch.
     clip_fraction: float
+    #: Epochs run (fewer than ``PPOOptions.epochs`` when the KL passed 1.5 x ``target_kl``).
+    epochs: int = 0
 
 
 def generalized_advantages(
@@ -113,15 +119,16 @@ def ppo_update(
     totals = {"policy": 0.0, "value": 0.0, "entropy": 0.0}
     batches = 0
     kl = clipped = 0.0
-    for epoch in range(options.epochs):
+    epochs_run = 0
+    for _ in range(options.epochs):
         order = torch.randperm(size, generator=generator)
-        last = epoch == options.epochs - 1
         kl_sum = clipped_count = 0.0
         for start in range(0, size, options.minibatch):
             index = order[start : start + options.minibatch]
             log_prob, values, entropies = score(index)
             log_ratio = log_prob - rollout.log_probs[index]
-            ratio = log_ratio.exp()
+            # Bounded before exp: a ratio of e^20 is clipped like any other, and exp never overflows to inf.
+            ratio = log_ratio.clamp(max=20.0).exp()
             advantage = advantages[index]
             surrogate = torch.min(ratio * advantage, ratio.clamp(1 - options.clip, 1 + options.clip) * advantage)
             policy_loss = -surrogate.mean()
@@ -144,16 +151,18 @@ def ppo_update(
             totals["value"] += float(value_loss.detach())
             totals["entropy"] += float(entropy.detach())
             batches += 1
-            if last:
-                with torch.no_grad():
-                    kl_sum += float(((ratio - 1) - log_ratio).sum())
-                    clipped_count += float(((ratio - 1).abs() > options.clip).sum())
-        if last:
-            kl, clipped = kl_sum / size, clipped_count / size
+            with torch.no_grad():
+                kl_sum += float(((ratio - 1) - log_ratio).sum())
+                clipped_count += float(((ratio - 1).abs() > options.clip).sum())
+        epochs_run += 1
+        kl, clipped = kl_sum / size, clipped_count / size
+        if options.target_kl and kl > 1.5 * options.target_kl:
+            break  # the policy moved far enough from the one that scored the rollout: stop before it moves further
     return UpdateStats(
         policy_loss=totals["policy"] / batches,
         value_loss=totals["value"] / batches,
         entropy=totals["entropy"] / batches,
         approx_kl=kl if math.isfinite(kl) else float("nan"),
         clip_fraction=clipped,
+        epochs=epochs_run,
     )

@@ -210,6 +210,8 @@ def train(
                     options.clone_epochs,
                     {"clone_loss": cloned.loss, "likelihood": cloned.likelihood, "agreement": cloned.agreement},
                 )
+        for group in optimizer.param_groups:
+            group["lr"] = options.ppo_learning_rate
         everything = list(range(len(steps)))
         while phase_done["ppo"] < options.iterations:
             rollout, row = _rollout(scoring, episodes, options)
@@ -220,6 +222,7 @@ def train(
                 entropy=stats.entropy,
                 approx_kl=stats.approx_kl,
                 clip_fraction=stats.clip_fraction,
+                ppo_epochs=float(stats.epochs),
             )
             after("ppo", options.iterations, row)
     except NonFiniteLoss as error:
