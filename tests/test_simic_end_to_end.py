@@ -109,6 +109,8 @@ def test_simic_commands_say_what_is_missing(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no version before None" in result.stderr
     result = simic(workspace, "collect", "--behaviour", "learned")
     assert result.returncode == 2 and "nothing is published" in result.stderr
+    result = simic(workspace, "collect", "--from", str(tmp_path / "nowhere"))
+    assert result.returncode == 1 and "skipped:" in result.stdout and "no run record here" in result.stdout
     result = simic(workspace, "collect", "--behaviour", "learned", "--update", str(tmp_path))
     assert result.returncode == 2 and "no policy update there" in result.stderr
     (tmp_path / "junk.update").write_bytes(b"\xff\x00junk")
