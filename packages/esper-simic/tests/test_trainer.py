@@ -102,3 +102,25 @@ def test_an_episode_the_policy_cannot_encode_is_refused_with_where(workbench: Wo
     no_offer = dict(episode.steps[0])
     with pytest.raises(UnusableEpisode, match="not in the catalogs"):
         prepare(attrs.evolve(episode, steps=(no_offer,)), workbench.policy, {})
+
+
+def test_a_damaged_replay_store_trains_on_what_survives_and_says_where(
+    workbench: Workbench, episodes: list[DecisionEpisode], tmp_path: Path
+) -> None:
+    import shutil
+
+    from esper_simic.rounds import train_candidate
+
+    with workbench.replay() as store:
+        kept = len(store.episodes())
+    copy = tmp_path / "simic"
+    shutil.copytree(workbench.workspace / "replay", copy / "replay")
+    log = copy / "replay" / "episodes.log"
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside one episode's record
+    log.write_bytes(bytes(data))
+    damaged = open_workbench(Registry.create(env={}), None, [f"simic.workspace={copy}", "simic.train.clone_epochs=2",
+                                                           "simic.train.iterations=1"])  # fmt: skip
+    summary = train_candidate(damaged, "after-damage")
+    assert str(log) in summary["replay_damage"] and "damaged from byte" in summary["replay_damage"]
+    assert summary["episodes"] == kept - 1 and (copy / "candidates" / "after-damage" / "candidate.update").exists()

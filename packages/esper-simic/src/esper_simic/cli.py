@@ -97,6 +97,8 @@ def _collect(workbench: Any, args: argparse.Namespace) -> int:
     from esper_simic.experience import RunDamaged, episode_from_run
 
     with workbench.replay() as store:
+        if store.damage is not None:
+            print(f"warning: {store.damage.describe()}")
         if args.runs:
             added = 0
             for directory in args.runs:
@@ -154,6 +156,8 @@ def _train(workbench: Any, args: argparse.Namespace) -> int:
                 task, description=f"{phase}", completed=done, total=total
             ),
         )
+    if summary["replay_damage"]:
+        print(f"warning: {summary['replay_damage']}")
     for reason in summary["unusable"]:
         print(f"skipped: {reason}")
     if summary["stopped"]:

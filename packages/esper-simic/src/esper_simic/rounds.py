@@ -115,6 +115,7 @@ def train_candidate(
     directory.mkdir(parents=True, exist_ok=True)
     prepared, unusable = [], []
     with workbench.replay() as store:
+        damage = store.damage.describe() if store.damage is not None else None
         for episode in store.episodes():
             try:
                 encoder = workbench.policy_under(episode.outcome.get("budget", {}))
@@ -144,6 +145,7 @@ def train_candidate(
         "directory": str(directory),
         "episodes": len(prepared),
         "unusable": unusable,
+        "replay_damage": damage,
         "steps": steps,
         "demonstrations": demonstrations,
         "cpu_seconds": cpu_seconds,
