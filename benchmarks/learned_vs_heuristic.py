@@ -61,6 +61,9 @@ HELD_OUT: dict[str, dict[str, Any]] = {
 }
 HELD_OUT_SEED = 7_777_777
 ARMS = ("learned", "heuristic", "fixed-schedule")
+#: The arm that answers "better than starting at the final size?": per run, a static host (no growth) whose block widths
+#: give the parameter count nearest the learned arm's final count in that run (ties: the narrower host).
+STATIC = "static-final"
 
 
 def esper(workspace: Path, *arguments: str, settings: Sequence[str] = ()) -> str:
@@ -137,6 +140,46 @@ def _fixed(overrides: list[str]) -> Callable[[GroundRun], list[str]]:
     return lambda run: overrides
 
 
+def host_parameters(family: str, widths: Sequence[int]) -> int:
+    """Parameters of the ground's built-in host of ``family`` with ``widths``: esper_core's MlpHost (16 features, 4
+    classes) or ConvHost (28x28 images, 3x3 convolutions each max-pooled by 2, a linear head on the flattened map, 10
+    classes). Counted, not built: the search below tries many widths."""
+    if family == "fashion-mnist-cnn":
+        parameters, channels, side = 0, 1, 28
+        for width in widths:
+            parameters += channels * width * 9 + width
+            channels, side = width, side // 2
+        return parameters + channels * side * side * 10 + 10
+    parameters, previous = 0, 16
+    for width in widths:
+        parameters += previous * width + width
+        previous = width
+    return parameters + previous * 4 + 4
+
+
+def static_widths(run: GroundRun, target: int) -> tuple[int, ...]:
+    """Block widths, each at least the run's own, whose host's parameter count is nearest ``target``."""
+    import itertools
+
+    ranges = [range(width, 4 * width + 33) for width in run.widths]
+    return min(
+        itertools.product(*ranges),
+        key=lambda widths: (abs(host_parameters(run.family, widths) - target), sum(widths)),
+    )
+
+
+def static_arm(runs: Sequence[GroundRun], learned: Sequence[dict[str, Any]]) -> Callable[[GroundRun], list[str]]:
+    """The ``static-final`` overrides of each run: its matched widths, and a controller that never grows."""
+    final = {outcome["name"]: int(outcome["parameters"]) for outcome in learned}
+    task = {run.name: "fashion-mnist" if run.family == "fashion-mnist-cnn" else "synthetic" for run in runs}
+    widths = {run.name: static_widths(run, final[run.name]) for run in runs}
+    return lambda run: [
+        f"run.{task[run.name]}.widths={list(widths[run.name])}",
+        "tamiyo.policy=fixed-schedule",
+        "tamiyo.fixed-schedule.germinations=[]",
+    ]
+
+
 def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers: int) -> dict[str, Any]:
     """Every arm on every held-out run; per family and arm, the runs' outcomes."""
     workbench = open_workbench(Registry.create(), None, [*TRAIN_GROUND, f"simic.workspace={workspace}"])
@@ -160,6 +203,14 @@ def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers:
                     raise RuntimeError(f"{family} / {arm}: {summary.failed}")
                 table[family][arm] = [dict(episode.outcome, name=episode.episode_id) for episode in store.episodes()]
             print(f"{family} / {arm}: {len(table[family][arm])} runs", file=sys.stderr)
+        if "learned" in table[family]:
+            directory = workspace / "held-out" / f"{family.split()[0]}-{STATIC}"
+            with ReplayStore(directory / "replay", workbench.policy.feature_schema_digest, capacity=10_000) as store:
+                behaviour = static_arm(runs, table[family]["learned"])
+                summary = collect(runs, behaviour, store, directory / "runs", workers=workers)
+                if summary.failed:
+                    raise RuntimeError(f"{family} / {STATIC}: {summary.failed}")
+                table[family][STATIC] = [dict(e.outcome, name=e.episode_id) for e in store.episodes()]
     return {"live_version": live.version if live else None, "learned_update": str(learned_update), "families": table}
 
 
@@ -191,6 +242,13 @@ def markdown(result: dict[str, Any]) -> str:
             mean, sd = _mean(diffs)
             lines += ["", f"learned - heuristic, paired by run: test accuracy {mean:+.2%} ± {sd:.2%}; learned ahead in "
                           f"{wins} of {len(diffs)} runs"]  # fmt: skip
+        if learned and STATIC in arms:
+            by_name = {o["name"]: o for o in arms[STATIC]}
+            diffs = [o["test_accuracy"] - by_name[o["name"]]["test_accuracy"] for o in learned]
+            mean, sd = _mean(diffs)
+            ahead = sum(d > 0 for d in diffs)
+            lines += [f"learned - {STATIC} (a static host of the learned arm's final size), paired by run: test "
+                      f"accuracy {mean:+.2%} ± {sd:.2%}; learned ahead in {ahead} of {len(diffs)}"]  # fmt: skip
         lines.append("")
     training = result["training"]
     lines.append(f"Training: {len(training['rounds'])} rounds, {training['cpu_seconds'] / 60:.1f} CPU minutes "
