@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -23,7 +23,7 @@ class TrainOptions:
     #: Seeds the minibatch order: the same episodes and options give the same weights.
     seed: int = 0
     #: Start from the live policy's weights (``"live"``) or from a fresh, untrained network (``"fresh"``).
-    start: str = attrs.field(default="live", validator=attrs.validators.in_(["live", "fresh"]))
+    start: Literal["live", "fresh"] = "live"
     #: Passes of behaviour cloning over the demonstrated decisions before PPO (0: none).
     clone_epochs: int = attrs.field(default=60, validator=not_negative)
     #: PPO iterations (each re-scores every step, then ``ppo_epochs`` passes of minibatches).
