@@ -338,3 +338,10 @@ def test_a_bad_initial_policy_update_is_one_line_naming_the_key(
     error = run_error(capsys, tmp_path / "runs", "tamiyo.policy=learned", f"tamiyo.learned.initial_update={path}")
     assert error.startswith("esper: error: tamiyo.learned.initial_update: ") and str(path) in error
     assert expected in error and "tamiyo.learned.initial_update" in error
+
+
+def test_mirroring_the_record_on_a_bus_no_other_process_reads_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    error = run_error(capsys, tmp_path / "runs", "tolaria.publish_record=true")
+    assert "tolaria.publish_record" in error and "oona.backend is 'memory'" in error and "redis://" in error

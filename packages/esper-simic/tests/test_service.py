@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from esper_core.errors import ConfigError
 from esper_core.plugins import Registry
 from esper_core.signing import SECRET_ENV_VAR
 from esper_core.storage.policy_store import PolicyStore
@@ -63,3 +64,18 @@ def test_a_stop_between_steps_leaves_nothing_half_done(tmp_path: Path) -> None:
     stop.set()
     service(tmp_path / "simic", "simic.service.rounds=1").run(stop)
     assert not (tmp_path / "simic" / "service.json").exists()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["simic.service.episodes_per_round=0"],
+        ["simic.service.episodes_per_round=0", "simic.service.listen=true"],
+    ],
+)
+def test_a_service_with_nothing_new_to_learn_from_is_refused_naming_the_keys(settings: list[str]) -> None:
+    registry = Registry.create(env={})
+    with pytest.raises(ConfigError) as raised:
+        registry.load_config(env={}, overrides=settings)
+    message = str(raised.value)
+    assert "simic.service.episodes_per_round is 0" in message and "bus_episodes_per_round > 0" in message

@@ -181,6 +181,9 @@ from esper_core.leyline.v1.learning_pb2 import (
 from esper_core.leyline.v1.learning_pb2 import (
     PolicyUpdate as PolicyUpdate,
 )
+from esper_core.leyline.v1.learning_pb2 import (
+    RunRecordEntry as RunRecordEntry,
+)
 from esper_core.leyline.v1.state_pb2 import (
     HardwareContext as HardwareContext,
 )
@@ -234,6 +237,7 @@ PAYLOAD_TYPES: dict[BusMessageType.ValueType, type[Message]] = {
     BusMessageType.BUS_MESSAGE_TYPE_SEED_LIFECYCLE_EVENT: SeedLifecycleEvent,
     BusMessageType.BUS_MESSAGE_TYPE_GROUND_RUN_REQUEST: GroundRunRequest,
     BusMessageType.BUS_MESSAGE_TYPE_GROUND_RUN_RESULT: GroundRunResult,
+    BusMessageType.BUS_MESSAGE_TYPE_RUN_RECORD_ENTRY: RunRecordEntry,
     BusMessageType.BUS_MESSAGE_TYPE_BSDS_ISSUED: BSDSIssued,
     BusMessageType.BUS_MESSAGE_TYPE_BSDS_FAILED: BSDSFailed,
     BusMessageType.BUS_MESSAGE_TYPE_BENCHMARK_REPORT: BenchmarkReport,

@@ -122,6 +122,8 @@ def route_for(message_type: int, streams: StreamNames) -> str:
         return streams.simic_jobs
     if message_type == kinds.BUS_MESSAGE_TYPE_GROUND_RUN_RESULT:
         return streams.simic_results
+    if message_type == kinds.BUS_MESSAGE_TYPE_RUN_RECORD_ENTRY:
+        return streams.record
     return streams.normal
 
 

@@ -28,6 +28,8 @@ class StreamNames:
     simic_jobs: str = "oona.simic.jobs"
     #: ...and their episodes back.
     simic_results: str = "oona.simic.results"
+    #: Run records mirrored entry by entry (``tolaria.publish_record``), for learners elsewhere.
+    record: str = "oona.tolaria.record"
 
     def all(self) -> list[str]:
         return [getattr(self, field.name) for field in attrs.fields(StreamNames)]

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 from esper_core.config import EsperConfig
-from esper_core.errors import EsperError
+from esper_core.errors import ConfigError, EsperError
 from esper_core.oona import Oona, OonaOptions
 from esper_core.plugins import BuildContext, Registry
 from esper_core.plugins.options import PluginsOptions
@@ -29,6 +29,7 @@ from esper_core.tasks.reference import is_reference, load_reference
 from esper_core.tolaria.checkpoint import DIRECTORY
 from esper_core.tolaria.options import RunOptions, TolariaOptions
 from esper_core.tolaria.record import RECORD_FILE, RunRecord
+from esper_core.tolaria.record_mirror import RecordMirror
 
 CONFIG_FILE = "config.toml"
 
@@ -194,6 +195,11 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     oona = config.get(OonaOptions)
     # A bus other processes can read is useless with a per-run random key: nothing it sends would verify anywhere.
     shared_bus = oona.backend != "memory"
+    if tolaria.publish_record and not shared_bus:
+        raise ConfigError(
+            "tolaria.publish_record mirrors the run record for other processes, but oona.backend is 'memory' (this "
+            "process only); set oona.backend to a shared bus (redis://HOST:PORT/DB) or leave publish_record off"
+        )
     key = SigningKey.resolve(required=security.require_secret or shared_bus, var=security.secret_env)
     backend = registry.build(registry.bus_backend(oona.backend), config=config)
     # A group of its own: runs sharing a Redis must each receive every telemetry packet and policy update.
@@ -245,10 +251,13 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
         registry.build(registry.telemetry_sink(name), config=config, run_dir=run_dir)
         for name in config.get(NissaSelection).sinks
     ]
+    record = RunRecord(run_dir / RECORD_FILE)
+    if tolaria.publish_record:
+        record.on_written = RecordMirror(bus, run_id, run_dir / CONFIG_FILE)
     return Run(
         run_id=run_id, run_dir=run_dir, config=config, registry=registry, options=options, tolaria=tolaria,
         signing_key=key, bus=bus, task=task, data=data, model=model, optimizer=optimizer, executor=executor,
-        controller=controller, sinks=sinks, catalogs=catalogs, store=store, record=RunRecord(run_dir / RECORD_FILE),
+        controller=controller, sinks=sinks, catalogs=catalogs, store=store, record=record,
         device=device,
     )  # fmt: skip
 

@@ -64,3 +64,6 @@ class TolariaOptions:
     loss_spike_factor: float = attrs.field(default=3.0, validator=positive)
     #: Rollbacks allowed in one run before it stops.
     max_rollbacks: int = attrs.field(default=3, validator=not_negative)
+    #: Mirror every run-record entry on the shared bus's ``record`` stream, so that ``esper serve simic`` (with
+    #: ``simic.service.listen``) learns from this run; needs ``oona.backend`` to be a shared bus.
+    publish_record: bool = False

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,12 +58,18 @@ def read_record(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in read_records(file)]
 
 
+#: Told of entries once they are durable: each one's byte offset in the record and its bytes, in order.
+WrittenListener = Callable[[Sequence[tuple[int, bytes]]], None]
+
+
 class RunRecord:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, on_written: WrittenListener | None = None) -> None:
         self.path = path
         self.log = AppendOnlyLog(path)
         #: Entries held back by :meth:`batch` (None outside a batch).
         self._pending: list[bytes] | None = None
+        #: Told of every entry once it is durable (``tolaria.publish_record``'s bus mirror).
+        self.on_written = on_written
 
     def __len__(self) -> int:
         return self.log.record_count + len(self._pending or ())
@@ -79,7 +85,7 @@ class RunRecord:
         if self._pending is not None:
             self._pending.append(payload)
         else:
-            self.log.append(payload)
+            self._write([payload])
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -97,12 +103,17 @@ class RunRecord:
 
     def _write(self, payloads: list[bytes]) -> None:
         # An fsync makes everything written to the file before it durable: only the last append needs one.
+        written: list[tuple[int, bytes]] = []
         try:
             for index, payload in enumerate(payloads):
                 self.log.sync = index == len(payloads) - 1
+                offset = self.log.end_offset
                 self.log.append(payload)
+                written.append((offset, payload))
         finally:
             self.log.sync = True
+        if self.on_written is not None and written:
+            self.on_written(written)
 
     def entries(self) -> list[dict[str, Any]]:
         return read_record(self.path)

@@ -571,6 +571,7 @@ class _BusMessageTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BusMes
     BUS_MESSAGE_TYPE_SEED_LIFECYCLE_EVENT: _BusMessageType.ValueType  # 12
     BUS_MESSAGE_TYPE_GROUND_RUN_REQUEST: _BusMessageType.ValueType  # 13
     BUS_MESSAGE_TYPE_GROUND_RUN_RESULT: _BusMessageType.ValueType  # 14
+    BUS_MESSAGE_TYPE_RUN_RECORD_ENTRY: _BusMessageType.ValueType  # 15
     BUS_MESSAGE_TYPE_BSDS_ISSUED: _BusMessageType.ValueType  # 20
     BUS_MESSAGE_TYPE_BSDS_FAILED: _BusMessageType.ValueType  # 21
     BUS_MESSAGE_TYPE_BENCHMARK_REPORT: _BusMessageType.ValueType  # 22
@@ -593,6 +594,7 @@ BUS_MESSAGE_TYPE_COMMAND_RESULT: BusMessageType.ValueType  # 11
 BUS_MESSAGE_TYPE_SEED_LIFECYCLE_EVENT: BusMessageType.ValueType  # 12
 BUS_MESSAGE_TYPE_GROUND_RUN_REQUEST: BusMessageType.ValueType  # 13
 BUS_MESSAGE_TYPE_GROUND_RUN_RESULT: BusMessageType.ValueType  # 14
+BUS_MESSAGE_TYPE_RUN_RECORD_ENTRY: BusMessageType.ValueType  # 15
 BUS_MESSAGE_TYPE_BSDS_ISSUED: BusMessageType.ValueType  # 20
 BUS_MESSAGE_TYPE_BSDS_FAILED: BusMessageType.ValueType  # 21
 BUS_MESSAGE_TYPE_BENCHMARK_REPORT: BusMessageType.ValueType  # 22

@@ -500,3 +500,49 @@ class GroundRunResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GroundRunResult: _TypeAlias = GroundRunResult  # noqa: Y015
+
+@_typing.final
+class RunRecordEntry(_message.Message):
+    """One entry of a run's record (`record.log` in its run directory), mirrored on the bus so that a learner on another
+    machine learns from runs it did not start.
+
+    Tolaria publishes one per record entry when `tolaria.publish_record` is set, in the order they were written, each
+    once it is durable on disk. `esper serve simic` with `simic.service.listen` rebuilds each run's record from them and
+    turns a finished run into an episode, exactly as `esper simic collect --from` reads a run directory. A resumed run
+    cuts its record back to a checkpoint and writes on from there, so an offset seen before means "the record was cut
+    back here"; a message delivered twice carries the same bytes at the same offset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    TRAINING_RUN_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    CONFIG_TOML_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Format version; Tolaria writes 1."""
+    training_run_id: _builtins.str
+    """The run (its run directory's name)."""
+    offset: _builtins.int
+    """Where the entry starts in the run's record.log, in bytes."""
+    entry: _builtins.bytes
+    """The entry exactly as record.log holds it: one JSON object, UTF-8 (docs/tolaria.md, "The run record")."""
+    config_toml: _builtins.str
+    """The run's resolved configuration (its config.toml), on the entry at offset 0 only; empty on the others."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        training_run_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        entry: _builtins.bytes = ...,
+        config_toml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_toml", b"config_toml", "entry", b"entry", "offset", b"offset", "training_run_id", b"training_run_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRecordEntry: _TypeAlias = RunRecordEntry  # noqa: Y015
