@@ -2,13 +2,18 @@
 
 ::
 
-    global features ─ MLP ─────────────────────────────┐
-    slot features ⊕ emb(slot's blueprint) ─ MLP ─ s_i ─┼─ mean, max ─┐
+    global features ─ MLP ──────────────────────────────────────────────┐
+    slot features ⊕ emb(slot's blueprint) ─ MLP ─ messages ×2 ─ s_i ─┼─ mean, max ─┐
     blueprint features ⊕ emb(blueprint) ─ MLP ─ b_j ───┴─ mean ──────┴─ trunk ─ c ─┬─ operation head  → [O]
                                                                                  └─ value head      → []
     z_i = MLP(s_i ⊕ c):  slot head → [O] per slot (a slot logit for each operation),
                          blueprint head  q(z_i) · k(b_j) / √K,  schedule head → [3] per slot
     width head:  Linear(SiLU(A z_i + B b_j)) + u_w · (width features of (i, j, w)) → [W] per (slot, blueprint)
+
+The slots are a graph: each slot is joined to its neighbours in the host's forward order (the packet lists slots in
+that order). Two rounds of message passing let every slot's encoding see the slots before and after it, two hops
+each way, with separate weights for upstream and downstream; the pooled trunk context ``c`` then adds the whole
+host. Any number of slots works, since every layer is shared across slots and masked at the padding.
 
 All heads read from one forward pass; masking and decoding live in :mod:`esper_tamiyo.learned.policy`. The operation
 head starts with zero weights and a strong NOOP bias, so an untrained network prefers NOOP whatever it sees. The
@@ -37,12 +42,14 @@ from esper_tamiyo.learned.schema import BLUEPRINT_DIM, DEFAULT_BLUEPRINT_VOCABUL
 
 ARCHITECTURE_NAME = "esper.tamiyo.learned.factored-mlp"
 #: Bump whenever the module structure changes in a way parameter names and shapes might not reveal.
-#: 2: the width head.
-ARCHITECTURE_VERSION = 2
+#: 2: the width head. 3: message passing between neighbouring slots.
+ARCHITECTURE_VERSION = 3
 DEFAULT_NOOP_BIAS = 8.0
 #: What parameter names and shapes do not show; part of ``architecture_digest``. Keep in step with the code.
 STRUCTURE = {
     "activation": "SiLU",
+    "slot_messages": "per round: LayerNorm(s_i + SiLU(Linear(s_i, s_(i-1), s_(i+1)))), masked; neighbours in packet "
+    "order, absent ones zero",
     "slot_pooling": "masked mean and max",
     "blueprint_pooling": "masked mean",
     "trunk_norm": "LayerNorm after the trunk",
@@ -60,6 +67,8 @@ class NetworkConfig:
     embedding: int = attrs.field(default=16, validator=at_least(1))
     #: Width of the slot-query / blueprint-key space of the blueprint head.
     key: int = attrs.field(default=32, validator=at_least(1))
+    #: Rounds of message passing between neighbouring slots (0: each slot encoded on its own).
+    message_rounds: int = attrs.field(default=2, validator=at_least(0))
     vocabulary: int = attrs.field(default=DEFAULT_BLUEPRINT_VOCABULARY, validator=at_least(1))
     global_dim: int = GLOBAL_DIM
     slot_dim: int = SLOT_DIM
@@ -96,6 +105,26 @@ def _masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(filled), filled, torch.zeros_like(filled))
 
 
+class SlotMessages(nn.Module):
+    """One round of message passing along the host's slots in forward order: each slot's encoding is updated from
+    itself and its two neighbours (the one before it and the one after it, zero where there is none), with separate
+    weights for the two directions, because what lies upstream of a slot (what it reads) and what lies downstream
+    (what reads it) are different things. Padding slots stay zero and send nothing."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.update = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.SiLU())
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        live = valid.unsqueeze(-1).to(s.dtype)
+        s = s * live
+        before = torch.nn.functional.pad(s, (0, 0, 1, 0))[:, :-1]  # slot i-1 (zero before the first)
+        after = torch.nn.functional.pad(s, (0, 0, 0, 1))[:, 1:]  # slot i+1 (zero after the last; padding is zero)
+        updated: torch.Tensor = self.norm(s + self.update(torch.cat([s, before, after], dim=-1)))
+        return updated * live
+
+
 class PolicyNetwork(nn.Module):
     """Encoders shared by every head; heads for operation, slot, blueprint, blending schedule, width and value."""
 
@@ -106,6 +135,7 @@ class PolicyNetwork(nn.Module):
         self.blueprint_embedding = nn.Embedding(config.vocabulary, e, padding_idx=0)
         self.global_encoder = nn.Sequential(nn.Linear(config.global_dim, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU())
         self.slot_encoder = nn.Sequential(nn.Linear(config.slot_dim + e, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU())
+        self.slot_messages = nn.ModuleList(SlotMessages(h) for _ in range(config.message_rounds))
         self.blueprint_encoder = nn.Sequential(nn.Linear(config.blueprint_dim + e, h), nn.SiLU())
         self.trunk = nn.Sequential(nn.Linear(4 * h, h), nn.SiLU(), nn.LayerNorm(h))
         self.slot_context = nn.Sequential(nn.Linear(2 * h, h), nn.SiLU())
@@ -142,6 +172,8 @@ class PolicyNetwork(nn.Module):
     ) -> PolicyOutput:
         g = self.global_encoder(global_features)  # [N, H]
         s = self.slot_encoder(torch.cat([slot_features, self.blueprint_embedding(slot_blueprint_index)], dim=-1))
+        for messages in self.slot_messages:
+            s = messages(s, slot_valid)  # [N, S, H]
         b = self.blueprint_encoder(
             torch.cat([blueprint_features, self.blueprint_embedding(blueprint_index)], dim=-1)
         )  # [N, B, H]
