@@ -39,6 +39,17 @@ class Published:
         self.mirror = RecordMirror(self.bus, run, self.directory / "config.toml")
         self.record = RunRecord(self.directory / RECORD_FILE, on_written=self.mirror)
 
+    def epochs_then_finish(self, epochs: int) -> list[RunRecordEntry]:
+        """Write ``epochs`` epoch entries and the run's end; what went on the bus."""
+        for epoch in range(epochs):
+            self.record.append("epoch", epoch=epoch)
+        self.record.append("run_finished", epochs=epochs)
+        return self.messages()
+
+    def assert_mirrored_in(self, mirrors: RecordMirrors) -> None:
+        [finished] = mirrors.finished()
+        assert (finished / RECORD_FILE).read_bytes() == (self.directory / RECORD_FILE).read_bytes()
+
     def messages(self) -> list[RunRecordEntry]:
         found = []
         while polled := self.bus.poll([self.bus.streams.record], count=100):
@@ -64,22 +75,17 @@ def test_a_record_arrives_whole_and_byte_for_byte_with_its_configuration(tmp_pat
     assert messages[0].config_toml == CONFIG and all(not m.config_toml for m in messages[1:])
     mirrors = RecordMirrors(tmp_path / "incoming")
     assert feed(mirrors, messages) == ["r1"]
-    [finished] = mirrors.finished()
-    assert (finished / RECORD_FILE).read_bytes() == (run.directory / RECORD_FILE).read_bytes()
-    assert (finished / "config.toml").read_text() == CONFIG
+    run.assert_mirrored_in(mirrors)
+    assert (mirrors.finished()[0] / "config.toml").read_text() == CONFIG
     assert not (tmp_path / "incoming" / "open" / "r1").exists()
 
 
 def test_an_entry_delivered_twice_is_kept_once(tmp_path: Path) -> None:
     run = Published(tmp_path)
-    for epoch in range(3):
-        run.record.append("epoch", epoch=epoch)
-    run.record.append("run_finished", epochs=3)
-    messages = run.messages()
+    messages = run.epochs_then_finish(3)
     mirrors = RecordMirrors(tmp_path / "incoming")
     feed(mirrors, [messages[0], messages[1], messages[0], messages[1], messages[2], messages[1], messages[3]])
-    [finished] = mirrors.finished()
-    assert (finished / RECORD_FILE).read_bytes() == (run.directory / RECORD_FILE).read_bytes()
+    run.assert_mirrored_in(mirrors)
 
 
 def test_a_resumed_run_that_cut_its_record_back_is_mirrored_as_it_ends(tmp_path: Path) -> None:
@@ -95,18 +101,14 @@ def test_a_resumed_run_that_cut_its_record_back_is_mirrored_as_it_ends(tmp_path:
     assert [m.offset for m in messages].count(checkpoint) == 2
     mirrors = RecordMirrors(tmp_path / "incoming")
     assert feed(mirrors, messages) == ["r1"]
-    [finished] = mirrors.finished()
-    assert (finished / RECORD_FILE).read_bytes() == (run.directory / RECORD_FILE).read_bytes()
+    run.assert_mirrored_in(mirrors)
 
 
 def test_a_run_whose_first_entries_never_arrived_is_given_up_with_its_name(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     run = Published(tmp_path)
-    for epoch in range(4):
-        run.record.append("epoch", epoch=epoch)
-    run.record.append("run_finished", epochs=4)
-    messages = run.messages()
+    messages = run.epochs_then_finish(4)
     mirrors = RecordMirrors(tmp_path / "incoming")
     with caplog.at_level(logging.WARNING, logger="esper.simic.listener"):
         assert feed(mirrors, messages[2:]) == []
@@ -119,17 +121,13 @@ def test_a_run_whose_first_entries_never_arrived_is_given_up_with_its_name(
 
 def test_a_restarted_listener_continues_from_its_files(tmp_path: Path) -> None:
     run = Published(tmp_path)
-    for epoch in range(4):
-        run.record.append("epoch", epoch=epoch)
-    run.record.append("run_finished", epochs=4)
-    messages = run.messages()
+    messages = run.epochs_then_finish(4)
     first = RecordMirrors(tmp_path / "incoming")
     feed(first, messages[:3])
     first.close()
     again = RecordMirrors(tmp_path / "incoming")
     assert feed(again, messages[2:]) == ["r1"]  # the last entry the first one wrote arrives again, unacknowledged
-    [finished] = again.finished()
-    assert (finished / RECORD_FILE).read_bytes() == (run.directory / RECORD_FILE).read_bytes()
+    run.assert_mirrored_in(again)
 
 
 def test_an_entry_naming_no_usable_directory_is_ignored(tmp_path: Path) -> None:
