@@ -18,6 +18,9 @@ and held-out family: test accuracy, validation accuracy, parameters added (fract
 FLOPs relative to the heuristic, the return; and the CPU time the training took.
 
     ESPER_LEYLINE_SECRET=... python benchmarks/learned_vs_heuristic.py --out var/learned-vs-heuristic
+    # the same with two rounds of message passing between slots in the policy network:
+    ESPER_LEYLINE_SECRET=... python benchmarks/learned_vs_heuristic.py --out var/lvh-messages \
+        --set tamiyo.learned.message_rounds=2
 
 Nothing here was tuned on the held-out plan (its seed, ``HELD_OUT_SEED``, is used only by the final comparison);
 the validation plan that gates publication is ``[simic.evaluate]``'s, drawn from the training ground's families.
@@ -66,9 +69,13 @@ ARMS = ("learned", "heuristic", "fixed-schedule")
 STATIC = "static-final"
 
 
+#: ``--set`` settings for every ``esper simic`` command and the comparison (e.g. the policy's options).
+EXTRA: list[str] = []
+
+
 def esper(workspace: Path, *arguments: str, settings: Sequence[str] = ()) -> str:
     """Run ``esper simic ...`` in the workspace; the output, or a RuntimeError with it."""
-    every = [*TRAIN_GROUND, f"simic.workspace={workspace}", *settings]
+    every = [*TRAIN_GROUND, f"simic.workspace={workspace}", *EXTRA, *settings]
     command = [sys.executable, "-m", "esper_core.cli.main", "simic", *arguments]
     command += [item for setting in every for item in ("--set", setting)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -182,7 +189,8 @@ def static_arm(runs: Sequence[GroundRun], learned: Sequence[dict[str, Any]]) -> 
 
 def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers: int) -> dict[str, Any]:
     """Every arm on every held-out run; per family and arm, the runs' outcomes."""
-    workbench = open_workbench(Registry.create(), None, [*TRAIN_GROUND, f"simic.workspace={workspace}"])
+    workbench = open_workbench(Registry.create(), None, [*TRAIN_GROUND, f"simic.workspace={workspace}", *EXTRA])
+    settings = workbench.policy_settings()
     live = workbench.policy_store().live()
     learned_update = live.path if live is not None else None
     if learned_update is None:  # no candidate passed validation: compare the last one anyway, and say so
@@ -198,7 +206,8 @@ def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers:
             overrides = arm_overrides(arm, learned_update if arm == "learned" else None)
             directory = workspace / "held-out" / f"{family.split()[0]}-{arm}"
             with ReplayStore(directory / "replay", workbench.policy.feature_schema_digest, capacity=10_000) as store:
-                summary = collect(runs, _fixed(overrides), store, directory / "runs", workers=workers)
+                fixed = _fixed(overrides)
+                summary = collect(runs, fixed, store, directory / "runs", workers=workers, settings=settings)
                 if summary.failed:
                     raise RuntimeError(f"{family} / {arm}: {summary.failed}")
                 table[family][arm] = [dict(episode.outcome, name=episode.episode_id) for episode in store.episodes()]
@@ -207,7 +216,7 @@ def compare(workspace: Path, configurations: int, seeds: Sequence[int], workers:
             directory = workspace / "held-out" / f"{family.split()[0]}-{STATIC}"
             with ReplayStore(directory / "replay", workbench.policy.feature_schema_digest, capacity=10_000) as store:
                 behaviour = static_arm(runs, table[family]["learned"])
-                summary = collect(runs, behaviour, store, directory / "runs", workers=workers)
+                summary = collect(runs, behaviour, store, directory / "runs", workers=workers, settings=settings)
                 if summary.failed:
                     raise RuntimeError(f"{family} / {STATIC}: {summary.failed}")
                 table[family][STATIC] = [dict(e.outcome, name=e.episode_id) for e in store.episodes()]
@@ -266,7 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--compare-only", action="store_true", help="skip training: compare the published version")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every step, e.g. tamiyo.learned.message_rounds=2 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
+    EXTRA[:] = args.set
     if not os.environ.get(SECRET_ENV_VAR):
         print(f"set {SECRET_ENV_VAR} (runs verify the updates Simic signs)", file=sys.stderr)
         return 2

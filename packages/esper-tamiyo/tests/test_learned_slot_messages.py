@@ -1,5 +1,5 @@
-"""Message passing between the host's slots: each round reaches one slot further each way, padding neither sends
-nor receives, and a host with more slots than training ever saw is one more forward pass."""
+"""Message passing between the host's slots (``tamiyo.learned.message_rounds``): each round reaches one slot further
+each way, padding neither sends nor receives, and no slots or one slot are handled."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_no_slots_at_all_and_one_slot_are_handled() -> None:
     assert one.shape == (1, 1, 8) and torch.isfinite(one).all()
 
 
-def test_rounds_are_part_of_the_architecture() -> None:
-    two, none = build_network(NetworkConfig()), build_network(NetworkConfig(message_rounds=0))
+def test_rounds_are_part_of_the_architecture_and_off_by_default() -> None:
+    two, none = build_network(NetworkConfig(message_rounds=2)), build_network(NetworkConfig())
     assert len(two.slot_messages) == 2 and len(none.slot_messages) == 0
     assert set(two.state_dict()) - set(none.state_dict()), "the message layers are parameters an update must carry"

@@ -89,8 +89,11 @@ def collect(
     weights: RewardWeights | None = None,
     keep_runs: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    settings: Sequence[str] = (),
 ) -> CollectSummary:
-    """Train ``runs`` under ``behaviour(run)``'s overrides and add their episodes to ``store`` (see the module)."""
+    """Train ``runs`` under ``behaviour(run)``'s overrides and add their episodes to ``store`` (see the module).
+    ``settings`` come first in every run's overrides (the run's own and the behaviour's win over them): the learner's
+    policy options (:meth:`esper_simic.workbench.Workbench.policy_settings`)."""
     started = time.perf_counter()
     have = {episode.episode_id for episode in store.episodes()}
     todo = [run for run in runs if run.name not in have]
@@ -120,13 +123,16 @@ def collect(
     config_text = str(config) if config is not None else None
     if workers <= 1:
         for run in todo:
-            directory, _, error = _run_safely(run.name, [*run.overrides, *behaviour(run)], str(runs_dir), config_text)
+            overrides = [*settings, *run.overrides, *behaviour(run)]
+            directory, _, error = _run_safely(run.name, overrides, str(runs_dir), config_text)
             finished(run, directory, error)
     else:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = {
-                pool.submit(_run_safely, run.name, [*run.overrides, *behaviour(run)], str(runs_dir), config_text): run
+                pool.submit(
+                    _run_safely, run.name, [*settings, *run.overrides, *behaviour(run)], str(runs_dir), config_text
+                ): run
                 for run in todo
             }
             for future in concurrent.futures.as_completed(futures):

@@ -99,6 +99,7 @@ def collect_distributed(
     collection_id: str,
     timeout_s: float = 600.0,
     progress: Callable[[str, int, int], None] | None = None,
+    settings: Sequence[str] = (),
 ) -> CollectSummary:
     """Ask workers for ``runs`` and store their episodes (see the module). Gives up on the runs still missing once no
     result has arrived for ``timeout_s`` seconds, and reports them as failed."""
@@ -118,7 +119,7 @@ def collect_distributed(
                 version=1,
                 collection_id=collection_id,
                 run_name=run.name,
-                overrides=[*run.overrides, *behaviour(run)],
+                overrides=[*settings, *run.overrides, *behaviour(run)],
                 schema_digest=store.schema_digest,
                 issued_at=now,
             )

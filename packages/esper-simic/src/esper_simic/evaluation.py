@@ -136,6 +136,7 @@ def evaluate(
                 workers=workbench.options.workers,
                 weights=workbench.reward_weights(),
                 progress=report,
+                settings=workbench.policy_settings(),
             )
             table[arm] = {**summarise(store), "failed": [list(item) for item in summary.failed]}
     return verdict(table, options, [r.describe() for r in runs])

@@ -81,8 +81,9 @@ def gather(
         bus = workbench.shared_bus("collecting with workers", "simic-collector")
         try:
             return collect_distributed(
-                runs, behaviour, store, bus, collection_id=f"{time.time_ns()}", timeout_s=timeout_s, progress=progress
-            )
+                runs, behaviour, store, bus, collection_id=f"{time.time_ns()}", timeout_s=timeout_s,
+                progress=progress, settings=workbench.policy_settings(),
+            )  # fmt: skip
         finally:
             bus.close()
     return collect(
@@ -94,6 +95,7 @@ def gather(
         weights=workbench.reward_weights(),
         keep_runs=keep_runs,
         progress=progress,
+        settings=workbench.policy_settings(),
     )
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import tomli_w
 
-from esper_core.config import EsperConfig, section
+from esper_core.config import EsperConfig, section, section_path
+from esper_core.config.convert import section_to_dict
 from esper_core.config.validators import at_least, not_negative
 from esper_core.errors import ConfigError
 from esper_core.leyline import BlueprintDescriptor
@@ -105,6 +107,21 @@ class Workbench:
                 spec, config=self.config, options=attrs.evolve(configured, **known), signing_key=self.signing_key
             )
         return self._budgeted[key]
+
+    def policy_settings(self) -> list[str]:
+        """The trained policy's options that differ from their defaults (``tamiyo.learned.message_rounds=2``, ...),
+        as overrides for every run Simic starts: those runs build the same network, so an update trained here loads
+        there, and decide under the same options. A run's own overrides (its drawn budget) come after and win."""
+        spec = self.registry.policy(self.selection.policy)
+        if spec.options is None:
+            return []
+        path, defaults = section_path(spec.options), section_to_dict(spec.options())
+        configured = section_to_dict(self.config.get(spec.options))
+        return [
+            f"{path}.{key}={tomli_w.dumps({key: value}).split('=', 1)[1].strip()}"
+            for key, value in configured.items()
+            if defaults.get(key) != value
+        ]
 
     def reward_weights(self) -> RewardWeights:
         """The costs rewards charge (``[simic.rewards]``)."""

@@ -68,7 +68,7 @@ class NetworkConfig:
     #: Width of the slot-query / blueprint-key space of the blueprint head.
     key: int = attrs.field(default=32, validator=at_least(1))
     #: Rounds of message passing between neighbouring slots (0: each slot encoded on its own).
-    message_rounds: int = attrs.field(default=2, validator=at_least(0))
+    message_rounds: int = attrs.field(default=0, validator=at_least(0))
     vocabulary: int = attrs.field(default=DEFAULT_BLUEPRINT_VOCABULARY, validator=at_least(1))
     global_dim: int = GLOBAL_DIM
     slot_dim: int = SLOT_DIM

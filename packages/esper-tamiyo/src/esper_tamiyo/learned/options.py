@@ -8,6 +8,7 @@
     [tamiyo.learned]
     hidden_size = 64
     embedding_size = 16
+    message_rounds = 0         # message passing between neighbouring slots (2: two hops each way)
     blueprint_vocabulary = 1024
     decoding = "greedy"        # or "sample" (seeded, reproducible)
     seed = 0
@@ -56,6 +57,10 @@ class LearnedPolicyOptions:
     embedding_size: int = attrs.field(default=16, validator=at_least(2))
     #: Width of the slot-query / blueprint-key space of the blueprint head.
     key_size: int = attrs.field(default=32, validator=at_least(2))
+    #: Rounds of message passing between neighbouring slots (a chain graph in forward order; docs/learned-policy.md).
+    #: 0 encodes each slot on its own, with the whole host through the pooled context: on Simic's training ground
+    #: that passed the publication gate and 2 rounds did not (docs/results.md), so 0 is the default.
+    message_rounds: int = attrs.field(default=0, validator=at_least(0))
     #: Entries of the blueprint embedding table (index 0 means "no blueprint"); ids are hashed into it with SHA-256.
     blueprint_vocabulary: int = attrs.field(default=DEFAULT_BLUEPRINT_VOCABULARY, validator=at_least(2))
     #: ``greedy`` takes the most probable legal action; ``sample`` draws from the masked distribution.

@@ -287,6 +287,7 @@ class LearnedPolicy:
             hidden=self.options.hidden_size,
             embedding=self.options.embedding_size,
             key=self.options.key_size,
+            message_rounds=self.options.message_rounds,
             vocabulary=self.options.blueprint_vocabulary,
         )
         network = self.new_network()
