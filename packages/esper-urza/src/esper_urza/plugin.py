@@ -4,7 +4,8 @@
 - artifact store ``urza``: the artifact library (``urza.store = "urza"``), options in ``[urza]``;
 - artifact store ``urza-prefetch``: asks ``esper serve urza`` for artifacts over the bus and opens them from the
   shared ``urza.root`` (``urza.store = "urza-prefetch"``), options in ``[urza.prefetch]``;
-- service ``urza``: ``esper serve urza`` answers prefetch requests from the library at ``urza.root``.
+- service ``urza``: ``esper serve urza`` answers prefetch requests from the library at ``urza.root``;
+- command ``esper urabrask bench``: measures blueprints and stores their signed safety data sheets under ``urza.root``.
 
 Importing this module is cheap (no torch): factories import what they need when a run builds its components.
 
@@ -24,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from esper_core import hookimpl
 from esper_core.errors import ConfigError, EsperError
-from esper_core.plugins import ArtifactStoreSpec, BlueprintCatalogSpec, BuildContext, RunInfo, ServiceSpec
+from esper_core.plugins import (
+    ArtifactStoreSpec,
+    BlueprintCatalogSpec,
+    BuildContext,
+    CliCommandSpec,
+    RunInfo,
+    ServiceSpec,
+)
 from esper_urza.options import PrefetchOptions, UrzaOptions
 
 if TYPE_CHECKING:
@@ -122,6 +130,13 @@ def esper_tolaria_run_started(run: RunInfo) -> None:
     library = _RUN_LIBRARIES.pop(run.run_id, None)
     if library is not None:
         library.publish_telemetry()
+
+
+@hookimpl
+def esper_core_cli_commands() -> Iterator[CliCommandSpec]:
+    from esper_urza.urabrask.cli import HELP, configure_urabrask, run_urabrask
+
+    yield CliCommandSpec(name="urabrask", help=HELP, configure=configure_urabrask, run=run_urabrask)
 
 
 @hookimpl

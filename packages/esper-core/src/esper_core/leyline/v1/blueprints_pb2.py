@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from esper_core.leyline.v1 import enums_pb2 as esper__core_dot_leyline_dot_v1_dot_enums__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&esper_core/leyline/v1/blueprints.proto\x12\x10\x65sper.leyline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!esper_core/leyline/v1/enums.proto\"}\n\x18\x42lueprintParameterBounds\x12\x11\n\tmin_value\x18\x01 \x01(\x01\x12\x11\n\tmax_value\x18\x02 \x01(\x01\x12\x15\n\rdefault_value\x18\x03 \x01(\x01\x12\x0f\n\x07integer\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xb2\x04\n\x13\x42lueprintDescriptor\x12\x14\n\x0c\x62lueprint_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x04tier\x18\x03 \x01(\x0e\x32\x1f.esper.leyline.v1.BlueprintTier\x12X\n\x12\x61llowed_parameters\x18\x04 \x03(\x0b\x32<.esper.leyline.v1.BlueprintDescriptor.AllowedParametersEntry\x12\x0c\n\x04risk\x18\x05 \x01(\x01\x12\r\n\x05stage\x18\x06 \x01(\r\x12\x17\n\x0fquarantine_only\x18\x07 \x01(\x08\x12\x19\n\x11\x61pproval_required\x18\x08 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12.\n\nslot_kinds\x18\n \x03(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x0f\n\x07\x63\x61talog\x18\x0b \x01(\t\x12\x31\n\x0bgrowth_mode\x18\x0c \x01(\x0e\x32\x1c.esper.leyline.v1.GrowthMode\x12.\n\nread_kinds\x18\r \x03(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x1a\x64\n\x16\x41llowedParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x39\n\x05value\x18\x02 \x01(\x0b\x32*.esper.leyline.v1.BlueprintParameterBounds:\x02\x38\x01\"\xc9\x03\n\x04\x42SDS\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x12\n\nrisk_score\x18\x03 \x01(\x01\x12\x31\n\x0bhazard_band\x18\x04 \x01(\x0e\x32\x1c.esper.leyline.v1.HazardBand\x12\x37\n\x0ehandling_class\x18\x05 \x01(\x0e\x32\x1f.esper.leyline.v1.HandlingClass\x12;\n\x10resource_profile\x18\x06 \x01(\x0e\x32!.esper.leyline.v1.ResourceProfile\x12\x16\n\x0erecommendation\x18\x07 \x01(\t\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nprovenance\x18\t \x01(\x0e\x32\x1c.esper.leyline.v1.Provenance\x12\x34\n\x07hazards\x18\n \x03(\x0b\x32#.esper.leyline.v1.BSDS.HazardsEntry\x1a.\n\x0cHazardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x19\x42lueprintBenchmarkProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0ep50_latency_ms\x18\x02 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x03 \x01(\x01\x12 \n\x18throughput_samples_per_s\x18\x04 \x01(\x01\"\xa1\x01\n\x12\x42lueprintBenchmark\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12=\n\x08profiles\x18\x03 \x03(\x0b\x32+.esper.leyline.v1.BlueprintBenchmarkProfile\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rtorch_version\x18\x05 \x01(\t\"2\n\nBSDSIssued\x12$\n\x04\x62sds\x18\x01 \x01(\x0b\x32\x16.esper.leyline.v1.BSDS\"2\n\nBSDSFailed\x12\x14\n\x0c\x62lueprint_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x0f\x42\x65nchmarkReport\x12\x37\n\tbenchmark\x18\x01 \x01(\x0b\x32$.esper.leyline.v1.BlueprintBenchmark\"\x8f\x03\n\x15KernelPrefetchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x17\n\x0ftraining_run_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12K\n\nparameters\x18\x05 \x03(\x0b\x32\x37.esper.leyline.v1.KernelPrefetchRequest.ParametersEntry\x12-\n\tslot_kind\x18\x06 \x01(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x12\n\nslot_shape\x18\x07 \x03(\r\x12-\n\tread_kind\x18\x08 \x01(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x12\n\nread_shape\x18\t \x03(\r\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xad\x01\n\x13KernelArtifactReady\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x03 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\x12\x14\n\x0cguard_digest\x18\x05 \x01(\t\x12\x16\n\x0eprewarm_p50_ms\x18\x06 \x01(\x01\x12\x16\n\x0eprewarm_p95_ms\x18\x07 \x01(\x01\"O\n\x13KernelArtifactError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x91\x01\n\x13KernelCatalogUpdate\x12\x14\n\x0c\x62lueprint_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x02 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\t\x12\x14\n\x0cguard_digest\x18\x04 \x01(\t\x12\x12\n\ncompile_ms\x18\x05 \x01(\x01\x12\x12\n\nprewarm_ms\x18\x06 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&esper_core/leyline/v1/blueprints.proto\x12\x10\x65sper.leyline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!esper_core/leyline/v1/enums.proto\"}\n\x18\x42lueprintParameterBounds\x12\x11\n\tmin_value\x18\x01 \x01(\x01\x12\x11\n\tmax_value\x18\x02 \x01(\x01\x12\x15\n\rdefault_value\x18\x03 \x01(\x01\x12\x0f\n\x07integer\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xb2\x04\n\x13\x42lueprintDescriptor\x12\x14\n\x0c\x62lueprint_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x04tier\x18\x03 \x01(\x0e\x32\x1f.esper.leyline.v1.BlueprintTier\x12X\n\x12\x61llowed_parameters\x18\x04 \x03(\x0b\x32<.esper.leyline.v1.BlueprintDescriptor.AllowedParametersEntry\x12\x0c\n\x04risk\x18\x05 \x01(\x01\x12\r\n\x05stage\x18\x06 \x01(\r\x12\x17\n\x0fquarantine_only\x18\x07 \x01(\x08\x12\x19\n\x11\x61pproval_required\x18\x08 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12.\n\nslot_kinds\x18\n \x03(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x0f\n\x07\x63\x61talog\x18\x0b \x01(\t\x12\x31\n\x0bgrowth_mode\x18\x0c \x01(\x0e\x32\x1c.esper.leyline.v1.GrowthMode\x12.\n\nread_kinds\x18\r \x03(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x1a\x64\n\x16\x41llowedParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x39\n\x05value\x18\x02 \x01(\x0b\x32*.esper.leyline.v1.BlueprintParameterBounds:\x02\x38\x01\"\xdd\x06\n\x04\x42SDS\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x12\n\nrisk_score\x18\x03 \x01(\x01\x12\x31\n\x0bhazard_band\x18\x04 \x01(\x0e\x32\x1c.esper.leyline.v1.HazardBand\x12\x37\n\x0ehandling_class\x18\x05 \x01(\x0e\x32\x1f.esper.leyline.v1.HandlingClass\x12;\n\x10resource_profile\x18\x06 \x01(\x0e\x32!.esper.leyline.v1.ResourceProfile\x12\x16\n\x0erecommendation\x18\x07 \x01(\t\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nprovenance\x18\t \x01(\x0e\x32\x1c.esper.leyline.v1.Provenance\x12\x34\n\x07hazards\x18\n \x03(\x0b\x32#.esper.leyline.v1.BSDS.HazardsEntry\x12\x0f\n\x07\x63\x61talog\x18\x0b \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x0c \x01(\t\x12\x14\n\x0c\x61rtifact_key\x18\r \x01(\t\x12:\n\nparameters\x18\x0e \x03(\x0b\x32&.esper.leyline.v1.BSDS.ParametersEntry\x12\x0c\n\x04slot\x18\x0f \x01(\t\x12>\n\x0cmeasurements\x18\x10 \x03(\x0b\x32(.esper.leyline.v1.BSDS.MeasurementsEntry\x12\x36\n\rdeclared_tier\x18\x11 \x01(\x0e\x32\x1f.esper.leyline.v1.BlueprintTier\x12\x15\n\rdeclared_risk\x18\x12 \x01(\x01\x12\x11\n\tsignature\x18\x13 \x01(\x0c\x1a.\n\x0cHazardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x33\n\x11MeasurementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"{\n\x19\x42lueprintBenchmarkProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0ep50_latency_ms\x18\x02 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x03 \x01(\x01\x12 \n\x18throughput_samples_per_s\x18\x04 \x01(\x01\"\xa1\x01\n\x12\x42lueprintBenchmark\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12=\n\x08profiles\x18\x03 \x03(\x0b\x32+.esper.leyline.v1.BlueprintBenchmarkProfile\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rtorch_version\x18\x05 \x01(\t\"2\n\nBSDSIssued\x12$\n\x04\x62sds\x18\x01 \x01(\x0b\x32\x16.esper.leyline.v1.BSDS\"2\n\nBSDSFailed\x12\x14\n\x0c\x62lueprint_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x0f\x42\x65nchmarkReport\x12\x37\n\tbenchmark\x18\x01 \x01(\x0b\x32$.esper.leyline.v1.BlueprintBenchmark\"\x8f\x03\n\x15KernelPrefetchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x17\n\x0ftraining_run_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12K\n\nparameters\x18\x05 \x03(\x0b\x32\x37.esper.leyline.v1.KernelPrefetchRequest.ParametersEntry\x12-\n\tslot_kind\x18\x06 \x01(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x12\n\nslot_shape\x18\x07 \x03(\r\x12-\n\tread_kind\x18\x08 \x01(\x0e\x32\x1a.esper.leyline.v1.SlotKind\x12\x12\n\nread_shape\x18\t \x03(\r\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xad\x01\n\x13KernelArtifactReady\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x03 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\t\x12\x14\n\x0cguard_digest\x18\x05 \x01(\t\x12\x16\n\x0eprewarm_p50_ms\x18\x06 \x01(\x01\x12\x16\n\x0eprewarm_p95_ms\x18\x07 \x01(\x01\"O\n\x13KernelArtifactError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lueprint_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x91\x01\n\x13KernelCatalogUpdate\x12\x14\n\x0c\x62lueprint_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rtifact_ref\x18\x02 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\t\x12\x14\n\x0cguard_digest\x18\x04 \x01(\t\x12\x12\n\ncompile_ms\x18\x05 \x01(\x01\x12\x12\n\nprewarm_ms\x18\x06 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLUEPRINTDESCRIPTOR_ALLOWEDPARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_BSDS_HAZARDSENTRY']._loaded_options = None
   _globals['_BSDS_HAZARDSENTRY']._serialized_options = b'8\001'
+  _globals['_BSDS_PARAMETERSENTRY']._loaded_options = None
+  _globals['_BSDS_PARAMETERSENTRY']._serialized_options = b'8\001'
+  _globals['_BSDS_MEASUREMENTSENTRY']._loaded_options = None
+  _globals['_BSDS_MEASUREMENTSENTRY']._serialized_options = b'8\001'
   _globals['_KERNELPREFETCHREQUEST_PARAMETERSENTRY']._loaded_options = None
   _globals['_KERNELPREFETCHREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_BLUEPRINTPARAMETERBOUNDS']._serialized_start=128
@@ -46,27 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLUEPRINTDESCRIPTOR_ALLOWEDPARAMETERSENTRY']._serialized_start=718
   _globals['_BLUEPRINTDESCRIPTOR_ALLOWEDPARAMETERSENTRY']._serialized_end=818
   _globals['_BSDS']._serialized_start=821
-  _globals['_BSDS']._serialized_end=1278
-  _globals['_BSDS_HAZARDSENTRY']._serialized_start=1232
-  _globals['_BSDS_HAZARDSENTRY']._serialized_end=1278
-  _globals['_BLUEPRINTBENCHMARKPROFILE']._serialized_start=1280
-  _globals['_BLUEPRINTBENCHMARKPROFILE']._serialized_end=1403
-  _globals['_BLUEPRINTBENCHMARK']._serialized_start=1406
-  _globals['_BLUEPRINTBENCHMARK']._serialized_end=1567
-  _globals['_BSDSISSUED']._serialized_start=1569
-  _globals['_BSDSISSUED']._serialized_end=1619
-  _globals['_BSDSFAILED']._serialized_start=1621
-  _globals['_BSDSFAILED']._serialized_end=1671
-  _globals['_BENCHMARKREPORT']._serialized_start=1673
-  _globals['_BENCHMARKREPORT']._serialized_end=1747
-  _globals['_KERNELPREFETCHREQUEST']._serialized_start=1750
-  _globals['_KERNELPREFETCHREQUEST']._serialized_end=2149
-  _globals['_KERNELPREFETCHREQUEST_PARAMETERSENTRY']._serialized_start=2100
-  _globals['_KERNELPREFETCHREQUEST_PARAMETERSENTRY']._serialized_end=2149
-  _globals['_KERNELARTIFACTREADY']._serialized_start=2152
-  _globals['_KERNELARTIFACTREADY']._serialized_end=2325
-  _globals['_KERNELARTIFACTERROR']._serialized_start=2327
-  _globals['_KERNELARTIFACTERROR']._serialized_end=2406
-  _globals['_KERNELCATALOGUPDATE']._serialized_start=2409
-  _globals['_KERNELCATALOGUPDATE']._serialized_end=2554
+  _globals['_BSDS']._serialized_end=1682
+  _globals['_BSDS_HAZARDSENTRY']._serialized_start=1532
+  _globals['_BSDS_HAZARDSENTRY']._serialized_end=1578
+  _globals['_BSDS_PARAMETERSENTRY']._serialized_start=1580
+  _globals['_BSDS_PARAMETERSENTRY']._serialized_end=1629
+  _globals['_BSDS_MEASUREMENTSENTRY']._serialized_start=1631
+  _globals['_BSDS_MEASUREMENTSENTRY']._serialized_end=1682
+  _globals['_BLUEPRINTBENCHMARKPROFILE']._serialized_start=1684
+  _globals['_BLUEPRINTBENCHMARKPROFILE']._serialized_end=1807
+  _globals['_BLUEPRINTBENCHMARK']._serialized_start=1810
+  _globals['_BLUEPRINTBENCHMARK']._serialized_end=1971
+  _globals['_BSDSISSUED']._serialized_start=1973
+  _globals['_BSDSISSUED']._serialized_end=2023
+  _globals['_BSDSFAILED']._serialized_start=2025
+  _globals['_BSDSFAILED']._serialized_end=2075
+  _globals['_BENCHMARKREPORT']._serialized_start=2077
+  _globals['_BENCHMARKREPORT']._serialized_end=2151
+  _globals['_KERNELPREFETCHREQUEST']._serialized_start=2154
+  _globals['_KERNELPREFETCHREQUEST']._serialized_end=2553
+  _globals['_KERNELPREFETCHREQUEST_PARAMETERSENTRY']._serialized_start=1580
+  _globals['_KERNELPREFETCHREQUEST_PARAMETERSENTRY']._serialized_end=1629
+  _globals['_KERNELARTIFACTREADY']._serialized_start=2556
+  _globals['_KERNELARTIFACTREADY']._serialized_end=2729
+  _globals['_KERNELARTIFACTERROR']._serialized_start=2731
+  _globals['_KERNELARTIFACTERROR']._serialized_end=2810
+  _globals['_KERNELCATALOGUPDATE']._serialized_start=2813
+  _globals['_KERNELCATALOGUPDATE']._serialized_end=2958
 # @@protoc_insertion_point(module_scope)

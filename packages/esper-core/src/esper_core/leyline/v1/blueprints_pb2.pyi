@@ -185,7 +185,11 @@ Global___BlueprintDescriptor: _TypeAlias = BlueprintDescriptor  # noqa: Y015
 
 @_typing.final
 class BSDS(_message.Message):
-    """Blueprint Safety Data Sheet."""
+    """Blueprint Safety Data Sheet: what a blueprint was measured to do at one slot, and how to handle it.
+
+    Urabrask's crucible (`esper_urza.urabrask`) writes one per blueprint, parameters and slot, from measurements alone;
+    a catalog's declared tier and risk are kept beside the verdict for comparison, never used for it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -209,6 +213,46 @@ class BSDS(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class MeasurementsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     VERSION_FIELD_NUMBER: _builtins.int
     BLUEPRINT_ID_FIELD_NUMBER: _builtins.int
     RISK_SCORE_FIELD_NUMBER: _builtins.int
@@ -219,18 +263,61 @@ class BSDS(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     HAZARDS_FIELD_NUMBER: _builtins.int
+    CATALOG_FIELD_NUMBER: _builtins.int
+    CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    ARTIFACT_KEY_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    MEASUREMENTS_FIELD_NUMBER: _builtins.int
+    DECLARED_TIER_FIELD_NUMBER: _builtins.int
+    DECLARED_RISK_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    """Format version; Urabrask writes 1."""
     blueprint_id: _builtins.str
     risk_score: _builtins.float
+    """Measured risk in [0, 1]: 1 - prod(1 - severity) over the hazards found, plus small margins for measurements still
+    inside their limits (the formula: esper_urza.urabrask.hazards).
+    """
     hazard_band: _enums_pb2.HazardBand.ValueType
+    """The worse of the worst hazard's band and the risk score's band."""
     handling_class: _enums_pb2.HandlingClass.ValueType
+    """QUARANTINE (never germinate) for a CRITICAL band, RESTRICTED for HIGH, STANDARD otherwise."""
     resource_profile: _enums_pb2.ResourceProfile.ValueType
     recommendation: _builtins.str
+    """One line for people: the handling, the hazards behind it and where it was measured."""
     provenance: _enums_pb2.Provenance.ValueType
+    catalog: _builtins.str
+    """The catalog that declared the blueprint (BlueprintCatalog.name)."""
+    catalog_version: _builtins.str
+    """The catalog's version: the distribution and version of the plugin that provides it ("esper-urza 0.1.0"). A sheet
+    of another version says nothing about this one's code.
+    """
+    artifact_key: _builtins.str
+    """Urza's artifact key of what was measured: SHA-256 (hex) of catalog, blueprint, canonical parameters and slot."""
+    slot: _builtins.str
+    """The slot it was measured at, as `esper blueprints --slot` writes it ("conv2d 16x14x14")."""
+    declared_tier: _enums_pb2.BlueprintTier.ValueType
+    """What the catalog declared, for comparison (BlueprintDescriptor.tier and risk)."""
+    declared_risk: _builtins.float
+    signature: _builtins.bytes
+    """HMAC-SHA256 over the sheet's deterministic serialization with this field cleared, with the shared secret
+    (ESPER_LEYLINE_SECRET). A stored sheet whose signature does not verify is refused.
+    """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def hazards(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def hazards(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """One entry per hazard class found: "BAND: what was measured, against which limit"."""
+
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The parameters the module was built with (every declared one, defaults filled in)."""
+
+    @_builtins.property
+    def measurements(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The measurements behind the verdict, by name, each in the unit its name ends with (forward_p50_ms, flops, ...)."""
+
     def __init__(
         self,
         *,
@@ -244,10 +331,19 @@ class BSDS(_message.Message):
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         provenance: _enums_pb2.Provenance.ValueType = ...,
         hazards: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        catalog: _builtins.str = ...,
+        catalog_version: _builtins.str = ...,
+        artifact_key: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        slot: _builtins.str = ...,
+        measurements: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        declared_tier: _enums_pb2.BlueprintTier.ValueType = ...,
+        declared_risk: _builtins.float = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint_id", b"blueprint_id", "handling_class", b"handling_class", "hazard_band", b"hazard_band", "hazards", b"hazards", "issued_at", b"issued_at", "provenance", b"provenance", "recommendation", b"recommendation", "resource_profile", b"resource_profile", "risk_score", b"risk_score", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_key", b"artifact_key", "blueprint_id", b"blueprint_id", "catalog", b"catalog", "catalog_version", b"catalog_version", "declared_risk", b"declared_risk", "declared_tier", b"declared_tier", "handling_class", b"handling_class", "hazard_band", b"hazard_band", "hazards", b"hazards", "issued_at", b"issued_at", "measurements", b"measurements", "parameters", b"parameters", "provenance", b"provenance", "recommendation", b"recommendation", "resource_profile", b"resource_profile", "risk_score", b"risk_score", "signature", b"signature", "slot", b"slot", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
