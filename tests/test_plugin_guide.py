@@ -342,7 +342,8 @@ def test_a_blueprint_at_the_downgrade_risk_is_held_back_until_the_threshold_is_r
     )
     held = stalled_decision(controller(registry, tmp_path, risky))
     assert held.command_type == CommandType.COMMAND_NOOP and held.decision.risk_reason == "blueprint_risk"
-    assert held.decision.rationale.startswith("held back germinate: blueprint_risk (BP777 risk 0.65); the policy")
+    assert held.decision.rationale.startswith("held back germinate: blueprint_risk (BP777 declared risk 0.65); the")
+    assert (held.decision.blueprint_risk_source, held.decision.blueprint_risk) == ("declared", 0.65)
     grown = stalled_decision(controller(registry, tmp_path, risky, "tamiyo.risk.blueprint_risk_downgrade=0.7"))
     assert operation(grown) == "germinate" and grown.decision.risk_reason == "policy"
 

@@ -74,7 +74,8 @@ class TamiyoController:
         self.policy = policy
         self.blueprints = list(blueprints)
         self.by_id = {descriptor.blueprint_id: descriptor for descriptor in self.blueprints}
-        self._offered = json.dumps(sorted(self.by_id), separators=(",", ":"))
+        self._offered_ids = json.dumps(sorted(self.by_id), separators=(",", ":"))
+        self._offered_without: frozenset[str] = frozenset()
         self.signer = signer
         self.risk = risk or RiskEngine()
         self.reports = reports or FieldReports(self.options, training_run_id=training_run_id)
@@ -90,6 +91,16 @@ class TamiyoController:
         self.store_watcher = StoreWatcher(PolicyStore(self.options.policy_store)) if self.options.policy_store else None
 
     # -- decisions --------------------------------------------------------------------------------------------
+    def offered(self) -> list[BlueprintDescriptor]:
+        """The blueprints offered to the policy: all of the run's, less those the risk engine measured to be
+        quarantined at one of this run's slots (a policy is never offered a blueprint known to be dangerous)."""
+        quarantined = frozenset(self.risk.quarantined)
+        offered = [descriptor for descriptor in self.blueprints if descriptor.blueprint_id not in quarantined]
+        if quarantined != self._offered_without:
+            self._offered_without = quarantined
+            self._offered_ids = json.dumps(sorted(d.blueprint_id for d in offered), separators=(",", ":"))
+        return offered
+
     def decide(self, state: SystemStatePacket) -> AdaptationCommand:
         with self._lock:
             start = time.perf_counter()
@@ -97,7 +108,7 @@ class TamiyoController:
             self._follow_policy_store()
             failure = ""
             try:
-                proposal = self.policy.decide(state, self.blueprints)
+                proposal = self.policy.decide(state, self.offered())
             except Exception as error:  # noqa: BLE001 - a failing policy must not stop training
                 failure = f"policy {self.policy.name!r} failed: {type(error).__name__}: {error}"
                 proposal = noop(f"the {failure}; waiting instead", self.policy.name)
@@ -112,7 +123,7 @@ class TamiyoController:
             command.training_run_id = state.training_run_id or self.training_run_id
             command.decision_epoch = state.current_epoch
             command.decision_step = state.global_step
-            command.annotations[OFFERED_BLUEPRINTS] = self._offered
+            command.annotations[OFFERED_BLUEPRINTS] = self._offered_ids
             if failure:
                 command.annotations[POLICY_ERROR] = failure
             if not command.decision.policy_version:

@@ -33,6 +33,7 @@ def build_fixed_schedule(context: BuildContext) -> Any:
 def build_controller(context: BuildContext) -> Any:
     """Tamiyo for one run: the policy named by ``tamiyo.policy``, the risk engine, signing and field reports."""
     from esper_core.plugins.selectors import TamiyoSelection, UrzaSelection
+    from esper_core.safety import SafetySheetSource
     from esper_core.security_options import SecurityOptions
     from esper_core.signing import CommandSigner
     from esper_tamiyo.controller import TamiyoController, offered_blueprints
@@ -56,13 +57,16 @@ def build_controller(context: BuildContext) -> Any:
         catalogs=catalogs,
     )
     training_run_id = str(context.services.get("training_run_id", ""))
+    # Measured blueprint risk (Urabrask's sheets) from the run's artifact store, when it offers them.
+    store = context.services.get("store")
+    sheets = store if isinstance(store, SafetySheetSource) else None
     log_path = context.run_dir / options.field_report_log if context.run_dir is not None else None
     return TamiyoController(
         policy=policy,
         blueprints=offered_blueprints([d for catalog in catalogs for d in catalog.descriptors()], tiers),
         signer=CommandSigner(context.signing_key, issuer="tamiyo", freshness_window_ms=security.freshness_window_ms),
         options=options,
-        risk=RiskEngine(config.get(RiskOptions) if config is not None else RiskOptions()),
+        risk=RiskEngine(config.get(RiskOptions) if config is not None else RiskOptions(), sheets=sheets),
         reports=FieldReports(options, log_path, training_run_id),
         bus=context.bus,
         training_run_id=training_run_id,

@@ -16,7 +16,8 @@ policy_risk_critical   the policy's own risk score >= ``policy_risk_pause``     
 policy_risk_elevated   ... >= ``policy_risk_downgrade``                                              downgrade
 conservative_mode      conservative mode is on                                                       hold
 timeout_inference      the previous decision took longer than its budget                             pause
-bp_quarantine          the blueprint is quarantine-only, or its risk >= ``blueprint_risk_pause``      pause
+bp_quarantine          the blueprint is quarantine-only, measured QUARANTINE, or its risk >=           pause
+                       ``blueprint_risk_pause``
 blueprint_risk         blueprint risk >= ``blueprint_risk_downgrade``                                downgrade
 loss_spike             validation loss rose by > ``loss_spike_pause`` of its previous value          pause
 loss_warning           ... by > ``loss_spike_downgrade``                                             downgrade
@@ -31,6 +32,13 @@ optimizer_hint         learning rate <= 0 while the loss rises                  
 device_pressure_high   free device memory < ``min_free_memory_gb``                                   pause
 cpu_pressure_high      CPU use >= ``max_cpu_percent`` (off at 100)                                   downgrade
 =====================  ============================================================================  ==========
+
+**Blueprint risk: measured first.** With a :class:`esper_core.safety.SafetySheetSource` (the run's artifact store,
+which asks Urabrask), a growth proposal's blueprint is judged by its safety data sheet at the target slot: the
+measured risk score, and QUARANTINE handling as quarantine. Only where there is no sheet does the catalog's declared
+``risk`` decide. Either way the command says which (``DecisionMetadata.blueprint_risk_source``, ``blueprint_risk``)
+and so does the detail of a rule that fires on it. A catalog's ``quarantine_only`` is always honoured: measuring can
+make a blueprint stricter, never looser than its author asked.
 """
 
 from __future__ import annotations
@@ -40,7 +48,16 @@ from typing import Any
 
 import attrs
 
-from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, CommandType, SystemStatePacket, lifecycle
+from esper_core.leyline import (
+    AdaptationCommand,
+    BlueprintDescriptor,
+    CommandType,
+    HandlingClass,
+    SystemStatePacket,
+    lifecycle,
+)
+from esper_core.protocols import SlotShape
+from esper_core.safety import SafetySheetSource
 from esper_core.telemetry import CRITICAL, INFO, WARNING, Event
 from esper_tamiyo.commands import GROWTH, noop
 from esper_tamiyo.options import RiskOptions
@@ -58,6 +75,20 @@ class Firing:
 
 
 @attrs.frozen
+class BlueprintRisk:
+    """The risk a growth proposal's blueprint is judged by: measured (a sheet) or declared (the catalog's word)."""
+
+    value: float
+    source: str  # "measured" or "declared"
+    quarantined: bool
+    hazards: tuple[str, ...] = ()
+
+    def describe(self, blueprint_id: str) -> str:
+        measured = f"; hazards {', '.join(self.hazards)}" if self.hazards else ""
+        return f"{blueprint_id} {self.source} risk {self.value:.2f}{measured}"
+
+
+@attrs.frozen
 class Review:
     """The command after review, every rule that fired, and the events to publish."""
 
@@ -68,8 +99,12 @@ class Review:
 
 
 class RiskEngine:
-    def __init__(self, options: RiskOptions | None = None) -> None:
+    def __init__(self, options: RiskOptions | None = None, *, sheets: SafetySheetSource | None = None) -> None:
         self.options = options or RiskOptions()
+        #: Where measured blueprint risk comes from (None: declared risk only).
+        self.sheets = sheets
+        #: Blueprints measured QUARANTINE at a slot of this run: the controller stops offering them to its policy.
+        self.quarantined: set[str] = set()
         self.conservative = False
         self.calm = 0
         self.last_decision_over_budget = False
@@ -77,8 +112,23 @@ class RiskEngine:
         #: The run's isolation violations so far (counters only grow), to see which ones are new.
         self.violations_seen = 0
 
+    def blueprint_risk(
+        self, command: AdaptationCommand, state: SystemStatePacket, blueprint: BlueprintDescriptor
+    ) -> BlueprintRisk:
+        """The measured risk of ``blueprint`` at the command's target slot when a sheet exists, else the declared."""
+        target = next((seed for seed in state.seeds if seed.slot_id == command.target_slot_id), None)
+        sheet = None
+        if self.sheets is not None and target is not None and target.slot_shape:
+            sheet = self.sheets.safety_sheet(blueprint.blueprint_id, SlotShape.of(target))
+        if sheet is None:
+            return BlueprintRisk(float(blueprint.risk), "declared", quarantined=False)
+        quarantined = sheet.handling_class == HandlingClass.HANDLING_CLASS_QUARANTINE
+        if quarantined:
+            self.quarantined.add(blueprint.blueprint_id)
+        return BlueprintRisk(float(sheet.risk_score), "measured", quarantined, tuple(sorted(sheet.hazards)))
+
     def _rules(
-        self, command: AdaptationCommand, state: SystemStatePacket, blueprint: BlueprintDescriptor | None
+        self, command: AdaptationCommand, state: SystemStatePacket, blueprint: BlueprintRisk | None, blueprint_id: str
     ) -> list[Firing]:
         o = self.options
         m = state.metrics
@@ -95,15 +145,10 @@ class RiskEngine:
         if self.last_decision_over_budget:
             fire("timeout_inference", PAUSE, "the previous decision overran its latency budget")
         if blueprint is not None:
-            if blueprint.quarantine_only or blueprint.risk >= o.blueprint_risk_pause:
-                fire(
-                    "bp_quarantine",
-                    PAUSE,
-                    f"{blueprint.blueprint_id} risk {blueprint.risk:.2f}"
-                    f"{' (quarantine-only)' if blueprint.quarantine_only else ''}",
-                )
-            elif blueprint.risk >= o.blueprint_risk_downgrade:
-                fire("blueprint_risk", DOWNGRADE, f"{blueprint.blueprint_id} risk {blueprint.risk:.2f}")
+            if blueprint.quarantined or blueprint.value >= o.blueprint_risk_pause:
+                fire("bp_quarantine", PAUSE, blueprint.describe(blueprint_id))
+            elif blueprint.value >= o.blueprint_risk_downgrade:
+                fire("blueprint_risk", DOWNGRADE, blueprint.describe(blueprint_id))
         if m.HasField("loss_delta") and m.HasField("val_loss"):
             previous = m.val_loss - m.loss_delta
             if previous > 0:
@@ -142,8 +187,14 @@ class RiskEngine:
         self, proposal: AdaptationCommand, state: SystemStatePacket, blueprints: Mapping[str, BlueprintDescriptor]
     ) -> Review:
         growth = proposal.command_type == CommandType.COMMAND_SEED and proposal.seed_operation.operation in GROWTH
-        blueprint = blueprints.get(proposal.seed_operation.blueprint_id) if growth else None
-        fired = self._rules(proposal, state, blueprint)
+        blueprint_id = proposal.seed_operation.blueprint_id
+        descriptor = blueprints.get(blueprint_id) if growth else None
+        risk = None
+        if descriptor is not None:
+            risk = self.blueprint_risk(proposal, state, descriptor)
+            if descriptor.quarantine_only:  # the author's word can only make it stricter
+                risk = attrs.evolve(risk, quarantined=True, hazards=(*risk.hazards, "quarantine-only"))
+        fired = self._rules(proposal, state, risk, blueprint_id)
         events: list[Event] = []
         entering = any(f.action == PAUSE for f in fired) and not self.conservative
         if entering:
@@ -176,6 +227,9 @@ class RiskEngine:
                 f"the policy proposed: {proposal.decision.rationale}"
             )
         command.decision.risk_reason = fired[0].rule if held else "policy"
+        if risk is not None:
+            command.decision.blueprint_risk_source = risk.source
+            command.decision.blueprint_risk = risk.value
         command.decision.risk_rules_fired.extend(f.rule for f in fired)
         command.decision.conservative_mode = self.conservative
         return Review(command, fired, events, self.conservative)
@@ -187,6 +241,7 @@ class RiskEngine:
             "fired_total": dict(self.fired_total),
             "last_decision_over_budget": self.last_decision_over_budget,
             "violations_seen": self.violations_seen,
+            "quarantined": sorted(self.quarantined),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -195,3 +250,4 @@ class RiskEngine:
         self.fired_total = dict(state.get("fired_total", {}))
         self.last_decision_over_budget = bool(state.get("last_decision_over_budget", False))
         self.violations_seen = int(state.get("violations_seen", 0))
+        self.quarantined = set(state.get("quarantined", ()))

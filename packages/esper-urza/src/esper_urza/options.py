@@ -11,6 +11,10 @@ Urza's keys live in ``[urza]`` next to core's selectors (``catalogs``, ``store``
     [urza.tezzeret]
     compile = false
 
+    [urza.urabrask]
+    rate_on_first_use = true
+    first_use_budget_s = 30.0
+
 ``[urza.prefetch]`` configures the ``urza-prefetch`` store, which asks ``esper serve urza`` for artifacts.
 """
 
@@ -44,6 +48,18 @@ class TezzeretOptions:
     compile_backend: str = "inductor"
 
 
+@attrs.frozen
+class UrabraskOptions:
+    """Rating blueprints on first use (``[urza.urabrask]``): the safety data sheets Tamiyo's risk engine reads."""
+
+    #: Measure a blueprint the first time the controller asks about it at a slot of this run, and keep the signed
+    #: sheet under ``<urza.root>/sheets`` for later runs. Off: only sheets already stored are used.
+    rate_on_first_use: bool = True
+    #: Seconds of measuring one run may spend, all first uses together; past it, blueprints without a stored
+    #: sheet are judged by their declared risk (so a run never stalls on a large catalog).
+    first_use_budget_s: float = attrs.field(default=30.0, validator=not_negative)
+
+
 @section("urza")
 @attrs.frozen
 class UrzaOptions:
@@ -60,6 +76,7 @@ class UrzaOptions:
     #: Re-hash every artifact file when the library opens, dropping rows whose file is missing or altered.
     verify_on_open: bool = True
     tezzeret: TezzeretOptions = attrs.Factory(TezzeretOptions)
+    urabrask: UrabraskOptions = attrs.Factory(UrabraskOptions)
 
 
 @section("urza.prefetch")

@@ -74,7 +74,24 @@ def build_library(context: BuildContext) -> Any:
     )
     if run_id and context.bus is not None:
         _RUN_LIBRARIES[run_id] = library
+    library.sheets = sheet_rater(context, library.root, options)
     return library
+
+
+def sheet_rater(context: BuildContext, root: Path, options: UrzaOptions) -> Any:
+    """Urabrask's rater of the run's catalogs: sheets signed with the shared secret (or, without one, a key of this
+    process's own, so that no other process's sheet is trusted), versioned by the providing distribution."""
+    from esper_core.plugins.selectors import UrzaSelection
+    from esper_core.security_options import SecurityOptions
+    from esper_core.signing import SigningKey
+    from esper_urza.urabrask.rating import SheetRater, catalog_version
+
+    config = context.config
+    secret_env = config.get(SecurityOptions).secret_env if config is not None else SecurityOptions().secret_env
+    key = SigningKey.resolve(required=False, var=secret_env)
+    names = config.get(UrzaSelection).catalogs if config is not None else []
+    versions = {name: catalog_version(context.registry, name) for name in names}
+    return SheetRater(root, key, context.blueprint_catalogs(), versions=versions, options=options.urabrask)
 
 
 def build_prefetch_store(context: BuildContext) -> Any:

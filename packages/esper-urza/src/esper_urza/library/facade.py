@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import attrs
 
 from esper_core.errors import EsperError
-from esper_core.leyline import BlueprintDescriptor, BlueprintTier, SlotKind, TelemetryPacket
+from esper_core.leyline import BSDS, BlueprintDescriptor, BlueprintTier, SlotKind, TelemetryPacket
 from esper_core.protocols import BlueprintCatalog, FetchedSeed, SlotShape
+from esper_core.safety import SafetySheetSource
 from esper_urza.errors import ArtifactIntegrityError, LibraryFileError
 from esper_urza.library.building import ArtifactBuilder, instantiate
 from esper_urza.library.cache import ArtifactCache, CachedArtifact
@@ -97,6 +98,9 @@ class UrzaLibrary:
     ) -> None:
         self.root = Path(root)
         self.options = options or UrzaOptions()
+        #: Urabrask's sheets of the library's blueprints (:class:`esper_urza.urabrask.rating.SheetRater`), set when a
+        #: run builds the library.
+        self.sheets: SafetySheetSource | None = None
         self._closed = True  # until it is open: close() then has nothing to release
         artifacts_existed = (self.root / "artifacts").is_dir()
         index_path = self.root / INDEX_NAME
@@ -159,6 +163,11 @@ class UrzaLibrary:
         )
 
     # -- the ArtifactStore protocol ---------------------------------------------------------------------------------
+    def safety_sheet(self, blueprint_id: str, slot: SlotShape) -> BSDS | None:
+        """The blueprint's measured safety data sheet at ``slot`` (:class:`esper_core.safety.SafetySheetSource`): from
+        the rater a run's library is given (stored, or measured on first use), None without one."""
+        return self.sheets.safety_sheet(blueprint_id, slot) if self.sheets is not None else None
+
     def fetch(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> FetchedSeed:
         """A new module for ``slot`` (never shared with another fetch), from memory, from disk, or built now.
 

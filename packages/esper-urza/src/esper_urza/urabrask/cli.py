@@ -50,6 +50,7 @@ def run_urabrask(args: argparse.Namespace) -> int:
     from esper_urza.options import UrzaOptions
     from esper_urza.plugin import library_root
     from esper_urza.urabrask.crucible import find_descriptor, measure_blueprint, standard_slots
+    from esper_urza.urabrask.rating import catalog_version
     from esper_urza.urabrask.sheet import safety_data_sheet, sign_sheet
     from esper_urza.urabrask.store import SheetStore
 
@@ -64,8 +65,7 @@ def run_urabrask(args: argparse.Namespace) -> int:
     for name in args.catalog or config.get(UrzaSelection).catalogs:
         spec = registry.blueprint_catalog(name)
         catalog = registry.build(spec, config=config)
-        provider = registry.provider_of(spec)
-        version = f"{provider.distribution or provider.name} {provider.version or ''}".strip()
+        version = catalog_version(registry, name)
         for descriptor in catalog.descriptors():
             blueprint = descriptor.blueprint_id
             if wanted and blueprint not in wanted:

@@ -263,6 +263,8 @@ class DecisionMetadata(_message.Message):
     RATIONALE_FIELD_NUMBER: _builtins.int
     ACTION_INDEX_FIELD_NUMBER: _builtins.int
     ACTION_LOG_PROB_FIELD_NUMBER: _builtins.int
+    BLUEPRINT_RISK_SOURCE_FIELD_NUMBER: _builtins.int
+    BLUEPRINT_RISK_FIELD_NUMBER: _builtins.int
     policy_name: _builtins.str
     """The policy that decided: "heuristic", "learned", "fixed-schedule", a plugin's policy name, or "tolaria" for the
     no-ops and rollback culls Tolaria issues itself. The controller fills the policy's name when the policy left it
@@ -326,6 +328,13 @@ class DecisionMetadata(_message.Message):
     and schedule together), under the network that decided; the "old" log-probability of a PPO ratio. Absent for the
     other first-party policies.
     """
+    blueprint_risk_source: _builtins.str
+    """For a growth proposal naming a known blueprint: where the blueprint risk the risk engine judged it by came from.
+    "measured": the risk score of a Blueprint Safety Data Sheet measured at the target slot (Urabrask); "declared":
+    BlueprintDescriptor.risk, the catalog's word, used only where no sheet exists. Empty otherwise.
+    """
+    blueprint_risk: _builtins.float
+    """That blueprint risk, in [0, 1]; set exactly when blueprint_risk_source is."""
     @_builtins.property
     def risk_rules_fired(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every risk rule that fired for this decision, in evaluation order.
@@ -351,15 +360,19 @@ class DecisionMetadata(_message.Message):
         rationale: _builtins.str = ...,
         action_index: _builtins.int | None = ...,
         action_log_prob: _builtins.float | None = ...,
+        blueprint_risk_source: _builtins.str = ...,
+        blueprint_risk: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_action_index", b"_action_index", "_action_log_prob", b"_action_log_prob", "_blueprint_score", b"_blueprint_score", "_confidence", b"_confidence", "_decision_latency_ms", b"_decision_latency_ms", "_feature_coverage", b"_feature_coverage", "_risk_score", b"_risk_score", "_selected_slot_score", b"_selected_slot_score", "_value_estimate", b"_value_estimate", "action_index", b"action_index", "action_log_prob", b"action_log_prob", "blueprint_score", b"blueprint_score", "confidence", b"confidence", "decision_latency_ms", b"decision_latency_ms", "feature_coverage", b"feature_coverage", "risk_score", b"risk_score", "selected_slot_score", b"selected_slot_score", "value_estimate", b"value_estimate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_action_index", b"_action_index", "_action_log_prob", b"_action_log_prob", "_blueprint_risk", b"_blueprint_risk", "_blueprint_score", b"_blueprint_score", "_confidence", b"_confidence", "_decision_latency_ms", b"_decision_latency_ms", "_feature_coverage", b"_feature_coverage", "_risk_score", b"_risk_score", "_selected_slot_score", b"_selected_slot_score", "_value_estimate", b"_value_estimate", "action_index", b"action_index", "action_log_prob", b"action_log_prob", "blueprint_risk", b"blueprint_risk", "blueprint_score", b"blueprint_score", "confidence", b"confidence", "decision_latency_ms", b"decision_latency_ms", "feature_coverage", b"feature_coverage", "risk_score", b"risk_score", "selected_slot_score", b"selected_slot_score", "value_estimate", b"value_estimate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_action_index", b"_action_index", "_action_log_prob", b"_action_log_prob", "_blueprint_score", b"_blueprint_score", "_confidence", b"_confidence", "_decision_latency_ms", b"_decision_latency_ms", "_feature_coverage", b"_feature_coverage", "_risk_score", b"_risk_score", "_selected_slot_score", b"_selected_slot_score", "_value_estimate", b"_value_estimate", "action_index", b"action_index", "action_log_prob", b"action_log_prob", "blueprint_score", b"blueprint_score", "confidence", b"confidence", "conservative_mode", b"conservative_mode", "decision_latency_ms", b"decision_latency_ms", "feature_coverage", b"feature_coverage", "policy_name", b"policy_name", "policy_version", b"policy_version", "rationale", b"rationale", "risk_reason", b"risk_reason", "risk_rules_fired", b"risk_rules_fired", "risk_score", b"risk_score", "selected_slot_score", b"selected_slot_score", "value_estimate", b"value_estimate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_action_index", b"_action_index", "_action_log_prob", b"_action_log_prob", "_blueprint_risk", b"_blueprint_risk", "_blueprint_score", b"_blueprint_score", "_confidence", b"_confidence", "_decision_latency_ms", b"_decision_latency_ms", "_feature_coverage", b"_feature_coverage", "_risk_score", b"_risk_score", "_selected_slot_score", b"_selected_slot_score", "_value_estimate", b"_value_estimate", "action_index", b"action_index", "action_log_prob", b"action_log_prob", "blueprint_risk", b"blueprint_risk", "blueprint_risk_source", b"blueprint_risk_source", "blueprint_score", b"blueprint_score", "confidence", b"confidence", "conservative_mode", b"conservative_mode", "decision_latency_ms", b"decision_latency_ms", "feature_coverage", b"feature_coverage", "policy_name", b"policy_name", "policy_version", b"policy_version", "rationale", b"rationale", "risk_reason", b"risk_reason", "risk_rules_fired", b"risk_rules_fired", "risk_score", b"risk_score", "selected_slot_score", b"selected_slot_score", "value_estimate", b"value_estimate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__action_index: _TypeAlias = _typing.Literal["action_index"]  # noqa: Y015
     _WhichOneofArgType__action_index: _TypeAlias = _typing.Literal["_action_index", b"_action_index"]  # noqa: Y015
     _WhichOneofReturnType__action_log_prob: _TypeAlias = _typing.Literal["action_log_prob"]  # noqa: Y015
     _WhichOneofArgType__action_log_prob: _TypeAlias = _typing.Literal["_action_log_prob", b"_action_log_prob"]  # noqa: Y015
+    _WhichOneofReturnType__blueprint_risk: _TypeAlias = _typing.Literal["blueprint_risk"]  # noqa: Y015
+    _WhichOneofArgType__blueprint_risk: _TypeAlias = _typing.Literal["_blueprint_risk", b"_blueprint_risk"]  # noqa: Y015
     _WhichOneofReturnType__blueprint_score: _TypeAlias = _typing.Literal["blueprint_score"]  # noqa: Y015
     _WhichOneofArgType__blueprint_score: _TypeAlias = _typing.Literal["_blueprint_score", b"_blueprint_score"]  # noqa: Y015
     _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
@@ -378,6 +391,8 @@ class DecisionMetadata(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__action_index) -> _WhichOneofReturnType__action_index | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__action_log_prob) -> _WhichOneofReturnType__action_log_prob | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__blueprint_risk) -> _WhichOneofReturnType__blueprint_risk | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__blueprint_score) -> _WhichOneofReturnType__blueprint_score | None: ...
     @_typing.overload
