@@ -4,10 +4,16 @@ offering them), and never lets a clean sheet lift a catalog's own quarantine-onl
 
 from __future__ import annotations
 
-from esper_core.leyline import BSDS, HandlingClass, SeedOperation
+import time
+from collections.abc import Sequence
+
+from esper_core.leyline import BSDS, AdaptationCommand, HandlingClass, SeedOperation, SystemStatePacket, lifecycle
 from esper_core.protocols import SlotShape
 from esper_core.safety import SafetySheetSource
+from esper_core.signing import CommandSigner, SigningKey
 from esper_tamiyo.commands import seed_command
+from esper_tamiyo.controller import TamiyoController
+from esper_tamiyo.options import TamiyoOptions
 from esper_tamiyo.risk import RiskEngine
 
 from tamiyo_scenarios import blueprint, packet, slot
@@ -78,3 +84,35 @@ def test_without_a_sheet_the_declared_risk_decides_and_says_so() -> None:
     reason, source, risk, rules, rationale = review(RiskEngine(), "BP190")
     assert (reason, source, risk, rules) == ("bp_quarantine", "declared", 0.9, ["bp_quarantine"])
     assert "BP190 declared risk 0.90" in rationale
+
+
+class SlowSheets(Sheets):
+    """Every answer takes 80 ms, as a first-use rating does."""
+
+    def safety_sheet(self, blueprint_id: str, slot: SlotShape) -> BSDS | None:
+        time.sleep(0.08)
+        return super().safety_sheet(blueprint_id, slot)
+
+
+def test_rating_on_first_use_is_not_counted_against_the_decision_budget() -> None:
+    proposal = seed_command(SeedOperation.SEED_OP_GERMINATE, "a", "grow", policy="test", blueprint_id="BP190")
+
+    class Grows:
+        name = "grows"
+
+        def decide(self, state: SystemStatePacket, blueprints: Sequence[object]) -> AdaptationCommand:
+            return proposal
+
+    tamiyo = TamiyoController(
+        policy=Grows(), blueprints=list(BLUEPRINTS.values()), signer=CommandSigner(SigningKey.generate()),
+        options=TamiyoOptions(decision_budget_ms=50.0), risk=RiskEngine(sheets=SlowSheets()),
+    )  # fmt: skip
+    first = tamiyo.decide(packet(5, 0.5, [slot("a")]))
+    second = tamiyo.decide(packet(6, 0.5, [slot("a")]))
+    assert first.decision.decision_latency_ms >= 80, "the latency reported is the whole decision's"
+    assert "timeout_inference" not in second.decision.risk_rules_fired, "but the rating is not the policy's time"
+    assert operation_of(second) == "germinate"
+
+
+def operation_of(command: AdaptationCommand) -> str:
+    return lifecycle.command_name(command)

@@ -133,7 +133,8 @@ class TamiyoController:
             self.signer.sign(command)
             self.last_latency_ms = latency
             self.decisions += 1
-            over = latency > self.options.decision_budget_ms
+            # Rating a blueprint on first use is a one-time cost of the run, not the policy's: it does not count.
+            over = latency - self.risk.last_rating_ms > self.options.decision_budget_ms
             self.risk.last_decision_over_budget = over
             events = [*self._pending_events, *review.events]
             self._pending_events = []

@@ -43,6 +43,7 @@ make a blueprint stricter, never looser than its author asked.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,6 +106,9 @@ class RiskEngine:
         self.sheets = sheets
         #: Blueprints measured QUARANTINE at a slot of this run: the controller stops offering them to its policy.
         self.quarantined: set[str] = set()
+        #: Milliseconds the last review spent getting sheets (rating on first use included): not the policy's time,
+        #: so the controller leaves it out of the decision's latency budget.
+        self.last_rating_ms = 0.0
         self.conservative = False
         self.calm = 0
         self.last_decision_over_budget = False
@@ -119,7 +123,9 @@ class RiskEngine:
         target = next((seed for seed in state.seeds if seed.slot_id == command.target_slot_id), None)
         sheet = None
         if self.sheets is not None and target is not None and target.slot_shape:
+            started = time.perf_counter()
             sheet = self.sheets.safety_sheet(blueprint.blueprint_id, SlotShape.of(target))
+            self.last_rating_ms += (time.perf_counter() - started) * 1000.0
         if sheet is None:
             return BlueprintRisk(float(blueprint.risk), "declared", quarantined=False)
         quarantined = sheet.handling_class == HandlingClass.HANDLING_CLASS_QUARANTINE
@@ -186,6 +192,7 @@ class RiskEngine:
     def review(
         self, proposal: AdaptationCommand, state: SystemStatePacket, blueprints: Mapping[str, BlueprintDescriptor]
     ) -> Review:
+        self.last_rating_ms = 0.0
         growth = proposal.command_type == CommandType.COMMAND_SEED and proposal.seed_operation.operation in GROWTH
         blueprint_id = proposal.seed_operation.blueprint_id
         descriptor = blueprints.get(blueprint_id) if growth else None
