@@ -136,3 +136,26 @@ def test_bench_needs_a_library_root(
     assert main(["urabrask", "bench", "--blueprint", "BP059"]) == 2
     err = capsys.readouterr().err
     assert "set urza.root" in err and len(err.strip().splitlines()) == 1
+
+
+def test_esper_blueprints_shows_the_stored_sheets_and_what_it_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV_VAR, SECRET)
+    root = tmp_path / "urza"
+    assert bench(capsys, root, "--blueprint", "BP045")[0] == 0
+
+    def sheets(blueprint: str) -> dict[str, object]:
+        assert main(["blueprints", "--sheet", blueprint, "--json", f"--set=urza.root={root}"]) == 0
+        shown: dict[str, object] = json.loads(capsys.readouterr().out)
+        return shown
+
+    shown = sheets("BP045")
+    slots = sorted(str(sheet["slot"]) for sheet in shown["sheets"])  # type: ignore[attr-defined]
+    assert slots == sorted(slot.describe() for slot in standard_slots(KarnCatalog().descriptor("BP045")))
+    assert all(sheet["handlingClass"] == "HANDLING_CLASS_QUARANTINE" for sheet in shown["sheets"])  # type: ignore[attr-defined]
+    assert shown["refused"] == [] and sheets("BP059")["sheets"] == []
+    monkeypatch.setenv(SECRET_ENV_VAR, "a-different-secret-of-enough-length-0123456789")
+    refused = sheets("BP045")
+    assert refused["sheets"] == [] and len(refused["refused"]) == 3  # type: ignore[arg-type]
+    assert all("signature does not verify" in problem for problem in refused["refused"])  # type: ignore[attr-defined]

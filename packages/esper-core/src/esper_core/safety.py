@@ -9,6 +9,7 @@ without importing the package that measures (the walls: subsystems meet only thr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -24,4 +25,14 @@ class SafetySheetSource(Protocol):
         """The sheet if one is known or can be measured now within the source's budget; None otherwise (a
         blueprint it does not know, a slot it does not grow in, the budget spent). Never raises for a blueprint
         that misbehaves: measuring that is the point."""
+        ...
+
+
+@runtime_checkable
+class StoredSheets(Protocol):
+    """Lists the sheets kept for a blueprint (``esper blueprints --sheet ID``)."""
+
+    def stored_sheets(self, blueprint_id: str) -> tuple[Sequence[BSDS], Sequence[str]]:
+        """Every trusted stored sheet of ``blueprint_id`` (one per slot and parameters it was measured at), and why
+        each stored sheet that cannot be trusted was refused (its file named)."""
         ...

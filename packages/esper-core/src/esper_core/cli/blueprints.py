@@ -7,6 +7,10 @@ Catalogs are found through the registry (``esper_urza_blueprint_catalogs``) and 
 a third-party catalog is listed as soon as its package is installed. A blueprint that does not fit the slot (another
 growth mode, or a kind it does not write or read: :func:`esper_core.leyline.growth.misfit`) shows "—" for the count,
 and the JSON row says why.
+
+``esper blueprints --sheet ID`` shows instead the safety data sheets Urabrask measured for blueprint ``ID`` (one per
+slot and parameters), as the configured artifact store keeps them (``esper urabrask bench`` writes them; Urza keeps
+them under ``urza.root``): what was measured, the hazards, and what the catalog declared.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import argparse
 import json
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from esper_core.cli.arguments import add_config_arguments
 from esper_core.errors import EsperError
-from esper_core.leyline import BlueprintTier, SlotKind, growth
+from esper_core.leyline import BlueprintTier, HandlingClass, HazardBand, SlotKind, growth, value_name
 from esper_core.plugins.registry import Registry
+from esper_core.plugins.selectors import UrzaSelection
 from esper_core.protocols import SlotShape
+from esper_core.safety import StoredSheets
 
 HELP = "list every blueprint of every installed catalog (tier, risk, bounds, parameter count at a slot shape)"
 DEFAULT_SLOT = "conv2d:16x14x14"
@@ -94,6 +102,10 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
         help="only blueprints of this tier (repeatable; default: every tier)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--sheet", metavar="ID", help="show the stored safety data sheets of blueprint ID instead")
+    add_config_arguments(
+        parser, example="urza.root=var/urza", config_help="a TOML configuration (for --sheet: the store and urza.root)"
+    )
     parser.set_defaults(handler=run)
     return parser
 
@@ -165,6 +177,8 @@ def _bounds(row: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sheet:
+        return show_sheets(args)
     registry: Registry = args.registry
     slot: SlotShape = args.slot
     rows = collect(registry, slot, args.tier)
@@ -224,3 +238,67 @@ def _kinds(row: dict[str, Any]) -> str:
         return written
     read = " ".join(_SHORT_KINDS.get(kind, kind) for kind in row["read_kinds"]) or "any"
     return f"{read}→{written}"
+
+
+def show_sheets(args: argparse.Namespace) -> int:
+    """``--sheet ID``: the stored sheets of one blueprint, from the configured artifact store."""
+    registry: Registry = args.registry
+    config = registry.load_config(args.config, overrides=args.overrides)
+    selection = config.get(UrzaSelection)
+    catalogs = [registry.build(registry.blueprint_catalog(name), config=config) for name in selection.catalogs]
+    store = registry.build(registry.artifact_store(selection.store), config=config, catalogs=catalogs)
+    try:
+        if not isinstance(store, StoredSheets):
+            raise EsperError(f"the artifact store {selection.store!r} keeps no safety data sheets (urza.store)")
+        sheets, refused = store.stored_sheets(args.sheet)
+    finally:
+        close = getattr(store, "close", None)
+        if callable(close):
+            close()
+    if args.json:
+        print(json.dumps({"blueprint": args.sheet, "sheets": [MessageToDict(s) for s in sheets], "refused": refused}))
+        return 0
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 150))
+    for problem in refused:
+        console.print(f"[red]refused:[/] {escape(problem)}")
+    if not sheets:
+        console.print(
+            f"no trusted safety data sheet of {escape(args.sheet)}: measure it with "
+            f"`esper urabrask bench --blueprint {escape(args.sheet)}` (with the same urza.root)"
+        )
+        return 0
+    for sheet in sorted(sheets, key=lambda sheet: sheet.slot):
+        table = Table(title=f"{escape(sheet.blueprint_id)} at {escape(sheet.slot)}", show_header=False)
+        table.add_column("field", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        declared = value_name(BlueprintTier, sheet.declared_tier, "BLUEPRINT_TIER_")
+        table.add_row("verdict", f"{value_name(HazardBand, sheet.hazard_band, 'HAZARD_BAND_')}, "
+                      f"{value_name(HandlingClass, sheet.handling_class, 'HANDLING_CLASS_')}, "
+                      f"risk {sheet.risk_score:.3f}")  # fmt: skip
+        table.add_row("declared", f"{declared}, risk {sheet.declared_risk:.2f}")
+        table.add_row("recommendation", escape(sheet.recommendation))
+        for name, text in sorted(sheet.hazards.items()):
+            table.add_row(f"hazard {escape(name)}", escape(text))
+        for name in SHEET_MEASUREMENTS:
+            if name in sheet.measurements:
+                table.add_row(name, f"{sheet.measurements[name]:.4g}")
+        table.add_row("catalog", f"{escape(sheet.catalog)} ({escape(sheet.catalog_version)})")
+        table.add_row("parameters", ", ".join(f"{k}={v:g}" for k, v in sorted(sheet.parameters.items())) or "—")
+        table.add_row("issued", sheet.issued_at.ToJsonString())
+        console.print(table)
+    return 0
+
+
+#: The measurements a sheet's table shows (the JSON has them all).
+SHEET_MEASUREMENTS = (
+    "timing.forward_p50_ms",
+    "timing.forward_p95_ms",
+    "timing.backward_p50_ms",
+    "timing.backward_p95_ms",
+    "timing.slowdown",
+    "cost.flops_per_sample",
+    "parameter_count.actual",
+    "learning.final_loss",
+)

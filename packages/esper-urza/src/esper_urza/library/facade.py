@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -33,7 +33,6 @@ import attrs
 from esper_core.errors import EsperError
 from esper_core.leyline import BSDS, BlueprintDescriptor, BlueprintTier, SlotKind, TelemetryPacket
 from esper_core.protocols import BlueprintCatalog, FetchedSeed, SlotShape
-from esper_core.safety import SafetySheetSource
 from esper_urza.errors import ArtifactIntegrityError, LibraryFileError
 from esper_urza.library.building import ArtifactBuilder, instantiate
 from esper_urza.library.cache import ArtifactCache, CachedArtifact
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from esper_urza.tezzeret import Tezzeret
+    from esper_urza.urabrask.rating import SheetRater
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,7 +100,7 @@ class UrzaLibrary:
         self.options = options or UrzaOptions()
         #: Urabrask's sheets of the library's blueprints (:class:`esper_urza.urabrask.rating.SheetRater`), set when a
         #: run builds the library.
-        self.sheets: SafetySheetSource | None = None
+        self.sheets: SheetRater | None = None
         self._closed = True  # until it is open: close() then has nothing to release
         artifacts_existed = (self.root / "artifacts").is_dir()
         index_path = self.root / INDEX_NAME
@@ -167,6 +167,10 @@ class UrzaLibrary:
         """The blueprint's measured safety data sheet at ``slot`` (:class:`esper_core.safety.SafetySheetSource`): from
         the rater a run's library is given (stored, or measured on first use), None without one."""
         return self.sheets.safety_sheet(blueprint_id, slot) if self.sheets is not None else None
+
+    def stored_sheets(self, blueprint_id: str) -> tuple[Sequence[BSDS], Sequence[str]]:
+        """The blueprint's stored sheets and the refusals (:class:`esper_core.safety.StoredSheets`)."""
+        return self.sheets.stored_sheets(blueprint_id) if self.sheets is not None else ([], [])
 
     def fetch(self, blueprint_id: str, slot: SlotShape, parameters: Mapping[str, float]) -> FetchedSeed:
         """A new module for ``slot`` (never shared with another fetch), from memory, from disk, or built now.

@@ -79,6 +79,17 @@ class SheetRater:
             self._known[key] = self._stored(key, catalog.name) or self._measure(catalog, blueprint_id, slot)
         return self._known[key]
 
+    def stored_sheets(self, blueprint_id: str) -> tuple[list[BSDS], list[str]]:
+        """The trusted stored sheets of ``blueprint_id``, and why the others were refused
+        (:class:`esper_core.safety.StoredSheets`)."""
+        sheets, refused = [], []
+        for _, found in self.store.sheets():
+            if isinstance(found, SheetRefused):
+                refused.append(str(found))
+            elif found.blueprint_id == blueprint_id:
+                sheets.append(found)
+        return sheets, refused
+
     def _stored(self, key: str, catalog: str) -> BSDS | None:
         try:
             return self.store.get(key, self.versions.get(catalog, ""))
