@@ -297,6 +297,19 @@ class ArtifactStore(Protocol):
 
 
 @runtime_checkable
+class QuarantineListener(Protocol):
+    """An artifact store or catalog that wants to know when a run quarantines a blueprint (optional).
+
+    A run quarantines a blueprint whose ``build`` raised: it is never offered or germinated again in that run.
+    Tolaria tells the run's artifact store and catalogs that implement this, once per blueprint, right after it is
+    recorded; this is where a store can mark the blueprint's safety data sheet (Urabrask). What this method raises
+    is reported as the listener's own failure and changes nothing else.
+    """
+
+    def blueprint_quarantined(self, blueprint_id: str, *, catalog: str, reason: str) -> None: ...
+
+
+@runtime_checkable
 class TelemetrySink(Protocol):
     """Receives every telemetry packet of a run; must accept any valid packet."""
 

@@ -13,15 +13,27 @@ Per run, Tolaria uses it like this::
 
 A command that cannot be verified, is illegal for the slot's stage, or fails a gate changes nothing it should not:
 an unverifiable or illegal one changes nothing at all; a failed gate culls the seed and says why.
+
+A plugin that raises while a command is carried out (the artifact store or a catalog building the seed, the task's
+loss in a gate's probe, a seed module's forward) is handled so that the slot is left consistent:
+
+- a fetch that raises is a failed G0 check (``artifact_fetch``): the germination is refused, nothing changed. When
+  the exception was a plugin's (esper_core.plugin_failures marks it), it is also kept for Tolaria, which drains it
+  (``drain_plugin_failures``), writes it down and quarantines a blueprint whose build raised;
+- anything else that raises part way through a command puts the slot back as it was before the command (its
+  record, seed module, alpha and optimizer group; a group that had to be re-added starts its optimizer state over)
+  and drops the transitions the command had made, then re-raises for Tolaria to report: the command failed.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -43,6 +55,7 @@ from esper_core.leyline import (
     value_name,
 )
 from esper_core.leyline.lifecycle import Stage
+from esper_core.plugin_failures import PluginFailure, failure_of
 from esper_core.protocols import ArtifactStore, BlueprintCatalog
 from esper_core.signing import CommandVerifier
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Level, Metric, build_telemetry_packet
@@ -53,7 +66,7 @@ from esper_kasmina.host import SlotBank, attach_slots, host_parameters
 from esper_kasmina.optimizer import SeedParameterGroups
 from esper_kasmina.options import KasminaOptions
 from esper_kasmina.probes import Probe
-from esper_kasmina.slot import SeedSlot
+from esper_kasmina.slot import SeedRecord, SeedSlot
 
 Status = CommandStatus.ValueType
 
@@ -99,6 +112,8 @@ class KasminaSeedExecutor:
         self._events: list[SeedLifecycleEvent] = []
         self._telemetry: list[TelemetryPacket] = []
         self._pending: list[Event] = []
+        #: Plugins' exceptions caught while carrying out commands, until Tolaria drains them.
+        self._plugin_failures: list[PluginFailure] = []
         self.counters = {"commands": 0, "rejected_security": 0, "rejected_illegal": 0, "gate_failures": 0, "culls": 0}
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -294,10 +309,31 @@ class KasminaSeedExecutor:
                 "command_rejected", result.detail, ERROR, command_id=command.command_id, reason=verdict.reason_name
             )
         else:
-            self._dispatch(command, result)
+            self._dispatch_or_restore(command, result)
         result.apply_latency_ms = (time.perf_counter() - start) * 1000.0
         self._flush_telemetry()
         return result
+
+    def _dispatch_or_restore(self, command: AdaptationCommand, result: CommandResult) -> None:
+        """Carry the command out; if anything raises part way, put the target slot back as it was and re-raise."""
+        slot = self.bank.get(command.target_slot_id) if self.bank is not None else None
+        before = _SlotBefore.of(slot, self.groups) if slot is not None else None
+        events, notes, counters = len(self._events), len(self._pending), dict(self.counters)
+        try:
+            self._dispatch(command, result)
+        except Exception:
+            if slot is not None and before is not None:
+                before.restore(slot, self.groups, self.options.seed_weight_decay)
+            # What it did is undone, so it is not reported either (the command itself stays counted).
+            del self._events[events:]
+            del self._pending[notes:]
+            self.counters.update({name: value for name, value in counters.items() if name != "commands"})
+            raise
+
+    def drain_plugin_failures(self) -> list[PluginFailure]:
+        """Plugins' exceptions caught since the last call, oldest first (esper_core.plugin_failures)."""
+        failures, self._plugin_failures = self._plugin_failures, []
+        return failures
 
     def _dispatch(self, command: AdaptationCommand, result: CommandResult) -> None:
         kind = command.command_type
@@ -390,6 +426,9 @@ class KasminaSeedExecutor:
                 module = self._fetch(slot, operation.blueprint_id, parameters)
             except Exception as error:  # noqa: BLE001 - a fetch failure is a failed G0 check, reported
                 checks.append(_fetch_failure(error))
+                crash = failure_of(error)  # a plugin's crash (a catalog's build), not a refusal with a reason
+                if crash is not None:
+                    self._plugin_failures.append(crash)
             if module is not None:
                 checks += self.gates.probe_output(self._model(), slot, module, self._probe())
         result.gates.extend(checks)
@@ -682,6 +721,36 @@ def _count_isolation_failures(slot: SeedSlot, results: list[GateResult]) -> None
     whether G1 found it on entry to TRAINING or the watchdog at a later decision point."""
     if any(result.check == "isolation" and not result.passed for result in results):
         slot.record.isolation_violations += 1
+
+
+@attrs.frozen
+class _SlotBefore:
+    """A slot as it was before a command: enough to put it back if the command raises part way."""
+
+    record: dict[str, Any]
+    seed: nn.Module | None
+    alpha_steps: int
+    grouped: bool
+
+    @classmethod
+    def of(cls, slot: SeedSlot, groups: SeedParameterGroups) -> _SlotBefore:
+        record = copy.deepcopy(slot.record.to_state())
+        return cls(record, slot.seed, int(slot.alpha_steps.item()), groups.has(slot.slot_id))
+
+    def restore(self, slot: SeedSlot, groups: SeedParameterGroups, weight_decay: float) -> None:
+        """The slot, its seed, its hook and its optimizer group as they were. A group the command removed comes back
+        with fresh optimizer state (its moments were deleted with it)."""
+        same_seed = slot.seed is self.seed
+        if groups.has(slot.slot_id) and not (self.grouped and same_seed):
+            groups.remove(slot.slot_id)
+        slot.seed = self.seed
+        slot.record = SeedRecord.from_state(self.record)
+        slot.alpha_steps.fill_(self.alpha_steps)
+        if self.grouped and not groups.has(slot.slot_id):
+            groups.add(slot.slot_id, slot.seed_parameters(), slot.record.learning_rate, weight_decay)
+        elif self.grouped:
+            groups.set_learning_rate(slot.slot_id, slot.record.learning_rate)
+        slot.sync_hook()
 
 
 def _fetch_failure(error: Exception) -> GateResult:

@@ -46,6 +46,7 @@ from torch.utils.hooks import RemovableHandle
 
 from esper_core.leyline import BlendSchedule, SlotKind, lifecycle
 from esper_core.leyline.lifecycle import Stage
+from esper_core.plugin_failures import Blame, blame
 from esper_core.protocols import SlotShape
 from esper_kasmina import schedules
 
@@ -304,25 +305,42 @@ class SeedSlot(nn.Module):
         source = self._seed_input(host)
         stage = self.record.stage
         if stage == lifecycle.TRAINING:
-            contribution: torch.Tensor = seed(source.detach())
+            contribution: torch.Tensor = self._run_seed(seed, source.detach())
             straight: torch.Tensor = _StraightThrough.apply(host, contribution, self.training_curvature)  # type: ignore[no-untyped-call, unused-ignore]
             return straight
         if stage == lifecycle.BLENDING:
             if module.training and torch.is_grad_enabled() and not self.record.alpha_per_epoch:
                 self.alpha_steps.add_(1)
             alpha = schedules.alpha_tensor(self.record.schedule, self.alpha_steps, self.record.alpha_total, host.dtype)
-            blended: torch.Tensor = host + alpha * seed(source.detach())
+            blended: torch.Tensor = host + alpha * self._run_seed(seed, source.detach())
             return blended
         detached = stage == lifecycle.SHADOWING  # PROBATIONARY and FOSSILIZED train jointly with the host
-        joined: torch.Tensor = host + seed(source.detach() if detached else source)
+        joined: torch.Tensor = host + self._run_seed(seed, source.detach() if detached else source)
         return joined
+
+    def _run_seed(self, seed: nn.Module, source: torch.Tensor) -> torch.Tensor:
+        """The seed's output for ``source``. What the seed module raises is its blueprint's catalog's doing: it is
+        marked so (esper_core.plugin_failures), with the blueprint and this slot, for Tolaria to roll back, cull
+        the seed and quarantine the blueprint. A try costs nothing until something raises."""
+        try:
+            output: torch.Tensor = seed(source)
+        except Exception as error:
+            blame(
+                error,
+                Blame(
+                    "blueprint catalog", "", "forward", subject=self.record.blueprint_id, slot=self.slot_id,
+                    module=type(seed).__module__,
+                ),
+            )  # fmt: skip
+            raise
+        return output
 
     def _measured(self, host: torch.Tensor, seed: nn.Module, measurement: Measurement) -> torch.Tensor:
         if measurement.expansion_slot == self.slot_id:
             measurement.batch = host.shape[0]
             host = host.repeat(measurement.variants, *([1] * (host.dim() - 1)))
         alphas = measurement.alphas.get(self.slot_id)
-        contribution: torch.Tensor = seed(self._seed_input(host))
+        contribution: torch.Tensor = self._run_seed(seed, self._seed_input(host))
         if alphas is None:  # a fossilized seed: the same in every variant
             return host + contribution
         per_sample = alphas.to(host.dtype).repeat_interleave(measurement.batch)

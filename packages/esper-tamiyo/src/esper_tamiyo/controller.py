@@ -3,8 +3,14 @@
 ``decide(state)``: apply any policy update waiting on the bus or newly live in the followed policy store (between
 decisions, so a swap is atomic), ask the policy, pass the proposal through the risk engine, fill the decision
 metadata, sign (a fresh command id as nonce, the issue time), and publish a telemetry packet. A policy that raises
-yields a signed no-op with the reason (and the ``tamiyo.policy_error`` annotation: the console prints it, the run
-record keeps it); a decision slower than its budget is reported and makes the next one conservative.
+yields a signed no-op with the reason (and the ``tamiyo.policy_error`` annotation, which the record keeps); the
+exception itself, traceback and all, is kept for Tolaria (``drain_plugin_failures``), which writes it down and
+counts it (esper_core.plugin_failures). A decision slower than its budget is reported and makes the next one
+conservative.
+
+Blueprints the run quarantined (their build raised; the state packet lists them, see
+esper_core.leyline.annotations) are neither offered to the policy nor proposed: a policy that proposes one anyway
+gets a no-op in its place.
 
 ``observe(state, command, result)``: open, advance and close field-report windows; return the reports written now
 (they are also appended to the crash-safe log and published on the bus).
@@ -19,7 +25,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from esper_core.leyline import (
@@ -27,12 +34,20 @@ from esper_core.leyline import (
     BlueprintDescriptor,
     BlueprintTier,
     CommandResult,
+    CommandType,
     FieldReport,
     PolicyUpdate,
+    SeedOperation,
     SystemStatePacket,
     lifecycle,
 )
-from esper_core.leyline.annotations import OFFERED_BLUEPRINTS, POLICY_ERROR
+from esper_core.leyline.annotations import (
+    OFFERED_BLUEPRINTS,
+    POLICY_ERROR,
+    policy_error_text,
+    quarantined_blueprints,
+)
+from esper_core.plugin_failures import Blame, PluginFailure, failure_of
 from esper_core.protocols import TamiyoPolicy
 from esper_core.signing import CommandSigner
 from esper_core.storage.policy_store import PolicyStore, PolicyStoreError, StoreWatcher
@@ -86,15 +101,21 @@ class TamiyoController:
         self.over_budget = 0
         self._lock = threading.Lock()
         self._pending_events: list[Event] = []
+        #: Policy failures not yet handed to Tolaria. A deque: ``decide`` may still be running on Tolaria's worker
+        #: thread (a late decision) while the loop drains it.
+        self._failures: deque[PluginFailure] = deque()
+        #: Whether someone collects them (has called drain_plugin_failures).
+        self._failures_claimed = False
         if self.bus is not None:
             self.bus.subscribe([self.bus.streams.policy])
         self.store_watcher = StoreWatcher(PolicyStore(self.options.policy_store)) if self.options.policy_store else None
 
     # -- decisions --------------------------------------------------------------------------------------------
-    def offered(self) -> list[BlueprintDescriptor]:
+    def offered(self, also_quarantined: Iterable[str] = ()) -> list[BlueprintDescriptor]:
         """The blueprints offered to the policy: all of the run's, less those the risk engine measured to be
-        quarantined at one of this run's slots (a policy is never offered a blueprint known to be dangerous)."""
-        quarantined = frozenset(self.risk.quarantined)
+        quarantined at one of this run's slots (a policy is never offered a blueprint known to be dangerous), and
+        less ``also_quarantined`` (those the run quarantined because building them raised: the state packet's)."""
+        quarantined = frozenset(self.risk.quarantined) | frozenset(also_quarantined)
         offered = [descriptor for descriptor in self.blueprints if descriptor.blueprint_id not in quarantined]
         if quarantined != self._offered_without:
             self._offered_without = quarantined
@@ -107,13 +128,23 @@ class TamiyoController:
             self._consume_policy_updates()
             self._follow_policy_store()
             failure = ""
+            quarantined = quarantined_blueprints(state)
             try:
-                proposal = self.policy.decide(state, self.offered())
+                proposal = self.policy.decide(state, self.offered(quarantined))
             except Exception as error:  # noqa: BLE001 - a failing policy must not stop training
-                failure = f"policy {self.policy.name!r} failed: {type(error).__name__}: {error}"
+                failure = policy_error_text(self.policy.name, error)
                 proposal = noop(f"the {failure}; waiting instead", self.policy.name)
                 self._pending_events.append(Event("policy_error", failure, ERROR))
-                logger.error("tamiyo: %s (a safe no-op was decided instead)", failure)
+                # Logged as an error where it is the only account of it (esper serve tamiyo); where a run writes it
+                # down (it drains the failures: Tolaria prints one line per policy and exception type), quietly.
+                level = logging.DEBUG if self._failures_claimed else logging.ERROR
+                logger.log(level, "tamiyo: %s (a safe no-op was decided instead)", failure)
+                # Blamed on the policy, unless something it called (a guarded catalog) raised it.
+                blamed = Blame("policy", self.policy.name, "decide", module=type(self.policy).__module__)
+                caught = failure_of(error, blamed)
+                if caught is not None:
+                    self._failures.append(caught)
+            proposal = self._held_back(proposal, quarantined)
             if not proposal.decision.policy_name:
                 proposal.decision.policy_name = self.policy.name
             review = self.risk.review(proposal, state, self.by_id)
@@ -162,6 +193,31 @@ class TamiyoController:
             )
             self._publish_telemetry(state, events)
             return command
+
+    def _held_back(self, proposal: AdaptationCommand, quarantined: set[str]) -> AdaptationCommand:
+        """A no-op in place of a germination of a quarantined blueprint (a policy that does not pick from what it is
+        offered, like the fixed schedule, can propose one)."""
+        operation = proposal.seed_operation
+        if (
+            proposal.command_type != CommandType.COMMAND_SEED
+            or operation.operation != SeedOperation.SEED_OP_GERMINATE
+            or operation.blueprint_id not in quarantined
+        ):
+            return proposal
+        return noop(
+            f"blueprint {operation.blueprint_id} is quarantined for this run (building it raised); waiting instead",
+            proposal.decision.policy_name or self.policy.name,
+        )
+
+    def drain_plugin_failures(self) -> list[PluginFailure]:
+        """The policy's exceptions since the last call, oldest first (esper_core.plugin_failures.PluginFailureSource):
+        Tolaria writes them down and counts them. From the first call on, the controller logs a policy's exception
+        at DEBUG level only (the caller reports it)."""
+        self._failures_claimed = True
+        drained = []
+        while self._failures:
+            drained.append(self._failures.popleft())
+        return drained
 
     def _publish_telemetry(self, state: SystemStatePacket, events: list[Event]) -> None:
         if self.bus is None:

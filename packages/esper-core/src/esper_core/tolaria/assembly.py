@@ -3,6 +3,10 @@
 The order matters and is the same for a new run and a resumed one, so a checkpoint maps back onto the same
 objects: signing key and bus, blueprint catalogs and artifact store, the task and its data, the host with its seed
 slots, the optimizer, the controller, the telemetry sinks, the run record.
+
+Each component the run calls (catalogs, store, task, seed executor, controller) is held behind a guard
+(:func:`esper_core.plugin_failures.guard`), so that an exception it raises later, wherever it is caught, names the
+plugin that raised it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from esper_core.config import EsperConfig
 from esper_core.errors import ConfigError, EsperError
 from esper_core.oona import Oona, OonaOptions
+from esper_core.plugin_failures import first_argument, guard
 from esper_core.plugins import BuildContext, Registry
 from esper_core.plugins.options import PluginsOptions
 from esper_core.plugins.selectors import NissaSelection, UrzaSelection
@@ -32,6 +37,22 @@ from esper_core.tolaria.record import RECORD_FILE, RunRecord
 from esper_core.tolaria.record_mirror import RecordMirror
 
 CONFIG_FILE = "config.toml"
+
+#: A catalog's ``build`` is asked only for a blueprint the catalog offers, with parameters already checked against
+#: its bounds (by the executor's G0 and by Tezzeret), so whatever it raises is a failure; ``parameter_count`` may
+#: refuse with ``KeyError``/``ValueError`` (the executor asks before it checks the bounds).
+CATALOG_REFUSALS: dict[str, tuple[type[BaseException], ...]] = {
+    "build": (),
+    "parameter_count": (EsperError, KeyError, ValueError),
+}
+#: An artifact store's documented refusals: ``KeyError`` (no catalog offers the blueprint), ``ValueError`` (bad
+#: parameters or slot) and its own Esper errors (a build Tezzeret refused, a corrupt artifact).
+STORE_REFUSALS: dict[str, tuple[type[BaseException], ...]] = {"fetch": (EsperError, KeyError, ValueError)}
+BLUEPRINT_SUBJECTS = {
+    "build": first_argument("blueprint_id"),
+    "parameter_count": first_argument("blueprint_id"),
+    "fetch": first_argument("blueprint_id"),
+}
 
 
 class RunError(EsperError):
@@ -207,27 +228,40 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     # Before any component is built: what they report while opening (an artifact store's repairs) reaches the sinks.
     bus.subscribe([bus.streams.telemetry, bus.streams.emergency])
     selection = config.get(UrzaSelection)
-    catalogs = [registry.build(registry.blueprint_catalog(name), config=config) for name in selection.catalogs]
-    store = registry.build(
-        registry.artifact_store(selection.store),
-        config=config,
-        run_dir=run_dir,
-        catalogs=catalogs,
-        bus=bus,
-        training_run_id=run_id,
-    )
-    task = build_task(registry, config, run_dir)
+    catalogs = [
+        guard(
+            registry.build(registry.blueprint_catalog(name), config=config),
+            kind="blueprint catalog", name=name, refusals=CATALOG_REFUSALS, subjects=BLUEPRINT_SUBJECTS,
+        )
+        for name in selection.catalogs
+    ]  # fmt: skip
+    store = guard(
+        registry.build(
+            registry.artifact_store(selection.store),
+            config=config,
+            run_dir=run_dir,
+            catalogs=catalogs,
+            bus=bus,
+            training_run_id=run_id,
+        ),
+        kind="artifact store", name=selection.store, refusals=STORE_REFUSALS, subjects=BLUEPRINT_SUBJECTS,
+    )  # fmt: skip
+    task = guard(build_task(registry, config, run_dir), kind="task", name=options.task)
     data = split_data(task.data(), options, tolaria, device, task.name)
     model = task.build_model().to(device)
-    executor: SeedExecutor = registry.build(
-        registry.seed_executor(tolaria.seed_executor),
-        config=config,
-        signing_key=key,
-        bus=bus,
-        run_dir=run_dir,
-        store=store,
-        catalogs=catalogs,
-        training_run_id=run_id,
+    executor: SeedExecutor = guard(
+        registry.build(
+            registry.seed_executor(tolaria.seed_executor),
+            config=config,
+            signing_key=key,
+            bus=bus,
+            run_dir=run_dir,
+            store=store,
+            catalogs=catalogs,
+            training_run_id=run_id,
+        ),
+        kind="seed executor",
+        name=tolaria.seed_executor,
     )
     points = list(task.slot_points())
     try:
@@ -237,15 +271,19 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     optimizer = make_optimizer(executor.host_parameters(), tolaria)
     executor.bind_optimizer(optimizer)
     executor.set_probe(data.probe[0], data.probe[1], task.loss)
-    controller: Controller = registry.build(
-        registry.controller(tolaria.controller),
-        config=config,
-        signing_key=key,
-        bus=bus,
-        run_dir=run_dir,
-        catalogs=catalogs,
-        store=store,
-        training_run_id=run_id,
+    controller: Controller = guard(
+        registry.build(
+            registry.controller(tolaria.controller),
+            config=config,
+            signing_key=key,
+            bus=bus,
+            run_dir=run_dir,
+            catalogs=catalogs,
+            store=store,
+            training_run_id=run_id,
+        ),
+        kind="controller",
+        name=tolaria.controller,
     )
     sinks = [
         registry.build(registry.telemetry_sink(name), config=config, run_dir=run_dir)

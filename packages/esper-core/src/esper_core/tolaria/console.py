@@ -1,4 +1,5 @@
-"""What ``esper run`` shows a person: a progress bar per epoch, one status line per epoch, a summary table."""
+"""What ``esper run`` shows a person: a progress bar per epoch, one status line per epoch, a summary table, and one
+line the first time each plugin raises each exception type (also with ``--quiet``: an error is not progress)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def _stage_counts(state: SystemStatePacket) -> str:
 
 def _action(command: AdaptationCommand, result: CommandResult) -> str:
     if command.command_type == CommandType.COMMAND_NOOP:
-        return "wait"
+        # The error itself was shown once, when the policy first raised it (Trainer.on_notice).
+        return "wait (policy error)" if command.annotations.get(POLICY_ERROR) else "wait"
     operation = command.seed_operation
     text = lifecycle.command_name(command)
     if operation.blueprint_id:
@@ -60,7 +62,8 @@ class RunDisplay:
             console=self.console, transient=True, disable=quiet,
         )  # fmt: skip
         self.task_id: TaskID | None = None
-        if not quiet:  # quiet: nothing is called during the epochs at all
+        trainer.on_notice = self.notice
+        if not quiet:  # quiet: nothing else is called during the epochs at all
             trainer.on_step = self.step
             trainer.on_epoch = self.epoch
 
@@ -93,11 +96,11 @@ class RunDisplay:
         if self.task_id is not None:
             self.progress.reset(self.task_id)
         self.console.print(line, highlight=False)
-        failure = command.annotations.get(POLICY_ERROR)
-        if failure:
-            self.console.print(
-                f"    [red]error:[/] {escape(failure)}; a safe no-op was decided instead", highlight=False
-            )
+
+    def notice(self, what: str, line: str) -> None:
+        """One line a person must see now: a plugin's error (its first of that type), conservative mode."""
+        style = "red" if what == "plugin error" else "yellow"
+        self.console.print(f"[{style}]{escape(what)}:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def compute(summary: Summary) -> str:
@@ -108,6 +111,22 @@ def compute(summary: Summary) -> str:
         ("counterfactuals", summary.measurement_flops),
     )
     return format_flops(summary.total_flops, parts)
+
+
+def plugin_rows(summary: Summary) -> list[tuple[str, str]]:
+    """The summary's rows on plugins that raised (none when none did): counts per plugin with their exception
+    types, and the blueprints quarantined for the run."""
+    rows = []
+    if summary.plugin_errors:
+        parts = []
+        for plugin, by_type in sorted(summary.plugin_errors.items()):
+            kind, _, name = plugin.partition(":")
+            types = ", ".join(f"{count} {error_type}" for error_type, count in sorted(by_type.items()))
+            parts.append(f"{kind} {name!r}: {types}")
+        rows.append(("plugin errors", "; ".join(parts) + "; tracebacks in plugin-errors/"))
+    if summary.quarantined:
+        rows.append(("quarantined blueprints", ", ".join(summary.quarantined)))
+    return rows
 
 
 def print_summary(console: Console, summary: Summary, run_dir: Path) -> None:
@@ -131,6 +150,7 @@ def print_summary(console: Console, summary: Summary, run_dir: Path) -> None:
         ("seeds fossilized / culled", f"{summary.fossilized} / {summary.culled}"),
         ("rollbacks", str(summary.rollbacks)),
         ("decisions", ", ".join(f"{name} {count}" for name, count in sorted(summary.decisions.items()))),
+        *plugin_rows(summary),
         ("wall time", f"{summary.wall_seconds:.0f} s (training {summary.train_seconds:.0f} s)"),
         ("compute (counted FLOPs)", compute(summary)),
         ("run directory", str(run_dir)),

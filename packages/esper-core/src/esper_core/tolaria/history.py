@@ -94,6 +94,11 @@ class Summary:
     validation_flops: int = 0
     measurement_flops: int = 0
     total_flops: int = 0
+    #: Exceptions raised by plugins during the run, per plugin (``"policy:explode"``) and exception type, across
+    #: resumes (esper_core.plugin_failures).
+    plugin_errors: dict[str, dict[str, int]] = attrs.Factory(dict)
+    #: Blueprints quarantined for the run because building them raised.
+    quarantined: list[str] = attrs.Factory(list)
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -54,6 +54,9 @@ class TolariaOptions:
     #: decision points (conservative mode).
     failures_to_conservative: int = attrs.field(default=3, validator=positive)
     conservative_for: int = attrs.field(default=2, validator=positive)
+    #: An epoch that a plugin's exception keeps from finishing (a task's model or loss, the executor's validation) is
+    #: trained again from the last checkpoint; after this many such epochs in a row the run stops, resumable.
+    failed_epochs_to_stop: int = attrs.field(default=2, validator=positive)
     #: Examples in the fixed batch the seed executor's gates measure on.
     probe_size: int = attrs.field(default=64, validator=positive)
     #: Validate on at most this many examples (0: the whole validation set).

@@ -22,11 +22,27 @@ its own. Nothing is counted per batch.
 A non-finite loss, or a training loss above ``loss_spike_factor`` times the previous epoch's, rolls the run back to
 its last checkpoint and culls the seeds that were in the forward pass (the one responsible, when only one was), with
 a signed command; it is recorded. After ``max_rollbacks`` the run stops.
+
+Plugins fail loudly, harmlessly (:mod:`esper_core.plugin_failures`). Every exception a plugin raises at run time is
+written down once by the run's :class:`~esper_core.plugin_failures.PluginFailureLedger` (a console line per plugin
+and exception type, the traceback in ``plugin-errors/``, a ``plugin_error`` record entry, checkpointed counts), and
+the run carries on as safely as the place allows:
+
+- the policy or the controller raised: a no-op instead of the decision;
+- the seed executor, a catalog or the artifact store raised while a command was applied: the command fails, the
+  executor leaves the slot as it was (Kasmina does), and a blueprint whose build raised is quarantined for the run
+  (never offered, proposed or germinated again);
+- those count as failures towards conservative mode, like a late decision;
+- an epoch cannot finish (the task's model or loss raised, the executor's validation, a seed module in the forward
+  pass): the run goes back to its last checkpoint and trains the epoch again (a seed module that raised is culled
+  and its blueprint quarantined, as for a divergence); after ``failed_epochs_to_stop`` such epochs in a row the run
+  stops with one line naming the plugin, resumable from that checkpoint.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -47,8 +63,23 @@ from esper_core.leyline import (
     SeedOperation,
     SystemStatePacket,
     lifecycle,
+    value_name,
+)
+from esper_core.leyline.annotations import POLICY_ERROR, mark_quarantined, parse_policy_error
+from esper_core.plugin_failures import (
+    Blame,
+    PluginFailure,
+    PluginFailureLedger,
+    PluginFailureSource,
+    Reported,
+    blame,
+    failure_of,
+    guarded_identity,
+    origin_of,
+    unguarded,
 )
 from esper_core.plugins.runinfo import RunInfo
+from esper_core.protocols import QuarantineListener
 from esper_core.security_options import SecurityOptions
 from esper_core.signing import CommandSigner
 from esper_core.telemetry import ERROR, WARNING, Event
@@ -58,12 +89,17 @@ from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
 from esper_core.tolaria.recording import RunRecorder
 
-__all__ = ["EpochCallback", "EpochStats", "History", "StepCallback", "Summary", "Trainer"]
+__all__ = ["EpochCallback", "EpochStats", "History", "NoticeCallback", "StepCallback", "Summary", "Trainer"]
 
 #: Called at each epoch's end with (epoch, epoch stats, the state packet, the command, its result).
 EpochCallback = Callable[[int, EpochStats, SystemStatePacket, AdaptationCommand, CommandResult], None]
 #: Called with (steps done, steps in the epoch) during an epoch.
 StepCallback = Callable[[int, int], None]
+#: Called with (what, one line) when the run has something to tell a person at once: ``"plugin error"`` (the first
+#: of a plugin and exception type), ``"conservative mode"``.
+NoticeCallback = Callable[[str, str], None]
+
+logger = logging.getLogger("esper.tolaria")
 
 
 class Trainer:
@@ -83,8 +119,27 @@ class Trainer:
         self._running_since = self.clock()
         self.on_epoch: EpochCallback | None = None
         self.on_step: StepCallback | None = None
+        self.on_notice: NoticeCallback | None = None
+        self.failures = PluginFailureLedger(
+            run.run_dir,
+            run.record,
+            origin=lambda failure: origin_of(run.registry, failure.kind, failure.name, failure.module),
+            announce=lambda line: self._notice("plugin error", line),
+        )
+        #: Epochs in a row that a plugin's exception kept from finishing. Not checkpointed: a resume (after the
+        #: plugin was fixed, presumably) is a fresh try.
+        self._failed_epochs = 0
+        #: Whether the decision point under way had a failure (one without any resets the count towards
+        #: conservative mode).
+        self._failed_here = False
+        #: The task's model or loss, blamed for what a training step raises when no plugin inside it was.
+        self._task_blame = Blame("task", run.options.task, "training step", module=_module_of(run.task))
         #: The seeds' configuration and the counted FLOPs per sample of a training step in it (None: count anew).
         self._step_cost: tuple[tuple[Any, ...], float] | None = None
+        # Claim the failures the controller and the executor catch and carry on from: this run writes them down
+        # (one caught while the run was put together, now; the others after each call).
+        self._collect(run.controller, "the controller carried on without it")
+        self._collect(run.executor, "the executor carried on without it")
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> Summary:
@@ -102,12 +157,20 @@ class Trainer:
             run.registry.run_started(RunInfo(run_id=run.run_id, run_dir=run.run_dir, config=run.config, resumed=True))
         while self.history.epoch < run.options.epochs:
             epoch = self.history.epoch + 1
-            stats = self.train_epoch(epoch)
-            problem = self._divergence(stats)
-            if problem is not None:
-                self._roll_back(epoch, problem)
+            try:
+                stats = self.train_epoch(epoch)
+                problem = self._divergence(stats)
+                if problem is not None:
+                    self._roll_back(epoch, problem)
+                    continue
+                state, command, result = self.decision_point(epoch, stats)
+            except Exception as error:
+                failure = failure_of(error)
+                if failure is None:  # not a plugin's exception: a bug of Esper's own, shown with its traceback
+                    raise
+                self._epoch_failed(epoch, failure)
                 continue
-            state, command, result = self.decision_point(epoch, stats)
+            self._failed_epochs = 0
             self.history.epoch = epoch
             self.history.train_losses.append(stats.train_loss)
             self.checkpoint()
@@ -139,13 +202,17 @@ class Trainer:
         for step in range(steps):
             index = order[step * size : (step + 1) * size]
             batch_inputs, batch_targets = inputs[index], targets[index]
-            run.optimizer.zero_grad(set_to_none=True)
-            outputs = run.model(batch_inputs)
-            loss = run.task.loss(outputs, batch_targets)
-            loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
-            if run.tolaria.gradient_clip:
-                torch.nn.utils.clip_grad_norm_(self._optimized_parameters(), run.tolaria.gradient_clip)
-            run.optimizer.step()
+            try:  # free unless it raises
+                run.optimizer.zero_grad(set_to_none=True)
+                outputs = run.model(batch_inputs)
+                loss = run.task.loss(outputs, batch_targets)
+                loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
+                if run.tolaria.gradient_clip:
+                    torch.nn.utils.clip_grad_norm_(self._optimized_parameters(), run.tolaria.gradient_clip)
+                run.optimizer.step()
+            except Exception as error:
+                blame(error, self._task_blame)  # the host model is the task's (a seed module blames itself)
+                raise
             history.global_step += 1
             loss_sum += loss.detach().double() * len(index)
             correct += run.task.correct(outputs.detach(), batch_targets).double()
@@ -207,6 +274,7 @@ class Trainer:
     ) -> tuple[SystemStatePacket, AdaptationCommand, CommandResult]:
         run, history = self.run, self.history
         start = time.perf_counter()
+        self._failed_here = False
         validation = run.executor.evaluate(
             self.batches(*run.data.val, max(run.options.batch_size, 256)), run.task.loss, run.task.correct
         )
@@ -218,9 +286,15 @@ class Trainer:
             history=history, stats=stats, validation=validation, seeds=seeds, optimizer=run.optimizer,
             hardware=hardware_context(run.device),
         )  # fmt: skip
+        if self.failures.quarantined:
+            mark_quarantined(state, {key: int(value["epoch"]) for key, value in self.failures.quarantined.items()})
         command, decide_ms = self._decide(state)
         result, apply_ms = self._apply(command)
         reports = run.controller.observe(state, command, result)
+        self._collect(run.controller, "the controller carried on without it")
+        self._collect(run.executor, "the executor carried on without it")
+        if not self._failed_here:
+            history.failures = 0  # a decision point without a failure ends a run of them
         events = run.executor.drain_events()
         self.refresh_step_cost()  # the command may have changed what a training step computes
         # The hook's own cost: validation is work the run needs anyway, and scales with the validation set.
@@ -245,33 +319,239 @@ class Trainer:
             self._failure(f"the controller did not decide within {options.decision_timeout_s} s")
             return _noop(f"timed out after {options.decision_timeout_s} s"), None
         except Exception as error:  # noqa: BLE001 - a failing controller must not stop training
+            controller = Blame("controller", options.controller, "decide", module=_module_of(self.run.controller))
+            failure = failure_of(error, controller)
+            assert failure is not None
+            self._plugin_failed(failure, "a no-op was decided in its place", counts=False)  # counted just below
             self._failure(f"the controller failed: {type(error).__name__}: {error}")
             return _noop(f"the controller failed: {error}"), None
-        history.failures = 0
-        return command, (time.perf_counter() - start) * 1000.0
+        elapsed = (time.perf_counter() - start) * 1000.0
+        drained = self._collect(self.run.controller, "a safe no-op was decided instead")
+        self._policy_error_untold(command, drained)
+        return command, elapsed
+
+    def _policy_error_untold(self, command: AdaptationCommand, drained: list[PluginFailure]) -> None:
+        """A command that says its policy raised, from a controller that kept no traceback for Tolaria (one in
+        another process, or not Tamiyo): the failure is written down from the annotation alone."""
+        text = command.annotations.get(POLICY_ERROR)
+        if not text or any(failure.kind == "policy" for failure in drained):
+            return
+        if isinstance(unguarded(self.run.controller), PluginFailureSource):
+            return  # it hands over its failures: this one was handed over earlier, or deliberately not
+        parsed = parse_policy_error(text)
+        name, error_type, message = parsed if parsed is not None else ("?", "Exception", text)
+        untold = (
+            f"(no traceback: controller {self.run.tolaria.controller!r} reported only {text!r}; "
+            "the policy's traceback is in the log of the process it runs in)\n"
+        )
+        failure = PluginFailure("policy", name, "decide", error_type, message, untold)
+        self._plugin_failed(failure, "a safe no-op was decided instead")
 
     def _apply(self, command: AdaptationCommand) -> tuple[CommandResult, float | None]:
         if command.command_type == CommandType.COMMAND_NOOP and not command.security.signature:
             return CommandResult(status=CommandStatus.COMMAND_STATUS_NOOP, detail=command.decision.rationale), None
+        refused = self._quarantined_germination(command)
+        if refused is not None:
+            return refused, None
         start = time.perf_counter()
-        result = self.run.executor.apply(command)
+        executor = self.run.executor
+        try:
+            result = executor.apply(command)
+        except Exception as error:  # noqa: BLE001 - a failing executor must not stop training
+            default = Blame("seed executor", self.run.tolaria.seed_executor, "apply", module=_module_of(executor))
+            failure = failure_of(error, default)
+            assert failure is not None
+            result = CommandResult(
+                command_id=command.command_id,
+                slot_id=command.target_slot_id,
+                status=CommandStatus.COMMAND_STATUS_FAILED,
+                detail=f"{failure.plugin} raised {failure.describe()} while the command was applied; not carried out",
+            )
+            self._plugin_failed(failure, "the command failed safely and the run goes on without it")
         elapsed = (time.perf_counter() - start) * 1000.0
+        status = value_name(CommandStatus, result.status, "COMMAND_STATUS_")
+        self._collect(executor, f"the command was not carried out ({status})")
         if elapsed > self.run.tolaria.apply_timeout_s * 1000.0:
             self._failure(f"applying the command took {elapsed:.0f} ms")
         return result, elapsed
 
-    def _failure(self, reason: str) -> None:
-        history, options = self.history, self.run.tolaria
+    def _quarantined_germination(self, command: AdaptationCommand) -> CommandResult | None:
+        """The refusal of a germination of a quarantined blueprint (a controller that ignores the state packet's
+        quarantine gets the same answer as one that proposes it by mistake), or ``None``."""
+        operation = command.seed_operation
+        if command.command_type != CommandType.COMMAND_SEED or operation.operation != SeedOperation.SEED_OP_GERMINATE:
+            return None
+        quarantined = self.failures.quarantined.get(operation.blueprint_id)
+        if quarantined is None:
+            return None
+        return CommandResult(
+            command_id=command.command_id,
+            slot_id=command.target_slot_id,
+            status=CommandStatus.COMMAND_STATUS_REJECTED_ILLEGAL,
+            detail=f"blueprint {operation.blueprint_id} is quarantined for this run since epoch "
+            f"{quarantined['epoch']}: {quarantined['reason']}",
+        )
+
+    def _failure(self, reason: str, *, entry: bool = True) -> None:
+        """Count a failure towards conservative mode (and enter it after ``failures_to_conservative`` in a row).
+
+        ``entry``: write a ``failure`` record entry (a plugin's exception has its ``plugin_error`` entry instead).
+        """
+        run, history, options = self.run, self.history, self.run.tolaria
         history.failures += 1
-        events = [Event("decision_failed", reason, WARNING)]
-        if history.failures >= options.failures_to_conservative:
+        self._failed_here = True
+        events = [Event("decision_failed", reason, WARNING)] if entry else []
+        entered = history.failures >= options.failures_to_conservative
+        if entered:
             history.conservative_left = options.conservative_for
             history.failures = 0
             events.append(Event("conservative_mode_entered", reason, WARNING))
-        self.run.record.append(
-            "failure", epoch=self.history.epoch + 1, reason=reason, conservative=history.conservative_left > 0
+        epoch = history.epoch + 1
+        if entry:
+            run.record.append("failure", epoch=epoch, reason=reason, conservative=history.conservative_left > 0)
+        if entered:
+            run.record.append(
+                "conservative_mode", epoch=epoch, reason=reason, failures=options.failures_to_conservative,
+                decision_points=options.conservative_for,
+            )  # fmt: skip
+            self._notice(
+                "conservative mode",
+                f"{options.failures_to_conservative} failures in a row (the last: {reason}); the controller is not "
+                f"consulted at the next {_decision_points(options.conservative_for)}",
+            )
+        if events:
+            self.recorder.publish(history, events)
+
+    # -- plugin failures --------------------------------------------------------------------------------------
+    def _notice(self, what: str, line: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(what, line)
+        else:
+            logger.warning("%s: %s", what, line)
+
+    def _plugin_failed(self, failure: PluginFailure, consequence: str, *, counts: bool = True) -> Reported:
+        """Write ``failure`` down (the ledger, telemetry), quarantine the blueprint whose build (or seed module)
+        raised, and count it towards conservative mode (``counts``; never a task's: the controller is not to blame
+        for it)."""
+        failure = self._with_catalog(failure)
+        quarantines = (
+            failure.kind == "blueprint catalog"
+            and failure.during in ("build", "forward")
+            and bool(failure.subject)
+            and failure.subject not in self.failures.quarantined
         )
-        self.recorder.publish(history, events)
+        if quarantines:
+            consequence += f"; blueprint {failure.subject} is quarantined for the rest of the run"
+        reported = self.failures.report(failure, epoch=self.history.epoch + 1, consequence=consequence)
+        event = Event(
+            "plugin_error", f"{failure.plugin} raised {failure.describe()} in {failure.during}; {consequence}", ERROR,
+            {"plugin": failure.key, "error_type": failure.error_type, "traceback": reported.traceback_file},
+        )  # fmt: skip
+        self.recorder.publish(self.history, [event])
+        if quarantines:
+            self._quarantine(failure, reported)
+        if counts and failure.kind != "task":
+            self._failure(f"{failure.plugin} raised {failure.describe()}", entry=False)
+        return reported
+
+    def _with_catalog(self, failure: PluginFailure) -> PluginFailure:
+        """A seed module's failure names its blueprint, not its catalog (the slot does not know it): find it."""
+        if failure.kind != "blueprint catalog" or failure.name or not failure.subject:
+            return failure
+        for catalog in self.run.catalogs:
+            identity = guarded_identity(catalog)
+            try:
+                offers = any(d.blueprint_id == failure.subject for d in catalog.descriptors())
+            except Exception:  # noqa: BLE001 - a catalog that cannot list its blueprints now is not the one
+                offers = False
+            if offers:
+                return attrs.evolve(failure, name=identity[1] if identity else str(getattr(catalog, "name", "?")))
+        return attrs.evolve(failure, name="?")
+
+    def _quarantine(self, failure: PluginFailure, reported: Reported) -> None:
+        blueprint, epoch = failure.subject, self.history.epoch + 1
+        if failure.during == "build":
+            reason = f"its build raised {failure.describe()}"
+        else:
+            reason = f"its seed module raised {failure.describe()} in the forward pass (slot {failure.slot})"
+        if not self.failures.quarantine(
+            blueprint, catalog=failure.name, reason=reason, epoch=epoch, traceback_file=reported.traceback_file
+        ):
+            return
+        attributes = {"blueprint_id": blueprint, "catalog": failure.name}
+        self.recorder.publish(
+            self.history, [Event("blueprint_quarantined", f"{blueprint}: {reason}", WARNING, attributes)]
+        )
+        # The seam for safety data sheets: a store (or catalog) that keeps them hears of it.
+        for listener in [self.run.store, *self.run.catalogs]:
+            if not isinstance(unguarded(listener), QuarantineListener):
+                continue
+            try:
+                listener.blueprint_quarantined(blueprint, catalog=failure.name, reason=reason)
+            except Exception as error:  # noqa: BLE001 - the quarantine stands whatever the listener does
+                identity = guarded_identity(listener) or ("plugin", type(unguarded(listener)).__name__)
+                default = Blame(identity[0], identity[1], "blueprint_quarantined", module=_module_of(listener))
+                told = failure_of(error, default)
+                assert told is not None
+                self._plugin_failed(told, "the quarantine stands", counts=False)
+
+    def _collect(self, component: Any, consequence: str) -> list[PluginFailure]:
+        """Write down the failures ``component`` caught and carried on from (:class:`PluginFailureSource`)."""
+        if not isinstance(unguarded(component), PluginFailureSource):
+            return []
+        drained = list(component.drain_plugin_failures())
+        for failure in drained:
+            said = "a safe no-op was decided instead" if failure.kind == "policy" else consequence
+            self._plugin_failed(failure, said)
+        return drained
+
+    def _epoch_failed(self, epoch: int, failure: PluginFailure) -> None:
+        """A plugin's exception kept epoch ``epoch`` from finishing: back to the last checkpoint, and train it again,
+        or stop (resumable) after ``failed_epochs_to_stop`` such epochs in a row."""
+        run = self.run
+        failure = self._with_catalog(failure)
+        if failure.kind == "blueprint catalog" and failure.slot:  # a seed module raised: cull it, like a divergence
+            reason = f"the seed in {failure.slot} ({failure.subject}) raised {failure.describe()}"
+            self._roll_back(epoch, reason, only=failure.slot, failure=failure)
+            return
+        self._failed_epochs += 1
+        kept, spent = self.failures.state_dict(), self.history
+        loaded = self.restore_latest()
+        if loaded is not None:
+            self.failures.load_state_dict(kept)  # what happened since the checkpoint still happened
+            self._keep_compute(spent)
+        stops = loaded is None or self._failed_epochs >= run.tolaria.failed_epochs_to_stop
+        if loaded is None:
+            consequence = "the run stops: it has no checkpoint to go back to yet"
+        elif stops:
+            consequence = (
+                f"the run stops at its checkpoint of epoch {self.history.epoch} after {self._failed_epochs} failed "
+                "epochs in a row"
+            )
+        else:
+            consequence = f"epoch {epoch} is trained again from the checkpoint of epoch {self.history.epoch}"
+        reported = self._plugin_failed(failure, consequence, counts=False)  # after the restore: it stays recorded
+        if loaded is not None:
+            self.checkpoint()  # the counts and the record up to here survive a resume
+        if not stops:
+            return
+        then = (
+            f"continue with: esper run --resume {run.run_dir}"
+            if loaded is not None
+            else f"start the run again (remove {run.run_dir} or choose another run.name)"
+        )
+        raise RunError(
+            f"epoch {epoch}: {failure.plugin} from {reported.origin.described} raised {failure.describe()} in "
+            f"{failure.during}; {consequence}. Traceback: {run.run_dir / reported.traceback_file}. Fix the plugin, "
+            f"then {then}"
+        )
+
+    def _keep_compute(self, spent: History) -> None:
+        """After going back to a checkpoint: the compute of the work thrown away was spent all the same."""
+        history = self.history
+        history.training_flops, history.validation_flops, history.measurement_flops = (
+            spent.training_flops, spent.validation_flops, spent.measurement_flops
+        )  # fmt: skip
 
     # -- rollback ---------------------------------------------------------------------------------------------
     def _divergence(self, stats: EpochStats) -> str | None:
@@ -283,22 +563,37 @@ class Trainer:
             return f"the training loss spiked to {stats.train_loss:.4g} (> {factor} x {previous:.4g})"
         return None
 
-    def _roll_back(self, epoch: int, reason: str) -> None:
+    def _roll_back(
+        self, epoch: int, reason: str, *, only: str | None = None, failure: PluginFailure | None = None
+    ) -> None:
+        """Back to the last checkpoint, culling the seeds that were in the forward pass (``only``: that slot's).
+
+        ``failure``: the plugin exception that caused it (a seed module's), written down after the restore.
+        """
         run = self.run
         # In the forward pass and still removable (a fossilized seed is part of the host now).
-        blamed = [s for s in run.executor.export_seed_states() if s.stage in lifecycle.IN_FORWARD & lifecycle.IN_FLIGHT]
+        blamed = [
+            s for s in run.executor.export_seed_states()
+            if s.stage in lifecycle.IN_FORWARD & lifecycle.IN_FLIGHT and only in (None, s.slot_id)
+        ]  # fmt: skip
         if self.history.rollbacks >= run.tolaria.max_rollbacks:
+            if failure is not None:
+                self._plugin_failed(failure, "the run stops: it has rolled back too often", counts=False)
             raise RunError(
                 f"epoch {epoch}: {reason}, and the run has already rolled back {self.history.rollbacks} "
                 "times; it stops here (raise tolaria.max_rollbacks, or lower the learning rate)"
             )
         spent = self.history  # the compute of the epoch thrown away was spent all the same
+        kept = self.failures.state_dict()  # and plugin failures since the checkpoint still happened
         if self.restore_latest() is None:
+            if failure is not None:
+                self._plugin_failed(failure, "the run stops: it has no checkpoint to roll back to yet", counts=False)
             raise RunError(f"epoch {epoch}: {reason}, and there is no checkpoint to roll back to")
+        self.failures.load_state_dict(kept)
+        self._keep_compute(spent)
         history = self.history  # the restored one: restore replaces the object
-        history.training_flops, history.validation_flops, history.measurement_flops = (
-            spent.training_flops, spent.validation_flops, spent.measurement_flops
-        )  # fmt: skip
+        if failure is not None:
+            self._plugin_failed(failure, "the run rolls back to its last checkpoint and culls that seed", counts=False)
         history.rollbacks += 1  # the count the latest checkpoint holds: every rollback re-saves it (below)
         culled = []
         for seed in blamed:
@@ -337,6 +632,7 @@ class Trainer:
             "rng": rng_state(),
             "history": attrs.asdict(self.history),
             "recorder": self.recorder.state_dict(),
+            "plugin_failures": self.failures.state_dict(),
             "record_bytes": run.record.end_offset,
         }
         save_checkpoint(run.run_dir, self.history.epoch, state, run.tolaria.keep_checkpoints)
@@ -372,6 +668,7 @@ class Trainer:
         self.recorder.load_state_dict(
             state.get("recorder") or {"decisions": state["decisions"], "culled": state["culled"]}
         )
+        self.failures.load_state_dict(state.get("plugin_failures", {}))
         if "record_bytes" in state:
             run.record.cut_to(int(state["record_bytes"]))
         else:  # written before positions were byte offsets
@@ -410,6 +707,8 @@ class Trainer:
             validation_flops=compute.validation_flops,
             measurement_flops=compute.measurement_flops,
             total_flops=compute.total_flops,
+            plugin_errors={key: dict(by_type) for key, by_type in sorted(self.failures.counts.items())},
+            quarantined=sorted(self.failures.quarantined),
         )
         run.record.append("run_finished", **summary.as_dict())
         run.registry.run_finished(
@@ -430,6 +729,15 @@ class Trainer:
         if hasattr(run.store, "close"):
             run.store.close()
         run.bus.close()
+
+
+def _decision_points(count: int) -> str:
+    return "decision point" if count == 1 else f"{count} decision points"
+
+
+def _module_of(component: Any) -> str:
+    """The module of a component's own class (seen through its guard): where its distribution is looked up."""
+    return type(unguarded(component)).__module__
 
 
 def _noop(rationale: str) -> AdaptationCommand:

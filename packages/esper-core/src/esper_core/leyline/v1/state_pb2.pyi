@@ -688,6 +688,7 @@ class SystemStatePacket(_message.Message):
     HARDWARE_FIELD_NUMBER: _builtins.int
     SEEDS_FIELD_NUMBER: _builtins.int
     EXTRAS_FIELD_NUMBER: _builtins.int
+    QUARANTINED_BLUEPRINTS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Format version of the packet; Tolaria writes 1."""
     packet_id: _builtins.str
@@ -729,6 +730,13 @@ class SystemStatePacket(_message.Message):
         Tolaria leaves it empty.
         """
 
+    @_builtins.property
+    def quarantined_blueprints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The blueprints this run quarantined, by id, sorted: building one raised (Tolaria's plugin-failure handling), so a
+        controller must neither offer nor propose them; Tolaria refuses to apply a germination of one anyway. Empty in
+        most runs.
+        """
+
     def __init__(
         self,
         *,
@@ -744,10 +752,11 @@ class SystemStatePacket(_message.Message):
         hardware: Global___HardwareContext | None = ...,
         seeds: _abc.Iterable[Global___SeedState] | None = ...,
         extras: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        quarantined_blueprints: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "metrics", b"metrics", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_epoch", b"current_epoch", "experiment_name", b"experiment_name", "extras", b"extras", "global_step", b"global_step", "hardware", b"hardware", "metrics", b"metrics", "packet_id", b"packet_id", "seeds", b"seeds", "source_subsystem", b"source_subsystem", "timestamp", b"timestamp", "training_run_id", b"training_run_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_epoch", b"current_epoch", "experiment_name", b"experiment_name", "extras", b"extras", "global_step", b"global_step", "hardware", b"hardware", "metrics", b"metrics", "packet_id", b"packet_id", "quarantined_blueprints", b"quarantined_blueprints", "seeds", b"seeds", "source_subsystem", b"source_subsystem", "timestamp", b"timestamp", "training_run_id", b"training_run_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
