@@ -179,6 +179,28 @@ def test_a_seed_that_turns_to_nan_is_rolled_back_and_culled(tmp_path: Path) -> N
     assert summary.training_flops > sum(entry["training_flops"] for entry in epochs)
 
 
+def test_the_fast_rollback_from_memory_restores_exactly_what_the_disk_would(tmp_path: Path) -> None:
+    """The same NaN seed rolled back from the in-memory snapshot and, with fast rollback off, from the checkpoint
+    file: the runs continue identically, to the last weight and record entry."""
+    runs = {}
+    for tier, setting in (("memory", "tolaria.fast_rollback_max_mb=512"), ("disk", "tolaria.fast_rollback_max_mb=0")):
+        registry = Registry.create(env={})
+        registry.pm.register(SaboteurPlugin(), name="saboteur")
+        registry.invalidate()
+        _, runs[tier] = train(tmp_path, f"run.name={tier}", "run.epochs=6", 'urza.catalogs=["saboteur"]',
+                              *schedule(1, blueprint="BP990"), setting, registry=registry)  # fmt: skip
+    records = {tier: read_record(run_dir) for tier, run_dir in runs.items()}
+    assert [e["tier"] for e in records["memory"] if e["kind"] == "rollback"] == ["memory"]
+    assert [e["tier"] for e in records["disk"] if e["kind"] == "rollback"] == ["disk"]
+
+    def without_tier(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in entry.items() if k not in ("tier", "run_id")} for entry in stable(entries)]
+
+    assert without_tier(records["memory"]) == without_tier(records["disk"])
+    fast, slow = final_weights(runs["memory"]), final_weights(runs["disk"])
+    assert fast.keys() == slow.keys() and all(torch.equal(fast[key], slow[key]) for key in fast)
+
+
 def test_a_loss_spike_is_a_divergence() -> None:
     trainer: Any = Trainer.__new__(Trainer)
     from esper_core.tolaria.trainer import EpochStats, History

@@ -67,6 +67,9 @@ class TolariaOptions:
     loss_spike_factor: float = attrs.field(default=3.0, validator=positive)
     #: Rollbacks allowed in one run before it stops.
     max_rollbacks: int = attrs.field(default=3, validator=not_negative)
+    #: Keep the newest checkpoint in memory too, when its tensors take at most this many MiB, so that a rollback
+    #: restores from memory instead of reading the file back (0: always from disk).
+    fast_rollback_max_mb: float = attrs.field(default=512.0, validator=not_negative)
     #: Mirror every run-record entry on the shared bus's ``record`` stream, so that ``esper serve simic`` (with
     #: ``simic.service.listen``) learns from this run; needs ``oona.backend`` to be a shared bus.
     publish_record: bool = False

@@ -82,12 +82,13 @@ from esper_core.plugins.runinfo import RunInfo
 from esper_core.protocols import QuarantineListener
 from esper_core.security_options import SecurityOptions
 from esper_core.signing import CommandSigner
-from esper_core.telemetry import ERROR, WARNING, Event
+from esper_core.telemetry import ERROR, WARNING, Event, Metric
 from esper_core.tolaria.assembly import Run, RunError
 from esper_core.tolaria.checkpoint import Loaded, load_newest, restore_rng, rng_state, save_checkpoint
 from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
 from esper_core.tolaria.recording import RunRecorder
+from esper_core.tolaria.snapshot import MemorySnapshot
 
 __all__ = ["EpochCallback", "EpochStats", "History", "NoticeCallback", "StepCallback", "Summary", "Trainer"]
 
@@ -136,6 +137,9 @@ class Trainer:
         self._task_blame = Blame("task", run.options.task, "training step", module=_module_of(run.task))
         #: The seeds' configuration and the counted FLOPs per sample of a training step in it (None: count anew).
         self._step_cost: tuple[tuple[Any, ...], float] | None = None
+        #: The newest checkpoint's state in memory (fast rollback), and how long the last restore took.
+        self._snapshot: MemorySnapshot | None = None
+        self.last_restore_ms = 0.0
         # Claim the failures the controller and the executor catch and carry on from: this run writes them down
         # (one caught while the run was put together, now; the others after each call).
         self._collect(run.controller, "the controller carried on without it")
@@ -516,7 +520,7 @@ class Trainer:
             return
         self._failed_epochs += 1
         kept, spent = self.failures.state_dict(), self.history
-        loaded = self.restore_latest()
+        loaded = self.restore_last_good()
         if loaded is not None:
             self.failures.load_state_dict(kept)  # what happened since the checkpoint still happened
             self._keep_compute(spent)
@@ -585,7 +589,8 @@ class Trainer:
             )
         spent = self.history  # the compute of the epoch thrown away was spent all the same
         kept = self.failures.state_dict()  # and plugin failures since the checkpoint still happened
-        if self.restore_latest() is None:
+        tier = self.restore_last_good()
+        if tier is None:
             if failure is not None:
                 self._plugin_failed(failure, "the run stops: it has no checkpoint to roll back to yet", counts=False)
             raise RunError(f"epoch {epoch}: {reason}, and there is no checkpoint to roll back to")
@@ -607,11 +612,14 @@ class Trainer:
                 culled.append(seed.slot_id)
         responsible = culled[0] if len(culled) == 1 else None
         run.record.append(
-            "rollback", epoch=epoch, to_epoch=history.epoch, reason=reason, culled=culled, responsible=responsible
-        )
+            "rollback", epoch=epoch, to_epoch=history.epoch, reason=reason, culled=culled, responsible=responsible,
+            tier=tier,
+        )  # fmt: skip
         self.recorder.transitions(epoch, run.executor.drain_events())
         self.recorder.publish(
-            history, [Event("rollback", f"epoch {epoch}: {reason}; culled {culled or 'none'}", ERROR)]
+            history,
+            [Event("rollback", f"epoch {epoch}: {reason}; culled {culled or 'none'}", ERROR)],
+            metrics=[Metric("tolaria.rollback.restore_ms", self.last_restore_ms, "ms", {"tier": tier})],
         )
         # Overwrite the checkpoint we came back to with what we have now: the culls, the rollback count and the
         # record entries above survive the next rollback or a resume (or the same seed would return with them).
@@ -636,6 +644,21 @@ class Trainer:
             "record_bytes": run.record.end_offset,
         }
         save_checkpoint(run.run_dir, self.history.epoch, state, run.tolaria.keep_checkpoints)
+        self._snapshot = MemorySnapshot.take(state, int(run.tolaria.fast_rollback_max_mb * 2**20))
+
+    def restore_last_good(self) -> str | None:
+        """Back to the newest checkpoint, from memory when the snapshot is still good (the fast tier), else from disk
+        (:meth:`restore_latest`). Returns the tier that restored, ``"memory"`` or ``"disk"``; None: no checkpoint."""
+        snapshot = self._snapshot
+        if snapshot is not None and self.run.record.check_before(int(snapshot.held["record_bytes"])) is None:
+            started = time.perf_counter()
+            self.restore(snapshot.state())
+            self.last_restore_ms = (time.perf_counter() - started) * 1000.0
+            return "memory"
+        started = time.perf_counter()
+        loaded = self.restore_latest()
+        self.last_restore_ms = (time.perf_counter() - started) * 1000.0
+        return None if loaded is None else "disk"
 
     def restore_latest(self) -> Loaded | None:
         """Go back to the newest checkpoint that is intact and that the run record agrees with.
@@ -652,6 +675,8 @@ class Trainer:
 
         loaded = load_newest(self.run.run_dir, accept=record_agrees)
         if loaded is not None:
+            # The snapshot first: restoring may keep references into the loaded state, which the run then changes.
+            self._snapshot = MemorySnapshot.take(loaded.state, int(self.run.tolaria.fast_rollback_max_mb * 2**20))
             self.restore(loaded.state)
         return loaded
 
