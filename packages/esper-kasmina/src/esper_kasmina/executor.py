@@ -11,6 +11,10 @@ Per run, Tolaria uses it like this::
     state.seeds.extend(kasmina.export_seed_states())
     result = kasmina.apply(controller.decide(state))     # verify, check legality and gates, execute
 
+Besides seed operations, Kasmina carries out two commands of the emergency protocol (docs/kasmina.md, "Pause and
+emergency"): COMMAND_PAUSE with its payload pauses or resumes one seed (held in place: stage, output, parameters,
+optimizer state and alpha), and COMMAND_EMERGENCY culls every seed that is not fossilized, at once.
+
 A command that cannot be verified, is illegal for the slot's stage, or fails a gate changes nothing it should not:
 an unverifiable or illegal one changes nothing at all; a failed gate culls the seed and says why.
 
@@ -46,6 +50,7 @@ from esper_core.leyline import (
     CommandSeedOperation,
     CommandStatus,
     CommandType,
+    EmergencyLevel,
     GateResult,
     SeedLifecycleEvent,
     SeedOperation,
@@ -211,22 +216,24 @@ class KasminaSeedExecutor:
             record = slot.record
             if slot.stage in lifecycle.HAS_SEED:
                 record.age += 1
-            record.stage_age += 1
-            if slot.stage == lifecycle.BLENDING and record.alpha_per_epoch:
+            if not record.paused:  # a paused seed's lifecycle waits: its stage clock and its alpha are held
+                record.stage_age += 1
+            if slot.stage == lifecycle.BLENDING and record.alpha_per_epoch and not record.paused:
                 slot.alpha_steps.add_(1)
             if slot.stage == lifecycle.EMBARGOED:
                 record.embargo_remaining = max(record.embargo_remaining - 1, 0)
                 if record.embargo_remaining == 0:
                     self._reset(slot, reason="embargo over")
-            elif slot.stage in lifecycle.IN_FLIGHT and slot.hooked:
+            elif slot.stage in lifecycle.IN_FLIGHT and slot.hooked and not record.paused:
                 results = self.gates.watchdog(model, slot, host, probe)
                 _count_isolation_failures(slot, results)
                 if not passed(results):
                     failure = first_failure(results)
                     assert failure is not None
                     self._cull(slot, f"watchdog: {describe(failure)}", results)
-        # One probe pass for every slot's statistics and every seed's gradient norm (not one more per seed).
-        seeds = [slot for slot in self.slots if slot.hooked and slot.stage in lifecycle.IN_FLIGHT]
+        # One probe pass for every slot's statistics and every seed's gradient norm (not one more per seed). A paused
+        # seed's parameters take no gradient: its last gradient norm stays in its state.
+        seeds = [s for s in self.slots if s.hooked and s.stage in lifecycle.IN_FLIGHT and not s.record.paused]
         statistics = probes.slot_statistics(model, self.slots, probe, seeds)
         for slot in self.slots:
             stats = statistics.get(slot.slot_id)
@@ -272,6 +279,7 @@ class KasminaSeedExecutor:
                 parameter_count=record.parameter_count,
                 isolation_violations=record.isolation_violations,
                 embargo_epochs_remaining=record.embargo_remaining,
+                paused=record.paused,
             )
             for name in (
                 "gradient_norm",
@@ -315,14 +323,19 @@ class KasminaSeedExecutor:
         return result
 
     def _dispatch_or_restore(self, command: AdaptationCommand, result: CommandResult) -> None:
-        """Carry the command out; if anything raises part way, put the target slot back as it was and re-raise."""
-        slot = self.bank.get(command.target_slot_id) if self.bank is not None else None
-        before = _SlotBefore.of(slot, self.groups) if slot is not None else None
+        """Carry the command out; if anything raises part way, put the slots it touches (the target slot; every slot
+        for an emergency) back as they were and re-raise."""
+        if command.command_type == CommandType.COMMAND_EMERGENCY:
+            touched = self.slots
+        else:
+            slot = self.bank.get(command.target_slot_id) if self.bank is not None else None
+            touched = [] if slot is None else [slot]
+        befores = [(slot, _SlotBefore.of(slot, self.groups)) for slot in touched]
         events, notes, counters = len(self._events), len(self._pending), dict(self.counters)
         try:
             self._dispatch(command, result)
         except Exception:
-            if slot is not None and before is not None:
+            for slot, before in befores:
                 before.restore(slot, self.groups, self.options.seed_weight_decay)
             # What it did is undone, so it is not reported either (the command itself stays counted).
             del self._events[events:]
@@ -337,9 +350,18 @@ class KasminaSeedExecutor:
 
     def _dispatch(self, command: AdaptationCommand, result: CommandResult) -> None:
         kind = command.command_type
-        if kind in (CommandType.COMMAND_NOOP, CommandType.COMMAND_PAUSE):
+        payload = command.WhichOneof("payload")
+        if kind == CommandType.COMMAND_PAUSE and payload == "pause":
+            self._pause(command, result)
+        elif kind in (CommandType.COMMAND_NOOP, CommandType.COMMAND_PAUSE):
             result.status = CommandStatus.COMMAND_STATUS_NOOP
             result.detail = "nothing to do at this decision point"
+        elif kind == CommandType.COMMAND_EMERGENCY and payload == "emergency":
+            self._emergency(command, result)
+        elif kind == CommandType.COMMAND_EMERGENCY:
+            # Like a COMMAND_SEED without its payload: the command does not say what to do, so it is not carried out.
+            result.status = CommandStatus.COMMAND_STATUS_UNSUPPORTED
+            result.detail = "COMMAND_EMERGENCY needs its emergency payload; nothing was removed"
         elif kind == CommandType.COMMAND_CIRCUIT_BREAKER and command.WhichOneof("payload") == "circuit_breaker":
             self._force_breaker(command, result)
         elif kind == CommandType.COMMAND_SEED and command.WhichOneof("payload") == "seed_operation":
@@ -358,6 +380,68 @@ class KasminaSeedExecutor:
         result.status = CommandStatus.COMMAND_STATUS_APPLIED
         result.detail = f"fetch breaker {value_name(CircuitBreakerState, desired)}"
 
+    def _target_slot(self, command: AdaptationCommand, result: CommandResult) -> SeedSlot | None:
+        """The command's target slot, or None with the command refused as illegal (naming the slots there are)."""
+        self._model()
+        slot = self.bank.get(command.target_slot_id) if self.bank is not None else None
+        if slot is None:
+            names = ", ".join(s.slot_id for s in self.slots)
+            self._illegal(result, f"no slot {command.target_slot_id!r}; the slots are: {names}")
+        return slot
+
+    def _pause(self, command: AdaptationCommand, result: CommandResult) -> None:
+        """Pause or resume the target slot's seed. Not a lifecycle transition (the stage stays): it is recorded as a
+        ``seed_paused`` / ``seed_resumed`` telemetry event and in ``SeedState.paused``."""
+        slot = self._target_slot(command, result)
+        if slot is None:
+            return
+        result.stage_before = result.stage_after = slot.stage
+        resume, reason = command.pause.resume, command.pause.reason
+        verb = "resume" if resume else "pause"
+        stage = lifecycle.stage_name(slot.stage)
+        if slot.stage not in lifecycle.IN_FLIGHT:
+            what = "is part of the host" if slot.stage == lifecycle.FOSSILIZED else "has no seed"
+            self._illegal(result, f"cannot {verb} slot {slot.slot_id!r}: it is {stage} and {what}")
+            return
+        if slot.record.paused != resume:
+            state = "already paused" if slot.record.paused else "not paused"
+            self._illegal(result, f"cannot {verb} the seed in slot {slot.slot_id!r}: it is {state}")
+            return
+        slot.record.paused = not resume
+        slot.sync_hook()
+        result.status = CommandStatus.COMMAND_STATUS_APPLIED
+        result.detail = f"seed {slot.record.seed_id} {verb}d in {stage}" + (f": {reason}" if reason else "")
+        self._note(
+            "seed_resumed" if resume else "seed_paused",
+            f"{slot.slot_id}: {result.detail}",
+            slot=slot.slot_id,
+            stage=stage,
+            command_id=command.command_id,
+        )
+
+    def _emergency(self, command: AdaptationCommand, result: CommandResult) -> None:
+        """Cull every seed that is not fossilized (paused or not), each exactly as a commanded cull."""
+        self._model()
+        level = value_name(EmergencyLevel, command.emergency.level)
+        reason = f"emergency: {command.emergency.reason or level}"
+        culled = []
+        before = len(self._events)
+        for slot in self.slots:
+            if slot.stage in lifecycle.IN_FLIGHT:
+                self._cull(slot, reason, [], command.command_id)
+                culled.append(slot.slot_id)
+        result.status = CommandStatus.COMMAND_STATUS_APPLIED
+        result.detail = f"culled: {', '.join(culled)}" if culled else "nothing to remove"
+        result.transitions.extend(self._events[before:])
+        self._note(
+            "emergency",
+            f"{reason} ({level}); {result.detail}",
+            ERROR,
+            emergency_level=level,
+            culled=", ".join(culled),
+            command_id=command.command_id,
+        )
+
     def _illegal(self, result: CommandResult, detail: str) -> None:
         self.counters["rejected_illegal"] += 1
         result.status = CommandStatus.COMMAND_STATUS_REJECTED_ILLEGAL
@@ -365,12 +449,9 @@ class KasminaSeedExecutor:
         self._note("command_rejected", detail, WARNING, command_id=result.command_id, reason="illegal")
 
     def _seed_operation(self, command: AdaptationCommand, result: CommandResult) -> None:
-        self._model()
         operation = command.seed_operation.operation
-        slot = self.bank.get(command.target_slot_id) if self.bank is not None else None
+        slot = self._target_slot(command, result)
         if slot is None:
-            names = ", ".join(s.slot_id for s in self.slots)
-            self._illegal(result, f"no slot {command.target_slot_id!r}; the slots are: {names}")
             return
         result.stage_before = slot.stage
         before = len(self._events)
@@ -487,6 +568,9 @@ class KasminaSeedExecutor:
         operation = command.seed_operation.operation
         source, target = lifecycle.ADVANCES[operation]
         name = lifecycle.operation_name(operation)
+        if slot.record.paused:  # its lifecycle waits: no gate is run for a move it is not to make yet
+            self._illegal(result, f"{name}: the seed in slot {slot.slot_id!r} is paused; resume it first")
+            return
         if slot.stage != source:
             self._illegal(
                 result,
@@ -537,7 +621,12 @@ class KasminaSeedExecutor:
         if target == lifecycle.PROBATIONARY:
             loss = self.last_evaluation.loss if self.last_evaluation else None
             # The step's cost is that of everything it trains: the host and the other seeds in the forward pass.
-            others = [p for other in self.slots if other is not slot and other.hooked for p in other.seed_parameters()]
+            others = [
+                p
+                for other in self.slots
+                if other is not slot and other.hooked and not other.record.paused  # a paused seed is not trained
+                for p in other.seed_parameters()
+            ]
             return self.gates.probation_entry(model, slot, [*host, *others], probe, loss)
         return []
 
@@ -590,6 +679,7 @@ class KasminaSeedExecutor:
     def _cull(self, slot: SeedSlot, reason: str, gates: Sequence[GateResult], command_id: str = "") -> None:
         self.counters["culls"] += 1
         self.groups.remove(slot.slot_id)
+        slot.record.paused = False  # a paused seed is culled like any other; its frozen parameters go with it
         slot.remove_seed()
         slot.record.parameter_count = 0  # the module is gone; its blueprint id stays visible until the reset
         failed = [g for g in gates if not g.passed]

@@ -29,9 +29,14 @@ Each sample's gradient gets ``curvature * s_i`` added (``kasmina.training_curvat
 quadratic model of the loss around ``h``; the seed then settles at ``s_i ≈ -grad_i / curvature``, a bounded
 Newton-like step that a later BLENDING stage, with real feedback, refines.
 
-Everything the slot knows (stage, blueprint, alpha, embargo, counters) is saved in the model's ``state_dict`` (as
-the slot's extra state and its ``alpha_steps`` buffer), and loading a state dict rebuilds the seed module from its
-blueprint id before its weights are loaded, so a restored model computes exactly what the saved one did.
+A *paused* seed (``SeedRecord.paused``, COMMAND_PAUSE) keeps its stage's formula above, with its output held: its
+parameters stop requiring gradients (so no backward pass gives them a gradient and every ``torch.optim`` optimizer
+skips them, state and all), it runs in eval mode (no batch-norm statistics move, no dropout is drawn), and a
+BLENDING seed's alpha stops advancing. Gradients still flow *through* it where its stage lets them (PROBATIONARY).
+
+Everything the slot knows (stage, blueprint, alpha, embargo, counters, pause) is saved in the model's ``state_dict``
+(as the slot's extra state and its ``alpha_steps`` buffer), and loading a state dict rebuilds the seed module from
+its blueprint id before its weights are loaded, so a restored model computes exactly what the saved one did.
 """
 
 from __future__ import annotations
@@ -112,6 +117,8 @@ class SeedRecord:
     host_gradient_norm: float | None = None
     #: A DORMANT width slot's predicted loss decrease for each of growth_statistics.CANDIDATE_WIDTHS new units.
     predicted_decrease: list[float] | None = None
+    #: The seed is paused (COMMAND_PAUSE): its output is held and its lifecycle waits until it is resumed.
+    paused: bool = False
 
     def to_state(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -187,6 +194,8 @@ class SeedSlot(nn.Module):
         self.measurement: Measurement | None = None
         #: TRAINING's pull of the seed's output towards zero (``kasmina.training_curvature``; set by Kasmina).
         self.training_curvature = 0.0
+        #: While paused: the seed module that was frozen and the parameters the pause took out of training.
+        self._held: tuple[nn.Module, tuple[nn.Parameter, ...]] | None = None
         self.register_load_state_dict_pre_hook(_rebuild_before_load)  # type: ignore[no-untyped-call]
 
     alpha_steps: torch.Tensor
@@ -238,7 +247,9 @@ class SeedSlot(nn.Module):
         return self._handle is not None
 
     def sync_hook(self) -> None:
-        """Hold a forward hook on the host module exactly while the seed is part of the forward pass."""
+        """Hold a forward hook on the host module exactly while the seed is part of the forward pass, and keep the
+        seed's parameters frozen exactly while it is paused."""
+        self._sync_pause()
         wanted = self.stage in lifecycle.IN_FORWARD and self.seed is not None and self._target is not None
         if wanted and self._handle is None:
             assert self._target is not None
@@ -253,6 +264,27 @@ class SeedSlot(nn.Module):
                 object.__setattr__(self, "_read_handle", None)
             object.__setattr__(self, "_read_value", None)
 
+    def _sync_pause(self) -> None:
+        """Freeze the seed's trainable parameters while the record says it is paused, and give them back after.
+
+        Freezing is ``requires_grad = False`` with the gradient cleared, not a learning rate of 0: a parameter
+        without a gradient is skipped by every ``torch.optim`` optimizer, so its value *and* its optimizer state
+        (Adam's moments and step count, momentum) stay bit-identical, even with weight decay, which a zero learning
+        rate would not guarantee for the state. Its parameter group stays where it is, so a checkpoint taken while
+        paused holds the seed's optimizer state in the usual place.
+        """
+        seed = self.seed if self.record.paused else None
+        if self._held is not None and self._held[0] is not seed:
+            for parameter in self._held[1]:
+                parameter.requires_grad_(True)
+            object.__setattr__(self, "_held", None)
+        if seed is not None and self._held is None:
+            trainable = tuple(p for p in seed.parameters() if p.requires_grad)
+            for parameter in trainable:
+                parameter.requires_grad_(False)
+                parameter.grad = None
+            object.__setattr__(self, "_held", (seed, trainable))
+
     def install_seed(self, module: nn.Module) -> None:
         self.seed = module
 
@@ -261,7 +293,12 @@ class SeedSlot(nn.Module):
         self.sync_hook()
 
     def seed_parameters(self) -> list[nn.Parameter]:
-        return [] if self.seed is None else [p for p in self.seed.parameters() if p.requires_grad]
+        """The seed's trainable parameters (those of its optimizer group), including the ones a pause froze."""
+        if self.seed is None:
+            return []
+        if self._held is not None and self._held[0] is self.seed:
+            return list(self._held[1])
+        return [p for p in self.seed.parameters() if p.requires_grad]
 
     # -- alpha ------------------------------------------------------------------------------------------------
     def alpha(self) -> float:
@@ -297,8 +334,10 @@ class SeedSlot(nn.Module):
     def _rewrite(self, module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
         seed = self.seed
         assert seed is not None
-        if seed.training != module.training:  # the seed is outside the host's module tree: follow its mode
-            seed.train(module.training)
+        paused = self.record.paused
+        training = module.training and not paused  # a paused seed is held: eval mode, no state moves
+        if seed.training != training:  # the seed is outside the host's module tree: follow its mode
+            seed.train(training)
         host: torch.Tensor = output
         if self.measurement is not None:
             return self._measured(host, seed, self.measurement)
@@ -309,7 +348,7 @@ class SeedSlot(nn.Module):
             straight: torch.Tensor = _StraightThrough.apply(host, contribution, self.training_curvature)  # type: ignore[no-untyped-call, unused-ignore]
             return straight
         if stage == lifecycle.BLENDING:
-            if module.training and torch.is_grad_enabled() and not self.record.alpha_per_epoch:
+            if module.training and torch.is_grad_enabled() and not self.record.alpha_per_epoch and not paused:
                 self.alpha_steps.add_(1)
             alpha = schedules.alpha_tensor(self.record.schedule, self.alpha_steps, self.record.alpha_total, host.dtype)
             blended: torch.Tensor = host + alpha * self._run_seed(seed, source.detach())

@@ -68,7 +68,13 @@ from esper_core.leyline.v1.control_pb2 import (
     CommandCircuitBreaker as CommandCircuitBreaker,
 )
 from esper_core.leyline.v1.control_pb2 import (
+    CommandEmergency as CommandEmergency,
+)
+from esper_core.leyline.v1.control_pb2 import (
     CommandOptimizerAdjustment as CommandOptimizerAdjustment,
+)
+from esper_core.leyline.v1.control_pb2 import (
+    CommandPause as CommandPause,
 )
 from esper_core.leyline.v1.control_pb2 import (
     CommandResult as CommandResult,

@@ -238,6 +238,70 @@ class CommandRollback(_message.Message):
 Global___CommandRollback: _TypeAlias = CommandRollback  # noqa: Y015
 
 @_typing.final
+class CommandPause(_message.Message):
+    """The payload of COMMAND_PAUSE: freeze the seed in the command's target_slot_id, or resume it.
+
+    A paused seed stays where it is in its lifecycle and in the forward pass, but stops changing: its output is held
+    (its alpha does not advance, its parameters leave the optimizer's step) and its lifecycle does not advance until it
+    is resumed. Kasmina refuses (REJECTED_ILLEGAL) to pause a slot without a seed or a fossilized one, and to resume
+    a seed that is not paused. A COMMAND_PAUSE without this payload is a no-op (COMMAND_STATUS_NOOP), as before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    resume: _builtins.bool
+    """False: pause the seed; true: resume it."""
+    reason: _builtins.str
+    """Why, for the record."""
+    def __init__(
+        self,
+        *,
+        resume: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "resume", b"resume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandPause: _TypeAlias = CommandPause  # noqa: Y015
+
+@_typing.final
+class CommandEmergency(_message.Message):
+    """The payload of COMMAND_EMERGENCY: remove every seed that is not fossilized, at once.
+
+    Kasmina culls every slot whose seed is GERMINATED to PROBATIONARY (paused or not) in one command, their parameters
+    leaving the optimizer, and answers APPLIED with the culled slots in the result's detail (APPLIED with none when
+    there was nothing to remove). Fossilized seeds are part of the host and stay. Any signed controller may issue it;
+    it is the response to the emergency level CONSERVATIVE.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    level: _enums_pb2.EmergencyLevel.ValueType
+    """The emergency level that called for it."""
+    reason: _builtins.str
+    """Why, for the record."""
+    def __init__(
+        self,
+        *,
+        level: _enums_pb2.EmergencyLevel.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandEmergency: _TypeAlias = CommandEmergency  # noqa: Y015
+
+@_typing.final
 class DecisionMetadata(_message.Message):
     """Why the controller decided what it did; typed so that Simic, Nissa and humans can read it without parsing maps.
 
@@ -510,6 +574,8 @@ class AdaptationCommand(_message.Message):
     OPTIMIZER_ADJUSTMENT_FIELD_NUMBER: _builtins.int
     CIRCUIT_BREAKER_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    PAUSE_FIELD_NUMBER: _builtins.int
+    EMERGENCY_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     SECURITY_FIELD_NUMBER: _builtins.int
     TRAINING_RUN_ID_FIELD_NUMBER: _builtins.int
@@ -561,6 +627,14 @@ class AdaptationCommand(_message.Message):
         """Set with COMMAND_ROLLBACK (not carried out by any first-party component)."""
 
     @_builtins.property
+    def pause(self) -> Global___CommandPause:
+        """Set with COMMAND_PAUSE to pause or resume the target slot's seed (without it, a PAUSE is a no-op)."""
+
+    @_builtins.property
+    def emergency(self) -> Global___CommandEmergency:
+        """Set with COMMAND_EMERGENCY (required)."""
+
+    @_builtins.property
     def decision(self) -> Global___DecisionMetadata:
         """Why the decision was made; set on every command of Tamiyo's controller and of Tolaria."""
 
@@ -588,6 +662,8 @@ class AdaptationCommand(_message.Message):
         optimizer_adjustment: Global___CommandOptimizerAdjustment | None = ...,
         circuit_breaker: Global___CommandCircuitBreaker | None = ...,
         rollback: Global___CommandRollback | None = ...,
+        pause: Global___CommandPause | None = ...,
+        emergency: Global___CommandEmergency | None = ...,
         decision: Global___DecisionMetadata | None = ...,
         security: Global___CommandSecurity | None = ...,
         training_run_id: _builtins.str = ...,
@@ -595,11 +671,11 @@ class AdaptationCommand(_message.Message):
         decision_step: _builtins.int = ...,
         annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker", "decision", b"decision", "optimizer_adjustment", b"optimizer_adjustment", "payload", b"payload", "rollback", b"rollback", "security", b"security", "seed_operation", b"seed_operation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breaker", b"circuit_breaker", "decision", b"decision", "emergency", b"emergency", "optimizer_adjustment", b"optimizer_adjustment", "pause", b"pause", "payload", b"payload", "rollback", b"rollback", "security", b"security", "seed_operation", b"seed_operation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "circuit_breaker", b"circuit_breaker", "command_id", b"command_id", "command_type", b"command_type", "decision", b"decision", "decision_epoch", b"decision_epoch", "decision_step", b"decision_step", "execution_deadline_ms", b"execution_deadline_ms", "issued_by", b"issued_by", "optimizer_adjustment", b"optimizer_adjustment", "payload", b"payload", "rollback", b"rollback", "security", b"security", "seed_operation", b"seed_operation", "target_slot_id", b"target_slot_id", "training_run_id", b"training_run_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "circuit_breaker", b"circuit_breaker", "command_id", b"command_id", "command_type", b"command_type", "decision", b"decision", "decision_epoch", b"decision_epoch", "decision_step", b"decision_step", "emergency", b"emergency", "execution_deadline_ms", b"execution_deadline_ms", "issued_by", b"issued_by", "optimizer_adjustment", b"optimizer_adjustment", "pause", b"pause", "payload", b"payload", "rollback", b"rollback", "security", b"security", "seed_operation", b"seed_operation", "target_slot_id", b"target_slot_id", "training_run_id", b"training_run_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["seed_operation", "optimizer_adjustment", "circuit_breaker", "rollback"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["seed_operation", "optimizer_adjustment", "circuit_breaker", "rollback", "pause", "emergency"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

@@ -263,9 +263,9 @@ class _CommandTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandTy
     COMMAND_CIRCUIT_BREAKER: _CommandType.ValueType  # 4
     """Pin the executor's circuit breaker in a state (circuit_breaker payload); Kasmina pins its artifact-fetch breaker."""
     COMMAND_PAUSE: _CommandType.ValueType  # 5
-    """Pause growth. Kasmina treats it as a no-op (COMMAND_STATUS_NOOP)."""
+    """Pause (or resume) the target slot's seed (pause payload); without the payload a no-op (COMMAND_STATUS_NOOP)."""
     COMMAND_EMERGENCY: _CommandType.ValueType  # 6
-    """An emergency action. Not carried out (UNSUPPORTED)."""
+    """Remove every seed that is not fossilized, at once (emergency payload, required)."""
     COMMAND_STRUCTURAL_PRUNING: _CommandType.ValueType  # 7
     """Prune structure from the host. Not carried out (UNSUPPORTED)."""
     COMMAND_NOOP: _CommandType.ValueType  # 8
@@ -276,8 +276,8 @@ class _CommandTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandTy
 
 class CommandType(_CommandType, metaclass=_CommandTypeEnumTypeWrapper):
     """What an AdaptationCommand asks for; it decides which payload the executor reads. Kasmina carries out SEED,
-    CIRCUIT_BREAKER, PAUSE and NOOP; it answers COMMAND_STATUS_UNSUPPORTED to the others, which no first-party
-    component carries out.
+    CIRCUIT_BREAKER, PAUSE, EMERGENCY and NOOP; it answers COMMAND_STATUS_UNSUPPORTED to the others, which no
+    first-party component carries out.
     """
 
 COMMAND_UNKNOWN: CommandType.ValueType  # 0
@@ -293,9 +293,9 @@ COMMAND_OPTIMIZER: CommandType.ValueType  # 3
 COMMAND_CIRCUIT_BREAKER: CommandType.ValueType  # 4
 """Pin the executor's circuit breaker in a state (circuit_breaker payload); Kasmina pins its artifact-fetch breaker."""
 COMMAND_PAUSE: CommandType.ValueType  # 5
-"""Pause growth. Kasmina treats it as a no-op (COMMAND_STATUS_NOOP)."""
+"""Pause (or resume) the target slot's seed (pause payload); without the payload a no-op (COMMAND_STATUS_NOOP)."""
 COMMAND_EMERGENCY: CommandType.ValueType  # 6
-"""An emergency action. Not carried out (UNSUPPORTED)."""
+"""Remove every seed that is not fossilized, at once (emergency payload, required)."""
 COMMAND_STRUCTURAL_PRUNING: CommandType.ValueType  # 7
 """Prune structure from the host. Not carried out (UNSUPPORTED)."""
 COMMAND_NOOP: CommandType.ValueType  # 8
@@ -466,19 +466,29 @@ class _EmergencyLevel:
 class _EmergencyLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EmergencyLevel.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EMERGENCY_LEVEL_UNSPECIFIED: _EmergencyLevel.ValueType  # 0
+    """Not set."""
     EMERGENCY_LEVEL_NOTICE: _EmergencyLevel.ValueType  # 1
+    """L1: something unusual was seen; for the record."""
     EMERGENCY_LEVEL_ELEVATED: _EmergencyLevel.ValueType  # 2
+    """L2: a safety mechanism had to act (a rollback, an isolation violation, a budget breached)."""
     EMERGENCY_LEVEL_CONSERVATIVE: _EmergencyLevel.ValueType  # 3
+    """L3: growth is not safe now: the seeds that are not fossilized are to be removed (COMMAND_EMERGENCY)."""
     EMERGENCY_LEVEL_HALT: _EmergencyLevel.ValueType  # 4
+    """L4: training is to stop, resumably."""
 
 class EmergencyLevel(_EmergencyLevel, metaclass=_EmergencyLevelEnumTypeWrapper):
-    """Tolaria's emergency ladder L1-L4."""
+    """The emergency ladder, L1-L4 (PROTOTYPE-REFERENCE.md): how serious an EmergencySignal is, each level a step up."""
 
 EMERGENCY_LEVEL_UNSPECIFIED: EmergencyLevel.ValueType  # 0
+"""Not set."""
 EMERGENCY_LEVEL_NOTICE: EmergencyLevel.ValueType  # 1
+"""L1: something unusual was seen; for the record."""
 EMERGENCY_LEVEL_ELEVATED: EmergencyLevel.ValueType  # 2
+"""L2: a safety mechanism had to act (a rollback, an isolation violation, a budget breached)."""
 EMERGENCY_LEVEL_CONSERVATIVE: EmergencyLevel.ValueType  # 3
+"""L3: growth is not safe now: the seeds that are not fossilized are to be removed (COMMAND_EMERGENCY)."""
 EMERGENCY_LEVEL_HALT: EmergencyLevel.ValueType  # 4
+"""L4: training is to stop, resumably."""
 Global___EmergencyLevel: _TypeAlias = EmergencyLevel  # noqa: Y015
 
 class _FieldReportOutcome:

@@ -437,6 +437,7 @@ class SeedState(_message.Message):
     READ_SHAPE_FIELD_NUMBER: _builtins.int
     CANDIDATE_WIDTHS_FIELD_NUMBER: _builtins.int
     PREDICTED_LOSS_DECREASE_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
     slot_id: _builtins.str
     """The slot's module path in the host, e.g. "features.3" or "blocks.1.mlp".
     Fixed for the run; the value a command's target_slot_id names.
@@ -537,6 +538,10 @@ class SeedState(_message.Message):
     """For a width slot: the kind of the activation the seed reads, earlier in the forward pass than the point it
     writes (slot_kind). UNSPECIFIED for a residual slot, which reads what it writes. Set by Kasmina at attach time.
     """
+    paused: _builtins.bool
+    """The seed is paused (COMMAND_PAUSE): its output is held, its parameters are out of the optimizer's step and its
+    lifecycle waits, until a COMMAND_PAUSE with resume. False for a slot without a seed.
+    """
     @_builtins.property
     def blueprint_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """The blueprint parameters of the germination command, as given; empty while DORMANT. A parameter the command left
@@ -606,10 +611,11 @@ class SeedState(_message.Message):
         read_shape: _abc.Iterable[_builtins.int] | None = ...,
         candidate_widths: _abc.Iterable[_builtins.int] | None = ...,
         predicted_loss_decrease: _abc.Iterable[_builtins.float] | None = ...,
+        paused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "learning_rate", b"learning_rate", "seed_loss_delta", b"seed_loss_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "candidate_widths", b"candidate_widths", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "parameter_count", b"parameter_count", "predicted_loss_decrease", b"predicted_loss_decrease", "read_kind", b"read_kind", "read_shape", b"read_shape", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "candidate_widths", b"candidate_widths", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "parameter_count", b"parameter_count", "paused", b"paused", "predicted_loss_decrease", b"predicted_loss_decrease", "read_kind", b"read_kind", "read_shape", b"read_shape", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__activation_rms: _TypeAlias = _typing.Literal["activation_rms"]  # noqa: Y015
     _WhichOneofArgType__activation_rms: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms"]  # noqa: Y015

@@ -1,4 +1,5 @@
-"""Every seed executor starts with dormant slots and never acts on a command it cannot verify.
+"""Every seed executor starts with dormant slots and never acts on a command it cannot verify, the emergency
+protocol's PAUSE and EMERGENCY included (verification comes before anything else, whatever the command type).
 
 Subclass :class:`SeedExecutorConformance` and provide an ``executor`` fixture: a fresh executor with its slots
 installed in a host, all DORMANT.
@@ -11,6 +12,7 @@ from esper_core.leyline import (
     CommandSeedOperation,
     CommandStatus,
     CommandType,
+    EmergencyLevel,
     SeedLifecycleStage,
     SeedOperation,
 )
@@ -40,4 +42,21 @@ class SeedExecutorConformance:
         result = executor.apply(command)
         assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_SECURITY
         assert result.security_reason != 0
+        assert executor.export_seed_states() == before
+
+    def test_unsigned_pause_and_emergency_commands_are_rejected_and_change_nothing(
+        self, executor: SeedExecutor
+    ) -> None:
+        before = executor.export_seed_states()
+        pause = AdaptationCommand(
+            command_id="unsigned-pause", command_type=CommandType.COMMAND_PAUSE, target_slot_id=before[0].slot_id
+        )
+        pause.pause.reason = "drill"
+        emergency = AdaptationCommand(command_id="unsigned-emergency", command_type=CommandType.COMMAND_EMERGENCY)
+        emergency.emergency.level = EmergencyLevel.EMERGENCY_LEVEL_CONSERVATIVE
+        emergency.emergency.reason = "drill"
+        for command in (pause, emergency):
+            result = executor.apply(command)
+            assert result.status == CommandStatus.COMMAND_STATUS_REJECTED_SECURITY
+            assert result.security_reason != 0
         assert executor.export_seed_states() == before
