@@ -110,6 +110,7 @@ def esper_core_config_sections() -> Iterator[type]:
     from esper_core.plugins.options import PluginsOptions
     from esper_core.plugins.selectors import NissaSelection, SimicSelection, TamiyoSelection, UrzaSelection
     from esper_core.security_options import SecurityOptions
+    from esper_core.tolaria.emergency import EmergencyOptions
     from esper_core.tolaria.options import RunOptions, TolariaOptions
     from esper_core.weatherlight.options import WeatherlightOptions
 
@@ -121,6 +122,7 @@ def esper_core_config_sections() -> Iterator[type]:
     yield UrzaSelection
     yield RunOptions
     yield TolariaOptions
+    yield EmergencyOptions
     yield TamiyoSelection
     yield SimicSelection
     yield NissaSelection

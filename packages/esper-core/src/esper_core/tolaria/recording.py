@@ -9,6 +9,7 @@ telemetry, relayed from the telemetry and emergency streams to every sink. Nothi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -17,6 +18,7 @@ from esper_core.leyline import (
     AdaptationCommand,
     CommandResult,
     CommandStatus,
+    EmergencySignal,
     FieldReportOutcome,
     SeedState,
     SystemStatePacket,
@@ -38,6 +40,8 @@ class RunRecorder:
         self.run = run
         self.decisions: dict[str, int] = {}
         self.culled = 0
+        #: Told of every ``EmergencySignal`` read from the emergency stream.
+        self.on_signal: Callable[[EmergencySignal], None] | None = None
 
     def decision_point(
         self,
@@ -152,7 +156,8 @@ class RunRecorder:
         self.relay()
 
     def relay(self) -> None:
-        """Hand everything on the telemetry and emergency streams to the sinks."""
+        """Hand everything on the telemetry and emergency streams to the sinks, and every ``EmergencySignal`` to
+        :attr:`on_signal` (the trainer's emergency ladder)."""
         run = self.run
         streams = [run.bus.streams.telemetry, run.bus.streams.emergency]
         while True:
@@ -164,6 +169,8 @@ class RunRecorder:
                 if payload.DESCRIPTOR.name == "TelemetryPacket":
                     for sink in run.sinks:
                         sink.emit(payload)  # type: ignore[arg-type]
+                elif isinstance(payload, EmergencySignal) and self.on_signal is not None:
+                    self.on_signal(payload)
             run.bus.ack_many(messages)
         for sink in run.sinks:
             sink.flush()

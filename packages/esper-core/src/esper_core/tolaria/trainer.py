@@ -55,11 +55,15 @@ from google.protobuf.json_format import MessageToDict
 from esper_core.flops import COUNT_SAMPLES, count_training_step
 from esper_core.leyline import (
     AdaptationCommand,
+    CommandEmergency,
+    CommandPause,
     CommandResult,
     CommandSeedOperation,
     CommandStatus,
     CommandType,
     DecisionMetadata,
+    EmergencySignal,
+    MessagePriority,
     SeedOperation,
     SystemStatePacket,
     lifecycle,
@@ -85,6 +89,15 @@ from esper_core.signing import CommandSigner
 from esper_core.telemetry import ERROR, WARNING, Event, Metric
 from esper_core.tolaria.assembly import Run, RunError
 from esper_core.tolaria.checkpoint import Loaded, load_newest, restore_rng, rng_state, save_checkpoint
+from esper_core.tolaria.emergency import (
+    CONSERVATIVE,
+    ELEVATED,
+    HALT,
+    EmergencyLadder,
+    EmergencyOptions,
+    RunHalted,
+    level_name,
+)
 from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
 from esper_core.tolaria.recording import RunRecorder
@@ -99,6 +112,9 @@ StepCallback = Callable[[int, int], None]
 #: Called with (what, one line) when the run has something to tell a person at once: ``"plugin error"`` (the first
 #: of a plugin and exception type), ``"conservative mode"``.
 NoticeCallback = Callable[[str, str], None]
+
+#: The attribute that marks a signal this run raised itself (its run id), so that reading it back changes nothing.
+RAISED_BY = "raised_by_run"
 
 logger = logging.getLogger("esper.tolaria")
 
@@ -140,6 +156,10 @@ class Trainer:
         #: The newest checkpoint's state in memory (fast rollback), and how long the last restore took.
         self._snapshot: MemorySnapshot | None = None
         self.last_restore_ms = 0.0
+        #: The emergency ladder (docs/tolaria.md, "Emergencies"): signals for this run are read from the bus.
+        self.ladder = EmergencyLadder(run.config.get(EmergencyOptions), run.run_id)
+        self._violations_seen = 0
+        self.recorder.on_signal = self._heard
         # Claim the failures the controller and the executor catch and carry on from: this run writes them down
         # (one caught while the run was put together, now; the others after each call).
         self._collect(run.controller, "the controller carried on without it")
@@ -160,6 +180,7 @@ class Trainer:
         else:
             run.registry.run_started(RunInfo(run_id=run.run_id, run_dir=run.run_dir, config=run.config, resumed=True))
         while self.history.epoch < run.options.epochs:
+            self._halt_if_asked()
             epoch = self.history.epoch + 1
             try:
                 stats = self.train_epoch(epoch)
@@ -180,6 +201,7 @@ class Trainer:
             self.checkpoint()
             if self.on_epoch is not None:
                 self.on_epoch(epoch, stats, state, command, result)
+            self._halt_if_asked()
         return self.finish()
 
     def batches(
@@ -284,6 +306,7 @@ class Trainer:
         )
         history.add_evaluation(validation)
         run.executor.decision_point(epoch, history.global_step)
+        self._emergencies(epoch)
         seeds = run.executor.export_seed_states()
         state = build_state_packet(
             run_id=run.run_id, epoch=epoch, epochs_total=run.options.epochs, batch_size=run.options.batch_size,
@@ -425,6 +448,93 @@ class Trainer:
             )
         if events:
             self.recorder.publish(history, events)
+        if entered:
+            failed = f"{options.failures_to_conservative} failed decision points in a row (the last: {reason})"
+            self._emergency(self.ladder.signal(ELEVATED, failed, "tolaria"), epoch)
+
+    # -- emergencies ----------------------------------------------------------------------------------------
+    def _heard(self, signal: EmergencySignal) -> None:
+        """A signal read from the emergency stream: kept for the next decision point if it is for this run and not
+        one this run raised itself (those are published for others, and already handled)."""
+        if self.ladder.concerns(signal) and signal.attributes.get(RAISED_BY) != self.run.run_id:
+            self.ladder.pending.append(signal)
+
+    def _emergencies(self, epoch: int) -> None:
+        """At a decision point: raise what Kasmina measured (new isolation violations), respond to the signals that
+        arrived since the last one, or count a calm decision point (and resume what the ladder paused)."""
+        self.recorder.relay()  # what arrived on the emergency stream since
+        seeds = self.run.executor.export_seed_states()
+        violations = sum(seed.isolation_violations for seed in seeds)
+        if violations > self._violations_seen:
+            reason = f"{violations - self._violations_seen} new isolation violation(s)"
+            self.ladder.pending.append(self.ladder.signal(ELEVATED, reason, "kasmina"))
+        self._violations_seen = max(self._violations_seen, violations)
+        pending, self.ladder.pending = self.ladder.pending, []
+        for signal in pending:
+            self._emergency(signal, epoch)
+        if not pending and self.ladder.calm_point() and self.ladder.paused:
+            resumed = [slot for slot in self.ladder.paused if self._pause(slot, resume=True, reason="calm again")]
+            self.ladder.paused = []
+            self.run.record.append("emergency_over", epoch=epoch, resumed=resumed)
+
+    def _emergency(self, signal: EmergencySignal, epoch: int) -> None:
+        """Record ``signal`` with its cause, publish it when this run raised it, and respond by level."""
+        run, history = self.run, self.history
+        ours = not signal.attributes.get(RAISED_BY) and signal.origin in ("tolaria", "kasmina")
+        if ours:
+            signal.attributes[RAISED_BY] = run.run_id
+        level = self.ladder.escalated(signal.level)
+        response = ""
+        if level == HALT:
+            repeated = f" ({self.ladder.options.halt_after} emergencies in a row)" if signal.level != HALT else ""
+            self.ladder.halt = f"the run halted at epoch {epoch}: emergency from {signal.origin}: {signal.reason}"
+            self.ladder.halt += repeated
+            self.ladder.count = self.ladder.calm = 0
+            response = "halt after this decision point"
+        elif level == CONSERVATIVE:
+            removal = CommandEmergency(level=CONSERVATIVE, reason=signal.reason)
+            command = AdaptationCommand(command_type=CommandType.COMMAND_EMERGENCY, emergency=removal)
+            result = self._apply_emergency_command(command)
+            self.ladder.paused = []
+            history.conservative_left = max(history.conservative_left, run.tolaria.conservative_for)
+            response = f"removed every seed not fossilized ({result.detail}); conservative mode"
+        elif level == ELEVATED:
+            in_flight = [s.slot_id for s in run.executor.export_seed_states()
+                         if s.stage in lifecycle.IN_FLIGHT and not s.paused]  # fmt: skip
+            paused = [slot for slot in in_flight if self._pause(slot, resume=False, reason=signal.reason)]
+            self.ladder.paused.extend(paused)
+            history.conservative_left = max(history.conservative_left, run.tolaria.conservative_for)
+            response = f"paused {', '.join(paused) or 'no seed'}; conservative mode"
+        run.record.append(
+            "emergency", epoch=epoch, level=level_name(signal.level), origin=signal.origin, reason=signal.reason,
+            response=response or "recorded", escalated_to=level_name(level) if level != signal.level else None,
+        )  # fmt: skip
+        severity = ERROR if level >= ELEVATED else WARNING
+        said = f"{level_name(level)} from {signal.origin}: {signal.reason}; {response or 'recorded'}"
+        self.recorder.publish(history, [Event("emergency", said, severity)])
+        if ours:
+            run.bus.publish(signal, priority=MessagePriority.MESSAGE_PRIORITY_CRITICAL)
+        if level >= ELEVATED:
+            self._notice("emergency", said)
+
+    def _pause(self, slot: str, *, resume: bool, reason: str) -> bool:
+        command = AdaptationCommand(
+            command_type=CommandType.COMMAND_PAUSE, target_slot_id=slot,
+            pause=CommandPause(resume=resume, reason=reason),
+        )  # fmt: skip
+        return self._apply_emergency_command(command).status == CommandStatus.COMMAND_STATUS_APPLIED
+
+    def _apply_emergency_command(self, command: AdaptationCommand) -> CommandResult:
+        command.issued_by = "tolaria"
+        command.decision.CopyFrom(DecisionMetadata(policy_name="tolaria", rationale="emergency"))
+        return self.run.executor.apply(self.signer.sign(command))
+
+    def _halt_if_asked(self) -> None:
+        if self.ladder.halt:
+            raise RunHalted(
+                f"{self.ladder.halt}. Its checkpoint of epoch {self.history.epoch} is written: find the cause in the "
+                f"record's emergency entries, then continue with: esper run --resume {self.run.run_dir}"
+            )
 
     # -- plugin failures --------------------------------------------------------------------------------------
     def _notice(self, what: str, line: str) -> None:
@@ -621,6 +731,7 @@ class Trainer:
             [Event("rollback", f"epoch {epoch}: {reason}; culled {culled or 'none'}", ERROR)],
             metrics=[Metric("tolaria.rollback.restore_ms", self.last_restore_ms, "ms", {"tier": tier})],
         )
+        self._emergency(self.ladder.signal(ELEVATED, f"rollback: {reason}", "tolaria"), epoch)
         # Overwrite the checkpoint we came back to with what we have now: the culls, the rollback count and the
         # record entries above survive the next rollback or a resume (or the same seed would return with them).
         self.checkpoint()
@@ -641,6 +752,7 @@ class Trainer:
             "history": attrs.asdict(self.history),
             "recorder": self.recorder.state_dict(),
             "plugin_failures": self.failures.state_dict(),
+            "emergency": self.ladder.state_dict(),
             "record_bytes": run.record.end_offset,
         }
         save_checkpoint(run.run_dir, self.history.epoch, state, run.tolaria.keep_checkpoints)
@@ -694,6 +806,7 @@ class Trainer:
             state.get("recorder") or {"decisions": state["decisions"], "culled": state["culled"]}
         )
         self.failures.load_state_dict(state.get("plugin_failures", {}))
+        self.ladder.load_state_dict(state.get("emergency", {}))
         if "record_bytes" in state:
             run.record.cut_to(int(state["record_bytes"]))
         else:  # written before positions were byte offsets

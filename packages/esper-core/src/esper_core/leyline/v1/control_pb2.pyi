@@ -275,8 +275,8 @@ class CommandEmergency(_message.Message):
 
     Kasmina culls every slot whose seed is GERMINATED to PROBATIONARY (paused or not) in one command, their parameters
     leaving the optimizer, and answers APPLIED with the culled slots in the result's detail (APPLIED with none when
-    there was nothing to remove). Fossilized seeds are part of the host and stay. Any signed controller may issue it;
-    it is the response to the emergency level CONSERVATIVE.
+    there was nothing to remove). Fossilized seeds are part of the host and stay. Tolaria issues it in response to the
+    emergency level CONSERVATIVE (docs/tolaria.md, "Emergencies"); any signed controller may too.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
