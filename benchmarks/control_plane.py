@@ -22,7 +22,8 @@ per decision point (median and worst over the run) and over the whole run (sums)
 Each epoch's compute, as the run records it (counted FLOPs), is shown beside it: the share of the epoch's training,
 validation and counterfactual-measurement FLOPs that the measurement took (``cf share``).
 
-Usage: python benchmarks/control_plane.py [--epochs 15] [--train-limit 0] [--threads 1] [--json out.json]
+Usage: python benchmarks/control_plane.py [--epochs 15] [--train-limit 0] [--threads 1] [--set KEY=VALUE]
+[--json out.json]
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ class Stopwatch:
         return spent
 
 
-def measure(epochs: int, train_limit: int, threads: int, workdir: Path) -> dict[str, Any]:
+def measure(epochs: int, train_limit: int, threads: int, workdir: Path, extra: list[str]) -> dict[str, Any]:
     registry = Registry.create(env={})
     overrides = [f"run.epochs={epochs}", f"run.runs_dir={workdir}", "run.name=control-plane",
                  f"run.fashion-mnist.train_limit={train_limit}", f"run.threads={threads}",
-                 "nissa.report.automatic=false"]  # fmt: skip
+                 "nissa.report.automatic=false", *extra]  # fmt: skip
     run = start_run(registry, registry.load_config(CONFIG, env={}, overrides=overrides))
     trainer = Trainer(run)
     watch = Stopwatch()
@@ -139,9 +140,11 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=0, help="use the first N training images (0: all 60 000)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configuration override, e.g. urza.urabrask.rate_on_first_use=false")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="esper-control-plane-") as workdir:
-        measured = measure(args.epochs, args.train_limit, args.threads, Path(workdir))
+        measured = measure(args.epochs, args.train_limit, args.threads, Path(workdir), args.set)
     rows = measured["rows"]
     shares = [row["share"] for row in rows]
     overall = sum(row["control_plane_seconds"] for row in rows) / sum(row["train_seconds"] for row in rows)

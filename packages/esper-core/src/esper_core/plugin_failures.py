@@ -254,8 +254,9 @@ class Guarded:
 
     def __setattr__(self, attribute: str, value: Any) -> None:
         setattr(object.__getattribute__(self, "_guarded_target"), attribute, value)
-        if attribute in self.__dict__ and not callable(value):
-            del self.__dict__[attribute]  # no wrapper must stand for what is no longer a method
+        # The wrapper of what was there goes: the next lookup wraps the new value (or finds a plain value), so a
+        # method replaced through the guard (a test's or a profiler's) is guarded in turn, never wrapped twice.
+        self.__dict__.pop(attribute, None)
 
     def __delattr__(self, attribute: str) -> None:
         delattr(object.__getattribute__(self, "_guarded_target"), attribute)
@@ -275,7 +276,7 @@ class Guarded:
         @functools.wraps(method)
         def guarded(*args: Any, **kwargs: Any) -> Any:
             try:
-                return getattr(target, attribute)(*args, **kwargs)
+                return method(*args, **kwargs)
             except Exception as error:
                 if not isinstance(error, refused):
                     subject = subject_of(args, kwargs) if subject_of is not None else ""
