@@ -111,6 +111,10 @@ def test_a_mislabelled_safe_blueprint_is_measured_quarantined_and_never_offered_
     assert later and all(c.annotations[OFFERED_BLUEPRINTS] == "[]" for c in later), "never offered to the policy again"
     assert not any(e["kind"] == "transition" for e in read_record(run_dir)), "nothing was germinated"
     assert len(list((run_dir / "urza" / "sheets").glob("*.bsds"))) == 1, "rated once, at its slot, and stored"
+    # The risk engine's pause is raised on the emergency ladder (NOTICE: recorded), at the same decision point.
+    [notice] = [e for e in read_record(run_dir) if e["kind"] == "emergency"]
+    assert (notice["epoch"], notice["level"], notice["origin"]) == (entry["epoch"], "NOTICE", "tamiyo")
+    assert "bp_quarantine" in notice["reason"] and notice["response"] == "recorded"
 
 
 def test_karn_grows_judged_by_measured_risk_and_declared_risk_is_the_fallback(tmp_path: Path) -> None:

@@ -109,6 +109,35 @@ def test_a_service_killed_mid_run_costs_timeouts_and_never_a_command_twice(
     assert summary.epochs == 14 and summary.fossilized == 1, "the seed germinated before the kill still made it"
 
 
+def test_a_hung_service_is_an_emergency_drill_the_run_survives(
+    tmp_path: Path, redis_server: RedisServer, secret: str, services: list[subprocess.Popen[bytes]]
+) -> None:
+    """The service hangs (SIGSTOP: alive, reading nothing) for a few epochs: decisions time out, the run enters
+    conservative mode and raises ELEVATED on its emergency ladder, and goes on once the service is back."""
+    bus = bus_settings(redis_server.url)
+    services.append(start_service(bus, service_settings(tmp_path), tmp_path / "service.log"))
+    wait_for_service(redis_server.url, bus, 0)
+    trainer = remote_run(tmp_path, bus, "run.epochs=9", "tolaria.decision_timeout_s=0.5",
+                         "tolaria.failures_to_conservative=2")  # fmt: skip
+
+    def on_epoch(epoch: int, *_: object) -> None:
+        if epoch == 2:
+            services[0].send_signal(signal.SIGSTOP)
+        if epoch == 5:
+            services[0].send_signal(signal.SIGCONT)
+
+    trainer.on_epoch = on_epoch
+    try:
+        summary = fit(trainer)
+    finally:
+        services[0].send_signal(signal.SIGCONT)  # whatever happened, the fixture must be able to stop it
+    record = read_record(trainer.run.run_dir)
+    emergencies = [e for e in record if e["kind"] == "emergency"]
+    assert emergencies and emergencies[0]["level"] == "ELEVATED" and emergencies[0]["origin"] == "tolaria"
+    assert "failed decision points in a row" in emergencies[0]["reason"]
+    assert 3 <= emergencies[0]["epoch"] <= 5 and summary.epochs == 9
+
+
 class FlakyReads:
     """A backend that fails one read with a connection error, as a Redis connection lost mid-read would."""
 

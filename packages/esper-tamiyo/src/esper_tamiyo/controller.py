@@ -42,8 +42,10 @@ from esper_core.leyline import (
     lifecycle,
 )
 from esper_core.leyline.annotations import (
+    EMERGENCY,
     OFFERED_BLUEPRINTS,
     POLICY_ERROR,
+    emergency_text,
     policy_error_text,
     quarantined_blueprints,
 )
@@ -157,6 +159,11 @@ class TamiyoController:
             command.annotations[OFFERED_BLUEPRINTS] = self._offered_ids
             if failure:
                 command.annotations[POLICY_ERROR] = failure
+            entered = next((e for e in review.events if e.name == "conservative_mode_entered"), None)
+            if entered is not None:  # the risk engine raises it on the ladder; Tolaria carries it out
+                command.annotations[EMERGENCY] = emergency_text(
+                    "NOTICE", f"risk engine paused growth: {entered.description}"
+                )
             if not command.decision.policy_version:
                 command.decision.policy_version = str(getattr(self.policy, "version", "1"))
             latency = (time.perf_counter() - start) * 1000.0

@@ -7,6 +7,10 @@ them and the packet's quarantine list (the contract, in one place).
   (:func:`policy_error_text` writes it, :func:`parse_policy_error` reads it back). The command is then a safe no-op;
   the console prints the line and the run record keeps it. The traceback does not travel in the command: an
   in-process controller hands it to Tolaria beside it (``esper_core.plugin_failures.PluginFailureSource``).
+- :data:`EMERGENCY`: set when the controller's risk engine raises an emergency with its decision (``"NOTICE: the
+  risk engine paused growth: ..."``; :func:`emergency_text`, :func:`parse_emergency`). It travels in the signed
+  command, so Tolaria raises it on its emergency ladder at the same decision point, whether the controller runs in
+  the process or as ``esper serve tamiyo``.
 - :func:`quarantined_blueprints` / :func:`mark_quarantined`: the blueprints the run quarantined because building one
   raised, in the state packet's typed ``quarantined_blueprints``. A controller must not offer or propose these;
   Tolaria refuses to apply a germination of one anyway.
@@ -20,6 +24,7 @@ from esper_core.leyline.v1.state_pb2 import SystemStatePacket
 
 OFFERED_BLUEPRINTS = "tamiyo.offered_blueprints"
 POLICY_ERROR = "tamiyo.policy_error"
+EMERGENCY = "tamiyo.emergency"
 
 _POLICY_ERROR = re.compile(r"^policy '(?P<name>.*)' failed: (?P<type>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?$", re.S)
 
@@ -35,6 +40,19 @@ def parse_policy_error(text: str) -> tuple[str, str, str] | None:
     if found is None:
         return None
     return found["name"], found["type"], found["message"] or ""
+
+
+def emergency_text(level: str, reason: str) -> str:
+    """The :data:`EMERGENCY` annotation: ``"NOTICE: reason"`` (a level of ``EmergencyLevel`` without its prefix)."""
+    return f"{level}: {reason}"
+
+
+def parse_emergency(text: str) -> tuple[str, str] | None:
+    """(level name, reason) of an :data:`EMERGENCY` annotation, or ``None`` if it is not one."""
+    level, separator, reason = text.partition(": ")
+    if not separator or level not in ("NOTICE", "ELEVATED", "CONSERVATIVE", "HALT"):
+        return None
+    return level, reason
 
 
 def quarantined_blueprints(state: SystemStatePacket) -> set[str]:

@@ -62,6 +62,7 @@ from esper_core.leyline import (
     CommandStatus,
     CommandType,
     DecisionMetadata,
+    EmergencyLevel,
     EmergencySignal,
     MessagePriority,
     SeedOperation,
@@ -69,7 +70,13 @@ from esper_core.leyline import (
     lifecycle,
     value_name,
 )
-from esper_core.leyline.annotations import POLICY_ERROR, mark_quarantined, parse_policy_error
+from esper_core.leyline.annotations import (
+    EMERGENCY,
+    POLICY_ERROR,
+    mark_quarantined,
+    parse_emergency,
+    parse_policy_error,
+)
 from esper_core.plugin_failures import (
     Blame,
     PluginFailure,
@@ -316,6 +323,7 @@ class Trainer:
         if self.failures.quarantined:
             mark_quarantined(state, {key: int(value["epoch"]) for key, value in self.failures.quarantined.items()})
         command, decide_ms = self._decide(state)
+        self._emergency_of(command, epoch)
         result, apply_ms = self._apply(command)
         reports = run.controller.observe(state, command, result)
         self._collect(run.controller, "the controller carried on without it")
@@ -480,7 +488,7 @@ class Trainer:
     def _emergency(self, signal: EmergencySignal, epoch: int) -> None:
         """Record ``signal`` with its cause, publish it when this run raised it, and respond by level."""
         run, history = self.run, self.history
-        ours = not signal.attributes.get(RAISED_BY) and signal.origin in ("tolaria", "kasmina")
+        ours = not signal.attributes.get(RAISED_BY) and signal.origin in ("tolaria", "kasmina", "tamiyo")
         if ours:
             signal.attributes[RAISED_BY] = run.run_id
         level = self.ladder.escalated(signal.level)
@@ -516,6 +524,13 @@ class Trainer:
             run.bus.publish(signal, priority=MessagePriority.MESSAGE_PRIORITY_CRITICAL)
         if level >= ELEVATED:
             self._notice("emergency", said)
+
+    def _emergency_of(self, command: AdaptationCommand, epoch: int) -> None:
+        """An emergency the controller raised with its decision (the risk engine's): on the ladder at once."""
+        raised = parse_emergency(command.annotations.get(EMERGENCY, ""))
+        if raised is not None:
+            level = EmergencyLevel.Value(f"EMERGENCY_LEVEL_{raised[0]}")
+            self._emergency(self.ladder.signal(level, raised[1], "tamiyo"), epoch)
 
     def _pause(self, slot: str, *, resume: bool, reason: str) -> bool:
         command = AdaptationCommand(
