@@ -112,6 +112,7 @@ def esper_core_config_sections() -> Iterator[type]:
     from esper_core.security_options import SecurityOptions
     from esper_core.tolaria.emergency import EmergencyOptions
     from esper_core.tolaria.options import RunOptions, TolariaOptions
+    from esper_core.tolaria.sinks import SinkOptions
     from esper_core.weatherlight.options import WeatherlightOptions
 
     yield OonaOptions
@@ -123,6 +124,7 @@ def esper_core_config_sections() -> Iterator[type]:
     yield RunOptions
     yield TolariaOptions
     yield EmergencyOptions
+    yield SinkOptions
     yield TamiyoSelection
     yield SimicSelection
     yield NissaSelection

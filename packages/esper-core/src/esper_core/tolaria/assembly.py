@@ -286,7 +286,11 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
         name=tolaria.controller,
     )
     sinks = [
-        registry.build(registry.telemetry_sink(name), config=config, run_dir=run_dir)
+        guard(
+            registry.build(registry.telemetry_sink(name), config=config, run_dir=run_dir),
+            kind="telemetry sink",
+            name=name,
+        )
         for name in config.get(NissaSelection).sinks
     ]
     record = RunRecord(run_dir / RECORD_FILE)

@@ -26,11 +26,13 @@ from esper_core.leyline import (
     value_name,
 )
 from esper_core.leyline.annotations import POLICY_ERROR
+from esper_core.plugins.selectors import NissaSelection
 from esper_core.protocols import ResumableSink
 from esper_core.telemetry import Event, Metric, build_telemetry_packet
 from esper_core.tolaria.assembly import Run
 from esper_core.tolaria.history import EpochStats, History
 from esper_core.tolaria.record import encode_message
+from esper_core.tolaria.sinks import SinkChannel, SinkOptions
 
 
 class RunRecorder:
@@ -42,6 +44,10 @@ class RunRecorder:
         self.culled = 0
         #: Told of every ``EmergencySignal`` read from the emergency stream.
         self.on_signal: Callable[[EmergencySignal], None] | None = None
+        #: Told when a sink raises (the exception, the sink's name, the call): the run writes it down.
+        self.on_sink_failure: Callable[[BaseException, str, str], None] | None = None
+        self._channels: dict[int, SinkChannel] = {}
+        self._relaying = False
 
     def decision_point(
         self,
@@ -158,6 +164,15 @@ class RunRecorder:
     def relay(self) -> None:
         """Hand everything on the telemetry and emergency streams to the sinks, and every ``EmergencySignal`` to
         :attr:`on_signal` (the trainer's emergency ladder)."""
+        if self._relaying:  # a sink's failure is being written down: its own telemetry waits for the loop below
+            return
+        self._relaying = True
+        try:
+            self._relay()
+        finally:
+            self._relaying = False
+
+    def _relay(self) -> None:
         run = self.run
         streams = [run.bus.streams.telemetry, run.bus.streams.emergency]
         while True:
@@ -167,13 +182,35 @@ class RunRecorder:
             for message in messages:
                 payload = message.payload
                 if payload.DESCRIPTOR.name == "TelemetryPacket":
-                    for sink in run.sinks:
-                        sink.emit(payload)  # type: ignore[arg-type]
+                    for channel in self.channels():
+                        channel.emit(payload)
                 elif isinstance(payload, EmergencySignal) and self.on_signal is not None:
                     self.on_signal(payload)
             run.bus.ack_many(messages)
-        for sink in run.sinks:
-            sink.flush()
+        for channel in self.channels():
+            channel.flush()
+
+    def channels(self) -> list[SinkChannel]:
+        """A channel for each of the run's sinks, in order (made when a sink is first seen)."""
+        names = self.run.config.get(NissaSelection).sinks
+        found = []
+        for index, sink in enumerate(self.run.sinks):
+            channel = self._channels.get(id(sink))
+            if channel is None or channel.sink is not sink:
+                name = names[index] if index < len(names) else type(sink).__name__
+                channel = SinkChannel(sink, name, self.run.config.get(SinkOptions), self._sink_failed(name))
+                self._channels[id(sink)] = channel
+            found.append(channel)
+        return found
+
+    def _sink_failed(self, name: str) -> Callable[[BaseException, str], None]:
+        def failed(error: BaseException, during: str) -> None:
+            if self.on_sink_failure is not None:
+                self.on_sink_failure(error, name, during)
+            else:
+                raise error
+
+        return failed
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -108,6 +108,7 @@ from esper_core.tolaria.emergency import (
 from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
 from esper_core.tolaria.recording import RunRecorder
+from esper_core.tolaria.sinks import SinkOptions
 from esper_core.tolaria.snapshot import MemorySnapshot
 
 __all__ = ["EpochCallback", "EpochStats", "History", "NoticeCallback", "StepCallback", "Summary", "Trainer"]
@@ -167,6 +168,7 @@ class Trainer:
         self.ladder = EmergencyLadder(run.config.get(EmergencyOptions), run.run_id)
         self._violations_seen = 0
         self.recorder.on_signal = self._heard
+        self.recorder.on_sink_failure = self._sink_failed
         # Claim the failures the controller and the executor catch and carry on from: this run writes them down
         # (one caught while the run was put together, now; the others after each call).
         self._collect(run.controller, "the controller carried on without it")
@@ -459,6 +461,15 @@ class Trainer:
         if entered:
             failed = f"{options.failures_to_conservative} failed decision points in a row (the last: {reason})"
             self._emergency(self.ladder.signal(ELEVATED, failed, "tolaria"), epoch)
+
+    def _sink_failed(self, error: BaseException, name: str, during: str) -> None:
+        """A telemetry sink raised: written down like any plugin's failure; its packets wait and training goes on."""
+        failure = failure_of(error, Blame("telemetry sink", name, during))
+        if failure is None:
+            raise error
+        kept = self.run.config.get(SinkOptions).max_queued
+        consequence = f"its packets wait (up to {kept}) and are delivered when it works again; training goes on"
+        self._plugin_failed(failure, consequence, counts=False)
 
     # -- emergencies ----------------------------------------------------------------------------------------
     def _heard(self, signal: EmergencySignal) -> None:
@@ -876,7 +887,10 @@ class Trainer:
         self._worker.shutdown(wait=False, cancel_futures=True)
         run = self.run
         for sink in run.sinks:
-            sink.close()
+            try:
+                sink.close()
+            except Exception as error:  # noqa: BLE001 - a sink that cannot close must not keep the rest open
+                logger.warning("telemetry sink %r did not close: %s: %s", sink, type(error).__name__, error)
         run.controller.close()
         run.record.close()
         if hasattr(run.store, "close"):
