@@ -8,6 +8,7 @@ set -euo pipefail
 PACKAGES=(
     redis-server          # Oona's Redis Streams backend: tests start redis-server on 127.0.0.1 (esper_core.testing.servers)
     dataset-fashion-mnist # the fashion-mnist task's IDX files, in /usr/share/datasets/fashion-mnist
+    prometheus            # Nissa's metrics and dashboard queries are tested against a real Prometheus (and promtool)
 )
 
 if ! command -v dpkg >/dev/null 2>&1; then
