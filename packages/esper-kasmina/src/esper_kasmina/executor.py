@@ -230,7 +230,7 @@ class KasminaSeedExecutor:
                 if not passed(results):
                     failure = first_failure(results)
                     assert failure is not None
-                    self._cull(slot, f"watchdog: {describe(failure)}", results)
+                    self._cull(slot, f"watchdog: {describe(failure)}", results, cause="watchdog")
         # One probe pass for every slot's statistics and every seed's gradient norm (not one more per seed). A paused
         # seed's parameters take no gradient: its last gradient norm stays in its state.
         seeds = [s for s in self.slots if s.hooked and s.stage in lifecycle.IN_FLIGHT and not s.record.paused]
@@ -428,7 +428,7 @@ class KasminaSeedExecutor:
         before = len(self._events)
         for slot in self.slots:
             if slot.stage in lifecycle.IN_FLIGHT:
-                self._cull(slot, reason, [], command.command_id)
+                self._cull(slot, reason, [], command.command_id, cause="emergency")
                 culled.append(slot.slot_id)
         result.status = CommandStatus.COMMAND_STATUS_APPLIED
         result.detail = f"culled: {', '.join(culled)}" if culled else "nothing to remove"
@@ -466,7 +466,7 @@ class KasminaSeedExecutor:
                     f"slot {slot.slot_id!r} is {lifecycle.stage_name(slot.stage)}; only an active seed can be culled",
                 )
             else:
-                self._cull(slot, "commanded", [], command.command_id)
+                self._cull(slot, "commanded", [], command.command_id, cause="commanded")
                 result.status = CommandStatus.COMMAND_STATUS_APPLIED
         elif operation == SeedOperation.SEED_OP_FINE_TUNE:
             self._fine_tune(slot, command, result)
@@ -599,7 +599,7 @@ class KasminaSeedExecutor:
             self.counters["gate_failures"] += 1
             result.status = CommandStatus.COMMAND_STATUS_REJECTED_GATE
             result.detail = f"{describe(failure)}; seed culled"
-            self._cull(slot, f"failed {describe(failure)}", checks, command.command_id)
+            self._cull(slot, f"failed {describe(failure)}", checks, command.command_id, cause="gate")
             return
         if target in (lifecycle.TRAINING, lifecycle.BLENDING):
             slot.alpha_steps.zero_()
@@ -648,8 +648,16 @@ class KasminaSeedExecutor:
 
     # -- lifecycle moves --------------------------------------------------------------------------------------
     def _move(
-        self, slot: SeedSlot, target: Stage, reason: str, gates: Sequence[GateResult] = (), command_id: str = ""
+        self,
+        slot: SeedSlot,
+        target: Stage,
+        reason: str,
+        gates: Sequence[GateResult] = (),
+        command_id: str = "",
+        **attributes: str,
     ) -> None:
+        """Move the slot's seed to ``target``; the ``seed_transition`` event carries ``attributes`` beside the slot,
+        blueprint and both stages (bounded values only: sinks turn them into labels)."""
         lifecycle.check_transition(slot.stage, target)
         event = SeedLifecycleEvent(
             slot_id=slot.slot_id,
@@ -669,21 +677,24 @@ class KasminaSeedExecutor:
         slot.record.measured_in_stage = False
         slot.sync_hook()
         self._events.append(event)
-        self._note(
-            "seed_transition",
-            f"{slot.slot_id}: {lifecycle.stage_name(event.from_stage)} -> {lifecycle.stage_name(target)} ({reason})",
-            slot=slot.slot_id,
-            stage=lifecycle.stage_name(target),
-        )
+        source, destination = lifecycle.stage_name(event.from_stage), lifecycle.stage_name(target)
+        labels = {"slot": slot.slot_id, "blueprint": event.blueprint_id, "from_stage": source, "stage": destination}
+        description = f"{slot.slot_id}: {source} -> {destination} ({reason})"
+        self._pending.append(Event(name="seed_transition", description=description, attributes=labels | attributes))
 
-    def _cull(self, slot: SeedSlot, reason: str, gates: Sequence[GateResult], command_id: str = "") -> None:
+    def _cull(
+        self, slot: SeedSlot, reason: str, gates: Sequence[GateResult], command_id: str = "", *, cause: str
+    ) -> None:
+        """Remove the seed. ``cause`` is one of ``gate`` (failed the gate of a commanded move), ``watchdog`` (failed a
+        decision point's health check), ``commanded`` (the controller culled it) or ``emergency``."""
         self.counters["culls"] += 1
         self.groups.remove(slot.slot_id)
         slot.record.paused = False  # a paused seed is culled like any other; its frozen parameters go with it
         slot.remove_seed()
         slot.record.parameter_count = 0  # the module is gone; its blueprint id stays visible until the reset
         failed = [g for g in gates if not g.passed]
-        self._move(slot, lifecycle.CULLED, reason, failed, command_id)
+        gate = {"gate": lifecycle.gate_name(failed[0].gate)} if failed else {}
+        self._move(slot, lifecycle.CULLED, reason, failed, command_id, cause=cause, **gate)
         slot.record.embargo_remaining = self.options.embargo_epochs
         self._move(slot, lifecycle.EMBARGOED, f"embargo for {self.options.embargo_epochs} decision points")
         if failed:

@@ -287,7 +287,7 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     )
     sinks = [
         guard(
-            registry.build(registry.telemetry_sink(name), config=config, run_dir=run_dir),
+            registry.build(registry.telemetry_sink(name), config=config, run_dir=run_dir, bus=bus),
             kind="telemetry sink",
             name=name,
         )

@@ -33,6 +33,7 @@ from esper_core.tolaria.assembly import Run
 from esper_core.tolaria.history import EpochStats, History
 from esper_core.tolaria.record import encode_message
 from esper_core.tolaria.sinks import SinkChannel, SinkOptions
+from esper_core.tolaria.slot_telemetry import field_report_events, slot_metrics
 
 
 class RunRecorder:
@@ -128,8 +129,11 @@ class RunRecorder:
             Metric("tolaria.parameters", float(state.metrics.parameter_count)),
             Metric("tolaria.rollbacks", float(history.rollbacks)),
             Metric("tolaria.conservative_mode", float(history.conservative_left > 0)),
+            *slot_metrics(seeds),
+            # The run's bus client: what it published and read, and its streams' lengths (docs/oona.md).
+            *(Metric(name, value) for name, value in run.bus.metrics().items()),
         ]
-        self.publish(history, [], metrics=metrics, epoch=epoch)
+        self.publish(history, field_report_events(reports), metrics=metrics, epoch=epoch)
 
     def transitions(self, epoch: int, events: list[Any]) -> None:
         """Record every lifecycle transition and announce it to the plugins."""

@@ -41,6 +41,9 @@ class LibraryMetrics:
         self._latency: dict[str, deque[float]] = {source: deque(maxlen=LATENCY_WINDOW) for source in SOURCES}
         self._events: deque[Event] = deque(maxlen=MAX_PENDING_EVENTS)
         self._fetches_since_drain = 0
+        #: Each fetch's (source, latency) since the last drain, sent one metric point each (``urza.fetch.latency_ms``
+        #: with a ``source`` attribute) so that a sink can keep a histogram; bounded like the events.
+        self._recent: deque[tuple[str, float]] = deque(maxlen=MAX_PENDING_EVENTS)
 
     def count(self, name: str) -> None:
         """Add one to a counter (``saves``, ``evictions``, ``integrity_failures``, ``build_failures``)."""
@@ -59,6 +62,7 @@ class LibraryMetrics:
         """Record a fetch's latency under its source; over its budget, count it and queue ``timeout_urza``."""
         self._counters[f"fetch.{source}"] += 1
         self._latency[source].append(latency_ms)
+        self._recent.append((source, latency_ms))
         self._fetches_since_drain += 1
         budget = self.build_budget_ms if source == "built" else self.fetch_budget_ms
         if latency_ms > budget:
@@ -109,6 +113,8 @@ class LibraryMetrics:
             Metric(name, value, "ms" if name.endswith("_ms") else "")
             for name, value in self.snapshot(cache_size=cache_size, cache_evictions=cache_evictions).items()
         ]
+        metrics += [Metric("urza.fetch.latency_ms", ms, "ms", {"source": source}) for source, ms in self._recent]
+        self._recent.clear()
         return [
             build_telemetry_packet(source="urza", metrics=metrics, events=events, training_run_id=self.training_run_id)
         ]
