@@ -14,9 +14,9 @@ from typing import Any
 
 from esper_core import hookimpl
 from esper_core.errors import ConfigError
-from esper_core.plugins import BuildContext, CliCommandSpec, RunInfo, TelemetrySinkSpec
+from esper_core.plugins import BuildContext, CliCommandSpec, RunInfo, ServiceSpec, TelemetrySinkSpec
 from esper_nissa.cli import configure_report, run_report
-from esper_nissa.options import JsonlOptions, ReportOptions
+from esper_nissa.options import AlertOptions, JsonlOptions, PrometheusOptions, ReportOptions, SloOptions
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,55 @@ def esper_nissa_telemetry_sinks() -> Iterator[TelemetrySinkSpec]:
         options=JsonlOptions,
         description="Every telemetry packet as one JSON line in the run directory (telemetry.jsonl).",
     )
+    yield TelemetrySinkSpec(
+        name="prometheus",
+        factory=_build_prometheus_sink,
+        options=PrometheusOptions,
+        description="Prometheus series, alerts and SLOs from the telemetry; /metrics at nissa.prometheus.address.",
+    )
+
+
+def _build_prometheus_sink(context: BuildContext) -> Any:
+    from esper_nissa.prometheus.sink import build_prometheus_sink
+
+    return build_prometheus_sink(context)
+
+
+def build_nissa_service(context: BuildContext) -> Any:
+    from esper_nissa.ingest import Nissa
+    from esper_nissa.service import NissaService, NissaServiceOptions
+
+    if context.config is None or context.bus is None:
+        raise ConfigError("the nissa service needs the configuration and the bus it was started with")
+    options = context.options if isinstance(context.options, NissaServiceOptions) else NissaServiceOptions()
+    config, bus = context.config, context.bus
+    nissa = Nissa(
+        prometheus=config.get(PrometheusOptions),
+        alerts=config.get(AlertOptions),
+        slo=config.get(SloOptions),
+        publish=lambda message, priority: bus.publish(message, priority=priority),
+    )
+    return NissaService(bus, nissa, options)
+
+
+@hookimpl
+def esper_weatherlight_services() -> Iterator[ServiceSpec]:
+    from esper_nissa.service import NissaServiceOptions
+
+    yield ServiceSpec(
+        name="nissa",
+        factory=build_nissa_service,
+        options=NissaServiceOptions,
+        description="Telemetry of every trainer and service on the bus into Prometheus series, alerts and SLOs; "
+        "/metrics, /healthz and /metrics/summary on nissa.service.address (docs/nissa.md).",
+    )
 
 
 @hookimpl
 def esper_core_config_sections() -> Iterator[type]:
     yield ReportOptions
+    yield AlertOptions
+    yield SloOptions
 
 
 @hookimpl
