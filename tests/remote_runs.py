@@ -29,11 +29,14 @@ def bus_settings(url: str) -> list[str]:
     return [f"oona.backend={url}", "oona.claim_idle_ms=500", *streams.as_overrides()]
 
 
-def start_service(bus: Sequence[str], settings: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+def start_service(
+    bus: Sequence[str], settings: Sequence[str], log: Path, name: str = "tamiyo"
+) -> subprocess.Popen[bytes]:
+    """``esper serve NAME`` in a process of its own, on the test's bus, with the test's secret."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("ESPER_")}
     env[SECRET_ENV_VAR] = SECRET
     arguments = [item for setting in (*bus, *settings) for item in ("--set", setting)]
-    command = [sys.executable, "-m", "esper_core.cli.main", "serve", "tamiyo", *arguments]
+    command = [sys.executable, "-m", "esper_core.cli.main", "serve", name, *arguments]
     return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +36,11 @@ from esper_core.plugins import (
 from esper_urza.options import PrefetchOptions, UrzaOptions
 
 if TYPE_CHECKING:
+    from esper_core.leyline import AdaptationCommand, CommandResult, SystemStatePacket
     from esper_urza.library import UrzaLibrary
 
-#: The libraries built for runs, by run id, until the run starts (then their pending telemetry is published).
+#: The libraries built for runs, by run id, while the run lives: their telemetry is published when the run starts
+#: (what opening them repaired) and at each decision point.
 _RUN_LIBRARIES: weakref.WeakValueDictionary[str, UrzaLibrary] = weakref.WeakValueDictionary()
 
 
@@ -144,9 +146,23 @@ def service_preflight(context: BuildContext) -> Iterator[str]:
 def esper_tolaria_run_started(run: RunInfo) -> None:
     """Publish what the run's library reported while the run was assembled (the repairs of opening it): Tolaria
     subscribes to the telemetry stream only after it built the store, so that is the first moment it is heard."""
-    library = _RUN_LIBRARIES.pop(run.run_id, None)
+    library = _RUN_LIBRARIES.get(run.run_id)
     if library is not None:
         library.publish_telemetry()
+
+
+@hookimpl
+def esper_tolaria_decision(state: SystemStatePacket, command: AdaptationCommand, result: CommandResult) -> None:
+    """Publish the run's library telemetry once per decision point, if it fetched or reported anything since: the
+    fetch latencies of this decision point's germination reach the sinks with it (never a publication per fetch)."""
+    library = _RUN_LIBRARIES.get(state.training_run_id)
+    if library is not None:
+        library.publish_telemetry()
+
+
+@hookimpl
+def esper_tolaria_run_finished(run: RunInfo, summary: Mapping[str, float]) -> None:
+    _RUN_LIBRARIES.pop(run.run_id, None)
 
 
 @hookimpl
