@@ -226,3 +226,25 @@ def test_the_endpoint_serves_metrics_health_and_a_summary_and_names_a_taken_port
             Nissa().serve("127.0.0.1", server.port)
     finally:
         nissa.close()
+
+
+def test_esper_nissa_rules_writes_the_configured_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from esper_core.cli.main import main
+
+    assert main(["nissa", "rules", "--set", 'nissa.alerts.disabled=["EsperRollback"]']) == 0
+    printed = capsys.readouterr().out
+    assert "alert: EsperSeedIsolationViolation" in printed and "EsperRollback" not in printed
+    output = tmp_path / "rules.yml"
+    assert main(["nissa", "rules", "--output", str(output)]) == 0
+    assert output.read_text() == prometheus_rules(DEFAULT_RULES)
+    assert main(["nissa", "rules", "--set", 'nissa.alerts.disabled=["EsperNope"]']) == 2
+    assert "names the alert rule 'EsperNope', which does not exist" in capsys.readouterr().err
+
+
+def test_the_reference_lists_every_family_and_rule() -> None:
+    from esper_nissa.prometheus import FAMILIES
+
+    reference = (Path(__file__).parents[3] / "docs" / "nissa.md").read_text()
+    missing = [f.name for f in FAMILIES if f"`{f.name}`" not in reference]
+    missing += [r.name for r in DEFAULT_RULES if f"`{r.name}`" not in reference]
+    assert not missing, f"docs/nissa.md does not describe {missing}"

@@ -15,6 +15,8 @@ from typing import Any
 from esper_core import hookimpl
 from esper_core.errors import ConfigError
 from esper_core.plugins import BuildContext, CliCommandSpec, RunInfo, ServiceSpec, TelemetrySinkSpec
+from esper_nissa.alerts.cli import HELP as NISSA_HELP
+from esper_nissa.alerts.cli import configure_nissa, run_nissa
 from esper_nissa.cli import configure_report, run_report
 from esper_nissa.options import AlertOptions, JsonlOptions, PrometheusOptions, ReportOptions, SloOptions
 
@@ -104,6 +106,7 @@ def esper_core_cli_commands() -> Iterator[CliCommandSpec]:
         configure=configure_report,
         run=run_report,
     )
+    yield CliCommandSpec(name="nissa", help=NISSA_HELP, configure=configure_nissa, run=run_nissa)
 
 
 def _automatic(run: RunInfo) -> bool:
