@@ -104,3 +104,30 @@ def test_a_queue_keeps_the_newest_packets_and_counts_what_it_dropped() -> None:
     channel.flush()
     assert [p.packet_id for p in sink.packets] == ["2", "3", "4"] and not channel.queue
     assert len(failures) == 5 and failures[0][1] == "emit"
+
+
+def test_a_resume_may_change_the_sinks_and_nothing_else(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from esper_core.cli.main import main
+    from esper_nissa.sinks import read_jsonl
+
+    settings = [*BASE, "run.epochs=3", "nissa.report.automatic=false", 'nissa.sinks=["jsonl"]']
+    settings += [f"run.runs_dir={tmp_path}", "run.name=r"]
+    assert main(["run", "--quiet", *(item for s in settings for item in ("--set", s))]) == 0
+    run_dir = tmp_path / "r"
+
+    def points() -> list[tuple[str, int, str]]:
+        rows = read_jsonl(run_dir / "telemetry.jsonl")
+        return [(row["sourceSubsystem"], row.get("epoch", 0), row.get("globalStep", "0")) for row in rows]
+
+    before = points()
+    for checkpoint in sorted((run_dir / "checkpoints").glob("*.pt"))[1:]:
+        checkpoint.unlink()  # as if killed in epoch 2: the resume trains epochs 2 and 3 again
+    # Another list, the jsonl sink now second: it still finds its own state (by name) and writes nothing twice.
+    assert main(["run", "--quiet", "--resume", str(run_dir), "--set", 'nissa.sinks=["prometheus", "jsonl"]']) == 0
+    after = points()
+    assert len(after) > len(before) - 2, "the resumed run emitted its last decision point's packets again"
+    assert len(after) == len(set(after)), "and the jsonl sink cut its file back first: no packet twice"
+    assert '"prometheus"' in (run_dir / "config.toml").read_text(), "the next resume keeps the new sinks"
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run_dir), "--set", "run.epochs=5"]) == 2
+    assert "only the telemetry sinks (nissa.* keys) may change on --resume, not 'run.epochs'" in capsys.readouterr().err

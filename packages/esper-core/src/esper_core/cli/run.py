@@ -46,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
     registry: Registry = args.registry
     console = Console()
     if args.resume is not None:
-        if args.config or args.overrides:
-            raise RunError("a resumed run keeps the configuration it recorded; give only --resume RUN_DIR")
-        assembled = reopen_run(registry, args.resume)
+        if args.config:
+            raise RunError(
+                "a resumed run keeps the configuration it recorded; give --resume RUN_DIR without a configuration "
+                "file (--set nissa.* may change its telemetry sinks)"
+            )
+        assembled = reopen_run(registry, args.resume, args.overrides)
         trainer = Trainer(assembled)
         loaded = trainer.restore_latest()
         if loaded is None:

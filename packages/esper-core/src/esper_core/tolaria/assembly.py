@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,14 +319,31 @@ def start_run(registry: Registry, config: EsperConfig) -> Run:
         raise
 
 
-def reopen_run(registry: Registry, run_dir: Path) -> Run:
-    """An existing run, rebuilt exactly from the configuration it recorded (environment overrides do not apply)."""
+#: The only keys a resume may change: where telemetry goes (``nissa.sinks`` and the sinks' own sections), which
+#: never changes what is trained.
+RESUMABLE_PREFIX = "nissa."
+
+
+def reopen_run(registry: Registry, run_dir: Path, overrides: Sequence[str] = ()) -> Run:
+    """An existing run, rebuilt exactly from the configuration it recorded (environment overrides do not apply).
+
+    ``overrides`` may change the telemetry sinks (``nissa.*`` keys) and nothing else; the recorded configuration is
+    then updated (atomically), so a later resume keeps the new sinks.
+    """
     file = run_dir / CONFIG_FILE
     if not file.exists():
         raise RunError(
             f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); give the directory `esper run` made"
         )
-    config = registry.load_config(file, env={})
+    refused = [item for item in overrides if not item.strip().startswith(RESUMABLE_PREFIX)]
+    if refused:
+        raise RunError(
+            f"a resumed run keeps the configuration it recorded; only the telemetry sinks ({RESUMABLE_PREFIX}* keys) "
+            f"may change on --resume, not {refused[0].split('=', 1)[0].strip()!r}"
+        )
+    config = registry.load_config(file, env={}, overrides=overrides)
+    if overrides:
+        atomic_write_text(file, config.to_toml())
     # Only this process writes the run directory now: a temporary file there was left by a kill mid-write.
     for directory in (run_dir, run_dir / DIRECTORY):
         remove_stale_temporaries(directory)

@@ -196,12 +196,12 @@ class RunRecorder:
 
     def channels(self) -> list[SinkChannel]:
         """A channel for each of the run's sinks, in order (made when a sink is first seen)."""
-        names = self.run.config.get(NissaSelection).sinks
+        names = self.sink_names()
         found = []
         for index, sink in enumerate(self.run.sinks):
             channel = self._channels.get(id(sink))
             if channel is None or channel.sink is not sink:
-                name = names[index] if index < len(names) else type(sink).__name__
+                name = names[index]
                 channel = SinkChannel(sink, name, self.run.config.get(SinkOptions), self._sink_failed(name))
                 self._channels[id(sink)] = channel
             found.append(channel)
@@ -219,8 +219,10 @@ class RunRecorder:
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The counters, and where each resumable sink stood (so a resume does not write telemetry twice)."""
+        # By the sink's name (nissa.sinks), so that a resume with another sink list finds each sink's own state.
+        names = self.sink_names()
         sinks = {
-            str(index): sink.state_dict()
+            names[index]: sink.state_dict()
             for index, sink in enumerate(self.run.sinks)
             if isinstance(sink, ResumableSink)
         }
@@ -229,10 +231,16 @@ class RunRecorder:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decisions = dict(state["decisions"])
         self.culled = int(state["culled"])
-        for index, sink in enumerate(self.run.sinks):
-            saved = state.get("sinks", {}).get(str(index))
+        saved_sinks = state.get("sinks", {})
+        for index, (name, sink) in enumerate(zip(self.sink_names(), self.run.sinks, strict=True)):
+            saved = saved_sinks.get(name, saved_sinks.get(str(index)))  # by index: checkpoints before names
             if saved is not None and isinstance(sink, ResumableSink):
                 sink.load_state_dict(saved)
+
+    def sink_names(self) -> list[str]:
+        """The name of each of the run's sinks, in order (its class name when the selection does not say)."""
+        names = self.run.config.get(NissaSelection).sinks
+        return [names[i] if i < len(names) else type(sink).__name__ for i, sink in enumerate(self.run.sinks)]
 
 
 def seed_measurements(seeds: list[SeedState]) -> dict[str, dict[str, Any]]:
