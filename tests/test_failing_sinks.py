@@ -4,6 +4,8 @@ again, and a sink that keeps failing is left alone by its breaker; the run finis
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from esper_core import hookimpl
 from esper_core.leyline import TelemetryPacket
 from esper_core.plugins import Registry, TelemetrySinkSpec
+from esper_core.testing.servers import wait_until
 from esper_core.tolaria.assembly import start_run
 from esper_core.tolaria.record import read_record
 from esper_core.tolaria.sinks import SinkChannel, SinkOptions
@@ -99,11 +102,44 @@ def test_a_queue_keeps_the_newest_packets_and_counts_what_it_dropped() -> None:
     channel = SinkChannel(sink, "broken", options, lambda error, during: failures.append((error, during)))
     for number in range(5):
         channel.emit(TelemetryPacket(packet_id=str(number)))
+    channel.settle()
     assert [p.packet_id for p in channel.queue] == ["2", "3", "4"] and channel.dropped == 2
+    assert failures and all(during == "emit" for _, during in failures), "reported on the run's thread, at a settle"
     sink.failures = 0  # it works again: what is queued arrives, in order
     channel.flush()
     assert [p.packet_id for p in sink.packets] == ["2", "3", "4"] and not channel.queue
-    assert len(failures) == 5 and failures[0][1] == "emit"
+    channel.close()
+
+
+class BlockingSink(FlakySink):
+    """Blocks in ``emit`` until released (a collector that stopped answering)."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+        self.release = threading.Event()
+
+    def emit(self, packet: TelemetryPacket) -> None:
+        self.release.wait()
+        super().emit(packet)
+
+
+def test_a_blocking_sink_costs_a_decision_point_at_most_the_wait_and_catches_up() -> None:
+    sink = BlockingSink()
+    failures: list[tuple[BaseException, str]] = []
+    channel = SinkChannel(
+        sink, "stuck", SinkOptions(wait_ms=50), lambda error, during: failures.append((error, during))
+    )
+    started = time.perf_counter()
+    for number in range(3):
+        channel.emit(TelemetryPacket(packet_id=str(number)))
+        channel.flush()
+    assert time.perf_counter() - started < 2.0, "three decision points waited about 50 ms each, not for the sink"
+    assert [type(error).__name__ for error, _ in failures] == ["SinkBlockedError"], "reported once while it blocks"
+    sink.release.set()  # it answers again: everything queued arrives, in order
+    channel.flush()
+    assert wait_until(lambda: len(sink.packets) == 3, what="the queue delivered")
+    assert [p.packet_id for p in sink.packets] == ["0", "1", "2"]
+    channel.close()
 
 
 def test_a_resume_may_change_the_sinks_and_nothing_else(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

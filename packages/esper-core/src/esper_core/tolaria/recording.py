@@ -8,6 +8,7 @@ telemetry, relayed from the telemetry and emergency streams to every sink. Nothi
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,8 @@ from esper_core.tolaria.history import EpochStats, History
 from esper_core.tolaria.record import encode_message
 from esper_core.tolaria.sinks import SinkChannel, SinkOptions
 from esper_core.tolaria.slot_telemetry import field_report_events, slot_metrics
+
+logger = logging.getLogger("esper.tolaria")
 
 
 class RunRecorder:
@@ -219,6 +222,8 @@ class RunRecorder:
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The counters, and where each resumable sink stood (so a resume does not write telemetry twice)."""
+        for channel in self.channels():
+            channel.settle()  # what the sink was given before the checkpoint is in its state
         # By the sink's name (nissa.sinks), so that a resume with another sink list finds each sink's own state.
         names = self.sink_names()
         sinks = {
@@ -236,6 +241,20 @@ class RunRecorder:
             saved = saved_sinks.get(name, saved_sinks.get(str(index)))  # by index: checkpoints before names
             if saved is not None and isinstance(sink, ResumableSink):
                 sink.load_state_dict(saved)
+
+    def close_sinks(self) -> None:
+        """Close every sink through its channel (what is queued gets ``nissa.delivery.wait_ms`` to go). A sink that
+        cannot close is logged; it never keeps the others open."""
+        channels = {id(channel.sink): channel for channel in self.channels()}
+        for sink in self.run.sinks:
+            try:
+                channel = channels.get(id(sink))
+                if channel is not None:
+                    channel.close()
+                else:
+                    sink.close()
+            except Exception as error:  # noqa: BLE001 - a sink that cannot close must not keep the rest open
+                logger.warning("telemetry sink %r did not close: %s: %s", sink, type(error).__name__, error)
 
     def sink_names(self) -> list[str]:
         """The name of each of the run's sinks, in order (its class name when the selection does not say)."""

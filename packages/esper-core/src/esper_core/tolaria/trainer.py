@@ -886,11 +886,7 @@ class Trainer:
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
         run = self.run
-        for sink in run.sinks:
-            try:
-                sink.close()
-            except Exception as error:  # noqa: BLE001 - a sink that cannot close must not keep the rest open
-                logger.warning("telemetry sink %r did not close: %s: %s", sink, type(error).__name__, error)
+        self.recorder.close_sinks()
         run.controller.close()
         run.record.close()
         if hasattr(run.store, "close"):
