@@ -5,7 +5,7 @@ risk engine's ``[tamiyo.risk]``, and one section per first-party policy. Every t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -35,6 +35,12 @@ class TamiyoOptions:
     policy_store: str = ""
 
 
+def _percent(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    """More than 0 and at most 100."""
+    if not 0.0 < value <= 100.0:
+        raise ValueError(f"{attribute.name} must be more than 0 and at most 100 (100 turns the rule off), got {value}")
+
+
 @section("tamiyo.risk")
 @attrs.frozen
 class RiskOptions:
@@ -61,10 +67,18 @@ class RiskOptions:
     max_loss_volatility: float = 0.5
     max_gradient_variance: float = 1e6
     max_gradient_conflict_rate: float = 0.5
-    #: Device pressure: less free device memory than this (GB) pauses growth; CPU use at or above this (percent)
-    #: downgrades it (100 disables the CPU rule: training saturates a small CPU by design).
+    #: Device pressure: less free device memory than this (GB) pauses growth.
     min_free_memory_gb: float = 0.25
-    max_cpu_percent: float = 100.0
+    #: Device pressure: a GPU temperature (HardwareContext.temperature_celsius, from NVML) at or above this pauses
+    #: growth. 90 °C is about where GPUs start to slow their clocks to cool down (NVML's slowdown threshold lies
+    #: near it on data-centre boards), well above what a healthy, cooled GPU reaches under full load: a hotter GPU
+    #: is throttled or badly cooled, and a larger model only makes that worse. A value above any real temperature
+    #: (1000) turns the rule off.
+    max_device_temperature_celsius: float = attrs.field(default=90.0, validator=positive)
+    #: CPU pressure: host CPU use (HardwareContext.cpu_utilization_percent) at or above this downgrades growth. 100
+    #: (the default) turns the rule off, since training keeps a small machine's CPUs fully busy by design; a
+    #: value above 100 is refused.
+    max_cpu_percent: float = attrs.field(default=100.0, validator=_percent)
     #: Calm decision points (no rule fired, no over-budget decision) before conservative mode is left.
     conservative_exit_after: int = attrs.field(default=2, validator=positive)
 

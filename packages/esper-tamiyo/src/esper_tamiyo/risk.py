@@ -29,8 +29,9 @@ loss_volatility        loss volatility > ``max_loss_volatility``                
 gradient_variance      gradient variance > ``max_gradient_variance``                                 downgrade
 gradient_conflict      gradient conflict rate > ``max_gradient_conflict_rate``                       downgrade
 optimizer_hint         learning rate <= 0 while the loss rises                                       downgrade
-device_pressure_high   free device memory < ``min_free_memory_gb``                                   pause
-cpu_pressure_high      CPU use >= ``max_cpu_percent`` (off at 100)                                   downgrade
+device_pressure_high   free device memory < ``min_free_memory_gb``, or the GPU's temperature >=      pause
+                       ``max_device_temperature_celsius`` (when Tolaria measured it)
+cpu_pressure_high      host CPU use >= ``max_cpu_percent``; 100, the default, turns the rule off     downgrade
 =====================  ============================================================================  ==========
 
 **Blueprint risk: measured first.** With a :class:`esper_core.safety.SafetySheetSource` (the run's artifact store,
@@ -182,10 +183,18 @@ class RiskEngine:
         if m.HasField("learning_rate") and m.learning_rate <= 0 and m.HasField("loss_delta") and m.loss_delta > 0:
             fire("optimizer_hint", DOWNGRADE, "learning rate is 0 while the loss rises")
         hardware = state.hardware
+        pressure = []
         known_memory = state.HasField("hardware") and hardware.total_memory_gb > 0
         if known_memory and hardware.available_memory_gb < o.min_free_memory_gb:
-            fire("device_pressure_high", PAUSE, f"{hardware.available_memory_gb:.2f} GB free")
-        if hardware.HasField("cpu_utilization_percent") and hardware.cpu_utilization_percent >= o.max_cpu_percent:
+            pressure.append(f"{hardware.available_memory_gb:.2f} GB free")
+        hot, limit = hardware.temperature_celsius, o.max_device_temperature_celsius
+        if hardware.HasField("temperature_celsius") and hot >= limit:
+            pressure.append(f"GPU at {hot:.0f} °C (>= {limit:g} °C)")
+        if pressure:
+            fire("device_pressure_high", PAUSE, "; ".join(pressure))
+        cpu_rule_on = o.max_cpu_percent < 100.0  # 100 turns it off (see RiskOptions)
+        busy = hardware.HasField("cpu_utilization_percent") and hardware.cpu_utilization_percent >= o.max_cpu_percent
+        if cpu_rule_on and busy:
             fire("cpu_pressure_high", DOWNGRADE, f"CPU at {hardware.cpu_utilization_percent:.0f}%")
         return fired
 

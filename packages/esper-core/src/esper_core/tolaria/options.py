@@ -70,6 +70,10 @@ class TolariaOptions:
     #: Keep the newest checkpoint in memory too, when its tensors take at most this many MiB, so that a rollback
     #: restores from memory instead of reading the file back (0: always from disk).
     fast_rollback_max_mb: float = attrs.field(default=512.0, validator=not_negative)
+    #: Measure CPU and GPU utilization and GPU temperature for the state packet (docs/tolaria.md, "Hardware"). They
+    #: vary with whatever else the machine runs, so a policy that reads them (the learned one) may decide differently
+    #: in two runs of one configuration; false leaves them absent, making decisions independent of machine load.
+    hardware_utilization: bool = True
     #: Mirror every run-record entry on the shared bus's ``record`` stream, so that ``esper serve simic`` (with
     #: ``simic.service.listen``) learns from this run; needs ``oona.backend`` to be a shared bus.
     publish_record: bool = False

@@ -7,7 +7,6 @@ packet a policy sees can be checked field by field without training anything.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from esper_core.leyline import (
     TrainingMetrics,
     lifecycle,
 )
+from esper_core.tolaria.hardware import HardwareProbe, base_context
 from esper_core.tolaria.history import EpochStats, History
 
 #: Optimizer class names and their Leyline family (anything else is OTHER).
@@ -119,24 +119,7 @@ def seed_parameters(seeds: list[SeedState]) -> int:
     return sum(seed.parameter_count for seed in seeds if seed.stage in lifecycle.HAS_SEED)
 
 
-def hardware_context(device: torch.device) -> HardwareContext:
-    """The device the run trains on, with its memory (the GPU's on CUDA, the machine's otherwise)."""
-    context = HardwareContext(device_type=device.type, device_id=str(device.index or 0))
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        context.total_memory_gb, context.available_memory_gb = total / 2**30, free / 2**30
-    else:
-        context.total_memory_gb, context.available_memory_gb = _memory_gb()
-    return context
-
-
-def _memory_gb() -> tuple[float, float]:
-    """Total and available memory from /proc/meminfo (zeros where it cannot be read)."""
-    try:
-        lines = Path("/proc/meminfo").read_text(encoding="ascii").splitlines()
-        fields = dict(line.split(":", 1) for line in lines)
-        total = int(fields["MemTotal"].split()[0]) / 2**20
-        available = int(fields["MemAvailable"].split()[0]) / 2**20
-        return total, available
-    except (OSError, KeyError, ValueError):
-        return 0.0, 0.0
+def hardware_context(device: torch.device, probe: HardwareProbe | None = None) -> HardwareContext:
+    """The device the run trains on, with its memory (the GPU's on CUDA, the machine's otherwise); with the run's
+    probe, everything it measures too (utilization, temperature: :mod:`esper_core.tolaria.hardware`)."""
+    return base_context(device) if probe is None else probe.read(device)

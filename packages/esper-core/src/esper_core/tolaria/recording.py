@@ -31,6 +31,7 @@ from esper_core.plugins.selectors import NissaSelection
 from esper_core.protocols import ResumableSink
 from esper_core.telemetry import Event, Metric, build_telemetry_packet
 from esper_core.tolaria.assembly import Run
+from esper_core.tolaria.hardware import HardwareProbe, hardware_metrics
 from esper_core.tolaria.history import EpochStats, History
 from esper_core.tolaria.record import encode_message
 from esper_core.tolaria.sinks import SinkChannel, SinkOptions
@@ -42,8 +43,10 @@ logger = logging.getLogger("esper.tolaria")
 class RunRecorder:
     """Writes one run's decision points down; counts decisions by operation and culled seeds (checkpointed)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, hardware: HardwareProbe | None = None) -> None:
         self.run = run
+        #: The probe that read this decision point's hardware (its host extras: the process's memory).
+        self.hardware = hardware
         self.decisions: dict[str, int] = {}
         self.culled = 0
         #: Told of every ``EmergencySignal`` read from the emergency stream.
@@ -133,6 +136,7 @@ class RunRecorder:
             Metric("tolaria.rollbacks", float(history.rollbacks)),
             Metric("tolaria.conservative_mode", float(history.conservative_left > 0)),
             *slot_metrics(seeds),
+            *hardware_metrics(state.hardware, self.hardware.extras if self.hardware is not None else None),
             # The run's bus client: what it published and read, and its streams' lengths (docs/oona.md).
             *(Metric(name, value) for name, value in run.bus.metrics().items()),
         ]

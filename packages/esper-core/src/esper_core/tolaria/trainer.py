@@ -105,6 +105,7 @@ from esper_core.tolaria.emergency import (
     RunHalted,
     level_name,
 )
+from esper_core.tolaria.hardware import HardwareProbe
 from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
 from esper_core.tolaria.recording import RunRecorder
@@ -139,7 +140,9 @@ class Trainer:
         self.signer = CommandSigner(run.signing_key, issuer="tolaria", freshness_window_ms=window)
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="esper-decide")
         self.run.bus.subscribe([run.bus.streams.telemetry, run.bus.streams.emergency])
-        self.recorder = RunRecorder(run)
+        #: Reads the hardware at decision points (``tolaria.hardware_utilization``: utilization and temperature).
+        self.hardware = HardwareProbe(run.tolaria.hardware_utilization)
+        self.recorder = RunRecorder(run, self.hardware)
         #: Where the current stretch of running began (``time.monotonic()``); see ``History.wall_seconds``.
         self._running_since = self.clock()
         self.on_epoch: EpochCallback | None = None
@@ -320,7 +323,7 @@ class Trainer:
         state = build_state_packet(
             run_id=run.run_id, epoch=epoch, epochs_total=run.options.epochs, batch_size=run.options.batch_size,
             history=history, stats=stats, validation=validation, seeds=seeds, optimizer=run.optimizer,
-            hardware=hardware_context(run.device),
+            hardware=hardware_context(run.device, self.hardware),
         )  # fmt: skip
         if self.failures.quarantined:
             mark_quarantined(state, {key: int(value["epoch"]) for key, value in self.failures.quarantined.items()})

@@ -22,9 +22,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class HardwareContext(_message.Message):
-    """The machine the run trains on, as Tolaria sees it when it assembles a state packet. Tolaria fills device_type,
-    device_id and the two memory fields; the other fields are for a replacement of Tolaria or a future probe, and
-    Tolaria leaves them absent.
+    """The machine the run trains on, as Tolaria's hardware probe reads it when it assembles a state packet (once per
+    decision point, never per batch). Tolaria always fills device_type, device_id and the two memory fields, and
+    compute_capability on CUDA; the utilization and temperature fields when it could measure them (absent otherwise,
+    never zero-filled). `tolaria.hardware_utilization = false` leaves cpu_utilization_percent, utilization_percent and
+    temperature_celsius absent, so that decisions do not depend on machine load.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -52,16 +54,23 @@ class HardwareContext(_message.Message):
     is known.
     """
     temperature_celsius: _builtins.float
-    """Device temperature in degrees Celsius. Tolaria does not measure it: absent."""
+    """The GPU's core temperature in degrees Celsius, read through NVML (the pynvml module) at each decision point of a
+    CUDA run. Absent on the CPU, where NVML is unavailable (one log note says why), and with
+    `tolaria.hardware_utilization = false`. The risk engine pauses growth at or above
+    `tamiyo.risk.max_device_temperature_celsius`.
+    """
     utilization_percent: _builtins.float
-    """Accelerator utilization in percent (0-100). Tolaria does not measure it: absent. The learned policy encodes it
-    with a presence flag.
+    """GPU utilization in percent (0-100) through NVML: the share of the driver's last sample period (1/6 s to 1 s) in
+    which a kernel ran. Absent when temperature_celsius is, for the same reasons. The learned policy encodes it with
+    a presence flag.
     """
     compute_capability: _builtins.str
-    """The accelerator's compute capability, e.g. "9.0". Tolaria does not fill it: empty."""
+    """The CUDA device's compute capability from torch, e.g. "9.0". Empty on the CPU."""
     cpu_utilization_percent: _builtins.float
-    """Host CPU utilization in percent (0-100). Tolaria does not measure it: absent. When present, the risk engine
-    downgrades growth at or above `tamiyo.risk.max_cpu_percent`.
+    """Host CPU utilization in percent (0-100): the busy share of all the machine's CPUs since the previous decision
+    point, from /proc/stat. Absent at a run's first decision point (and a resume's: no interval yet), where
+    /proc/stat cannot be read, and with `tolaria.hardware_utilization = false`. When present, the risk engine
+    downgrades growth at or above `tamiyo.risk.max_cpu_percent` (below 100; 100, the default, turns that rule off).
     """
     def __init__(
         self,

@@ -128,10 +128,12 @@ class TelemetryEvent(_message.Message):
     """How serious it is; never UNSPECIFIED in a packet from the builder."""
     name: _builtins.str
     """The event's kind from a fixed vocabulary, e.g. "gate_failure", "command_rejected".
-    Kasmina: seed_transition, gate_failure, command_rejected. Tamiyo: decision, decision_over_budget, policy_error,
-    policy_update_applied, policy_update_rejected, conservative_mode_entered, conservative_mode_exited and the name of
-    every risk rule that fires. Tolaria: decision_failed, conservative_mode_entered, rollback. Urza and Weatherlight
-    have their own (timeout_urza, artifact_build_failed, worker_crashed, ...). A consumer must tolerate new names.
+    Kasmina: seed_transition (attributes slot, blueprint, from_stage, stage; a cull adds cause and the failed gate),
+    gate_failure, command_rejected. Tamiyo: decision, decision_over_budget, policy_error, policy_update_applied,
+    policy_update_rejected, conservative_mode_entered, conservative_mode_exited and the name of every risk rule that
+    fires. Tolaria: decision_failed, conservative_mode_entered, rollback, emergency, field_report (slot, blueprint,
+    outcome, contribution, report_id, command_id). Nissa: alert_firing, alert_resolved. Urza and Weatherlight have
+    their own (timeout_urza, artifact_build_failed, worker_crashed, ...). A consumer must tolerate new names.
     """
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
