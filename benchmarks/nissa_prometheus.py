@@ -1,11 +1,14 @@
-"""What Nissa's Prometheus side costs: the ``prometheus`` sink per decision point against the epoch it follows, and a
-``/metrics`` scrape of 1,000 series against prometheus-client's own exposition of the same number, in one run.
+"""What Nissa's sinks cost: the ``prometheus`` and ``elasticsearch`` sinks per decision point against the epoch it
+follows, and a ``/metrics`` scrape of 1,000 series against prometheus-client's own exposition of the same number, in
+one run.
 
 1. A real Fashion-MNIST run (the ``make run`` configuration, a few epochs) writes its telemetry with the ``jsonl``
    sink; its packets are regrouped by decision point (a Tolaria packet closes one). Each decision point's packets are
    then ingested by a fresh :class:`~esper_nissa.ingest.Nissa` (series, alerts and SLOs, as the sink does), many
    times; reported: the median milliseconds per decision point, and that over the run's median epoch time (the issue's
    target: at most 1 %).
+   The same packets go through the ``elasticsearch`` sink (emit, then the flush Tolaria makes at each decision
+   point: one bulk request) to the osmem Elasticsearch-compatible server started on 127.0.0.1; reported likewise.
 2. Scrape: a Nissa holding at least 1,000 series (runs with slots, fed through real packets) serves ``/metrics``
    on 127.0.0.1; prometheus-client's ``start_http_server`` serves a registry of 1,000 plain gauges. The two are
    scraped alternately; reported: the median and p95 milliseconds of each and their ratio.
@@ -27,6 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from esper_core.leyline import TelemetryPacket
 from esper_core.plugins import Registry
 from esper_core.telemetry import Metric, build_telemetry_packet
+from esper_core.testing.servers import ElasticsearchCompatibleServer
 from esper_core.tolaria.assembly import start_run
 from esper_core.tolaria.trainer import Trainer
 from esper_nissa.ingest import Nissa
@@ -67,6 +71,27 @@ def ingest_ms(groups: list[list[TelemetryPacket]], repeats: int) -> float:
                 nissa.observe(packet)
             samples.append((time.perf_counter() - started) * 1000.0)
         nissa.close()
+    return statistics.median(samples)
+
+
+def elasticsearch_ms(groups: list[list[TelemetryPacket]], repeats: int) -> float:
+    """Median milliseconds for the ``elasticsearch`` sink to take and deliver one decision point's packets."""
+    from esper_nissa.elastic import ElasticsearchOptions
+    from esper_nissa.elastic.sink import ElasticsearchSink
+
+    samples = []
+    with ElasticsearchCompatibleServer() as server:
+        for repeat in range(repeats):
+            sink = ElasticsearchSink(
+                ElasticsearchOptions(url=server.url, index_prefix=f"bench{repeat}", retention_days=0)
+            )
+            for group in groups:
+                started = time.perf_counter()
+                for packet in group:
+                    sink.emit(packet)
+                sink.flush()
+                samples.append((time.perf_counter() - started) * 1000.0)
+            sink.close()
     return statistics.median(samples)
 
 
@@ -121,6 +146,9 @@ def main() -> None:
     print(f"decision points: {len(groups)}, packets per point: {statistics.median(len(g) for g in groups):.0f}")
     print(f"prometheus sink ingest per decision point: {per_point:.3f} ms (median of {arguments.repeats} passes)")
     print(f"median epoch: {epoch_ms:.0f} ms -> overhead {per_point / epoch_ms:.5%} of an epoch (target <= 1%)")
+    elastic = elasticsearch_ms(groups, max(arguments.repeats // 10, 3))
+    print(f"elasticsearch sink per decision point (emit + flush, one bulk): {elastic:.2f} ms -> "
+          f"{elastic / epoch_ms:.4%} of an epoch (target <= 1%)")  # fmt: skip
 
     nissa = busy_nissa(arguments.series)
     server = nissa.serve("127.0.0.1", 0)
