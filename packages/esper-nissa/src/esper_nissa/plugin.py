@@ -18,6 +18,7 @@ from esper_core.plugins import BuildContext, CliCommandSpec, RunInfo, ServiceSpe
 from esper_nissa.alerts.cli import HELP as NISSA_HELP
 from esper_nissa.alerts.cli import configure_nissa, run_nissa
 from esper_nissa.cli import configure_report, run_report
+from esper_nissa.elastic.options import ElasticsearchOptions
 from esper_nissa.options import AlertOptions, JsonlOptions, PrometheusOptions, ReportOptions, SloOptions
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,18 @@ def esper_nissa_telemetry_sinks() -> Iterator[TelemetrySinkSpec]:
         options=PrometheusOptions,
         description="Prometheus series, alerts and SLOs from the telemetry; /metrics at nissa.prometheus.address.",
     )
+    yield TelemetrySinkSpec(
+        name="elasticsearch",
+        factory=_build_elasticsearch_sink,
+        options=ElasticsearchOptions,
+        description="Every telemetry packet as documents in daily Elasticsearch indices (bulk, at least once).",
+    )
+
+
+def _build_elasticsearch_sink(context: BuildContext) -> Any:
+    from esper_nissa.elastic import build_elasticsearch_sink
+
+    return build_elasticsearch_sink(context)
 
 
 def _build_prometheus_sink(context: BuildContext) -> Any:

@@ -10,6 +10,12 @@ imports nothing heavy (no hypothesis, no torch) at module level.
   the end; tests sharing it use unique stream names. Missing binary: a failure under ``CI``, a skip elsewhere.
 - ``redis_server_factory(**options)``: a server of this test's own (to stop, kill or restart); see
   :class:`~esper_core.testing.servers.RedisServer` for the options. Every one is stopped at teardown.
+- ``elasticsearch_server``: one real Elasticsearch-compatible server (``osmem-server``, from ``pip install
+  osmem-server``) on 127.0.0.1 (a free port) for the whole session, stopped by pid at the end; tests sharing it use
+  index names of their own. Missing binary: a failure under ``CI``, a skip elsewhere.
+- ``elasticsearch_server_factory(**options)``: such a server of this test's own (to stop, kill or restart; it keeps
+  everything in memory, so a restarted one is empty); see
+  :class:`~esper_core.testing.servers.ElasticsearchCompatibleServer`. Every one is stopped at teardown.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from esper_core.plugins import EsperPluginManager, Registry, create_plugin_manag
 from esper_core.signing import SigningKey
 
 if TYPE_CHECKING:
-    from esper_core.testing.servers import RedisServer
+    from esper_core.testing.servers import ElasticsearchCompatibleServer, RedisServer
 
 
 @pytest.fixture
@@ -88,6 +94,49 @@ def redis_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
     def start(**options: Any) -> RedisServer:
         server = _start_redis(tmp_path_factory.mktemp("redis-server"), **options)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+def _start_elasticsearch(workdir: Path, **options: Any) -> ElasticsearchCompatibleServer:
+    from esper_core.testing.servers import ElasticsearchCompatibleServer, ServerUnavailableError, missing_dependency
+
+    if ElasticsearchCompatibleServer.find_executable() is None:
+        missing_dependency(
+            f"{ElasticsearchCompatibleServer.binary} (an Elasticsearch-compatible test server) is not installed; "
+            f"install it with: {ElasticsearchCompatibleServer.install_command}"
+        )
+    server = ElasticsearchCompatibleServer(workdir, **options)
+    try:
+        server.start()
+    except ServerUnavailableError as error:
+        pytest.fail(str(error), pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ElasticsearchCompatibleServer]:
+    server = _start_elasticsearch(tmp_path_factory.mktemp("elasticsearch-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def elasticsearch_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ElasticsearchCompatibleServer]]:
+    started: list[ElasticsearchCompatibleServer] = []
+
+    def start(**options: Any) -> ElasticsearchCompatibleServer:
+        server = _start_elasticsearch(tmp_path_factory.mktemp("elasticsearch-server"), **options)
         started.append(server)
         return server
 

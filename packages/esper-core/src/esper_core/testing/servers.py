@@ -1,9 +1,10 @@
 """Real servers for tests and benchmarks: started on 127.0.0.1 on a free port, stopped by pid at the end.
 
-Esper tests against the servers it uses in the field (Redis today; Prometheus and an Elasticsearch-compatible server
-follow the same pattern). A server kind is a :class:`ManagedServer` subclass that says which binary to run, with
-which arguments, and how to tell it is ready; everything else (free port, log file, start-up wait, stop by pid with
-SIGTERM then SIGKILL, restart on the same port, clean-up at interpreter exit) is shared::
+Esper tests against the servers it uses in the field: Redis (:class:`RedisServer`) and an Elasticsearch-compatible
+server (:class:`ElasticsearchCompatibleServer`, the ``osmem-server`` binary of the ``osmem-server`` wheel);
+Prometheus follows the same pattern. A server kind is a :class:`ManagedServer` subclass that says which binary to
+run, with which arguments, and how to tell it is ready; everything else (free port, log file, start-up wait, stop
+by pid with SIGTERM then SIGKILL, restart on the same port, clean-up at interpreter exit) is shared::
 
     with RedisServer(tmp_path) as server:        # starts redis-server, waits for PING
         backend = RedisBackend(server.url)
@@ -12,17 +13,20 @@ SIGTERM then SIGKILL, restart on the same port, clean-up at interpreter exit) is
     # stopped here (SIGTERM, then SIGKILL if it does not exit)
 
 In pytest, use the fixtures of :mod:`esper_core.testing.pytest_plugin`: ``redis_server`` (one server per session)
-and ``redis_server_factory`` (servers of your own, for tests that stop or restart them). When a binary is missing,
+and ``redis_server_factory`` (servers of your own, for tests that stop or restart them), and likewise
+``elasticsearch_server`` and ``elasticsearch_server_factory``. When a binary is missing,
 :func:`require_binary` fails the test if the ``CI`` environment variable is set (CI must never skip silently) and
 skips it with the install command otherwise.
 
-This module imports nothing beyond the standard library and attrs (no redis-py, no pytest at import time).
+This module imports nothing beyond the standard library and attrs (no redis-py, no Elasticsearch client, no pytest at
+import time).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -331,14 +335,176 @@ def redis_ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+class ElasticsearchCompatibleServer(ManagedServer):
+    """``osmem-server`` on 127.0.0.1: an in-memory server speaking the Elasticsearch REST API (index templates,
+    bulk, search, count, aggregations, index deletion), for the ``elasticsearch`` telemetry sink's tests.
+
+    No real Elasticsearch installs on these machines; ``pip install osmem-server`` ships this static binary inside
+    the ``osmem_server`` Python package (``osmem_server/bin/osmem-server``), which is where it is looked for first,
+    then on PATH. osmem's own pytest fixture is not used: it starts the server its own way (on an address it picks,
+    stopped through stdin), while every Esper test server is started, found and stopped the same way, by pid.
+
+    What a test must know about it:
+
+    - it keeps everything in memory: :meth:`restart` (or a kill) brings back an *empty* server on the same port,
+      with no index templates and no documents;
+    - it answers 406 to the official client's ``application/vnd.elasticsearch+json; compatible-with=N`` media
+      types; a client must send plain ``application/json`` (``esper_nissa.elastic.client`` does, and real
+      Elasticsearch 8/9 accepts it too);
+    - its version string is OpenSearch numbering (3.x): never branch on it.
+
+    It runs with ``-no-stdin-watch`` (its default is to exit when stdin closes, and servers here get
+    ``/dev/null``), ``-parent-pid`` (it exits if this process dies without stopping it) and ``-no-ja`` (no
+    Japanese analyzer dictionaries: less memory, nothing here needs them).
+    """
+
+    binary = "osmem-server"
+    apt_package = ""  # not a Debian package: a pip wheel
+    #: The command that installs the binary (for the messages of a missing one).
+    install_command: ClassVar[str] = "pip install osmem-server"
+
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        port: int | None = None,
+        extra_args: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(workdir, port=port)
+        self.extra_args = list(extra_args)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def find_executable(cls) -> str | None:
+        """The binary inside the installed ``osmem_server`` package, else ``osmem-server`` on PATH, else None."""
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec("osmem_server")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin is not None:
+            bundled = Path(spec.origin).parent / "bin" / cls.binary
+            if bundled.is_file() and os.access(bundled, os.X_OK):
+                return str(bundled)
+        return find_binary(cls.binary)
+
+    def start(self) -> Self:
+        """Launch the server and wait until its HTTP root answers (a port taken meanwhile is replaced, unless
+        fixed). The binary is found by :meth:`find_executable` rather than on PATH alone."""
+        if self.is_running():
+            return self
+        executable = self.find_executable()
+        if executable is None:
+            raise ServerUnavailableError(
+                f"{self.binary} is not installed; install it with: {self.install_command} "
+                "(it is in requirements/dev.txt)"
+            )
+        last_error = ""
+        for _ in range(3):
+            try:
+                self._launch(executable)
+                return self
+            except ServerUnavailableError as error:
+                last_error = str(error)
+                if self._fixed_port:
+                    break
+                self.port = free_port()
+        raise ServerUnavailableError(last_error)
+
+    def command(self, executable: str) -> list[str]:
+        return [
+            executable,
+            "-addr",
+            f"{self.host}:{self.port}",
+            "-no-stdin-watch",
+            "-parent-pid",
+            str(os.getpid()),
+            "-no-ja",
+            *self.extra_args,
+        ]
+
+    def ready(self) -> bool:
+        """``GET /`` answers 200 with the cluster's JSON description."""
+        return http_ok(f"{self.url}/")
+
+
+def http_ok(url: str, timeout_s: float = 0.5) -> bool:
+    """Whether ``GET url`` answers with a 2xx status (standard library only)."""
+    import http.client
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return 200 <= int(response.status) < 300
+    except (OSError, http.client.HTTPException, ValueError):  # URLError and HTTPError are OSErrors
+        return False
+
+
+class PrometheusServer(ManagedServer):
+    """A real Prometheus on 127.0.0.1 that scrapes ``targets`` (HOST:PORT, path ``/metrics``, job ``esper``) every
+    ``scrape_interval``, with ``rule_files`` loaded and its data in ``workdir``. Its first scrape is queryable a few
+    seconds after start: wait for data (:func:`wait_until`), never a fixed time.
+    """
+
+    binary = "prometheus"
+    apt_package = "prometheus"
+    startup_timeout_s = 60.0
+
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        targets: list[str] | tuple[str, ...] = (),
+        rule_files: list[Path] | tuple[Path, ...] = (),
+        scrape_interval: str = "1s",
+        port: int | None = None,
+    ) -> None:
+        super().__init__(workdir, port=port)
+        self.targets, self.rule_files, self.scrape_interval = list(targets), list(rule_files), scrape_interval
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self, executable: str) -> list[str]:
+        config = self.workdir / "prometheus.yml"
+        lines = [
+            "global:",
+            f"  scrape_interval: {self.scrape_interval}",
+            f"  evaluation_interval: {self.scrape_interval}",
+        ]
+        if self.rule_files:
+            lines += ["rule_files:", *(f"  - {json.dumps(str(path))}" for path in self.rule_files)]
+        lines += ["scrape_configs:", "  - job_name: esper", "    static_configs:"]
+        lines += [f"      - targets: {json.dumps(self.targets)}"]
+        config.write_text("\n".join(lines) + "\n")
+        return [
+            executable,
+            f"--config.file={config}",
+            f"--web.listen-address={self.host}:{self.port}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+        ]
+
+    def ready(self) -> bool:
+        return http_ok(f"{self.url}/-/ready")
+
+
 __all__ = [
     "LOOPBACK",
+    "ElasticsearchCompatibleServer",
     "ManagedServer",
+    "PrometheusServer",
     "RedisServer",
     "ServerUnavailableError",
     "ci_requires_servers",
     "find_binary",
     "free_port",
+    "http_ok",
     "missing_dependency",
     "redis_ping",
     "require_binary",
