@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -30,7 +30,9 @@ from esper_core.plugins import EsperPluginManager, Registry, create_plugin_manag
 from esper_core.signing import SigningKey
 
 if TYPE_CHECKING:
-    from esper_core.testing.servers import ElasticsearchCompatibleServer, RedisServer
+    from esper_core.testing.servers import ElasticsearchCompatibleServer, ManagedServer, RedisServer
+
+S = TypeVar("S", bound="ManagedServer")
 
 
 @pytest.fixture
@@ -67,16 +69,25 @@ def signing_key() -> SigningKey:
     return SigningKey.generate()
 
 
-def _start_redis(workdir: Path, **options: Any) -> RedisServer:
-    from esper_core.testing.servers import RedisServer, ServerUnavailableError, require_binary
+def _start(kind: type[S], workdir: Path, **options: Any) -> S:
+    """A server of ``kind`` started in ``workdir``; a missing binary fails (CI) or skips the test, naming the command
+    that installs it, and a server that does not start fails it with the server's own words."""
+    from esper_core.testing.servers import ServerUnavailableError, missing_dependency
 
-    require_binary(RedisServer.binary, RedisServer.apt_package)
-    server = RedisServer(workdir, **options)
+    if kind.find_executable() is None:
+        missing_dependency(f"{kind.binary} is not installed; install it with: {kind.install_hint()}")
+    server = kind(workdir, **options)
     try:
         server.start()
     except ServerUnavailableError as error:
         pytest.fail(str(error), pytrace=False)
     return server
+
+
+def _start_redis(workdir: Path, **options: Any) -> RedisServer:
+    from esper_core.testing.servers import RedisServer
+
+    return _start(RedisServer, workdir, **options)
 
 
 @pytest.fixture(scope="session")
@@ -90,10 +101,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
-    started: list[RedisServer] = []
+    yield from _servers_of_the_test(_start_redis, tmp_path_factory, "redis-server")
 
-    def start(**options: Any) -> RedisServer:
-        server = _start_redis(tmp_path_factory.mktemp("redis-server"), **options)
+
+def _servers_of_the_test(
+    start_one: Callable[..., S], tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[Callable[..., S]]:
+    """A factory fixture's body: start servers on demand, each in a directory of its own; stop them all after."""
+    started: list[S] = []
+
+    def start(**options: Any) -> S:
+        server = start_one(tmp_path_factory.mktemp(name), **options)
         started.append(server)
         return server
 
@@ -105,19 +123,9 @@ def redis_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
 
 def _start_elasticsearch(workdir: Path, **options: Any) -> ElasticsearchCompatibleServer:
-    from esper_core.testing.servers import ElasticsearchCompatibleServer, ServerUnavailableError, missing_dependency
+    from esper_core.testing.servers import ElasticsearchCompatibleServer
 
-    if ElasticsearchCompatibleServer.find_executable() is None:
-        missing_dependency(
-            f"{ElasticsearchCompatibleServer.binary} (an Elasticsearch-compatible test server) is not installed; "
-            f"install it with: {ElasticsearchCompatibleServer.install_command}"
-        )
-    server = ElasticsearchCompatibleServer(workdir, **options)
-    try:
-        server.start()
-    except ServerUnavailableError as error:
-        pytest.fail(str(error), pytrace=False)
-    return server
+    return _start(ElasticsearchCompatibleServer, workdir, **options)
 
 
 @pytest.fixture(scope="session")
@@ -133,15 +141,4 @@ def elasticsearch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
 def elasticsearch_server_factory(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., ElasticsearchCompatibleServer]]:
-    started: list[ElasticsearchCompatibleServer] = []
-
-    def start(**options: Any) -> ElasticsearchCompatibleServer:
-        server = _start_elasticsearch(tmp_path_factory.mktemp("elasticsearch-server"), **options)
-        started.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
+    yield from _servers_of_the_test(_start_elasticsearch, tmp_path_factory, "elasticsearch-server")

@@ -130,6 +130,16 @@ class ManagedServer:
         self.starts = 0
 
     # -- what a subclass provides -----------------------------------------------------------------------------
+    @classmethod
+    def find_executable(cls) -> str | None:
+        """The server's binary (on PATH or in Debian's sbin directories), or None when it is not installed."""
+        return find_binary(cls.binary)
+
+    @classmethod
+    def install_hint(cls) -> str:
+        """The command that installs the server, for the message a missing binary gives."""
+        return f"sudo apt-get install -y {cls.apt_package} (or run scripts/install-system-packages.sh)"
+
     def command(self, executable: str) -> list[str]:
         """The argv that starts the server in the foreground on ``self.host:self.port``."""
         raise NotImplementedError
@@ -150,12 +160,9 @@ class ManagedServer:
         """Launch the server and wait until it is ready (a port taken meanwhile is replaced, unless fixed)."""
         if self.is_running():
             return self
-        executable = find_binary(self.binary)
+        executable = self.find_executable()
         if executable is None:
-            raise ServerUnavailableError(
-                f"{self.binary} is not installed; install it with: sudo apt-get install -y {self.apt_package} "
-                "(or run scripts/install-system-packages.sh)"
-            )
+            raise ServerUnavailableError(f"{self.binary} is not installed; install it with: {self.install_hint()}")
         last_error = ""
         for _ in range(3):
             try:
@@ -392,28 +399,9 @@ class ElasticsearchCompatibleServer(ManagedServer):
                 return str(bundled)
         return find_binary(cls.binary)
 
-    def start(self) -> Self:
-        """Launch the server and wait until its HTTP root answers (a port taken meanwhile is replaced, unless
-        fixed). The binary is found by :meth:`find_executable` rather than on PATH alone."""
-        if self.is_running():
-            return self
-        executable = self.find_executable()
-        if executable is None:
-            raise ServerUnavailableError(
-                f"{self.binary} is not installed; install it with: {self.install_command} "
-                "(it is in requirements/dev.txt)"
-            )
-        last_error = ""
-        for _ in range(3):
-            try:
-                self._launch(executable)
-                return self
-            except ServerUnavailableError as error:
-                last_error = str(error)
-                if self._fixed_port:
-                    break
-                self.port = free_port()
-        raise ServerUnavailableError(last_error)
+    @classmethod
+    def install_hint(cls) -> str:
+        return f"{cls.install_command} (it is in requirements/dev.txt)"
 
     def command(self, executable: str) -> list[str]:
         return [
