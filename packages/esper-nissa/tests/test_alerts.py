@@ -248,3 +248,17 @@ def test_the_reference_lists_every_family_and_rule() -> None:
     missing = [f.name for f in FAMILIES if f"`{f.name}`" not in reference]
     missing += [r.name for r in DEFAULT_RULES if f"`{r.name}`" not in reference]
     assert not missing, f"docs/nissa.md does not describe {missing}"
+
+
+def test_a_rule_can_watch_one_risk_rules_firings() -> None:
+    series = SeriesStore()
+    [rule] = [r for r in DEFAULT_RULES if r.name == "EsperKasminaOverBudget"]
+    engine = AlertEngine(series, [rule], clock=Clock())
+    series.inc("esper_risk_rule_firings_total", run="r", rule="loss_spike", action="pause")
+    assert engine.heartbeat(run="r") == [], "another rule's firings are not this alert's"
+    states = []
+    for fired in (True, True, False):
+        if fired:
+            series.inc("esper_risk_rule_firings_total", run="r", rule="kasmina_apply_slow", action="downgrade")
+        states.append([c.state for c in engine.heartbeat(run="r")])
+    assert states == [[], ["firing"], ["resolved"]]

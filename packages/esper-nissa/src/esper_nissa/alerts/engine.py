@@ -91,7 +91,7 @@ class AlertEngine:
             for rule in self.rules:
                 if rule.scope != "run" and run:
                     continue
-                match = {"run": run} if rule.scope == "run" else {}
+                match = {**rule.match, "run": run} if rule.scope == "run" else dict(rule.match)
                 present: set[LabelKey] = set()
                 for labels, value in self.series.items(rule.family, **match):
                     key = tuple(sorted(labels.items()))

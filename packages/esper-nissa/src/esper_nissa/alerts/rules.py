@@ -13,7 +13,7 @@ writes says the same to a Prometheus server (``promtool check rules`` accepts it
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import attrs
@@ -52,6 +52,8 @@ class AlertRule:
     #: The same condition in PromQL, and how long it must hold there.
     expr: str = ""
     prometheus_for: str = "0m"
+    #: Only the series whose labels have these values (e.g. one risk rule's firings).
+    match: Mapping[str, str] = attrs.field(factory=dict)
     #: The emergency level (``NOTICE``, ``ELEVATED``, ``CONSERVATIVE``, ``HALT``) an alert of this rule raises on the
     #: bus's emergency stream when it fires; empty: none.
     emergency: str = ""
@@ -97,6 +99,28 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
         for_samples=3,
         summary="run {run}: the controller ran over its decision budget at 3 decision points in a row",
         expr="increase(esper_decisions_over_budget_total[15m]) >= 3",
+    ),
+    AlertRule(
+        name="EsperKasminaOverBudget",
+        family="esper_risk_rule_firings_total",
+        match={"rule": "kasmina_apply_slow"},
+        comparison=">",
+        threshold=0,
+        delta=True,
+        for_samples=2,
+        summary="run {run}: Kasmina took longer than its budget to apply commands at 2 decision points in a row",
+        expr='increase(esper_risk_rule_firings_total{rule="kasmina_apply_slow"}[15m]) >= 2',
+    ),
+    AlertRule(
+        name="EsperTrainingStepSlow",
+        family="esper_risk_rule_firings_total",
+        match={"rule": "step_latency_high"},
+        comparison=">",
+        threshold=0,
+        delta=True,
+        for_samples=3,
+        summary="run {run}: the training step ran over its latency budget at 3 decision points in a row",
+        expr='increase(esper_risk_rule_firings_total{rule="step_latency_high"}[15m]) >= 3',
     ),
     AlertRule(
         name="EsperConservativeMode",
