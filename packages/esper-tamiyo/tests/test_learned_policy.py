@@ -202,7 +202,9 @@ def test_the_randomized_conformance_policy_varies_its_actions_on_random_packets(
         operations.add(PolicyAction.from_index(command.decision.action_index).operation)
 
     decide()
-    assert len(operations) >= 5, sorted(OPERATION_NAMES[op] for op in operations)
+    # Which packets Hypothesis draws depends on more than the seed (importing other modules first changes them), so
+    # the count of distinct operations does too (4 or 5 of 8 seen); a policy stuck on one action gives 1.
+    assert len(operations) >= 4, sorted(OPERATION_NAMES[op] for op in operations)
 
 
 def test_germination_fills_the_metadata_and_uses_bounded_defaults() -> None:
@@ -274,7 +276,8 @@ def test_the_recorded_log_probability_is_what_a_trainer_recomputes() -> None:
     recorded.append(command.decision.action_log_prob)
     with torch.no_grad():
         evaluation = policy.evaluate_actions(collate(encoded_states), actions)
-    assert evaluation.log_prob.tolist() == pytest.approx(recorded, abs=1e-5)
+    # Padded batches sum in another order than single decisions: float32 rounding, up to ~2e-5 on these log-probs.
+    assert evaluation.log_prob.tolist() == pytest.approx(recorded, abs=1e-4)
     assert bool((evaluation.entropy >= 0).all())
     # The width term counts: another legal width class of a recorded germination has another log-probability.
     index, sized = next((i, a) for i, a in enumerate(actions) if a.operation == GERMINATE and a.width >= 0)
