@@ -54,7 +54,7 @@ class NissaService:
         self.bus, self.nissa, self.options = bus, nissa, options
         host, port = split_address(options.address)
         self.server = nissa.serve(host, port)
-        logger.warning("esper-nissa: serving metrics at %s/metrics", self.server.url)
+        logger.info("esper-nissa: serving metrics at %s/metrics", self.server.url)
 
     def run(self, stop: threading.Event) -> None:
         streams = [self.bus.streams.telemetry, self.bus.streams.emergency, self.bus.streams.normal]
