@@ -170,7 +170,7 @@ def test_security_settings_in_range_are_accepted(capsys: pytest.CaptureFixture[s
 
 def test_leyline_check_round_trips_every_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["leyline", "check"]) == 0
-    assert "all 46 Leyline messages survive" in capsys.readouterr().out
+    assert "all 47 Leyline messages survive" in capsys.readouterr().out
 
 
 def test_plugins_can_add_subcommands(register_plugin: Any, esper_registry: Registry) -> None:

@@ -47,6 +47,7 @@ from esper_tamiyo.learned.schema import (
     DEFAULT_BLUEPRINT_VOCABULARY,
     GLOBAL_DIM,
     GLOBAL_FEATURES,
+    PAIR_DIM,
     SLOT_DIM,
     SLOT_FEATURES,
     WIDTH_DIM,
@@ -56,7 +57,7 @@ from esper_tamiyo.options import HeuristicOptions
 from tamiyo_scenarios import CountingCatalog
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "learned-policy.md"
-GROUPS = ("global", "slot", "blueprint", "width")
+GROUPS = ("global", "slot", "blueprint", "pair", "width")
 
 # The fixed decision point, as source, so that a child process builds exactly the same messages.
 BUILD = r"""
@@ -133,13 +134,14 @@ def namespace() -> dict[str, object]:
 
 
 def test_the_schema_is_versioned_and_its_digest_is_the_sha256_of_its_canonical_json() -> None:
-    assert FEATURE_SCHEMA["version"] == FEATURE_SCHEMA_VERSION == 2
+    assert FEATURE_SCHEMA["version"] == FEATURE_SCHEMA_VERSION == 3
     text = json.dumps(FEATURE_SCHEMA, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     assert schema_digest() == hashlib.sha256(text.encode()).hexdigest()
     assert schema_digest(512) != schema_digest()  # the vocabulary is part of the encoding
     assert len(FEATURE_SCHEMA["global"]) == GLOBAL_DIM
     assert len(FEATURE_SCHEMA["slot"]) == SLOT_DIM
     assert len(FEATURE_SCHEMA["blueprint"]) == BLUEPRINT_DIM
+    assert len(FEATURE_SCHEMA["pair"]) == PAIR_DIM
     assert len(FEATURE_SCHEMA["width"]) == WIDTH_DIM
     assert FEATURE_SCHEMA["width_classes"] == list(WIDTH_CLASSES)
     names = [feature["name"] for group in GROUPS for feature in FEATURE_SCHEMA[group]]
@@ -153,8 +155,8 @@ def test_the_schema_digest_is_pinned() -> None:
     """Every ``PolicyUpdate`` carries this digest and is refused when it differs: a change here orphans every trained
     policy. If the change is intended, bump ``FEATURE_SCHEMA_VERSION``, update docs/learned-policy.md and these values.
     """
-    assert schema_digest() == "f90f447a78d9dd8c3e79545de066bfd1617de085caee8bfcc3a81df4836a9f40"
-    assert schema_digest(512) == "121f22dfc56fe4b6252b6db7c73fc0ed68bb2fc762b34c945a1a49f15f1dae37"
+    assert schema_digest() == "978520ec7d782ac19791db70c3de704db4ba8925cf4feddc6b4256d7bbdc96bf"
+    assert schema_digest(512) == "8dfcb27ce3470b86a709b294563e68088042181a903b6a03973ef92b1c4230cb"
 
 
 def test_every_feature_its_scaling_and_the_version_are_documented() -> None:

@@ -159,3 +159,26 @@ def test_esper_blueprints_shows_the_stored_sheets_and_what_it_refused(
     refused = sheets("BP045")
     assert refused["sheets"] == [] and len(refused["refused"]) == 3  # type: ignore[arg-type]
     assert all("signature does not verify" in problem for problem in refused["refused"])  # type: ignore[attr-defined]
+
+
+def test_the_rater_answers_from_what_is_stored_without_measuring(tmp_path: Path) -> None:
+    """``stored_sheet`` (what Tamiyo's controller shows its policy) never measures: None until the blueprint is rated
+    (``safety_sheet``, the risk engine's question), the rated sheet after, and a later run reads it from the store."""
+    from esper_core.safety import StoredSheetSource
+    from esper_urza.urabrask.rating import SheetRater
+
+    key = SigningKey.from_secret(SECRET)
+    catalog = KarnCatalog()
+    [slot] = standard_slots(catalog.descriptor("BP059"))
+    rater = SheetRater(tmp_path / "urza", key, [catalog], versions={"karn": "esper-urza test"})
+    assert isinstance(rater, StoredSheetSource)
+    assert rater.stored_sheet("BP059", slot) is None and rater.measured == 0, "asking never measures"
+    assert rater.stored_sheet("BP999", slot) is None, "a blueprint no catalog offers"
+    rated = rater.safety_sheet("BP059", slot)
+    assert rated is not None and rater.measured == 1
+    assert rater.stored_sheet("BP059", slot) == rated
+    later = SheetRater(tmp_path / "urza", key, [catalog], versions={"karn": "esper-urza test"})
+    assert later.stored_sheet("BP059", slot) == rated and later.measured == 0
+    other = SigningKey.from_secret("another-secret-0123456789abcdef")
+    forged = SheetRater(tmp_path / "urza", other, [catalog], versions={"karn": "esper-urza test"})
+    assert forged.stored_sheet("BP059", slot) is None, "a sheet it cannot trust is not shown"

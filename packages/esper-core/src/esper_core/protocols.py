@@ -384,6 +384,21 @@ class Validation(Protocol):
     samples: int
 
 
+#: The key of a seed's parameter group in the run's optimizer that names the seed's slot (``group[SEED_GROUP_KEY] =
+#: slot_id``); the host's group, the optimizer's first, has none. Tolaria reads it to tell the seeds' gradients from
+#: the host's at decision points.
+SEED_GROUP_KEY = "esper_slot"
+#: A parameter group's base learning rate under Tolaria's learning-rate schedule (``tolaria.lr_schedule``, absent
+#: without one): at every optimizer step the schedule sets ``lr`` to it times the schedule's factor. An executor that
+#: wants the host's rate (a seed's default rate) reads this key when the host's group has it, ``lr`` otherwise.
+BASE_LR_KEY = "esper_base_lr"
+#: The ``lr`` the schedule last wrote into a group. A group whose ``lr`` differs from it, or that lacks it (a new
+#: seed's group, a rate an executor set on purpose), has its ``lr`` taken as its new base at the next optimizer
+#: step; an executor that sets a group's rate (a FINE_TUNE) writes ``lr`` and removes this key, so that even a rate
+#: equal to the last scheduled one becomes the base.
+SCHEDULED_LR_KEY = "esper_scheduled_lr"
+
+
 @runtime_checkable
 class SeedExecutor(Protocol):
     """Owns the seed slots of a host and applies commands to them (Kasmina).
@@ -399,7 +414,8 @@ class SeedExecutor(Protocol):
         ...
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Seeds join this optimizer as their own parameter groups, and leave it when culled."""
+        """Seeds join this optimizer as their own parameter groups (each marked with :data:`SEED_GROUP_KEY`), and
+        leave it when culled."""
         ...
 
     def set_probe(self, inputs: Any, targets: Any, loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:

@@ -3,8 +3,10 @@
 
 A catalog declares a tier and a risk for each blueprint; a third-party catalog can declare anything. A sheet says
 what the blueprint was measured to do at a slot. Tamiyo's risk engine prefers the sheet and falls back to the
-declared risk only where there is none, and says which it used. The protocol lives in core so that Tamiyo can ask
-without importing the package that measures (the walls: subsystems meet only through core).
+declared risk only where there is none, and says which it used. Tamiyo's controller also shows its policy a summary
+of the sheets already known for the blueprints it offers (:class:`StoredSheetSource`), without measuring anything.
+The protocols live in core so that Tamiyo can ask without importing the package that measures (the walls:
+subsystems meet only through core).
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ class SafetySheetSource(Protocol):
         """The sheet if one is known or can be measured now within the source's budget; None otherwise (a
         blueprint it does not know, a slot it does not grow in, the budget spent). Never raises for a blueprint
         that misbehaves: measuring that is the point."""
+        ...
+
+
+@runtime_checkable
+class StoredSheetSource(Protocol):
+    """Gives the sheet of a blueprint at a slot only when one is already known: what Tamiyo's controller shows its
+    policy (``SeedState.measured_blueprints``) must never cost a measurement."""
+
+    def stored_sheet(self, blueprint_id: str, slot: SlotShape) -> BSDS | None:
+        """The sheet :meth:`SafetySheetSource.safety_sheet` would give from what is stored (or was measured earlier
+        in this process), None otherwise. Never measures, and never raises for a stored sheet it cannot trust (that
+        is None too)."""
         ...
 
 

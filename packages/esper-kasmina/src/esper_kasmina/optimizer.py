@@ -3,6 +3,12 @@
 Adding a group never touches the host's groups or their state (momentum, Adam moments); removing a seed deletes its
 group and its parameters' state, and nothing else. Groups carry an ``esper_slot`` key, so a checkpoint records which
 slot each group belongs to and a resumed run re-adds them in the same order before loading the optimizer's state.
+
+Under Tolaria's learning-rate schedule (``tolaria.lr_schedule``) a group's ``lr`` is its base rate times the
+schedule's factor. The rate a seed is given here (at germination, or by a FINE_TUNE) is its *base*: written as
+``lr`` without the schedule's mark (``esper_core.protocols.SCHEDULED_LR_KEY``), it becomes the group's base at the
+next step, which the schedule then multiplies. The host's rate a seed inherits by default is the host group's base
+(``esper_core.protocols.BASE_LR_KEY``), not its scheduled rate of the moment.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-SLOT_KEY = "esper_slot"
+from esper_core.protocols import BASE_LR_KEY, SCHEDULED_LR_KEY, SEED_GROUP_KEY
+
+SLOT_KEY = SEED_GROUP_KEY
 
 
 class SeedParameterGroups:
@@ -51,11 +59,13 @@ class SeedParameterGroups:
         for group in self._groups():
             if group.get(SLOT_KEY) == slot_id:
                 group["lr"] = learning_rate
+                group.pop(SCHEDULED_LR_KEY, None)  # the schedule's base from now on, even if it equals its last rate
 
     def host_learning_rate(self) -> float:
+        """The host group's base learning rate (its ``lr`` when no schedule runs)."""
         for group in self._groups():
             if SLOT_KEY not in group:
-                return float(group["lr"])
+                return float(group.get(BASE_LR_KEY, group["lr"]))
         return 1e-3
 
     def order(self) -> list[str]:

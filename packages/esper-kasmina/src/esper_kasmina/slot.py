@@ -51,6 +51,7 @@ from torch.utils.hooks import RemovableHandle
 
 from esper_core.leyline import BlendSchedule, SlotKind, lifecycle
 from esper_core.leyline.lifecycle import Stage
+from esper_core.loss_weight import loss_weight
 from esper_core.plugin_failures import Blame, blame
 from esper_core.protocols import SlotShape
 from esper_kasmina import schedules
@@ -58,7 +59,9 @@ from esper_kasmina import schedules
 
 class _StraightThrough(torch.autograd.Function):
     """``host`` in value; in the backward pass the incoming gradient goes to ``host``, and to ``seed`` with
-    ``curvature * seed / batch`` added (the per-sample gradient of ``curvature / 2 * |seed_i|^2`` under a mean loss).
+    ``curvature * seed / batch`` added (the per-sample gradient of ``curvature / 2 * |seed_i|^2`` under a mean loss),
+    times the weight of the loss (:mod:`esper_core.loss_weight`: a micro-batch's share of its batch, fp16's scale),
+    so that the pull is the same with gradient accumulation and gradient scaling as without.
 
     With curvature 0, the same as ``host + (seed - seed.detach())`` without its two activation-sized temporaries,
     and exact in value (no ``-0.0 + 0.0`` rounding).
@@ -68,6 +71,7 @@ class _StraightThrough(torch.autograd.Function):
     def forward(ctx: Any, host: torch.Tensor, seed: torch.Tensor, curvature: float) -> torch.Tensor:  # type: ignore[override, unused-ignore]
         ctx.curvature = curvature
         if curvature:
+            ctx.weight = loss_weight()
             ctx.save_for_backward(seed)
         return host.view_as(host)
 
@@ -76,7 +80,10 @@ class _StraightThrough(torch.autograd.Function):
         if not ctx.curvature:
             return grad, grad, None
         (seed,) = ctx.saved_tensors
-        return grad, torch.add(grad, seed, alpha=ctx.curvature / seed.shape[0]), None
+        pull, weight = ctx.curvature / seed.shape[0], ctx.weight
+        if isinstance(weight, torch.Tensor):
+            return grad, grad + seed * (weight * pull), None
+        return grad, torch.add(grad, seed, alpha=pull * weight if weight != 1.0 else pull), None
 
 
 #: Builds a seed module for a slot: (slot, blueprint id, parameters) -> module. Provided by Kasmina.

@@ -5,10 +5,12 @@ Episodes from the replay store are re-encoded by the policy itself (:class:`espe
 built through the registry), so the learner sees exactly what the controller saw and trains exactly its network.
 
 - **Preparation** (:func:`prepare`): each step's recorded ``SystemStatePacket`` and ``AdaptationCommand`` are
-  decoded, the offered blueprints are looked up in the catalog by the ids the command names, the state is encoded
-  and the command becomes the policy's action. A decision of the learned policy under the same feature schema
-  keeps the log-probability it was sampled with; any other decision (the heuristic's, a fixed schedule's) was
-  deterministic, so its behaviour probability is 1 and it is also a demonstration for cloning.
+  decoded, the packet becomes the one the policy decided on (with the measured blueprints the command says the
+  controller filled in: ``esper_core.leyline.annotations.as_decided``), the offered blueprints are looked up in the
+  catalog by the ids the command names, the state is encoded and the command becomes the policy's action. A decision
+  of the learned policy under the same feature schema keeps the log-probability it was sampled with; any other
+  decision (the heuristic's, a fixed schedule's) was deterministic, so its behaviour probability is 1 and it is also
+  a demonstration for cloning.
 - **Cloning** (``clone_epochs``): the negative log-likelihood of the demonstrated decisions, so PPO starts from a
   policy that decides like the heuristic instead of from random growth.
 - **PPO** (``iterations``): at each iteration the network scores every step without gradients; per episode, V-trace
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 
 from esper_core.leyline import AdaptationCommand, BlueprintDescriptor, SystemStatePacket
-from esper_core.leyline.annotations import OFFERED_BLUEPRINTS
+from esper_core.leyline.annotations import OFFERED_BLUEPRINTS, as_decided
 from esper_core.protocols import DecisionEpisode, DecisionStep, TrainablePolicy, TrainingOutcome
 from esper_core.storage.atomic import atomic_write_bytes
 from esper_core.tolaria.record import decode_message
@@ -86,8 +88,8 @@ def prepare(
     for number, step in enumerate(episode.steps):
         where = f"episode {episode.episode_id}, decision point {number} (epoch {step.get('epoch')})"
         try:
-            state = decode_message(step["packet"], SystemStatePacket)
             command = decode_message(step["command"], AdaptationCommand)
+            state = as_decided(decode_message(step["packet"], SystemStatePacket), command)
         except (KeyError, ValueError) as error:
             raise UnusableEpisode(f"{where}: {error}") from None
         encoded = policy.encode(state, _blueprints(command, catalog, where))

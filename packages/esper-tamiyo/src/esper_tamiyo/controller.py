@@ -12,6 +12,11 @@ Blueprints the run quarantined (their build raised; the state packet lists them,
 esper_core.leyline.annotations) are neither offered to the policy nor proposed: a policy that proposes one anyway
 gets a no-op in its place.
 
+The policy decides on a copy of the packet whose slots list what Urabrask measured about the offered blueprints
+(``SeedState.measured_blueprints``, from the sheets already known: :mod:`esper_tamiyo.measured`, never rated there).
+The command says what was filled (``tamiyo.measured_blueprints``), so the recorded packet and command give back the
+packet the policy saw (``esper_core.leyline.annotations.as_decided``).
+
 ``observe(state, command, result)``: open, advance and close field-report windows; return the reports written now
 (they are also appended to the crash-safe log and published on the bus).
 
@@ -43,6 +48,7 @@ from esper_core.leyline import (
 )
 from esper_core.leyline.annotations import (
     EMERGENCY,
+    MEASURED_BLUEPRINTS,
     OFFERED_BLUEPRINTS,
     POLICY_ERROR,
     emergency_text,
@@ -55,6 +61,7 @@ from esper_core.signing import CommandSigner
 from esper_core.storage.policy_store import PolicyStore, PolicyStoreError, StoreWatcher
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Metric, build_telemetry_packet
 from esper_tamiyo.commands import noop
+from esper_tamiyo.measured import MeasuredSheets
 from esper_tamiyo.options import TamiyoOptions
 from esper_tamiyo.reports import FieldReports
 from esper_tamiyo.risk import RiskEngine
@@ -95,6 +102,12 @@ class TamiyoController:
         self._offered_without: frozenset[str] = frozenset()
         self.signer = signer
         self.risk = risk or RiskEngine()
+        #: The sheets the policy sees; it wraps the risk engine's source, to show what the engine rates from the
+        #: next decision point on.
+        sheets = self.risk.sheets
+        self.measured = sheets if isinstance(sheets, MeasuredSheets) else MeasuredSheets(sheets)
+        if sheets is not None:
+            self.risk.sheets = self.measured
         self.reports = reports or FieldReports(self.options, training_run_id=training_run_id)
         self.bus = bus
         self.training_run_id = training_run_id
@@ -131,8 +144,10 @@ class TamiyoController:
             self._follow_policy_store()
             failure = ""
             quarantined = quarantined_blueprints(state)
+            offered = self.offered(quarantined)
+            seen = self.measured.fill(state, offered)
             try:
-                proposal = self.policy.decide(state, self.offered(quarantined))
+                proposal = self.policy.decide(seen, offered)
             except Exception as error:  # noqa: BLE001 - a failing policy must not stop training
                 failure = policy_error_text(self.policy.name, error)
                 proposal = noop(f"the {failure}; waiting instead", self.policy.name)
@@ -157,6 +172,8 @@ class TamiyoController:
             command.decision_epoch = state.current_epoch
             command.decision_step = state.global_step
             command.annotations[OFFERED_BLUEPRINTS] = self._offered_ids
+            if self.measured.last_annotation:
+                command.annotations[MEASURED_BLUEPRINTS] = self.measured.last_annotation
             if failure:
                 command.annotations[POLICY_ERROR] = failure
             entered = next((e for e in review.events if e.name == "conservative_mode_entered"), None)
@@ -171,8 +188,10 @@ class TamiyoController:
             self.signer.sign(command)
             self.last_latency_ms = latency
             self.decisions += 1
-            # Rating a blueprint on first use is a one-time cost of the run, not the policy's: it does not count.
-            over = latency - self.risk.last_rating_ms > self.options.decision_budget_ms
+            # Rating a blueprint on first use, and reading a stored sheet the first time, are one-time costs of the
+            # run, not the policy's: they do not count.
+            one_time = self.risk.last_rating_ms + self.measured.last_reading_ms
+            over = latency - one_time > self.options.decision_budget_ms
             self.risk.last_decision_over_budget = over
             events = [*self._pending_events, *review.events]
             self._pending_events = []
@@ -298,6 +317,7 @@ class TamiyoController:
         return {
             "policy": policy_state() if callable(policy_state) else {},
             "risk": self.risk.state_dict(),
+            "measured": self.measured.state_dict(),
             "reports": self.reports.state_dict(),
             "decisions": self.decisions,
             "over_budget": self.over_budget,
@@ -308,6 +328,7 @@ class TamiyoController:
         if callable(load) and state.get("policy"):
             load(state["policy"])
         self.risk.load_state_dict(state.get("risk", {}))
+        self.measured.load_state_dict(state.get("measured", {}))
         self.reports.load_state_dict(state.get("reports", {}))
         self.decisions = int(state.get("decisions", 0))
         self.over_budget = int(state.get("over_budget", 0))

@@ -132,6 +132,12 @@ class HeuristicOptions:
     cost_weight: float = attrs.field(default=1.0, validator=not_negative)
     risk_weight: float = attrs.field(default=0.5, validator=not_negative)
     history_weight: float = attrs.field(default=0.5, validator=not_negative)
+    #: The weight of ln(measured latency ratio): the blueprint's training step over a plain layer's at the slot, from
+    #: its safety data sheet (``SeedState.measured_blueprints``; no term without one, as if it cost a plain layer).
+    #: Karn's SAFE blueprints measure from 0.6x to 18x (ln -0.5 to 2.9), so at 0.1 the whole span is worth at most
+    #: 0.35: it orders close candidates, but never outweighs a step of ``preferred_blueprints`` nor the saliency
+    #: (docs/tamiyo.md).
+    measured_cost_weight: float = attrs.field(default=0.1, validator=not_negative)
     #: Slot choice: the weight of a slot's saliency (relative to the most salient free slot) against the score of
     #: the best blueprint it can take.
     saliency_weight: float = attrs.field(default=1.0, validator=not_negative)

@@ -194,6 +194,9 @@ from esper_core.leyline.v1.state_pb2 import (
     HardwareContext as HardwareContext,
 )
 from esper_core.leyline.v1.state_pb2 import (
+    MeasuredBlueprint as MeasuredBlueprint,
+)
+from esper_core.leyline.v1.state_pb2 import (
     SeedState as SeedState,
 )
 from esper_core.leyline.v1.state_pb2 import (

@@ -36,6 +36,7 @@ from esper_core.tolaria.checkpoint import DIRECTORY
 from esper_core.tolaria.options import RunOptions, TolariaOptions
 from esper_core.tolaria.record import RECORD_FILE, RunRecord
 from esper_core.tolaria.record_mirror import RecordMirror
+from esper_core.tolaria.step import check_precision
 
 CONFIG_FILE = "config.toml"
 
@@ -213,6 +214,12 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     if options.threads:
         torch.set_num_threads(options.threads)
     device = device_of(options)
+    check_precision(tolaria, device)
+    if tolaria.accumulation_steps > options.batch_size:
+        raise ConfigError(
+            f"tolaria.accumulation_steps ({tolaria.accumulation_steps}) cannot exceed run.batch_size "
+            f"({options.batch_size}): each micro-batch needs at least one example"
+        )
     security = config.get(SecurityOptions)
     oona = config.get(OonaOptions)
     # A bus other processes can read is useless with a per-run random key: nothing it sends would verify anywhere.

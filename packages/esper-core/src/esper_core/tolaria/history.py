@@ -57,6 +57,9 @@ class History:
     training_flops: int = 0
     validation_flops: int = 0
     measurement_flops: int = 0
+    #: The moving average of the host's gradient norm over the decision points so far (None: none measured yet;
+    #: esper_core.tolaria.gradients).
+    gradient_norm_ewma: float | None = None
 
     @property
     def total_flops(self) -> int:

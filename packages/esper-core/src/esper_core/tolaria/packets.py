@@ -19,6 +19,7 @@ from esper_core.leyline import (
     TrainingMetrics,
     lifecycle,
 )
+from esper_core.tolaria.gradients import GradientMeasurement
 from esper_core.tolaria.hardware import HardwareProbe, base_context
 from esper_core.tolaria.history import EpochStats, History
 
@@ -46,6 +47,8 @@ def build_state_packet(
     seeds: list[SeedState],
     optimizer: torch.optim.Optimizer,
     hardware: HardwareContext,
+    gradients: GradientMeasurement | None = None,
+    gradient_norm_ewma: float | None = None,
 ) -> SystemStatePacket:
     """The packet of one decision point.
 
@@ -53,6 +56,9 @@ def build_state_packet(
         ``validation.loss``; its latencies are the previous decision point's own work).
     :param stats: the epoch's training (NaN losses at a mid-epoch decision point: those fields are left absent).
     :param validation: the executor's evaluation (``loss``, ``accuracy``).
+    :param gradients: this decision point's gradient measurements (:mod:`esper_core.tolaria.gradients`); None: not
+        measured, the gradient fields stay absent. ``gradient_norm_ewma``: their norm's moving average, this one
+        included.
     """
     metrics = TrainingMetrics(
         epoch=epoch,
@@ -85,6 +91,15 @@ def build_state_packet(
     for loss in losses[1:]:
         ewma = EWMA_WEIGHT * loss + (1.0 - EWMA_WEIGHT) * ewma
     metrics.loss_ewma = ewma
+    if gradients is not None:
+        for name, value in (
+            ("gradient_norm", gradients.norm),
+            ("gradient_norm_ewma", gradient_norm_ewma if gradients.norm is not None else None),
+            ("gradient_variance", gradients.variance),
+            ("gradient_conflict_rate", gradients.conflict_rate),
+        ):
+            if value is not None:
+                setattr(metrics, name, value)
     for name, value in (
         ("hook_latency_ms", history.hook_ms),
         ("tamiyo_latency_ms", history.decide_ms),

@@ -1,11 +1,13 @@
 """Tolaria's training loop (ARCHITECTURE.md section 6).
 
-Per epoch: train on the task's data in a seeded order (nothing runs per batch but the training step: losses and
-counts accumulate on the device and are read once, at the epoch's end); then a decision point:
+Per epoch: train on the task's data in a seeded order (nothing runs per batch but the training step,
+:mod:`esper_core.tolaria.step`: losses and counts accumulate on the device and are read once, at the epoch's end);
+then a decision point:
 
 1. validation through the seed executor (every seed's counterfactual contribution comes with it);
 2. the executor's bookkeeping (ages, embargoes, health checks);
-3. a ``SystemStatePacket``: typed metrics and every slot's ``SeedState``;
+3. a ``SystemStatePacket``: typed metrics (the gradient measurements on the probe batch among them,
+   :mod:`esper_core.tolaria.gradients`) and every slot's ``SeedState``;
 4. the controller's decision, under ``decision_timeout_s`` (a late or failed decision is a no-op; repeated failures
    put the loop in conservative mode, where the controller is not consulted for ``conservative_for`` decision
    points);
@@ -66,6 +68,7 @@ from esper_core.leyline import (
     EmergencySignal,
     MessagePriority,
     SeedOperation,
+    SeedState,
     SystemStatePacket,
     lifecycle,
     value_name,
@@ -105,12 +108,14 @@ from esper_core.tolaria.emergency import (
     RunHalted,
     level_name,
 )
+from esper_core.tolaria.gradients import GradientMeasurement, ewma, measure_gradients, split_parameters
 from esper_core.tolaria.hardware import HardwareProbe
 from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
 from esper_core.tolaria.recording import RunRecorder
 from esper_core.tolaria.sinks import SinkOptions
 from esper_core.tolaria.snapshot import MemorySnapshot
+from esper_core.tolaria.step import TrainingStep
 
 __all__ = ["EpochCallback", "EpochStats", "History", "NoticeCallback", "StepCallback", "Summary", "Trainer"]
 
@@ -164,6 +169,8 @@ class Trainer:
         self._task_blame = Blame("task", run.options.task, "training step", module=_module_of(run.task))
         #: The seeds' configuration and the counted FLOPs per sample of a training step in it (None: count anew).
         self._step_cost: tuple[tuple[Any, ...], float] | None = None
+        #: The training step (precision, accumulation, schedule, clipping, compile: esper_core.tolaria.step).
+        self.step = TrainingStep.of_run(run)
         #: The newest checkpoint's state in memory (fast rollback), and how long the last restore took.
         self._snapshot: MemorySnapshot | None = None
         self.last_restore_ms = 0.0
@@ -235,25 +242,20 @@ class Trainer:
         per_sample = self.training_flops_per_sample()
         epoch_flops = 0
         stretch_from = 0  # the first sample of the epoch trained with the current per-sample cost
+        self.step.prepare(self._configuration())
         run.model.train()
         start = time.perf_counter()
         for step in range(steps):
             index = order[step * size : (step + 1) * size]
             batch_inputs, batch_targets = inputs[index], targets[index]
             try:  # free unless it raises
-                run.optimizer.zero_grad(set_to_none=True)
-                outputs = run.model(batch_inputs)
-                loss = run.task.loss(outputs, batch_targets)
-                loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
-                if run.tolaria.gradient_clip:
-                    torch.nn.utils.clip_grad_norm_(self._optimized_parameters(), run.tolaria.gradient_clip)
-                run.optimizer.step()
+                batch_loss, batch_correct = self.step(batch_inputs, batch_targets, history.global_step)
             except Exception as error:
                 blame(error, self._task_blame)  # the host model is the task's (a seed module blames itself)
                 raise
             history.global_step += 1
-            loss_sum += loss.detach().double() * len(index)
-            correct += run.task.correct(outputs.detach(), batch_targets).double()
+            loss_sum += batch_loss
+            correct += batch_correct
             if self.on_step is not None:
                 self.on_step(step + 1, steps)
             if every and history.global_step % every == 0 and step < steps - 1:
@@ -265,6 +267,7 @@ class Trainer:
                 partial = EpochStats(float("nan"), float("nan"), time.perf_counter() - start, done, epoch_flops)
                 self.decision_point(epoch, partial, checkpoint_epoch=False)
                 per_sample = self.training_flops_per_sample()
+                self.step.prepare(self._configuration())
                 run.model.train()
         seconds = time.perf_counter() - start
         history.train_seconds += seconds
@@ -320,10 +323,14 @@ class Trainer:
         run.executor.decision_point(epoch, history.global_step)
         self._emergencies(epoch)
         seeds = run.executor.export_seed_states()
+        gradients = self.measure_gradients(seeds)
+        if gradients is not None and gradients.norm is not None:
+            history.gradient_norm_ewma = ewma(history.gradient_norm_ewma, gradients.norm)
         state = build_state_packet(
             run_id=run.run_id, epoch=epoch, epochs_total=run.options.epochs, batch_size=run.options.batch_size,
             history=history, stats=stats, validation=validation, seeds=seeds, optimizer=run.optimizer,
-            hardware=hardware_context(run.device, self.hardware),
+            hardware=hardware_context(run.device, self.hardware), gradients=gradients,
+            gradient_norm_ewma=history.gradient_norm_ewma,
         )  # fmt: skip
         if self.failures.quarantined:
             mark_quarantined(state, {key: int(value["epoch"]) for key, value in self.failures.quarantined.items()})
@@ -345,6 +352,18 @@ class Trainer:
             history.val_losses.append(validation.loss)
         self.recorder.decision_point(history, epoch, stats, state, command, result, events, reports, validation)
         return state, command, result
+
+    def measure_gradients(self, seeds: list[SeedState]) -> GradientMeasurement | None:
+        """The decision point's gradient measurements on the probe batch (esper_core.tolaria.gradients); None with
+        ``tolaria.gradient_micro_batches = 0``."""
+        run = self.run
+        if not run.tolaria.gradient_micro_batches:
+            return None
+        host, measured = split_parameters(run.optimizer, seeds)
+        inputs, targets = run.data.probe
+        return measure_gradients(
+            run.model, inputs, targets, run.task.loss, host, measured, run.tolaria.gradient_micro_batches
+        )
 
     def _decide(self, state: SystemStatePacket) -> tuple[AdaptationCommand, float | None]:
         history, options = self.history, self.run.tolaria
@@ -782,6 +801,7 @@ class Trainer:
             "recorder": self.recorder.state_dict(),
             "plugin_failures": self.failures.state_dict(),
             "emergency": self.ladder.state_dict(),
+            "step": self.step.state_dict(),
             "record_bytes": run.record.end_offset,
         }
         save_checkpoint(run.run_dir, self.history.epoch, state, run.tolaria.keep_checkpoints)
@@ -836,6 +856,7 @@ class Trainer:
         )
         self.failures.load_state_dict(state.get("plugin_failures", {}))
         self.ladder.load_state_dict(state.get("emergency", {}))
+        self.step.load_state_dict(state.get("step", {}))
         if "record_bytes" in state:
             run.record.cut_to(int(state["record_bytes"]))
         else:  # written before positions were byte offsets

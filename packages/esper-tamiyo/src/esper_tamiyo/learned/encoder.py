@@ -35,6 +35,7 @@ import torch
 
 from esper_core.leyline import (
     BlueprintDescriptor,
+    MeasuredBlueprint,
     SeedState,
     SlotKind,
     SystemStatePacket,
@@ -74,11 +75,14 @@ from esper_tamiyo.learned.schema import (
     DEFAULT_BLUEPRINT_VOCABULARY,
     EMBARGO_SCALE,
     EPOCH_SCALE,
+    FLOPS_SCALE,
     GAP_SCALE,
+    LATENCY_RATIO_SCALE,
     LOG,
     OPTIMIZERS,
     OPTIONAL_METRICS,
     OPTIONAL_SLOT_FIELDS,
+    PAIR_DIM,
     PARAMETER_SCALE,
     PERCENT_SCALE,
     PREDICTED_DECREASE_SCALE,
@@ -135,6 +139,8 @@ class EncodedState:
       ``[B, BLUEPRINT_DIM]``;
     - ``slot_blueprint_index`` ``[S]`` (the vocabulary index of each slot's current blueprint, 0 for none) and
       ``blueprint_index`` ``[B]``;
+    - ``pair_features`` ``[S, B, PAIR_DIM]``: what Urabrask measured about blueprint ``b`` at slot ``s`` (zero where
+      the slot does not list it);
     - ``slot_mask`` ``[NUM_OPERATIONS, S]``: operation class ``o`` is legal on slot ``s`` (row NOOP all False);
       ``fit_mask`` ``[S, B]``: blueprint ``b`` is legal in slot ``s`` (the slot can germinate, the blueprint fits it
       and some germination of it is within the budget: ``actions.CHOICE_RULES``);
@@ -154,6 +160,7 @@ class EncodedState:
     width_mask: torch.Tensor
     width_values: torch.Tensor
     width_features: torch.Tensor
+    pair_features: torch.Tensor
     slot_ids: tuple[str, ...]
     blueprints: tuple[BlueprintDescriptor, ...]
     #: Fraction of the optional ``TrainingMetrics`` fields that were present.
@@ -199,6 +206,7 @@ class EncodedState:
             self.width_mask,
             self.width_values,
             self.width_features,
+            self.pair_features,
         ):
             hasher.update(str(tuple(tensor.shape)).encode())
             hasher.update(tensor.contiguous().numpy().tobytes())
@@ -460,9 +468,10 @@ class FeatureEncoder:
             )
             for j, descriptor in enumerate(offered)
         ]
+        s, b = len(seeds), len(offered)
+        pair_features = self._pair_features(seeds, offered, counter)
         global_row, coverage = self._global_row(state, metrics, seeds, offered, germinable, budget, counter)
 
-        s, b = len(seeds), len(offered)
         slot_tensor = torch.tensor(slot_rows, dtype=torch.float32).reshape(s, SLOT_DIM)
         blueprint_tensor = torch.tensor(blueprint_rows, dtype=torch.float32).reshape(b, BLUEPRINT_DIM)
         # Only slots that can germinate have width entries: build those rows, leave the others zero (fewer Python
@@ -496,6 +505,7 @@ class FeatureEncoder:
             width_mask=width_mask,
             width_values=width_values,
             width_features=width_features,
+            pair_features=pair_features,
             slot_ids=tuple(seed.slot_id for seed in seeds),
             blueprints=offered,
             coverage=coverage,
@@ -503,6 +513,41 @@ class FeatureEncoder:
             truncated_blueprints=max(len({d.blueprint_id for d in blueprints if d.blueprint_id}) - MAX_BLUEPRINTS, 0),
             budget_left=budget.left,
         )
+
+    @staticmethod
+    def _pair_features(
+        seeds: Sequence[SeedState], offered: Sequence[BlueprintDescriptor], counter: _Counter
+    ) -> torch.Tensor:
+        """``[S, B, PAIR_DIM]``: each slot's measured blueprints that are offered (the first entry of an id counts;
+        others are ignored), zero elsewhere."""
+        features = torch.zeros(len(seeds), len(offered), PAIR_DIM)
+        if not offered or not any(seed.measured_blueprints for seed in seeds):
+            return features
+        column = {descriptor.blueprint_id: j for j, descriptor in enumerate(offered)}
+        rows: list[int] = []
+        columns: list[int] = []
+        values: list[float] = []
+        for i, seed in enumerate(seeds):
+            done: set[int] = set()
+            for measured in seed.measured_blueprints:
+                j = column.get(measured.blueprint_id)
+                if j is None or j in done:
+                    continue
+                done.add(j)
+                rows.append(i)
+                columns.append(j)
+                values.extend(FeatureEncoder._pair_row(measured, counter))
+        if rows:
+            index = (torch.tensor(rows, dtype=torch.int64), torch.tensor(columns, dtype=torch.int64))
+            features[index] = torch.tensor(values, dtype=torch.float32).reshape(len(rows), PAIR_DIM)
+        return features
+
+    @staticmethod
+    def _pair_row(measured: MeasuredBlueprint, counter: _Counter) -> list[float]:
+        row = [1.0, UNIT(counter.value(measured.risk_score))]
+        counter.optional(measured, "latency_ratio", LATENCY_RATIO_SCALE, row)
+        counter.optional(measured, "flops_per_sample", FLOPS_SCALE, row)
+        return row
 
     @staticmethod
     def _cheapest(row: Sequence[_Germinations], budget: ParameterBudget) -> float | None:
@@ -677,7 +722,8 @@ class EncodedBatch:
     Shapes: ``global_features [N, G]``, ``slot_features [N, S, F]``, ``slot_blueprint_index [N, S]``,
     ``slot_valid [N, S]``, ``blueprint_features [N, B, H]``, ``blueprint_index [N, B]``, ``blueprint_valid [N, B]``,
     ``slot_mask [N, NUM_OPERATIONS, S]``, ``fit_mask [N, S, B]``, ``width_mask [N, S, B, NUM_WIDTHS]``,
-    ``width_features [N, S, B, NUM_WIDTHS, WIDTH_DIM]``. Padding is invalid and masked everywhere.
+    ``width_features [N, S, B, NUM_WIDTHS, WIDTH_DIM]``, ``pair_features [N, S, B, PAIR_DIM]``. Padding is invalid
+    and masked everywhere.
     """
 
     global_features: torch.Tensor
@@ -691,6 +737,7 @@ class EncodedBatch:
     fit_mask: torch.Tensor
     width_mask: torch.Tensor
     width_features: torch.Tensor
+    pair_features: torch.Tensor
 
     @property
     def size(self) -> int:
@@ -718,6 +765,7 @@ def collate(states: Sequence[EncodedState]) -> EncodedBatch:
             fit_mask=one.fit_mask.unsqueeze(0),
             width_mask=one.width_mask.unsqueeze(0),
             width_features=one.width_features.unsqueeze(0),
+            pair_features=one.pair_features.unsqueeze(0),
         )
     slot_features = torch.zeros(n, slots, SLOT_DIM)
     slot_index = torch.zeros(n, slots, dtype=torch.int64)
@@ -729,6 +777,7 @@ def collate(states: Sequence[EncodedState]) -> EncodedBatch:
     fit_mask = torch.zeros(n, slots, offered, dtype=torch.bool)
     width_mask = torch.zeros(n, slots, offered, NUM_WIDTHS, dtype=torch.bool)
     width_features = torch.zeros(n, slots, offered, NUM_WIDTHS, WIDTH_DIM)
+    pair_features = torch.zeros(n, slots, offered, PAIR_DIM)
     for i, state in enumerate(states):
         s, b = int(state.slot_features.shape[0]), int(state.blueprint_features.shape[0])
         slot_features[i, :s] = state.slot_features
@@ -741,6 +790,7 @@ def collate(states: Sequence[EncodedState]) -> EncodedBatch:
         fit_mask[i, :s, :b] = state.fit_mask
         width_mask[i, :s, :b] = state.width_mask
         width_features[i, :s, :b] = state.width_features
+        pair_features[i, :s, :b] = state.pair_features
     return EncodedBatch(
         global_features=torch.stack([s.global_features for s in states]),
         slot_features=slot_features,
@@ -753,4 +803,5 @@ def collate(states: Sequence[EncodedState]) -> EncodedBatch:
         fit_mask=fit_mask,
         width_mask=width_mask,
         width_features=width_features,
+        pair_features=pair_features,
     )

@@ -7,7 +7,7 @@
     blueprint features ⊕ emb(blueprint) ─ MLP ─ b_j ───┴─ mean ──────┴─ trunk ─ c ─┬─ operation head  → [O]
                                                                                  └─ value head      → []
     z_i = MLP(s_i ⊕ c):  slot head → [O] per slot (a slot logit for each operation),
-                         blueprint head  q(z_i) · k(b_j) / √K,  schedule head → [3] per slot
+                         blueprint head  q(z_i) · (k(b_j) + P p_ij) / √K + v · p_ij,  schedule head → [3] per slot
     width head:  Linear(SiLU(A z_i + B b_j)) + u_w · (width features of (i, j, w)) → [W] per (slot, blueprint)
 
 The slots are a graph: each slot is joined to its neighbours in the host's forward order (the packet lists slots in
@@ -19,7 +19,10 @@ All heads read from one forward pass; masking and decoding live in :mod:`esper_t
 head starts with zero weights and a strong NOOP bias, so an untrained network prefers NOOP whatever it sees. The
 width head reads the slot context and the blueprint together, because how wide to grow depends on both (what the slot
 predicts for each width, what the blueprint costs there), plus each class's own cost over the budget left through
-per-class weights ``u`` (zero when untrained).
+per-class weights ``u`` (zero when untrained). The blueprint head reads what Urabrask measured about blueprint j at
+slot i (the pair features ``p_ij``: measured risk, latency, FLOPs) twice: through the key, so that how much they
+matter can depend on the slot's context, and through a weight per feature ``v``; ``P`` and ``v`` start at zero, so
+an untrained network's blueprint choice ignores them.
 
 ``architecture_digest`` is the SHA-256 of the architecture's name, version, configuration, :data:`STRUCTURE` and every
 parameter's name, shape and dtype: two networks with equal digests accept each other's ``state_dict``.
@@ -38,12 +41,19 @@ from torch import nn
 from esper_core.config.validators import at_least
 from esper_tamiyo.learned.actions import NOOP, NUM_OPERATIONS, NUM_SCHEDULES, NUM_WIDTHS
 from esper_tamiyo.learned.encoder import EncodedBatch
-from esper_tamiyo.learned.schema import BLUEPRINT_DIM, DEFAULT_BLUEPRINT_VOCABULARY, GLOBAL_DIM, SLOT_DIM, WIDTH_DIM
+from esper_tamiyo.learned.schema import (
+    BLUEPRINT_DIM,
+    DEFAULT_BLUEPRINT_VOCABULARY,
+    GLOBAL_DIM,
+    PAIR_DIM,
+    SLOT_DIM,
+    WIDTH_DIM,
+)
 
 ARCHITECTURE_NAME = "esper.tamiyo.learned.factored-mlp"
 #: Bump whenever the module structure changes in a way parameter names and shapes might not reveal.
-#: 2: the width head. 3: message passing between neighbouring slots.
-ARCHITECTURE_VERSION = 3
+#: 2: the width head. 3: message passing between neighbouring slots. 4: the pair features in the blueprint head.
+ARCHITECTURE_VERSION = 4
 DEFAULT_NOOP_BIAS = 8.0
 #: What parameter names and shapes do not show; part of ``architecture_digest``. Keep in step with the code.
 STRUCTURE = {
@@ -53,7 +63,8 @@ STRUCTURE = {
     "slot_pooling": "masked mean and max",
     "blueprint_pooling": "masked mean",
     "trunk_norm": "LayerNorm after the trunk",
-    "blueprint_logits": "query(slot context) . key(blueprint) / sqrt(key)",
+    "blueprint_logits": "query(slot context) . (key(blueprint) + pair_key(pair features)) / sqrt(key) "
+    "+ pair weights . pair features",
     "width_logits": "Linear(SiLU(Linear(slot context) + Linear(blueprint))) + per-class weights . width features",
     "embedding_padding_index": 0,
 }
@@ -77,6 +88,7 @@ class NetworkConfig:
     schedules: int = NUM_SCHEDULES
     widths: int = NUM_WIDTHS
     width_dim: int = WIDTH_DIM
+    pair_dim: int = PAIR_DIM
 
     def as_json(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -150,6 +162,10 @@ class PolicyNetwork(nn.Module):
         self.width_head = nn.Linear(config.key, config.widths)
         #: How each width class's logit moves with its width features (its cost over the budget left).
         self.width_feature_weight = nn.Parameter(torch.zeros(config.widths, config.width_dim))
+        #: How a blueprint's logit in a slot moves with what was measured about it there: through the key (in the
+        #: slot's context) and directly. Created last, so the other layers start as they did before it existed.
+        self.pair_key = nn.Linear(config.pair_dim, config.key, bias=False)
+        self.pair_weight = nn.Parameter(torch.zeros(config.pair_dim))
         self._scale = float(config.key) ** -0.5
         with torch.no_grad():
             # Safe when untrained: the operation logits ignore the input and NOOP wins by exp(noop_bias).
@@ -158,6 +174,7 @@ class PolicyNetwork(nn.Module):
             self.operation_head.bias[NOOP] = noop_bias
             self.value_head.weight.zero_()
             self.value_head.bias.zero_()
+            self.pair_key.weight.zero_()
 
     def forward(
         self,
@@ -169,6 +186,7 @@ class PolicyNetwork(nn.Module):
         blueprint_index: torch.Tensor,
         blueprint_valid: torch.Tensor,
         width_features: torch.Tensor,
+        pair_features: torch.Tensor,
     ) -> PolicyOutput:
         g = self.global_encoder(global_features)  # [N, H]
         s = self.slot_encoder(torch.cat([slot_features, self.blueprint_embedding(slot_blueprint_index)], dim=-1))
@@ -182,12 +200,15 @@ class PolicyNetwork(nn.Module):
         z = self.slot_context(torch.cat([s, c.unsqueeze(1).expand(-1, s.shape[1], -1)], dim=-1))  # [N, S, H]
         query = self.blueprint_query(z)  # [N, S, K]
         key = self.blueprint_key(b)  # [N, B, K]
+        # What was measured about each blueprint in each slot, [N, S, B, P]: through the key and directly.
+        measured = (query.unsqueeze(2) * self.pair_key(pair_features)).sum(dim=-1) * self._scale
+        measured = measured + (pair_features * self.pair_weight).sum(dim=-1)
         pair = torch.nn.functional.silu(self.width_slot(z).unsqueeze(2) + self.width_blueprint(b).unsqueeze(1))
         width_logits = self.width_head(pair) + (width_features * self.width_feature_weight).sum(dim=-1)
         return PolicyOutput(
             operation_logits=self.operation_head(c),
             slot_logits=self.slot_head(z).transpose(1, 2),
-            blueprint_logits=torch.matmul(query, key.transpose(1, 2)) * self._scale,
+            blueprint_logits=torch.matmul(query, key.transpose(1, 2)) * self._scale + measured,
             schedule_logits=self.schedule_head(z),
             value=self.value_head(c).squeeze(-1),
             width_logits=width_logits,  # [N, S, B, W]
@@ -203,6 +224,7 @@ class PolicyNetwork(nn.Module):
             batch.blueprint_index,
             batch.blueprint_valid,
             batch.width_features,
+            batch.pair_features,
         )
         return output
 

@@ -6,7 +6,7 @@ of the canonical JSON of :func:`feature_schema` is the ``feature_schema_digest``
 features (:mod:`esper_tamiyo.learned.encoder`) and from the action space (:mod:`esper_tamiyo.learned.actions`, whose
 operation and schedule classes, limits and legality rules the schema also records).
 
-Four groups of features, each a fixed-width float vector, plus integer indices for a learned blueprint embedding:
+Five groups of features, each a fixed-width float vector, plus integer indices for a learned blueprint embedding:
 
 - **global** (one vector per decision): progress, losses, accuracies, gradient statistics, learning rate,
   latencies, counters, hardware load, the fraction of slots in each lifecycle stage, and the parameter budget;
@@ -16,6 +16,9 @@ Four groups of features, each a fixed-width float vector, plus integer indices f
   Kasmina predicts for each width class, and the cheapest germination the budget allows there;
 - **blueprint** (one row per offered descriptor, sorted by ``blueprint_id``): risk, tier, curriculum stage, flags,
   supported slot kinds;
+- **pair** (one row per slot and blueprint): what Urabrask measured about the blueprint at the slot
+  (``SeedState.measured_blueprints``, filled by Tamiyo's controller from the sheets it knows): whether a sheet is
+  known, its risk, its latency over a plain layer's and its counted FLOPs;
 - **width** (one value per slot, blueprint and width class): the germination's parameter cost over the budget left,
   which the width head weighs.
 
@@ -55,7 +58,8 @@ from esper_tamiyo.learned.actions import (
 
 #: Bump whenever the meaning, order or scaling of any feature changes (the digest changes with the schema).
 #: 2: width slots, predicted loss decrease per width class, the parameter budget, the width head's cost features.
-FEATURE_SCHEMA_VERSION = 2
+#: 3: the pair group: Urabrask's measured risk and cost of each blueprint at each slot.
+FEATURE_SCHEMA_VERSION = 3
 DEFAULT_BLUEPRINT_VOCABULARY = 1024
 BLUEPRINT_INDEX_PREFIX = "esper.blueprint:"
 
@@ -420,6 +424,30 @@ def _blueprint_schema() -> list[Feature]:
     return features
 
 
+# -- pair features ----------------------------------------------------------------------------------------------
+
+#: ``log10`` of the measured latency ratio: a blueprint as fast as a plain layer is 0, ten times slower 1.
+LATENCY_RATIO_SCALE = Log10(0.0, 1.0)
+#: Counted FLOPs of a training step per sample, like parameter counts.
+FLOPS_SCALE = Log1p(div=20.0)
+
+
+def _pair_schema() -> list[Feature]:
+    measured = "SeedState.measured_blueprints[blueprint_id]"
+    return [
+        Feature("measured", measured, "1 if the slot lists the blueprint (a safety data sheet is known) else 0"),
+        Feature("measured_risk", f"{measured}.risk_score", UNIT.describe() + "; 0 when not listed"),
+        Feature(
+            "latency_ratio",
+            f"{measured}.latency_ratio",
+            LATENCY_RATIO_SCALE.describe() + "; 0 when not listed or absent",
+        ),
+        Feature("latency_ratio.present", f"{measured}.latency_ratio", PRESENT),
+        Feature("flops", f"{measured}.flops_per_sample", FLOPS_SCALE.describe() + "; 0 when not listed or absent"),
+        Feature("flops.present", f"{measured}.flops_per_sample", PRESENT),
+    ]
+
+
 # -- width features ---------------------------------------------------------------------------------------------
 
 
@@ -436,11 +464,14 @@ def _width_schema() -> list[Feature]:
 GLOBAL_FEATURES: tuple[Feature, ...] = tuple(_global_schema())
 SLOT_FEATURES: tuple[Feature, ...] = tuple(_slot_schema())
 BLUEPRINT_FEATURES: tuple[Feature, ...] = tuple(_blueprint_schema())
+#: Features of each (slot, blueprint): ``EncodedState.pair_features [S, B, PAIR_DIM]``.
+PAIR_FEATURES: tuple[Feature, ...] = tuple(_pair_schema())
 #: Features of each (slot, blueprint, width class): ``EncodedState.width_features [S, B, W, WIDTH_DIM]``.
 WIDTH_FEATURES: tuple[Feature, ...] = tuple(_width_schema())
 GLOBAL_DIM = len(GLOBAL_FEATURES)
 SLOT_DIM = len(SLOT_FEATURES)
 BLUEPRINT_DIM = len(BLUEPRINT_FEATURES)
+PAIR_DIM = len(PAIR_FEATURES)
 WIDTH_DIM = len(WIDTH_FEATURES)
 
 
@@ -453,6 +484,7 @@ def feature_schema(vocabulary: int = DEFAULT_BLUEPRINT_VOCABULARY) -> dict[str, 
         "global": [feature.as_json() for feature in GLOBAL_FEATURES],
         "slot": [feature.as_json() for feature in SLOT_FEATURES],
         "blueprint": [feature.as_json() for feature in BLUEPRINT_FEATURES],
+        "pair": [feature.as_json() for feature in PAIR_FEATURES],
         "width": [feature.as_json() for feature in WIDTH_FEATURES],
         "blueprint_index": {
             "rule": f"1 + int.from_bytes(sha256(('{BLUEPRINT_INDEX_PREFIX}' + blueprint_id).encode('utf-8'))"

@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from esper_core.leyline import PolicyUpdate
 from esper_core.signing import SigningKey, sign_signature_field, verify_signature_field
 from esper_core.storage.atomic import atomic_write_bytes
+from esper_tamiyo.learned.schema import FEATURE_SCHEMA_VERSION
 
 POLICY_NAME = "learned"
 UPDATE_FORMAT_VERSION = 1
@@ -155,7 +156,8 @@ def check_update(
         return _reject(
             SCHEMA_MISMATCH,
             f"the update was trained on feature schema {update.feature_schema_digest[:16] or '(none)'}…, "
-            f"this policy encodes with {feature_schema_digest[:16]}…",
+            f"this policy encodes with {feature_schema_digest[:16]}… (feature schema version "
+            f"{FEATURE_SCHEMA_VERSION}): train a policy on this encoding (docs/learned-policy.md)",
         )
     if update.architecture_digest != architecture_digest:
         return _reject(

@@ -24,8 +24,12 @@ At each decision point it returns the first of:
    with the highest blueprint score plus ``saliency_weight`` × the slot's saliency over the highest. A blueprint's
    score, among those that fit the slot's kind and the remaining budget: preference order, minus ``cost_weight`` ×
    |ln(its parameters / a fair share of the budget left)| (the share is the budget left over
-   ``max_concurrent_seeds``: real capacity, room for the others), minus ``risk_weight`` × its risk, plus
-   ``history_weight`` × (its fossilized minus culled seeds this run).
+   ``max_concurrent_seeds``: real capacity, room for the others), minus ``risk_weight`` × its risk, minus
+   ``measured_cost_weight`` × ln(its measured latency ratio), plus ``history_weight`` × (its fossilized minus culled
+   seeds this run). The risk is the one Urabrask measured at the slot when the packet lists it
+   (``SeedState.measured_blueprints``, filled by the controller), the catalog's declared risk otherwise; the latency
+   ratio (its training step over a plain layer's at the slot) counts only where it was measured. The rationale says
+   which risk it used.
 4. Otherwise **wait** (a no-op).
 
 Every command carries a rationale that says which rule fired and with what numbers.
@@ -43,6 +47,7 @@ import attrs
 from esper_core.leyline import (
     AdaptationCommand,
     BlueprintDescriptor,
+    MeasuredBlueprint,
     SeedOperation,
     SeedState,
     SystemStatePacket,
@@ -57,6 +62,7 @@ from esper_tamiyo.commands import (
     noop,
     seed_command,
 )
+from esper_tamiyo.measured import log_ratio
 from esper_tamiyo.options import HeuristicOptions
 
 NAME = "heuristic"
@@ -69,6 +75,17 @@ class Candidate:
     score: float
     #: The parameters to germinate it with (its defaults, with ``width`` sized to the budget share).
     parameters: dict[str, float] = attrs.Factory(dict)
+    #: The risk it was scored with, and whether Urabrask measured it at the slot ("measured") or the catalog
+    #: declared it ("declared").
+    risk: float = 0.0
+    risk_source: str = "declared"
+    #: Its measured training step over a plain layer's at the slot (None: not measured).
+    latency_ratio: float | None = None
+
+    def describe_risk(self) -> str:
+        """``"measured risk 0.021, 1.8x a plain layer's step"`` or ``"declared risk 0.100"``."""
+        latency = f", {self.latency_ratio:.3g}x a plain layer's step" if self.latency_ratio is not None else ""
+        return f"{self.risk_source} risk {self.risk:.3f}{latency}"
 
 
 class HeuristicPolicy:
@@ -295,6 +312,7 @@ class HeuristicPolicy:
         largest = o.max_seed_parameter_fraction * (self.host_parameters or 1)
         share = min(budget / o.max_concurrent_seeds, largest) if budget > 0 else 0.0
         ranked = []
+        measured: dict[str, MeasuredBlueprint] = {m.blueprint_id: m for m in seed.measured_blueprints}
         for position, descriptor in enumerate(blueprints):
             if not growth.fits(descriptor, SlotShape.of(seed)):
                 continue
@@ -305,14 +323,21 @@ class HeuristicPolicy:
             preference = 0.0
             if descriptor.blueprint_id in o.preferred_blueprints:
                 preference = 1.0 - o.preferred_blueprints.index(descriptor.blueprint_id) / len(o.preferred_blueprints)
+            sheet = measured.get(descriptor.blueprint_id)
+            risk, source, slowdown = float(descriptor.risk), "declared", None
+            if sheet is not None:
+                risk, source = float(sheet.risk_score), "measured"
+                slowdown = log_ratio(sheet)
             score = (
                 preference
                 - o.cost_weight * fit
-                - o.risk_weight * descriptor.risk
+                - o.risk_weight * risk
+                - (o.measured_cost_weight * slowdown if slowdown is not None else 0.0)
                 + o.history_weight * self.record.get(descriptor.blueprint_id, 0)
                 - 1e-6 * position  # stable ties: catalog order
             )
-            ranked.append(Candidate(descriptor, cost or 0, score, parameters))
+            latency = math.exp(slowdown) if slowdown is not None else None
+            ranked.append(Candidate(descriptor, cost or 0, score, parameters, risk, source, latency))
         return sorted(ranked, key=lambda candidate: -candidate.score)
 
     @staticmethod
@@ -378,7 +403,8 @@ class HeuristicPolicy:
         sized = f", width {choice.parameters[WIDTH]:g}" if WIDTH in choice.parameters else ""
         rationale = (
             f"germinate {choice.descriptor.blueprint_id} ({choice.descriptor.name}{sized}, {choice.cost} parameters, "
-            f"score {choice.score:.3f}) in {seed.slot_id} ({promise}, {relative:.0%} of the best of its kind; "
+            f"{choice.describe_risk()}, score {choice.score:.3f}) in {seed.slot_id} ({promise}, {relative:.0%} of "
+            "the best of its kind; "
             f"total {total:.3f}): {why}; budget left {budget:.0f} parameters"
         )
         command = seed_command(

@@ -168,6 +168,11 @@ class UrzaLibrary:
         the rater a run's library is given (stored, or measured on first use), None without one."""
         return self.sheets.safety_sheet(blueprint_id, slot) if self.sheets is not None else None
 
+    def stored_sheet(self, blueprint_id: str, slot: SlotShape) -> BSDS | None:
+        """The blueprint's sheet at ``slot`` if one is already known, never measured now
+        (:class:`esper_core.safety.StoredSheetSource`); None without a rater."""
+        return self.sheets.stored_sheet(blueprint_id, slot) if self.sheets is not None else None
+
     def stored_sheets(self, blueprint_id: str) -> tuple[Sequence[BSDS], Sequence[str]]:
         """The blueprint's stored sheets and the refusals (:class:`esper_core.safety.StoredSheets`)."""
         return self.sheets.stored_sheets(blueprint_id) if self.sheets is not None else ([], [])

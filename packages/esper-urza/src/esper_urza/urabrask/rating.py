@@ -79,6 +79,29 @@ class SheetRater:
             self._known[key] = self._stored(key, catalog.name) or self._measure(catalog, blueprint_id, slot)
         return self._known[key]
 
+    def stored_sheet(self, blueprint_id: str, slot: SlotShape) -> BSDS | None:
+        """The sheet :meth:`safety_sheet` gives without measuring: the one this run already has, or the stored one
+        (then remembered for the run); None otherwise, and for a stored sheet that cannot be trusted
+        (:class:`esper_core.safety.StoredSheetSource`)."""
+        found = self._blueprints.get(blueprint_id)
+        if found is None:
+            return None
+        catalog, descriptor = found
+        try:
+            parameters = resolve_parameters(descriptor, {})
+        except ValueError:
+            return None
+        key = artifact_key(catalog.name, blueprint_id, parameters, slot)
+        if key in self._known:
+            return self._known[key]
+        try:
+            sheet = self.store.get(key, self.versions.get(catalog.name, ""))
+        except SheetRefused:  # measured again when the risk engine asks for it (safety_sheet)
+            return None
+        if sheet is not None:
+            self._known[key] = sheet
+        return sheet
+
     def stored_sheets(self, blueprint_id: str) -> tuple[list[BSDS], list[str]]:
         """The trusted stored sheets of ``blueprint_id``, and why the others were refused
         (:class:`esper_core.safety.StoredSheets`)."""

@@ -617,19 +617,35 @@ class _HazardBand:
 class _HazardBandEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HazardBand.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HAZARD_BAND_UNSPECIFIED: _HazardBand.ValueType  # 0
+    """Not measured."""
     HAZARD_BAND_LOW: _HazardBand.ValueType  # 1
+    """No hazard, or only LOW ones, and a risk score below 0.30."""
     HAZARD_BAND_MEDIUM: _HazardBand.ValueType  # 2
+    """A MEDIUM hazard (extreme inputs overflow, a wrong parameter estimate, probes skipped), or a score from 0.30."""
     HAZARD_BAND_HIGH: _HazardBand.ValueType  # 3
+    """A HIGH hazard (slow, nondeterministic, does not learn, starts away from zero, spreads NaN), or a score from 0.60."""
     HAZARD_BAND_CRITICAL: _HazardBand.ValueType  # 4
+    """A CRITICAL hazard (the build or a pass raised, wrong shape, non-finite output, mutates its input, exploding
+    gradients, very slow), or a score from 0.85.
+    """
 
 class HazardBand(_HazardBand, metaclass=_HazardBandEnumTypeWrapper):
-    """Urabrask safety data sheets."""
+    """How dangerous Urabrask's safety data sheet (BSDS) found a blueprint: the worse of its worst hazard's band and its
+    risk score's band (cuts at 0.30, 0.60 and 0.85; esper_urza.urabrask.hazards).
+    """
 
 HAZARD_BAND_UNSPECIFIED: HazardBand.ValueType  # 0
+"""Not measured."""
 HAZARD_BAND_LOW: HazardBand.ValueType  # 1
+"""No hazard, or only LOW ones, and a risk score below 0.30."""
 HAZARD_BAND_MEDIUM: HazardBand.ValueType  # 2
+"""A MEDIUM hazard (extreme inputs overflow, a wrong parameter estimate, probes skipped), or a score from 0.30."""
 HAZARD_BAND_HIGH: HazardBand.ValueType  # 3
+"""A HIGH hazard (slow, nondeterministic, does not learn, starts away from zero, spreads NaN), or a score from 0.60."""
 HAZARD_BAND_CRITICAL: HazardBand.ValueType  # 4
+"""A CRITICAL hazard (the build or a pass raised, wrong shape, non-finite output, mutates its input, exploding
+gradients, very slow), or a score from 0.85.
+"""
 Global___HazardBand: _TypeAlias = HazardBand  # noqa: Y015
 
 class _HandlingClass:
@@ -639,16 +655,29 @@ class _HandlingClass:
 class _HandlingClassEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HandlingClass.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HANDLING_CLASS_UNSPECIFIED: _HandlingClass.ValueType  # 0
+    """Not measured."""
     HANDLING_CLASS_STANDARD: _HandlingClass.ValueType  # 1
+    """A LOW or MEDIUM band: germinate as usual."""
     HANDLING_CLASS_RESTRICTED: _HandlingClass.ValueType  # 2
+    """A HIGH band: germinate only with approval, watched closely."""
     HANDLING_CLASS_QUARANTINE: _HandlingClass.ValueType  # 3
+    """A CRITICAL band: never germinate. Tamiyo's risk engine holds such a germination back and stops offering the
+    blueprint for the rest of the run.
+    """
 
-class HandlingClass(_HandlingClass, metaclass=_HandlingClassEnumTypeWrapper): ...
+class HandlingClass(_HandlingClass, metaclass=_HandlingClassEnumTypeWrapper):
+    """How a sheet says to handle a blueprint, from its hazard band."""
 
 HANDLING_CLASS_UNSPECIFIED: HandlingClass.ValueType  # 0
+"""Not measured."""
 HANDLING_CLASS_STANDARD: HandlingClass.ValueType  # 1
+"""A LOW or MEDIUM band: germinate as usual."""
 HANDLING_CLASS_RESTRICTED: HandlingClass.ValueType  # 2
+"""A HIGH band: germinate only with approval, watched closely."""
 HANDLING_CLASS_QUARANTINE: HandlingClass.ValueType  # 3
+"""A CRITICAL band: never germinate. Tamiyo's risk engine holds such a germination back and stops offering the
+blueprint for the rest of the run.
+"""
 Global___HandlingClass: _TypeAlias = HandlingClass  # noqa: Y015
 
 class _ResourceProfile:

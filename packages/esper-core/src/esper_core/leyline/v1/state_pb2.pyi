@@ -181,15 +181,29 @@ class TrainingMetrics(_message.Message):
     `tamiyo.risk.max_loss_volatility`.
     """
     gradient_norm: _builtins.float
-    """L2 norm of the host's gradient. Tolaria does not measure it: absent."""
+    """L2 norm of the host's gradient of the mean task loss on the fixed probe batch (`tolaria.probe_size` training
+    examples), measured at each decision point in eval mode, in fp32. "The host" is the optimizer's host group and
+    every FOSSILIZED seed's group. Absent with `tolaria.gradient_micro_batches = 0` and when a gradient was not
+    finite. Typical: 0.3-2 on the built-in tasks.
+    """
     gradient_norm_ewma: _builtins.float
-    """Moving average of gradient_norm. Tolaria does not measure it: absent."""
+    """Exponentially weighted moving average of gradient_norm over this run's decision points, this one included
+    (weight 0.3 on the newest; checkpointed, so a resumed run continues it). Absent when gradient_norm is.
+    """
     gradient_variance: _builtins.float
-    """Variance of the gradient across batches. Tolaria does not measure it: absent. When present, the risk engine
-    downgrades growth above `tamiyo.risk.max_gradient_variance`.
+    """The per-example gradient variance of the host, estimated at each decision point from the probe batch split into
+    M = `tolaria.gradient_micro_batches` consecutive micro-batches of m_i examples: sum_i m_i ||g_i - g||^2 / (M - 1),
+    g_i the host's gradient of micro-batch i's mean loss and g the probe batch's (the m_i-weighted mean). For
+    independent examples this is an unbiased estimate of E||grad l_j - E grad l||^2 (the trace of the covariance of
+    one example's gradient), so it does not depend on M. In squared gradient units: 5-250 on the built-in tasks,
+    over 1e6 when gradients explode (inputs in the thousands, say). Absent when gradient_norm is. When present, the
+    risk engine downgrades growth above `tamiyo.risk.max_gradient_variance`.
     """
     learning_rate: _builtins.float
-    """Learning rate of the optimizer's first parameter group (the host's), at this decision point. Always set."""
+    """Learning rate of the optimizer's first parameter group (the host's) at the last training step before this
+    decision point: under `tolaria.lr_schedule` (and warm-up) the scheduled rate, the host's base rate times the
+    schedule's factor. Always set.
+    """
     momentum: _builtins.float
     """The optimizer's momentum. Tolaria does not fill it: absent."""
     optimizer_family: _enums_pb2.OptimizerFamily.ValueType
@@ -232,8 +246,16 @@ class TrainingMetrics(_message.Message):
     a slot (GERMINATED to FOSSILIZED).
     """
     gradient_conflict_rate: _builtins.float
-    """Fraction of conflicting gradient directions, in [0, 1]. Tolaria does not measure it: absent. When present, the
-    risk engine downgrades growth above `tamiyo.risk.max_gradient_conflict_rate`.
+    """How often a seed's gradient step would undo the host's, in [0, 1], measured at each decision point on the probe
+    batch's micro-batches (see gradient_variance). For micro-batch i and a seed k whose output is in the model's
+    value and that trains (BLENDING, SHADOWING or PROBATIONARY, not paused): each example j's first-order loss change
+    under a gradient step of the host alone, a_j = -<grad_host l_j, g_i>, and of the seed alone,
+    b_j = -<grad_k l_j, g_k,i> (g_k,i: the gradient of micro-batch i's mean loss with respect to the seed's
+    parameters). The pair conflicts when <a, b> < 0: the examples whose loss one step lowers are the ones the other
+    raises. The rate is conflicting pairs over pairs; a pair where either step changes nothing is not counted.
+    Absent when no pair was measured (no seed in BLENDING to PROBATIONARY) and with
+    `tolaria.gradient_micro_batches = 0`. Typical: 0-0.125 on the built-in tasks. When present, the risk engine
+    downgrades growth above `tamiyo.risk.max_gradient_conflict_rate`.
     """
     rollbacks: _builtins.int
     """Times this run rolled back to a checkpoint after a diverging loss (at most `tolaria.max_rollbacks`)."""
@@ -447,6 +469,7 @@ class SeedState(_message.Message):
     CANDIDATE_WIDTHS_FIELD_NUMBER: _builtins.int
     PREDICTED_LOSS_DECREASE_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
+    MEASURED_BLUEPRINTS_FIELD_NUMBER: _builtins.int
     slot_id: _builtins.str
     """The slot's module path in the host, e.g. "features.3" or "blocks.1.mlp".
     Fixed for the run; the value a command's target_slot_id names.
@@ -586,6 +609,16 @@ class SeedState(_message.Message):
         run, not a promise: Tamiyo's heuristic policy weighs it against the width's parameter cost.
         """
 
+    @_builtins.property
+    def measured_blueprints(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeasuredBlueprint]:
+        """What Urabrask measured at this slot about the blueprints offered to the policy: one entry per offered blueprint
+        that has a safety data sheet for this slot's shape, sorted by blueprint_id. Empty in the packet Tolaria builds:
+        Tamiyo's controller fills a copy before its policy decides, from the sheets already stored (those stored when
+        the run first asked, and those its risk engine rated since); a blueprint without a sheet is left out, never
+        rated here. The command carries what was filled (annotation `tamiyo.measured_blueprints`), so the run record's
+        packet and command give back the packet the policy saw (esper_core.leyline.annotations.as_decided).
+        """
+
     def __init__(
         self,
         *,
@@ -621,10 +654,11 @@ class SeedState(_message.Message):
         candidate_widths: _abc.Iterable[_builtins.int] | None = ...,
         predicted_loss_decrease: _abc.Iterable[_builtins.float] | None = ...,
         paused: _builtins.bool = ...,
+        measured_blueprints: _abc.Iterable[Global___MeasuredBlueprint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "learning_rate", b"learning_rate", "seed_loss_delta", b"seed_loss_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "candidate_widths", b"candidate_widths", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "parameter_count", b"parameter_count", "paused", b"paused", "predicted_loss_decrease", b"predicted_loss_decrease", "read_kind", b"read_kind", "read_shape", b"read_shape", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms", "_contribution", b"_contribution", "_contribution_accuracy", b"_contribution_accuracy", "_contribution_stderr", b"_contribution_stderr", "_gradient_norm", b"_gradient_norm", "_host_gradient_norm", b"_host_gradient_norm", "_learning_rate", b"_learning_rate", "_seed_loss_delta", b"_seed_loss_delta", "activation_rms", b"activation_rms", "age_epochs", b"age_epochs", "alpha", b"alpha", "alpha_steps", b"alpha_steps", "alpha_total_steps", b"alpha_total_steps", "blend_schedule", b"blend_schedule", "blueprint_id", b"blueprint_id", "blueprint_parameters", b"blueprint_parameters", "candidate_widths", b"candidate_widths", "contribution", b"contribution", "contribution_accuracy", b"contribution_accuracy", "contribution_stderr", b"contribution_stderr", "embargo_epochs_remaining", b"embargo_epochs_remaining", "extras", b"extras", "gradient_norm", b"gradient_norm", "host_gradient_norm", b"host_gradient_norm", "isolation_violations", b"isolation_violations", "layer_depth", b"layer_depth", "learning_rate", b"learning_rate", "measured_blueprints", b"measured_blueprints", "parameter_count", b"parameter_count", "paused", b"paused", "predicted_loss_decrease", b"predicted_loss_decrease", "read_kind", b"read_kind", "read_shape", b"read_shape", "risk_score", b"risk_score", "seed_id", b"seed_id", "seed_loss_delta", b"seed_loss_delta", "slot_id", b"slot_id", "slot_kind", b"slot_kind", "slot_shape", b"slot_shape", "stage", b"stage", "stage_epochs", b"stage_epochs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__activation_rms: _TypeAlias = _typing.Literal["activation_rms"]  # noqa: Y015
     _WhichOneofArgType__activation_rms: _TypeAlias = _typing.Literal["_activation_rms", b"_activation_rms"]  # noqa: Y015
@@ -660,6 +694,66 @@ class SeedState(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed_loss_delta) -> _WhichOneofReturnType__seed_loss_delta | None: ...
 
 Global___SeedState: _TypeAlias = SeedState  # noqa: Y015
+
+@_typing.final
+class MeasuredBlueprint(_message.Message):
+    """A summary of one blueprint's safety data sheet (BSDS) at one slot, as a policy reads it: Urabrask's measured risk
+    and cost of the blueprint built with its default parameters, in a slot of that shape (the sheet Tamiyo's risk
+    engine judges a germination by). Filled by Tamiyo's controller (SeedState.measured_blueprints); never rated there.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLUEPRINT_ID_FIELD_NUMBER: _builtins.int
+    RISK_SCORE_FIELD_NUMBER: _builtins.int
+    HAZARD_BAND_FIELD_NUMBER: _builtins.int
+    HANDLING_CLASS_FIELD_NUMBER: _builtins.int
+    LATENCY_RATIO_FIELD_NUMBER: _builtins.int
+    FLOPS_PER_SAMPLE_FIELD_NUMBER: _builtins.int
+    blueprint_id: _builtins.str
+    """The blueprint (BlueprintDescriptor.blueprint_id)."""
+    risk_score: _builtins.float
+    """The sheet's measured risk, in [0, 1] (BSDS.risk_score)."""
+    hazard_band: _enums_pb2.HazardBand.ValueType
+    """The sheet's hazard band (BSDS.hazard_band)."""
+    handling_class: _enums_pb2.HandlingClass.ValueType
+    """The sheet's handling (BSDS.handling_class). A blueprint measured QUARANTINE at one of the run's slots is no longer
+    offered, so a policy sees STANDARD or RESTRICTED.
+    """
+    latency_ratio: _builtins.float
+    """The blueprint's training step (forward and backward) over a plain reference layer's at the same slot: the median,
+    over the crucible's timed iterations, of the per-iteration ratio, the two timed interleaved so that load on the
+    machine hits both (BSDS.measurements["timing.slowdown"]). Wall-clock, so it varies a little between machines and
+    measurements. Absent when the timing probe did not run.
+    """
+    flops_per_sample: _builtins.float
+    """Counted FLOPs of one training step (forward and the backward to the parameters) per sample
+    (BSDS.measurements["cost.flops_per_sample"]). Absent when the cost probe did not run.
+    """
+    def __init__(
+        self,
+        *,
+        blueprint_id: _builtins.str = ...,
+        risk_score: _builtins.float = ...,
+        hazard_band: _enums_pb2.HazardBand.ValueType = ...,
+        handling_class: _enums_pb2.HandlingClass.ValueType = ...,
+        latency_ratio: _builtins.float | None = ...,
+        flops_per_sample: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_flops_per_sample", b"_flops_per_sample", "_latency_ratio", b"_latency_ratio", "flops_per_sample", b"flops_per_sample", "latency_ratio", b"latency_ratio"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_flops_per_sample", b"_flops_per_sample", "_latency_ratio", b"_latency_ratio", "blueprint_id", b"blueprint_id", "flops_per_sample", b"flops_per_sample", "handling_class", b"handling_class", "hazard_band", b"hazard_band", "latency_ratio", b"latency_ratio", "risk_score", b"risk_score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__flops_per_sample: _TypeAlias = _typing.Literal["flops_per_sample"]  # noqa: Y015
+    _WhichOneofArgType__flops_per_sample: _TypeAlias = _typing.Literal["_flops_per_sample", b"_flops_per_sample"]  # noqa: Y015
+    _WhichOneofReturnType__latency_ratio: _TypeAlias = _typing.Literal["latency_ratio"]  # noqa: Y015
+    _WhichOneofArgType__latency_ratio: _TypeAlias = _typing.Literal["_latency_ratio", b"_latency_ratio"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__flops_per_sample) -> _WhichOneofReturnType__flops_per_sample | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_ratio) -> _WhichOneofReturnType__latency_ratio | None: ...
+
+Global___MeasuredBlueprint: _TypeAlias = MeasuredBlueprint  # noqa: Y015
 
 @_typing.final
 class SystemStatePacket(_message.Message):
