@@ -65,7 +65,9 @@ class SheetRater:
         self.spent_s = 0.0
         self.measured = 0
 
-    def safety_sheet(self, blueprint_id: str, slot: SlotShape) -> BSDS | None:
+    def _keyed(self, blueprint_id: str, slot: SlotShape) -> tuple[BlueprintCatalog, str] | None:
+        """The blueprint's catalog and the artifact key of its default parameters at ``slot`` (what a sheet is stored
+        under); None for a blueprint no catalog of the run offers, or whose defaults do not resolve."""
         found = self._blueprints.get(blueprint_id)
         if found is None:
             return None
@@ -74,7 +76,13 @@ class SheetRater:
             parameters = resolve_parameters(descriptor, {})
         except ValueError:
             return None
-        key = artifact_key(catalog.name, blueprint_id, parameters, slot)
+        return catalog, artifact_key(catalog.name, blueprint_id, parameters, slot)
+
+    def safety_sheet(self, blueprint_id: str, slot: SlotShape) -> BSDS | None:
+        keyed = self._keyed(blueprint_id, slot)
+        if keyed is None:
+            return None
+        catalog, key = keyed
         if key not in self._known:
             self._known[key] = self._stored(key, catalog.name) or self._measure(catalog, blueprint_id, slot)
         return self._known[key]
@@ -83,15 +91,10 @@ class SheetRater:
         """The sheet :meth:`safety_sheet` gives without measuring: the one this run already has, or the stored one
         (then remembered for the run); None otherwise, and for a stored sheet that cannot be trusted
         (:class:`esper_core.safety.StoredSheetSource`)."""
-        found = self._blueprints.get(blueprint_id)
-        if found is None:
+        keyed = self._keyed(blueprint_id, slot)
+        if keyed is None:
             return None
-        catalog, descriptor = found
-        try:
-            parameters = resolve_parameters(descriptor, {})
-        except ValueError:
-            return None
-        key = artifact_key(catalog.name, blueprint_id, parameters, slot)
+        catalog, key = keyed
         if key in self._known:
             return self._known[key]
         try:
