@@ -222,7 +222,9 @@ def test_the_endpoint_serves_metrics_health_and_a_summary_and_names_a_taken_port
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{server.url}/nothing", timeout=5)
         assert missing.value.code == 404
-        with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{server.port}"):
+        with pytest.raises(
+            ConfigError, match=f"cannot serve metrics on 127.0.0.1:{server.port}.*nissa.prometheus.address"
+        ):
             Nissa().serve("127.0.0.1", server.port)
     finally:
         nissa.close()

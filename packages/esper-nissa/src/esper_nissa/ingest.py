@@ -225,9 +225,11 @@ class Nissa:
         return {"status": "ok", "packets": self.packets, "uptime_s": round(self.clock() - self.started, 3)}
 
     # -- serving ----------------------------------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> MetricsServer:
+    def serve(self, host: str, port: int, *, setting: str = "nissa.prometheus.address") -> MetricsServer:
         """Serve ``/metrics``, ``/healthz`` and ``/metrics/summary`` on ``host:port`` (0: a free port)."""
-        self.server = MetricsServer(self.registry, host=host, port=port, summary=self.summary, health=self.health)
+        self.server = MetricsServer(
+            self.registry, host=host, port=port, summary=self.summary, health=self.health, setting=setting
+        )
         return self.server
 
     def close(self) -> None:

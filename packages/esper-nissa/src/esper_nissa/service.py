@@ -53,7 +53,7 @@ class NissaService:
     def __init__(self, bus: Any, nissa: Nissa, options: NissaServiceOptions) -> None:
         self.bus, self.nissa, self.options = bus, nissa, options
         host, port = split_address(options.address)
-        self.server = nissa.serve(host, port)
+        self.server = nissa.serve(host, port, setting="nissa.service.address")
         logger.info("esper-nissa: serving metrics at %s/metrics", self.server.url)
 
     def run(self, stop: threading.Event) -> None:

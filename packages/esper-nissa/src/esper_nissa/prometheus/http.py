@@ -32,6 +32,7 @@ class MetricsServer:
         port: int = 0,
         summary: Callable[[], Mapping[str, Any]] = dict,
         health: Callable[[], Mapping[str, Any]] = lambda: {"status": "ok"},
+        setting: str = "nissa.prometheus.address",
     ) -> None:
         self.registry, self.summary, self.health = registry, summary, health
         handler = _handler(self)
@@ -39,8 +40,8 @@ class MetricsServer:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as error:
             raise ConfigError(
-                f"cannot serve metrics on {host}:{port}: {error.strerror or error}; choose another port "
-                "(nissa.prometheus.port, or 0 for any free one) or stop what holds it"
+                f"cannot serve metrics on {host}:{port}: {error.strerror or error}; choose another address in "
+                f"{setting} (port 0 picks any free one) or stop what holds it"
             ) from None
         self._server.daemon_threads = True
         self.host, self.port = host, int(self._server.server_address[1])
