@@ -400,6 +400,19 @@ SCHEDULED_LR_KEY = "esper_scheduled_lr"
 
 
 @runtime_checkable
+class EvaluationShard(Protocol):
+    """This process's share of a validation pass that several data-parallel processes run together
+    (``esper_core.tolaria.ranks.Ranks``): it evaluates the batches whose number modulo ``world`` is ``rank``."""
+
+    rank: int
+    world: int
+
+    def gather(self, value: Any, what: str) -> list[Any]:
+        """Every process's ``value`` (picklable), in rank order; ``what`` names the collective in errors."""
+        ...
+
+
+@runtime_checkable
 class SeedExecutor(Protocol):
     """Owns the seed slots of a host and applies commands to them (Kasmina).
 
@@ -429,8 +442,13 @@ class SeedExecutor(Protocol):
         batches: Iterable[tuple[Any, Any]],
         loss_fn: Callable[[Any, Any], torch.Tensor],
         correct_fn: Callable[[Any, Any], torch.Tensor],
+        *,
+        shard: EvaluationShard | None = None,
     ) -> Validation:
-        """The validation pass of a decision point."""
+        """The validation pass of a decision point. With ``shard`` (a data-parallel run), this process evaluates
+        only the batches numbered ``rank``, ``rank + world``, ... of ``batches`` and the per-batch results are
+        gathered, so that every process returns the same validation, as if it had evaluated every batch. An
+        executor without the parameter is given every batch on every process instead."""
         ...
 
     def decision_point(self, epoch: int, global_step: int) -> list[SeedLifecycleEvent]:

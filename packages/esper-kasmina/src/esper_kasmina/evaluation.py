@@ -37,6 +37,7 @@ from torch import nn
 
 from esper_core.flops import count_flops, evaluation_mode, flop_counter
 from esper_core.leyline import lifecycle
+from esper_core.protocols import EvaluationShard
 from esper_kasmina.slot import Measurement, SeedSlot
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -134,6 +135,7 @@ def evaluate(
     correct_fn: CorrectFn,
     flops_cache: FlopsCache | None = None,
     max_measurement_passes: float = 0.0,
+    shard: EvaluationShard | None = None,
 ) -> Evaluation:
     """Validation metrics of ``model`` over ``batches`` and every measured seed's off/on metrics, with the pass's
     counted FLOPs (counted on the first batch unless ``flops_cache`` knows this configuration already).
@@ -144,6 +146,11 @@ def evaluate(
     multiple of k), while the validation metrics still use every batch. A seed's off and on variants always score
     the same batches, so its contribution stays an unbiased paired estimate; its standard error, from fewer
     batches, says how much noisier it became; their levels are shifted to the whole set's (see below).
+
+    ``shard`` (a data-parallel run): this process runs only the batches whose number modulo ``shard.world`` is
+    ``shard.rank``; every process's per-batch results are gathered and put back in the batches' order before
+    anything is summed, so every process returns the same evaluation, the one a single process computes over every
+    batch.
     """
     start = time.perf_counter()
     cache: FlopsCache = {} if flops_cache is None else flops_cache
@@ -176,8 +183,13 @@ def evaluate(
     fused = True
     per_sample: tuple[float, float] | None = None  # FLOPs per sample: the pass, a plain validation forward
     stride = 1  # the variants run on every stride-th batch
+    first = True
+    #: Sharded: per batch run here, (number, size, plain loss, plain correct, variant losses, variant corrects).
+    shares: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
     with evaluation_mode(model), torch.no_grad():
         for number, (inputs, targets) in enumerate(batches):
+            if shard is not None and number % shard.world != shard.rank:
+                continue
             batch = _batch_size(inputs)
             sizes.append(batch)
             key: tuple[Any, ...] = ()
@@ -200,16 +212,28 @@ def evaluate(
             if counting:
                 per_sample = (counted / batch, plain / batch)
                 cache[key] = per_sample
-            if number == 0 and count > 1 and max_measurement_passes > 0 and per_sample is not None:
+            if first and count > 1 and max_measurement_passes > 0 and per_sample is not None:
                 stride = _stride(per_sample, max_measurement_passes)
+            first = False
             losses = torch.stack([loss_fn(output, targets).double() for output in outputs])
             plain_losses.append(losses[0])
-            plain_correct += correct_fn(outputs[0], targets).double()
+            batch_correct = correct_fn(outputs[0], targets).double()
+            plain_correct += batch_correct
+            variant_correct: torch.Tensor | None = None
             if len(outputs) == count:
                 batch_losses.append(losses)
                 measured_sizes.append(batch)
-                for variant, output in enumerate(outputs):
-                    correct[variant] += correct_fn(output, targets).double()
+                variant_correct = torch.stack([correct_fn(output, targets).double() for output in outputs])
+                correct += variant_correct
+            if shard is not None:
+                shares.append(
+                    (number, batch, losses[0], batch_correct, losses if variant_correct is not None else None,
+                     variant_correct)
+                )  # fmt: skip
+    if shard is not None:
+        gathered = _gathered(shard, shares, per_sample, fused, device)
+        sizes, plain_losses, plain_correct, batch_losses, measured_sizes, correct, per_sample, fused = gathered
+        correct = correct if batch_losses else torch.zeros(count, dtype=torch.float64, device=device)
     if not sizes:
         raise ValueError("evaluation needs at least one batch")
     samples, measured_samples = sum(sizes), sum(measured_sizes)
@@ -245,6 +269,45 @@ def evaluate(
         flops=pass_flops,
         validation_flops=validation_flops,
         measured_samples=measured_samples if index else 0,
+    )
+
+
+def _gathered(
+    shard: EvaluationShard,
+    shares: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+    per_sample: tuple[float, float] | None,
+    fused: bool,
+    device: torch.device,
+) -> tuple[
+    list[int], list[torch.Tensor], torch.Tensor, list[torch.Tensor], list[int], torch.Tensor,
+    tuple[float, float] | None, bool,
+]:  # fmt: skip
+    """Every process's per-batch results, in the batches' order (one host synchronisation and one collective):
+    the batch sizes, plain losses and correct count, the measured batches' variant losses and sizes, the variants'
+    correct counts, the FLOPs per sample and whether the pass stayed fused."""
+    local = [
+        (number, size, float(loss), float(right), None if losses is None else losses.tolist(),
+         None if rights is None else rights.tolist())
+        for number, size, loss, right, losses, rights in shares
+    ]  # fmt: skip
+    everyone = shard.gather((local, per_sample, fused), "the sharded validation pass")
+    merged = sorted((item for part, _, _ in everyone for item in part), key=lambda item: item[0])
+    found = next((cost for _, cost, _ in everyone if cost is not None), None)
+
+    def tensor(value: Any) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float64, device=device)
+
+    measured = [item for item in merged if item[4] is not None]
+    rights = [tensor(item[5]) for item in measured]
+    return (
+        [item[1] for item in merged],
+        [tensor(item[2]) for item in merged],
+        tensor(sum(item[3] for item in merged)),
+        [tensor(item[4]) for item in measured],
+        [item[1] for item in measured],
+        torch.stack(rights).sum(dim=0) if rights else tensor(0.0),
+        found,
+        all(flag for _, _, flag in everyone),
     )
 
 

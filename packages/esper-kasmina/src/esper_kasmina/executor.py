@@ -61,7 +61,7 @@ from esper_core.leyline import (
 )
 from esper_core.leyline.lifecycle import Stage
 from esper_core.plugin_failures import PluginFailure, failure_of
-from esper_core.protocols import ArtifactStore, BlueprintCatalog
+from esper_core.protocols import ArtifactStore, BlueprintCatalog, EvaluationShard
 from esper_core.signing import CommandVerifier
 from esper_core.telemetry import ERROR, INFO, WARNING, Event, Level, Metric, build_telemetry_packet
 from esper_kasmina import growth_statistics, probes, schedules
@@ -175,8 +175,16 @@ class KasminaSeedExecutor:
         return self._fetch(slot, blueprint_id, parameters)
 
     # -- decision points --------------------------------------------------------------------------------------
-    def evaluate(self, batches: Iterable[tuple[Any, Any]], loss_fn: LossFn, correct_fn: CorrectFn) -> Evaluation:
-        """Validation of the host with every measured seed's counterfactual contribution (one fused pass)."""
+    def evaluate(
+        self,
+        batches: Iterable[tuple[Any, Any]],
+        loss_fn: LossFn,
+        correct_fn: CorrectFn,
+        *,
+        shard: EvaluationShard | None = None,
+    ) -> Evaluation:
+        """Validation of the host with every measured seed's counterfactual contribution (one fused pass); with
+        ``shard``, this process's share of the batches, gathered (every process gets the same evaluation)."""
         if len(self._flops_cache) > 64:  # configurations of seeds come and go; a few are live at a time
             self._flops_cache.clear()
         result = evaluate(
@@ -187,6 +195,7 @@ class KasminaSeedExecutor:
             correct_fn,
             self._flops_cache,
             self.options.max_measurement_passes,
+            shard,
         )
         self.previous_loss, self.last_loss = self.last_loss, result.loss
         self.last_evaluation = result

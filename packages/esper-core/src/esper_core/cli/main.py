@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         args.registry = registry
+        args.argv = list(argv) if argv is not None else sys.argv[1:]  # what `esper run --nproc N` passes on
         return int(args.handler(args))
     except EsperError as error:
         print(f"esper: error: {error}", file=sys.stderr)

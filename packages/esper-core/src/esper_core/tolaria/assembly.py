@@ -206,14 +206,27 @@ def make_optimizer(parameters: list[torch.nn.Parameter], options: TolariaOptions
     return torch.optim.Adam(parameters, lr=options.learning_rate, weight_decay=options.weight_decay)
 
 
-def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str) -> Run:
-    """Build every component of a run; the run directory must exist."""
+def assemble(
+    registry: Registry,
+    config: EsperConfig,
+    run_dir: Path,
+    run_id: str,
+    *,
+    signing_key: SigningKey | None = None,
+    controller_of: Any = None,
+    device: torch.device | None = None,
+) -> Run:
+    """Build every component of a run; the run directory must exist.
+
+    A follower of a data-parallel run (docs/distributed.md) passes the leader's ``signing_key`` (its executor
+    verifies the leader's commands), ``controller_of`` (a factory of the object standing in for the controller: a
+    follower never decides) and its own ``device``."""
     options, tolaria = config.get(RunOptions), config.get(TolariaOptions)
     registry.check_required(config.get(PluginsOptions).required)
     torch.manual_seed(options.seed)
     if options.threads:
         torch.set_num_threads(options.threads)
-    device = device_of(options)
+    device = device if device is not None else device_of(options)
     check_precision(tolaria, device)
     if tolaria.accumulation_steps > options.batch_size:
         raise ConfigError(
@@ -229,7 +242,7 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
             "tolaria.publish_record mirrors the run record for other processes, but oona.backend is 'memory' (this "
             "process only); set oona.backend to a shared bus (redis://HOST:PORT/DB) or leave publish_record off"
         )
-    key = SigningKey.resolve(required=security.require_secret or shared_bus, var=security.secret_env)
+    key = signing_key or SigningKey.resolve(required=security.require_secret or shared_bus, var=security.secret_env)
     backend = registry.build(registry.bus_backend(oona.backend), config=config)
     # A group of its own: runs sharing a Redis must each receive every telemetry packet and policy update.
     bus = Oona(backend, signing_key=key, options=oona, group=f"tolaria-{run_id}", consumer=run_id, source="tolaria")
@@ -279,19 +292,23 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     optimizer = make_optimizer(executor.host_parameters(), tolaria)
     executor.bind_optimizer(optimizer)
     executor.set_probe(data.probe[0], data.probe[1], task.loss)
-    controller: Controller = guard(
-        registry.build(
-            registry.controller(tolaria.controller),
-            config=config,
-            signing_key=key,
-            bus=bus,
-            run_dir=run_dir,
-            catalogs=catalogs,
-            store=store,
-            training_run_id=run_id,
-        ),
-        kind="controller",
-        name=tolaria.controller,
+    controller: Controller = (
+        controller_of()
+        if controller_of is not None
+        else guard(
+            registry.build(
+                registry.controller(tolaria.controller),
+                config=config,
+                signing_key=key,
+                bus=bus,
+                run_dir=run_dir,
+                catalogs=catalogs,
+                store=store,
+                training_run_id=run_id,
+            ),
+            kind="controller",
+            name=tolaria.controller,
+        )
     )
     sinks = [
         guard(
@@ -312,14 +329,14 @@ def assemble(registry: Registry, config: EsperConfig, run_dir: Path, run_id: str
     )  # fmt: skip
 
 
-def start_run(registry: Registry, config: EsperConfig) -> Run:
+def start_run(registry: Registry, config: EsperConfig, *, device: torch.device | None = None) -> Run:
     """A new run: its directory, its resolved configuration written down, and every component built."""
     options = config.get(RunOptions)
     run_id, run_dir = new_run_dir(options, options.task)
     run_dir.mkdir(parents=True)
     try:
         atomic_write_text(run_dir / CONFIG_FILE, config.to_toml())
-        return assemble(registry, config, run_dir, run_id)
+        return assemble(registry, config, run_dir, run_id, device=device)
     except BaseException:
         # Nothing trained yet: leave no half-made directory behind, so the same command can simply be run again.
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -331,7 +348,9 @@ def start_run(registry: Registry, config: EsperConfig) -> Run:
 RESUMABLE_PREFIX = "nissa."
 
 
-def reopen_run(registry: Registry, run_dir: Path, overrides: Sequence[str] = ()) -> Run:
+def reopen_run(
+    registry: Registry, run_dir: Path, overrides: Sequence[str] = (), *, device: torch.device | None = None
+) -> Run:
     """An existing run, rebuilt exactly from the configuration it recorded (environment overrides do not apply).
 
     ``overrides`` may change the telemetry sinks (``nissa.*`` keys) and nothing else; the recorded configuration is
@@ -354,4 +373,4 @@ def reopen_run(registry: Registry, run_dir: Path, overrides: Sequence[str] = ())
     # Only this process writes the run directory now: a temporary file there was left by a kill mid-write.
     for directory in (run_dir, run_dir / DIRECTORY):
         remove_stale_temporaries(directory)
-    return assemble(registry, config, run_dir, run_dir.name)
+    return assemble(registry, config, run_dir, run_dir.name, device=device)

@@ -68,6 +68,10 @@ class TolariaOptions:
     #: Compile the training step's forward pass with ``torch.compile`` (again whenever the seeds in the forward
     #: pass change: a cold compile takes seconds, and small models may not get faster; docs/tolaria.md).
     compile: bool = False
+    #: On several processes (docs/distributed.md): tell the data-parallel wrapper that the host's forward pass may
+    #: leave some of its parameters without a gradient (a branch not taken), at the cost of a search of the
+    #: autograd graph every step. Seeds never need it: the wrapper is built again whenever theirs change.
+    find_unused_parameters: bool = False
     #: Gradient measurements at each decision point (never per batch): the fixed probe batch is split into this many
     #: micro-batches to measure the host's gradient norm and variance and the host-seed gradient conflict rate
     #: (docs/tolaria.md, "Gradient measurements"); at least 2, at most ``probe_size``; 0: not measured.

@@ -18,9 +18,13 @@ It returns the batch's summed loss and count of correct examples as device tenso
 the defaults (fp32, no accumulation, constant rate, no compile) it computes exactly what the loop computed before
 this module existed: the same operations, in the same order.
 
-Distributed training will wrap this step: the backward passes of all micro-batches but the last are where a
-``DistributedDataParallel`` model skips its gradient all-reduce (:meth:`TrainingStep.micro_batch_context` is the
-seam).
+On several processes (``ranks``, docs/distributed.md) the forward passes run through a
+``DistributedDataParallel`` wrapper of the model, built again by :meth:`TrainingStep.prepare` whenever the seeds in
+the forward pass change (a germinated seed's parameters must be registered; a culled one's must go), never per batch.
+Building it broadcasts the leader's parameters and buffers, so a new seed starts from the leader's weights on every
+rank. The optimizer is not touched: its state stays. The backward passes of all micro-batches but the last skip the
+gradient all-reduce (``no_sync``); each rank's loss is weighted by its share of the batch (``share``), so that the
+averaged gradient is the whole batch's mean even when the shards differ in size.
 
 ``compile = true`` runs the forward passes through ``torch.compile(model)``, compiled again (after
 ``torch.compiler.reset()``) only when :meth:`TrainingStep.prepare` is given a new configuration of the seeds in the
@@ -33,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
 import torch
@@ -41,8 +45,9 @@ from torch import nn
 
 from esper_core.errors import ConfigError
 from esper_core.loss_weight import weighted_loss
-from esper_core.protocols import BASE_LR_KEY, SCHEDULED_LR_KEY
+from esper_core.protocols import BASE_LR_KEY, SCHEDULED_LR_KEY, SEED_GROUP_KEY
 from esper_core.tolaria.options import RunOptions, TolariaOptions
+from esper_core.tolaria.ranks import Ranks
 
 __all__ = ["LearningRateSchedule", "TrainingStep", "check_precision", "micro_batch_sizes"]
 
@@ -164,6 +169,20 @@ class LearningRateSchedule:
             group[SCHEDULED_LR_KEY] = rate
 
 
+class _Replicated(nn.Module):
+    """The model, and the optimized parameters that live outside its module tree (seed modules, which the seed
+    executor keeps beside the host so that the host's own parameter names never change), as one module: what the
+    data-parallel wrapper synchronises is every parameter the optimizer steps."""
+
+    def __init__(self, model: nn.Module, outside: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.model = model
+        self.outside = nn.ParameterList(outside)
+
+    def forward(self, *inputs: Any) -> Any:
+        return self.model(*inputs)
+
+
 class TrainingStep:
     """One optimizer step on one batch; see the module's notes."""
 
@@ -180,6 +199,8 @@ class TrainingStep:
         gradient_clip: float = 0.0,
         schedule: LearningRateSchedule | None = None,
         compile: bool = False,
+        ranks: Ranks | None = None,
+        find_unused_parameters: bool = False,
     ) -> None:
         if precision not in ("fp32", *AUTOCAST_DTYPES):
             raise ValueError(f"unknown precision {precision!r}")
@@ -193,6 +214,13 @@ class TrainingStep:
         self.gradient_clip = gradient_clip
         self.schedule = schedule
         self.compile = compile
+        self.ranks = ranks if ranks is not None and ranks.distributed else None
+        #: The data-parallel wrapper of the model (several ranks), rebuilt by :meth:`prepare`.
+        self.data_parallel: nn.Module | None = None
+        #: Times the data-parallel wrapper was built, and the ids of the parameters it synchronises.
+        self.wrappings = 0
+        self._registered: tuple[int, ...] = ()
+        self.find_unused_parameters = find_unused_parameters
         #: fp16 only: scales the loss so that small gradients survive float16, and skips steps that overflow.
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         #: What the forward passes call: the model, or its compiled form.
@@ -202,7 +230,7 @@ class TrainingStep:
         self.compilations = 0
 
     @classmethod
-    def of_run(cls, run: Any) -> TrainingStep:
+    def of_run(cls, run: Any, ranks: Ranks | None = None) -> TrainingStep:
         """The step of an assembled run (``esper_core.tolaria.assembly.Run``)."""
         options: RunOptions = run.options
         tolaria: TolariaOptions = run.tolaria
@@ -218,20 +246,66 @@ class TrainingStep:
             gradient_clip=tolaria.gradient_clip,
             schedule=LearningRateSchedule.of(tolaria, options.epochs * steps_per_epoch),
             compile=tolaria.compile,
+            ranks=ranks,
+            find_unused_parameters=tolaria.find_unused_parameters,
         )
 
     # -- compile ----------------------------------------------------------------------------------------------
-    def prepare(self, configuration: Hashable) -> None:
+    def prepare(self, configuration: Hashable, in_forward: Collection[str] = ()) -> None:
         """Before training with the seeds' ``configuration`` (what the forward pass computes): with ``compile``,
-        compile the forward pass anew when it changed. Called at the start of an epoch and after each mid-epoch
-        decision point, never per batch."""
-        if not self.compile or configuration == self._compiled_for:
+        compile the forward pass anew when it changed. Called at the start of an epoch and after each decision
+        point, never per batch. On several ranks (every rank calls this at the same points, with the same
+        arguments), wrap the model for data parallelism anew when the parameters that take a gradient changed:
+        the host's and those of the seeds in the slots ``in_forward``, unless paused (a paused seed's parameters
+        do not require a gradient)."""
+        replicated = self._replicated(in_forward) if self.ranks is not None else []
+        registered = tuple(id(p) for p in replicated)
+        if configuration == self._compiled_for and registered == self._registered:
             return
-        torch.compiler.reset()  # drop the previous configuration's graphs: no stale guards pile up
-        self.forward = torch.compile(self.model)
+        if not self.compile and self.ranks is None:
+            return
+        module: nn.Module = self.model
+        if self.ranks is not None:
+            self.forward = self.model
+            self.data_parallel = None  # the old wrapper's gradient hooks go with it, before the new one registers
+            module = self.data_parallel = self._wrap(replicated)
+            self._registered = registered
+            self.wrappings += 1
+        self.forward = module
+        if self.compile and (configuration != self._compiled_for or self.ranks is not None):
+            torch.compiler.reset()  # drop the previous configuration's graphs: no stale guards pile up
+            self.forward = torch.compile(module)
+            self.compilations += 1
+            logger.info("tolaria.compile: compiling the training step's forward pass (%d so far)", self.compilations)
         self._compiled_for = configuration
-        self.compilations += 1
-        logger.info("tolaria.compile: compiling the training step's forward pass (%d so far)", self.compilations)
+
+    def _replicated(self, in_forward: Collection[str]) -> list[nn.Parameter]:
+        """The optimized parameters that take a gradient in a training step, in the optimizer's order: every
+        group's but those of seeds outside the forward pass (a GERMINATED seed's), and none that does not require
+        a gradient."""
+        slots = set(in_forward)
+        return [
+            p
+            for group in self.optimizer.param_groups
+            if group.get(SEED_GROUP_KEY) is None or group[SEED_GROUP_KEY] in slots
+            for p in group["params"]
+            if p.requires_grad
+        ]
+
+    def _wrap(self, replicated: list[nn.Parameter]) -> nn.Module:
+        """The model in a ``DistributedDataParallel`` wrapper that synchronises the gradients of ``replicated``
+        (building it broadcasts the leader's weights and buffers). ``tolaria.find_unused_parameters``: for a host
+        whose forward pass leaves some of its parameters out of the loss."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        assert self.ranks is not None
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        inside = {id(p) for p in self.model.parameters()}
+        view = _Replicated(self.model, [p for p in replicated if id(p) not in inside])
+        with self.ranks.collective("wrapping the model for data parallelism"):
+            return DistributedDataParallel(
+                view, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
+            )
 
     # -- the step ---------------------------------------------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
@@ -239,20 +313,29 @@ class TrainingStep:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def micro_batch_context(self, last: bool) -> contextlib.AbstractContextManager[Any]:
-        """Around each micro-batch's forward and backward; ``last``: the batch's final one. Nothing here (a
-        distributed wrapper skips its gradient synchronisation for the others)."""
-        return contextlib.nullcontext()
+        """Around each micro-batch's forward and backward; ``last``: the batch's final one. The data-parallel
+        wrapper synchronises gradients in the last one's backward only."""
+        wrapper = self.data_parallel
+        if wrapper is None or last:
+            return contextlib.nullcontext()
+        synchronising: contextlib.AbstractContextManager[Any] = wrapper.no_sync()  # type: ignore[operator]
+        return synchronising
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, inputs: torch.Tensor, targets: torch.Tensor, step: int, share: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on one batch as optimizer step number ``step`` (counted over the run, from 0); returns the batch's
-        summed loss and its count of correct examples, as float64 device tensors."""
+        summed loss and its count of correct examples, as float64 device tensors.
+
+        ``share``: what the batch's gradient is multiplied by (on several ranks, this rank's shard's size times the
+        number of ranks over the whole batch's size, so that the ranks' averaged gradient is the whole batch's)."""
         if self.schedule is not None:
             self.schedule.apply(self.optimizer, step)
         self.optimizer.zero_grad(set_to_none=True)
         count = int(inputs.shape[0])
         if self.accumulation_steps == 1:
             with self.micro_batch_context(last=True):
-                loss, correct = self._forward_backward(inputs, targets, None)
+                loss, correct = self._forward_backward(inputs, targets, None if share == 1.0 else share)
             loss_sum = loss.detach().double() * count
         else:
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -263,7 +346,7 @@ class TrainingStep:
                 part = slice(start, start + size)
                 start += size
                 with self.micro_batch_context(last=number == len(sizes) - 1):
-                    loss, part_correct = self._forward_backward(inputs[part], targets[part], size / count)
+                    loss, part_correct = self._forward_backward(inputs[part], targets[part], share * size / count)
                 loss_sum += loss.detach().double() * size
                 correct += part_correct
         self._update()
@@ -315,3 +398,6 @@ class TrainingStep:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self._compiled_for = None
+        self._registered = ()
+        if self.data_parallel is not None:  # it wraps the modules of before: wrapped again by the next prepare
+            self.forward, self.data_parallel = self.model, None

@@ -25,6 +25,14 @@ A non-finite loss, or a training loss above ``loss_spike_factor`` times the prev
 its last checkpoint and culls the seeds that were in the forward pass (the one responsible, when only one was), with
 a signed command; it is recorded. After ``max_rollbacks`` the run stops.
 
+On several processes (``ranks``; docs/distributed.md) every rank trains its shard of each batch through a
+data-parallel wrapper and validates its shard of the validation set (the results are gathered: every rank sees the
+same numbers); the leader alone decides, records, checkpoints and publishes, and sends the commands its executor
+applied to the followers, whose executors apply them too (:mod:`esper_core.tolaria.replication`). After each
+decision point the ranks compare a digest of their seeds and weights; a mismatch stops the run. A rollback sends the
+leader's restored state to the followers. A plugin exception that keeps an epoch from finishing stops a run on
+several processes at its last checkpoint (the ranks cannot retry an epoch in step).
+
 Plugins fail loudly, harmlessly (:mod:`esper_core.plugin_failures`). Every exception a plugin raises at run time is
 written down once by the run's :class:`~esper_core.plugin_failures.PluginFailureLedger` (a console line per plugin
 and exception type, the traceback in ``plugin-errors/``, a ``plugin_error`` record entry, checkpointed counts), and
@@ -44,6 +52,7 @@ the run carries on as safely as the place allows:
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import logging
 import math
 import time
@@ -112,7 +121,9 @@ from esper_core.tolaria.gradients import GradientMeasurement, ewma, measure_grad
 from esper_core.tolaria.hardware import HardwareProbe
 from esper_core.tolaria.history import EpochStats, History, Summary
 from esper_core.tolaria.packets import build_state_packet, hardware_context, seed_parameters
+from esper_core.tolaria.ranks import Ranks
 from esper_core.tolaria.recording import RunRecorder
+from esper_core.tolaria.replication import Directive, ReplicaMismatch, compare_digests, seed_digest
 from esper_core.tolaria.sinks import SinkOptions
 from esper_core.tolaria.snapshot import MemorySnapshot
 from esper_core.tolaria.step import TrainingStep
@@ -134,11 +145,25 @@ logger = logging.getLogger("esper.tolaria")
 
 
 class Trainer:
-    """Trains one assembled run; ``clock`` (``time.monotonic`` by default) measures the run's running time."""
+    """Trains one assembled run; ``clock`` (``time.monotonic`` by default) measures the run's running time;
+    ``ranks``: this process's place among the run's data-parallel processes (one process by default)."""
 
-    def __init__(self, run: Run, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, run: Run, *, clock: Callable[[], float] = time.monotonic, ranks: Ranks | None = None) -> None:
         self.run = run
         self.clock = clock
+        self.ranks = ranks if ranks is not None else Ranks.single()
+        #: Whether the executor validates a shard of the batches (else every rank validates all of them).
+        self._shards = (
+            self.ranks.distributed and "shard" in inspect.signature(unguarded(run.executor).evaluate).parameters
+        )
+        #: The commands the executor applied at the decision point under way, with their results (sent to the
+        #: followers), and the followers' RNG states at the last checkpoint (sent back on a rollback or a resume).
+        self._applied: list[tuple[AdaptationCommand, CommandResult]] = []
+        self._rank_rng: list[Any] | None = None
+        #: The last replica check's cost (ms): the digest, and comparing it across the ranks.
+        self.last_digest_ms = 0.0
+        #: A follower: the halt the leader announced at the last decision point.
+        self._halt_told = ""
         self.history = History()
         self.history.host_parameters = sum(p.numel() for p in run.executor.host_parameters())
         window = run.config.get(SecurityOptions).freshness_window_ms
@@ -170,7 +195,7 @@ class Trainer:
         #: The seeds' configuration and the counted FLOPs per sample of a training step in it (None: count anew).
         self._step_cost: tuple[tuple[Any, ...], float] | None = None
         #: The training step (precision, accumulation, schedule, clipping, compile: esper_core.tolaria.step).
-        self.step = TrainingStep.of_run(run)
+        self.step = TrainingStep.of_run(run, self.ranks)
         #: The newest checkpoint's state in memory (fast rollback), and how long the last restore took.
         self._snapshot: MemorySnapshot | None = None
         self.last_restore_ms = 0.0
@@ -187,6 +212,10 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> Summary:
         run = self.run
+        if self.ranks.distributed:
+            self._replicate_state()  # every rank starts from the leader's state (its checkpoint's, on a resume)
+        if not self.ranks.leads:
+            return self._follow()
         if self.history.epoch == 0:
             run.record.append(
                 "run_started",
@@ -205,13 +234,15 @@ class Trainer:
                 stats = self.train_epoch(epoch)
                 problem = self._divergence(stats)
                 if problem is not None:
-                    self._roll_back(epoch, problem)
+                    self._rolled_back(epoch, problem)
                     continue
                 state, command, result = self.decision_point(epoch, stats)
             except Exception as error:
                 failure = failure_of(error)
                 if failure is None:  # not a plugin's exception: a bug of Esper's own, shown with its traceback
                     raise
+                if self.ranks.distributed:
+                    self._stop_distributed(epoch, failure)
                 self._epoch_failed(epoch, failure)
                 continue
             self._failed_epochs = 0
@@ -221,6 +252,23 @@ class Trainer:
             if self.on_epoch is not None:
                 self.on_epoch(epoch, stats, state, command, result)
             self._halt_if_asked()
+        return self.finish()
+
+    def _follow(self) -> Summary:
+        """A follower's loop: the leader's, in step with it, without deciding, recording or writing anything."""
+        run = self.run
+        while self.history.epoch < run.options.epochs:
+            epoch = self.history.epoch + 1
+            stats = self.train_epoch(epoch)
+            if self._divergence(stats) is not None:  # the leader saw the same (the stats are summed): it rolls back
+                self._replicate_state()
+                continue
+            self.decision_point(epoch, stats)
+            self.history.epoch = epoch
+            self.history.train_losses.append(stats.train_loss)
+            self.checkpoint()
+            if self._halt_told:
+                raise RunHalted(f"{self._halt_told} (told by rank 0)")
         return self.finish()
 
     def batches(
@@ -242,17 +290,26 @@ class Trainer:
         per_sample = self.training_flops_per_sample()
         epoch_flops = 0
         stretch_from = 0  # the first sample of the epoch trained with the current per-sample cost
-        self.step.prepare(self._configuration())
+        self.step.prepare(self._configuration(), self._in_forward())
         run.model.train()
         start = time.perf_counter()
+        ranks = self.ranks
         for step in range(steps):
             index = order[step * size : (step + 1) * size]
+            share = 1.0
+            if ranks.distributed:  # this rank's shard of the batch, weighted by its share of it
+                shard = index[ranks.rank :: ranks.world]
+                share = len(shard) * ranks.world / len(index)
+                # A batch smaller than the ranks: an example weighted 0 keeps this rank in the gradient all-reduce.
+                index = shard if len(shard) else index[:1]
             batch_inputs, batch_targets = inputs[index], targets[index]
             try:  # free unless it raises
-                batch_loss, batch_correct = self.step(batch_inputs, batch_targets, history.global_step)
+                batch_loss, batch_correct = self.step(batch_inputs, batch_targets, history.global_step, share)
             except Exception as error:
                 blame(error, self._task_blame)  # the host model is the task's (a seed module blames itself)
                 raise
+            if not share:
+                batch_loss, batch_correct = batch_loss * 0, batch_correct * 0
             history.global_step += 1
             loss_sum += batch_loss
             correct += batch_correct
@@ -267,8 +324,9 @@ class Trainer:
                 partial = EpochStats(float("nan"), float("nan"), time.perf_counter() - start, done, epoch_flops)
                 self.decision_point(epoch, partial, checkpoint_epoch=False)
                 per_sample = self.training_flops_per_sample()
-                self.step.prepare(self._configuration())
+                self.step.prepare(self._configuration(), self._in_forward())
                 run.model.train()
+        ranks.sum([loss_sum, correct], "the epoch's training loss")
         seconds = time.perf_counter() - start
         history.train_seconds += seconds
         count = len(inputs)
@@ -290,6 +348,10 @@ class Trainer:
             for s in self.run.executor.export_seed_states()
             if s.stage in lifecycle.IN_FORWARD
         )  # fmt: skip
+
+    def _in_forward(self) -> frozenset[str]:
+        """The slots whose seeds are in the forward pass (their parameters take gradients)."""
+        return frozenset(s.slot_id for s in self.run.executor.export_seed_states() if s.stage in lifecycle.IN_FORWARD)
 
     def refresh_step_cost(self) -> None:
         """Count a training step's FLOPs anew if the seeds' configuration changed since the last count (at a decision
@@ -316,11 +378,14 @@ class Trainer:
         run, history = self.run, self.history
         start = time.perf_counter()
         self._failed_here = False
-        validation = run.executor.evaluate(
-            self.batches(*run.data.val, max(run.options.batch_size, 256)), run.task.loss, run.task.correct
-        )
+        self._applied = []
+        # Batch-norm statistics moved on each rank's shard: the validation and the gates read the leader's.
+        self.ranks.align_buffers(run.model, "aligning the buffers for a decision point")
+        validation = self.evaluate(run.data.val, max(run.options.batch_size, 256))
         history.add_evaluation(validation)
         run.executor.decision_point(epoch, history.global_step)
+        if not self.ranks.leads:
+            return self._follow_decision(epoch, validation, start, checkpoint_epoch)
         self._emergencies(epoch)
         seeds = run.executor.export_seed_states()
         gradients = self.measure_gradients(seeds)
@@ -351,7 +416,98 @@ class Trainer:
         if checkpoint_epoch:
             history.val_losses.append(validation.loss)
         self.recorder.decision_point(history, epoch, stats, state, command, result, events, reports, validation)
+        if self.ranks.distributed:
+            self.ranks.broadcast(Directive.of(self._applied, self.ladder.halt), "sending the decision to the ranks")
+            self._check_replicas(f"epoch {epoch}, step {history.global_step}")
         return state, command, result
+
+    def _follow_decision(
+        self, epoch: int, validation: Any, start: float, checkpoint_epoch: bool
+    ) -> tuple[SystemStatePacket, AdaptationCommand, CommandResult]:
+        """A follower's decision point after the validation and the executor's bookkeeping: apply the commands the
+        leader's executor applied, in order, then check the replicas."""
+        run, history = self.run, self.history
+        directive: Directive = self.ranks.broadcast(None, "waiting for the leader's decision")
+        assert isinstance(directive, Directive)
+        directive.replay(run.executor.apply, self.ranks.rank)
+        run.executor.drain_events()
+        self.refresh_step_cost()
+        history.hook_ms = (time.perf_counter() - start - float(getattr(validation, "seconds", 0.0))) * 1000.0
+        if checkpoint_epoch:
+            history.val_losses.append(validation.loss)
+        self._halt_told = directive.halt
+        self._check_replicas(f"epoch {epoch}, step {history.global_step}")
+        return SystemStatePacket(), _noop("a follower does not decide"), CommandResult()
+
+    def evaluate(self, split: tuple[torch.Tensor, torch.Tensor], size: int) -> Any:
+        """The executor's validation pass over ``split`` in batches of ``size`` (this rank's shard of them, when
+        the executor shards: every rank gets the same result)."""
+        run = self.run
+        batches = self.batches(*split, size)
+        if self._shards:
+            return run.executor.evaluate(batches, run.task.loss, run.task.correct, shard=self.ranks)
+        return run.executor.evaluate(batches, run.task.loss, run.task.correct)
+
+    def _check_replicas(self, where: str) -> None:
+        """Wrap the model anew if its seeds changed (the new seeds take the leader's weights), then compare every
+        rank's digest of its seeds and weights with the leader's; a difference stops the run."""
+        started = time.perf_counter()
+        self.step.prepare(self._configuration(), self._in_forward())
+        digest = seed_digest(self.run.executor.export_seed_states(), self.run.optimizer)
+        digests = self.ranks.gather(digest, "comparing the ranks' seeds")
+        self.last_digest_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            compare_digests(digests, where)
+        except ReplicaMismatch as error:
+            if self.ranks.leads:
+                self.run.record.append("replica_mismatch", where=where, reason=str(error))
+            raise
+
+    def _replicate_state(self, stop: str = "") -> None:
+        """The leader sends its state (or, with ``stop``, why the run stops) to the followers, which take it: at
+        the start (a resume's checkpoint) and after a rollback."""
+        run = self.run
+        if self.ranks.leads:
+            payload: dict[str, Any] = {"stop": stop} if stop else {
+                "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "executor": run.executor.state_dict(), "step": self.step.state_dict(),
+                "history": attrs.asdict(self.history), "rank_rng": self._rank_rng,
+            }  # fmt: skip
+            self.ranks.broadcast(payload, "sending the leader's state to the ranks")
+            return
+        state: dict[str, Any] = self.ranks.broadcast(None, "receiving the leader's state")
+        if state.get("stop"):
+            raise RunError(f"{state['stop']} (told by rank 0)")
+        run.model.load_state_dict(state["model"])
+        run.executor.load_state_dict(state["executor"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        self.step.load_state_dict(state["step"])
+        self.history = History(**state["history"])
+        self._step_cost = None
+        if state["rank_rng"] is not None and len(state["rank_rng"]) == self.ranks.world:
+            restore_rng(state["rank_rng"][self.ranks.rank])
+
+    def _rolled_back(self, epoch: int, problem: str) -> None:
+        """:meth:`_roll_back`, and on several ranks the followers take the leader's state after it."""
+        if not self.ranks.distributed:
+            self._roll_back(epoch, problem)
+            return
+        try:
+            self._roll_back(epoch, problem)
+        except RunError as error:
+            self._replicate_state(stop=str(error))
+            raise
+        self._replicate_state()
+
+    def _stop_distributed(self, epoch: int, failure: PluginFailure) -> None:
+        """A plugin's exception kept an epoch from finishing on several ranks: written down, and the run stops at its
+        last checkpoint (the ranks cannot train the epoch again in step; the launcher stops the others)."""
+        reported = self._plugin_failed(failure, "a run on several processes stops at its last checkpoint", counts=False)
+        raise RunError(
+            f"epoch {epoch}: {failure.plugin} raised {failure.describe()} in {failure.during}; a run on several "
+            f"processes stops at its last checkpoint (epoch {self.history.epoch}). Traceback: "
+            f"{self.run.run_dir / reported.traceback_file}. Fix the plugin, then {self.ranks.then}"
+        )
 
     def measure_gradients(self, seeds: list[SeedState]) -> GradientMeasurement | None:
         """The decision point's gradient measurements on the probe batch (esper_core.tolaria.gradients); None with
@@ -416,6 +572,7 @@ class Trainer:
         executor = self.run.executor
         try:
             result = executor.apply(command)
+            self._applied.append((command, result))
         except Exception as error:  # noqa: BLE001 - a failing executor must not stop training
             default = Blame("seed executor", self.run.tolaria.seed_executor, "apply", module=_module_of(executor))
             failure = failure_of(error, default)
@@ -575,7 +732,10 @@ class Trainer:
     def _apply_emergency_command(self, command: AdaptationCommand) -> CommandResult:
         command.issued_by = "tolaria"
         command.decision.CopyFrom(DecisionMetadata(policy_name="tolaria", rationale="emergency"))
-        return self.run.executor.apply(self.signer.sign(command))
+        signed = self.signer.sign(command)
+        result = self.run.executor.apply(signed)
+        self._applied.append((signed, result))
+        return result
 
     def _halt_if_asked(self) -> None:
         if self.ladder.halt:
@@ -787,6 +947,10 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         run = self.run
+        if self.ranks.distributed:  # every rank's RNG, so that a resume continues each rank exactly
+            self._rank_rng = self.ranks.gather(rng_state(), "gathering the ranks' RNG states for a checkpoint")
+            if not self.ranks.leads:
+                return
         now = self.clock()
         self.history.wall_seconds += now - self._running_since
         self._running_since = now
@@ -804,6 +968,8 @@ class Trainer:
             "step": self.step.state_dict(),
             "record_bytes": run.record.end_offset,
         }
+        if self._rank_rng is not None:
+            state["rank_rng"] = self._rank_rng
         save_checkpoint(run.run_dir, self.history.epoch, state, run.tolaria.keep_checkpoints)
         self._snapshot = MemorySnapshot.take(state, int(run.tolaria.fast_rollback_max_mb * 2**20))
 
@@ -848,6 +1014,7 @@ class Trainer:
         run.optimizer.load_state_dict(state["optimizer"])
         run.controller.load_state_dict(state["controller"])
         restore_rng(state["rng"])
+        self._rank_rng = state.get("rank_rng")
         self.history = History(**state["history"])
         self._step_cost = None  # the restored seeds may differ: count again before training
         # Checkpoints written before the recorder existed hold its counters at the top level.
@@ -867,13 +1034,14 @@ class Trainer:
     def finish(self) -> Summary:
         run = self.run
         seeds = run.executor.export_seed_states()
-        validation = run.executor.evaluate(self.batches(*run.data.val, 512), run.task.loss, run.task.correct)
+        self.ranks.align_buffers(run.model, "aligning the buffers for the final evaluation")
+        validation = self.evaluate(run.data.val, 512)
         # The run's compute with the final passes (not kept in the history: a resumed finished run does them again).
         compute = attrs.evolve(self.history)
         compute.add_evaluation(validation)
         test_loss = test_accuracy = None
         if run.data.test is not None:
-            test = run.executor.evaluate(self.batches(*run.data.test, 512), run.task.loss, run.task.correct)
+            test = self.evaluate(run.data.test, 512)
             test_loss, test_accuracy = test.loss, test.accuracy
             compute.add_evaluation(test)
         summary = Summary(
@@ -898,6 +1066,10 @@ class Trainer:
             plugin_errors={key: dict(by_type) for key, by_type in sorted(self.failures.counts.items())},
             quarantined=sorted(self.failures.quarantined),
         )
+        if self.ranks.distributed:
+            self._check_replicas("the end of the run")
+            if not self.ranks.leads:
+                return summary
         run.record.append("run_finished", **summary.as_dict())
         run.registry.run_finished(
             RunInfo(run_id=run.run_id, run_dir=run.run_dir, config=run.config),
