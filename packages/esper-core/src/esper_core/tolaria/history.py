@@ -44,6 +44,8 @@ class History:
     hook_ms: float | None = None
     decide_ms: float | None = None
     apply_ms: float | None = None
+    #: On several processes: the last decision point's replica check (digest and comparison), in ms.
+    replica_check_ms: float | None = None
     host_parameters: int = 0
     #: When the run first started (wall clock, for the record).
     started_at: float = attrs.Factory(time.time)

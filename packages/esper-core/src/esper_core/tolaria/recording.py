@@ -87,7 +87,7 @@ class RunRecorder:
                 train_accuracy=finite(stats.train_accuracy), val_loss=validation.loss,
                 val_accuracy=validation.accuracy, parameters=int(state.metrics.parameter_count),
                 host_parameters=history.host_parameters, seeds=stages, slots=seed_measurements(seeds),
-                epoch_seconds=stats.seconds, decision_ms=history.hook_ms,
+                epoch_seconds=stats.seconds, decision_ms=history.hook_ms, **replica_check(history),
                 validation_seconds=getattr(validation, "seconds", None),
                 evaluation_variants=getattr(validation, "variants", 1),
                 training_flops=stats.training_flops, validation_flops=validation_flops,
@@ -129,6 +129,7 @@ class RunRecorder:
             Metric("tolaria.validation.accuracy", validation.accuracy),
             Metric("tolaria.epoch.seconds", stats.seconds, "s"),
             Metric("tolaria.epoch_hook.latency_ms", history.hook_ms or 0.0, "ms"),
+            *replica_metrics(history),
             Metric("tolaria.compute.training_flops", float(stats.training_flops), "FLOP"),
             Metric("tolaria.compute.measurement_flops", float(measurement_flops), "FLOP"),
             Metric("tolaria.compute.total_flops", float(history.total_flops), "FLOP"),
@@ -264,6 +265,18 @@ class RunRecorder:
         """The name of each of the run's sinks, in order (its class name when the selection does not say)."""
         names = self.run.config.get(NissaSelection).sinks
         return [names[i] if i < len(names) else type(sink).__name__ for i, sink in enumerate(self.run.sinks)]
+
+
+def replica_check(history: History) -> dict[str, float]:
+    """On several processes, the decision point's replica check in ms (for the record's epoch entry)."""
+    return {} if history.replica_check_ms is None else {"replica_check_ms": history.replica_check_ms}
+
+
+def replica_metrics(history: History) -> list[Metric]:
+    """On several processes, the decision point's replica check (docs/distributed.md)."""
+    if history.replica_check_ms is None:
+        return []
+    return [Metric("tolaria.distributed.replica_check_ms", history.replica_check_ms, "ms")]
 
 
 def seed_measurements(seeds: list[SeedState]) -> dict[str, dict[str, Any]]:

@@ -409,6 +409,10 @@ class Trainer:
             history.failures = 0  # a decision point without a failure ends a run of them
         events = run.executor.drain_events()
         self.refresh_step_cost()  # the command may have changed what a training step computes
+        if self.ranks.distributed:
+            self.ranks.broadcast(Directive.of(self._applied, self.ladder.halt), "sending the decision to the ranks")
+            self._check_replicas(f"epoch {epoch}, step {history.global_step}")
+            history.replica_check_ms = self.last_digest_ms
         # The hook's own cost: validation is work the run needs anyway, and scales with the validation set.
         validation_s = float(getattr(validation, "seconds", 0.0))
         history.hook_ms = (time.perf_counter() - start - validation_s) * 1000.0
@@ -416,9 +420,6 @@ class Trainer:
         if checkpoint_epoch:
             history.val_losses.append(validation.loss)
         self.recorder.decision_point(history, epoch, stats, state, command, result, events, reports, validation)
-        if self.ranks.distributed:
-            self.ranks.broadcast(Directive.of(self._applied, self.ladder.halt), "sending the decision to the ranks")
-            self._check_replicas(f"epoch {epoch}, step {history.global_step}")
         return state, command, result
 
     def _follow_decision(
@@ -432,11 +433,12 @@ class Trainer:
         directive.replay(run.executor.apply, self.ranks.rank)
         run.executor.drain_events()
         self.refresh_step_cost()
+        self._halt_told = directive.halt
+        self._check_replicas(f"epoch {epoch}, step {history.global_step}")
+        history.replica_check_ms = self.last_digest_ms
         history.hook_ms = (time.perf_counter() - start - float(getattr(validation, "seconds", 0.0))) * 1000.0
         if checkpoint_epoch:
             history.val_losses.append(validation.loss)
-        self._halt_told = directive.halt
-        self._check_replicas(f"epoch {epoch}, step {history.global_step}")
         return SystemStatePacket(), _noop("a follower does not decide"), CommandResult()
 
     def evaluate(self, split: tuple[torch.Tensor, torch.Tensor], size: int) -> Any:
