@@ -4,8 +4,10 @@ seeds, and scaled to every sample."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
+import attrs
 import pytest
 import torch
 from torch import nn
@@ -258,3 +260,55 @@ def test_a_costly_measurement_runs_on_every_kth_batch_and_validation_on_all(rig_
         )
     )
     assert capped.flops == everything
+
+
+class _Capturing:
+    """A shard that hands back only its own part: to collect what each rank would send."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.part: object = None
+
+    def gather(self, value: object, what: str) -> list[object]:
+        self.part = value
+        return [value]
+
+
+class _Gathered:
+    """A shard whose gather returns every rank's part, as torch.distributed's all_gather_object would."""
+
+    def __init__(self, rank: int, parts: list[object]) -> None:
+        self.rank, self.world, self.parts = rank, len(parts), parts
+
+    def gather(self, value: object, what: str) -> list[object]:
+        assert value == self.parts[self.rank]
+        return list(self.parts)
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+@pytest.mark.parametrize("cap", [0.0, 1.0])
+def test_a_sharded_pass_gives_every_rank_what_one_process_computes(
+    rig_factory: Callable[..., Rig], world: int, cap: float
+) -> None:
+    """Each rank evaluates the batches numbered rank modulo world; gathered, every rank's evaluation is the one a
+    single process computes over every batch, bit for bit (5 ranks for 4 batches: one rank has none). With a cap
+    on the measurement passes the variants run on every k-th batch of the whole set, whichever rank holds it."""
+    rig = prepared(rig_factory)
+    batches = [(rig.inputs[start : start + 8], rig.targets[start : start + 8]) for start in range(0, 32, 8)]
+    loss = nn.functional.cross_entropy
+
+    def run(shard: object = None) -> esper_kasmina.evaluation.Evaluation:
+        return evaluate(rig.model, rig.kasmina.slots, batches, loss, correct, {}, cap, shard)  # type: ignore[arg-type]
+
+    whole = run()
+    if cap:
+        assert whole.measured_samples < whole.samples  # the cap thinned the variants out
+    parts = []
+    for rank in range(world):
+        capturing = _Capturing(rank, world)
+        with contextlib.suppress(ValueError, RuntimeError):  # alone, a rank may have no (measured) batch
+            run(capturing)
+        parts.append(capturing.part)
+    for rank in range(world):
+        sharded = run(_Gathered(rank, parts))
+        assert attrs.evolve(sharded, seconds=0.0) == attrs.evolve(whole, seconds=0.0)

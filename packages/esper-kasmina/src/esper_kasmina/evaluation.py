@@ -214,6 +214,10 @@ def evaluate(
                 cache[key] = per_sample
             if first and count > 1 and max_measurement_passes > 0 and per_sample is not None:
                 stride = _stride(per_sample, max_measurement_passes)
+                if number % stride and len(outputs) == count:
+                    # A rank's first batch of a sharded pass, run with the variants to count them, that is not one
+                    # of every k-th: scored as a plain forward, as one process scores it.
+                    outputs = _forwards(model, inputs)
             first = False
             losses = torch.stack([loss_fn(output, targets).double() for output in outputs])
             plain_losses.append(losses[0])
