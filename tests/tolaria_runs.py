@@ -44,6 +44,7 @@ VOLATILE = {
     "report",
     "packet",  # the state packet and the signed command carry timestamps, nonces and signatures
     "command",
+    "replica_check_ms",  # several processes: the replica check's duration
 }
 #: Gate checks that measure time (G4's optional ``kasmina.max_step_ms``): their numbers are not reproducible. G4's
 #: ``step_overhead`` counts FLOPs: its number is.

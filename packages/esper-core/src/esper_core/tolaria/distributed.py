@@ -18,6 +18,7 @@ the environment) :func:`open_ranks` joins them into one run:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from esper_core.signing import SigningKey
 from esper_core.storage import atomic_write_text
 from esper_core.tolaria.assembly import CONFIG_FILE, Run, RunError, assemble, device_of, reopen_run, start_run
 from esper_core.tolaria.options import RunOptions
-from esper_core.tolaria.ranks import Ranks
+from esper_core.tolaria.ranks import RankLost, Ranks
 
 __all__ = ["FollowerController", "Opened", "follower_dir", "launch", "open_ranks", "torchrun_command"]
 
@@ -118,6 +119,7 @@ def open_ranks(
 ) -> Opened:
     """Join the run's processes and build this process's part of the run (see the module's notes)."""
     ranks = Ranks.from_environment(timeout_s)
+    _stop_on_sigterm(ranks)
     if not ranks.leads:
         return _follow(registry, ranks)
     try:
@@ -138,6 +140,19 @@ def open_ranks(
     ranks.broadcast(offer, "sending the run to the ranks")
     ranks.then = f"the last checkpoint is resumable: esper run --resume {run.run_dir} --nproc {ranks.world}"
     return Opened(ranks, run, run.run_dir)
+
+
+def _stop_on_sigterm(ranks: Ranks) -> None:
+    """torchrun stops every process of a run when one fails, with SIGTERM: say so, in one line, and stop (whatever
+    was being written is written atomically; the last checkpoint stands)."""
+
+    def stopped(_signal: int, _frame: Any) -> None:
+        raise RankLost(
+            f"rank {ranks.rank}: torchrun stopped this process (SIGTERM) because another process of the run failed; "
+            f"{ranks.then}"
+        )
+
+    signal.signal(signal.SIGTERM, stopped)
 
 
 def _follow(registry: Registry, ranks: Ranks) -> Opened:

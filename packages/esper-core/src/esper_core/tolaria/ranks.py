@@ -26,6 +26,8 @@ from esper_core.errors import EsperError
 __all__ = ["RankLost", "Ranks", "launched_by_torchrun"]
 
 T = TypeVar("T")
+#: What the errors of a failed exchange between ranks say (gloo's and NCCL's come as plain RuntimeErrors).
+COMMUNICATION_MARKS = ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
 class RankLost(EsperError):
@@ -102,11 +104,25 @@ class Ranks:
         except RankLost:
             raise
         except (RuntimeError, ConnectionError) as error:
-            raise RankLost(
-                f"rank {self.rank}: another process of the run stopped or stopped answering during {what} "
-                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); every process stops. "
-                f"{self.then}"
-            ) from error
+            raise self._lost(error, what) from error
+
+    def lost(self, error: BaseException, what: str) -> RankLost | None:
+        """What ``error``, raised during ``what`` (a training step, whose backward pass exchanges gradients), means
+        when it is a failed exchange with the other ranks (an error of torch.distributed, gloo or NCCL); else None."""
+        if not self.distributed:
+            return None
+        import torch.distributed as dist
+
+        text = str(error)
+        exchanged = isinstance(error, dist.DistError) or any(mark in text for mark in COMMUNICATION_MARKS)
+        return self._lost(error, what) if exchanged else None
+
+    def _lost(self, error: BaseException, what: str) -> RankLost:
+        first = str(error).splitlines()[0] if str(error) else ""
+        return RankLost(
+            f"rank {self.rank}: another process of the run stopped or stopped answering during {what} "
+            f"({type(error).__name__}: {first}); every process stops. {self.then}"
+        )
 
     def broadcast(self, value: T | None, what: str) -> T:
         """The leader's ``value`` on every rank (any picklable object; followers pass ``None``)."""

@@ -262,6 +262,7 @@ class Trainer:
             stats = self.train_epoch(epoch)
             if self._divergence(stats) is not None:  # the leader saw the same (the stats are summed): it rolls back
                 self._replicate_state()
+                self.checkpoint()  # the leader checkpoints after its rollback: this rank's RNG goes with it
                 continue
             self.decision_point(epoch, stats)
             self.history.epoch = epoch
@@ -306,6 +307,9 @@ class Trainer:
             try:  # free unless it raises
                 batch_loss, batch_correct = self.step(batch_inputs, batch_targets, history.global_step, share)
             except Exception as error:
+                lost = ranks.lost(error, f"a training step (epoch {epoch}, step {step + 1})")
+                if lost is not None:  # the gradient exchange failed: not the task's doing
+                    raise lost from error
                 blame(error, self._task_blame)  # the host model is the task's (a seed module blames itself)
                 raise
             if not share:
@@ -490,16 +494,13 @@ class Trainer:
             restore_rng(state["rank_rng"][self.ranks.rank])
 
     def _rolled_back(self, epoch: int, problem: str) -> None:
-        """:meth:`_roll_back`, and on several ranks the followers take the leader's state after it."""
-        if not self.ranks.distributed:
-            self._roll_back(epoch, problem)
-            return
+        """:meth:`_roll_back`; on several ranks, a rollback that stops the run tells the followers why."""
         try:
             self._roll_back(epoch, problem)
         except RunError as error:
-            self._replicate_state(stop=str(error))
+            if self.ranks.distributed:
+                self._replicate_state(stop=str(error))
             raise
-        self._replicate_state()
 
     def _stop_distributed(self, epoch: int, failure: PluginFailure) -> None:
         """A plugin's exception kept an epoch from finishing on several ranks: written down, and the run stops at its
@@ -942,6 +943,8 @@ class Trainer:
             metrics=[Metric("tolaria.rollback.restore_ms", self.last_restore_ms, "ms", {"tier": tier})],
         )
         self._emergency(self.ladder.signal(ELEVATED, f"rollback: {reason}", "tolaria"), epoch)
+        if self.ranks.distributed:  # the followers take the state the leader came back to, culls and all
+            self._replicate_state()
         # Overwrite the checkpoint we came back to with what we have now: the culls, the rollback count and the
         # record entries above survive the next rollback or a resume (or the same seed would return with them).
         self.checkpoint()
