@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from esper_core.cli.main import main
+from esper_core.leyline import lifecycle
 from esper_core.testing.processes import Child
 from esper_core.tolaria.record import read_record
 
@@ -205,3 +206,18 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_exactly_on_two_ranks(
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
     assert stable(read_record(run_dir)) == stable(read_record(whole / "run"))
+
+
+def test_accumulation_bf16_clipping_and_a_schedule_keep_two_ranks_identical(tmp_path: Path) -> None:
+    """The loop's features on two ranks: micro-batches skip the gradient exchange but the last (no_sync), bf16
+    autocast, clipping after the exchange, and a warm-up + cosine schedule that includes the seed's group."""
+    overrides = [
+        "run.epochs=4", *schedule(1), "tolaria.accumulation_steps=3", "tolaria.precision=bf16",
+        "tolaria.gradient_clip=0.5", "tolaria.lr_schedule=cosine", "tolaria.lr_warmup_steps=10",
+    ]  # fmt: skip
+    two = run_harness(tmp_path, "features", overrides, nproc=2)
+    leader, follower = two[0], two[1]
+    assert leader["lifecycle"] == follower["lifecycle"]
+    assert any(stage != lifecycle.DORMANT for point in leader["lifecycle"] for (_, stage, *_) in point)
+    for key, value in leader["weights"].items():
+        assert torch.equal(value, follower["weights"][key]), key
