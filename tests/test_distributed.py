@@ -48,7 +48,7 @@ from esper_core.tolaria.trainer import Trainer
 out, hold, arguments = sys.argv[1], sys.argv[2], sys.argv[4:]
 rank = int(os.environ.get("RANK", "0"))
 lifecycle = []
-decision_point, fit, train_epoch = Trainer.decision_point, Trainer.fit, Trainer.train_epoch
+decision_point, fit, train_epoch, decide = Trainer.decision_point, Trainer.fit, Trainer.train_epoch, Trainer._decide
 
 def recorded(self, epoch, stats, **keywords):
     result = decision_point(self, epoch, stats, **keywords)
@@ -77,7 +77,13 @@ def held(self, epoch):
         self.on_step = on_step
     return train_epoch(self, epoch)
 
+def drawing(self, state):
+    torch.rand(7)  # a policy that samples: the leader's RNG moves on, the followers' does not
+    return decide(self, state)
+
 Trainer.decision_point, Trainer.fit = recorded, dumped
+if os.environ.get("ESPER_TEST_LEADER_DRAWS") and rank == 0:
+    Trainer._decide = drawing
 if hold:
     Trainer.train_epoch = held
 if os.environ.get("ESPER_TEST_SABOTEUR"):
@@ -133,8 +139,10 @@ def run_harness(tmp_path: Path, name: str, overrides: list[str], *, nproc: int, 
 
 
 def test_two_ranks_grow_identically_and_match_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+    """The leader's controller draws from the torch RNG at every decision, as a sampling policy does (followers do
+    not decide): the ranks' RNGs part ways, and their seeds and weights still agree."""
     overrides = ["run.epochs=6", *schedule(1, 2)]
-    two = run_harness(tmp_path, "two", overrides, nproc=2)
+    two = run_harness(tmp_path, "two", overrides, nproc=2, ESPER_TEST_LEADER_DRAWS="1")
     leader, follower = two[0], two[1]
     # The same seeds, stages and alphas after every decision point, and the same weights, bit for bit.
     assert leader["lifecycle"] == follower["lifecycle"]
@@ -145,7 +153,7 @@ def test_two_ranks_grow_identically_and_match_one_process_on_the_same_global_bat
     for key, value in leader["weights"].items():
         assert torch.equal(value, follower["weights"][key]), key
     # One process on the same global batches: the same lifecycle, the same weights within the stated tolerance.
-    one = run_harness(tmp_path, "one", overrides, nproc=1)[0]
+    one = run_harness(tmp_path, "one", overrides, nproc=1, ESPER_TEST_LEADER_DRAWS="1")[0]
     assert one["lifecycle"] == leader["lifecycle"]
     largest = max(
         float((value.double() - one["weights"][key].double()).abs().max())

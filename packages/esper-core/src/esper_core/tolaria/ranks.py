@@ -162,17 +162,28 @@ class Ranks:
             tensor.copy_(flat[start : start + count].view_as(tensor))
             start += count
 
-    def align_buffers(self, model: nn.Module, what: str) -> None:
-        """Give every rank the leader's floating-point buffers (batch-norm statistics drift apart on each rank's
-        shard; the gates and the validation read them)."""
+    def align_buffers(self, model: nn.Module, parameters: Sequence[torch.Tensor], what: str) -> None:
+        """Give every rank the leader's floating-point buffers: the host's and its seeds' (batch-norm statistics
+        drift apart on each rank's shard; the validation and the gates read them). Every floating-point tensor of
+        the model's state that is not one of ``parameters`` (the optimized ones, identical already)."""
         if not self.distributed:
+            return
+        optimized = {p.data_ptr() for p in parameters}
+        self.align(
+            [t for t in model.state_dict().values() if _is_tensor(t) and t.is_floating_point()
+             and t.data_ptr() not in optimized],
+            what,
+        )  # fmt: skip
+
+    def align(self, tensors: Sequence[torch.Tensor], what: str) -> None:
+        """Overwrite each tensor with the leader's, in place."""
+        if not self.distributed or not tensors:
             return
         import torch.distributed as dist
 
         with self.collective(what):
-            for buffer in model.buffers():
-                if buffer.is_floating_point():
-                    dist.broadcast(buffer.data, src=0)
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
 
     def barrier(self, what: str) -> None:
         if not self.distributed:
@@ -192,3 +203,7 @@ class Ranks:
 
     def _object_device(self) -> torch.device:
         return torch.device("cpu")  # messages go through gloo, whatever trains on the GPUs
+
+
+def _is_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor)

@@ -102,7 +102,7 @@ from esper_core.plugin_failures import (
     unguarded,
 )
 from esper_core.plugins.runinfo import RunInfo
-from esper_core.protocols import QuarantineListener
+from esper_core.protocols import SEED_GROUP_KEY, QuarantineListener
 from esper_core.security_options import SecurityOptions
 from esper_core.signing import CommandSigner
 from esper_core.telemetry import ERROR, WARNING, Event, Metric
@@ -164,6 +164,8 @@ class Trainer:
         self.last_digest_ms = 0.0
         #: A follower: the halt the leader announced at the last decision point.
         self._halt_told = ""
+        #: The seeds (slot, seed id) at the last replica check: a new one takes the leader's initial weights.
+        self._seeded: tuple[tuple[str, str], ...] = ()
         self.history = History()
         self.history.host_parameters = sum(p.numel() for p in run.executor.host_parameters())
         window = run.config.get(SecurityOptions).freshness_window_ms
@@ -223,6 +225,7 @@ class Trainer:
                 task=run.task.name,
                 host_parameters=self.history.host_parameters,
                 slots=[MessageToDict(s) for s in run.executor.export_seed_states()],
+                **({"processes": self.ranks.world} if self.ranks.distributed else {}),
             )
             run.registry.run_started(RunInfo(run_id=run.run_id, run_dir=run.run_dir, config=run.config))
         else:
@@ -384,7 +387,7 @@ class Trainer:
         self._failed_here = False
         self._applied = []
         # Batch-norm statistics moved on each rank's shard: the validation and the gates read the leader's.
-        self.ranks.align_buffers(run.model, "aligning the buffers for a decision point")
+        self.ranks.align_buffers(run.model, self._optimized_parameters(), "aligning the buffers for a decision point")
         validation = self.evaluate(run.data.val, max(run.options.batch_size, 256))
         history.add_evaluation(validation)
         run.executor.decision_point(epoch, history.global_step)
@@ -458,8 +461,18 @@ class Trainer:
         """Wrap the model anew if its seeds changed (the new seeds take the leader's weights), then compare every
         rank's digest of its seeds and weights with the leader's; a difference stops the run."""
         started = time.perf_counter()
+        seeds = self.run.executor.export_seed_states()
+        seeded = tuple((s.slot_id, s.seed_id) for s in seeds if s.stage in lifecycle.HAS_SEED)
+        if seeded != self._seeded:  # a new seed: its initial weights are the leader's (whatever each rank drew)
+            slots = {slot for slot, _ in seeded}
+            self.ranks.align(
+                [p for group in self.run.optimizer.param_groups if group.get(SEED_GROUP_KEY) in slots
+                 for p in group["params"]],
+                "giving a new seed the leader's weights",
+            )  # fmt: skip
+            self._seeded = seeded
         self.step.prepare(self._configuration(), self._in_forward())
-        digest = seed_digest(self.run.executor.export_seed_states(), self.run.optimizer)
+        digest = seed_digest(seeds, self.run.optimizer)
         digests = self.ranks.gather(digest, "comparing the ranks' seeds")
         self.last_digest_ms = (time.perf_counter() - started) * 1000.0
         try:
@@ -1039,7 +1052,7 @@ class Trainer:
     def finish(self) -> Summary:
         run = self.run
         seeds = run.executor.export_seed_states()
-        self.ranks.align_buffers(run.model, "aligning the buffers for the final evaluation")
+        self.ranks.align_buffers(run.model, self._optimized_parameters(), "aligning the buffers at the end")
         validation = self.evaluate(run.data.val, 512)
         # The run's compute with the final passes (not kept in the history: a resumed finished run does them again).
         compute = attrs.evolve(self.history)
