@@ -439,6 +439,7 @@ class Trainer:
         assert isinstance(directive, Directive)
         directive.replay(run.executor.apply, self.ranks.rank)
         run.executor.drain_events()
+        self.recorder.relay()  # drain what this rank's executor published on its own bus (it has no sinks)
         self.refresh_step_cost()
         self._halt_told = directive.halt
         self._check_replicas(f"epoch {epoch}, step {history.global_step}")
